@@ -1,0 +1,135 @@
+"""Functional distillation losses, each with a thin ``nn.Module`` wrapper.
+
+Every loss is computed in at least float32 (float16/bfloat16 logits from autocast are upcast,
+float64 stays float64),
+and always through ``log_softmax`` (never ``log(softmax)``), so that confident logits cannot give
+``log(0)``.  Notation: z_s, z_t student/teacher logits (B x K), p^T = softmax(z / T).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = [
+    "kd_loss",
+    "cross_entropy",
+    "soft_cross_entropy",
+    "label_smoothing_targets",
+    "KDLoss",
+    "SoftCrossEntropy",
+    "SMOOTHING_CONVENTIONS",
+    "at_least_float32",
+]
+
+SMOOTHING_CONVENTIONS = ("uniform", "others")
+
+
+def _check_pair(student_logits: Tensor, other: Tensor, what: str) -> None:
+    if student_logits.dim() != 2:
+        raise ValueError(f"student_logits must be B x K, got shape {tuple(student_logits.shape)}")
+    if other.shape != student_logits.shape:
+        raise ValueError(
+            f"{what} has shape {tuple(other.shape)} but student_logits has {tuple(student_logits.shape)}; "
+            "teacher and student must agree on batch size and number of classes"
+        )
+
+
+def at_least_float32(x: Tensor) -> Tensor:
+    """Upcast half-precision tensors to float32; float32/float64 pass through unchanged."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
+def _check_temperature(temperature: float) -> None:
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+
+
+def kd_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float = 4.0) -> Tensor:
+    """Hinton et al. (2015) distillation term, the true KL divergence averaged over the batch.
+
+    ``T^2 * mean_b sum_k p_t^T(k) (log p_t^T(k) - log p_s^T(k))``.  The T^2 factor keeps the
+    gradient magnitude independent of T.  No gradient flows into ``teacher_logits``.
+    Equals ``T**2 * F.kl_div(log p_s, log p_t, reduction="batchmean", log_target=True)``; note that
+    ``nn.KLDivLoss()``'s default 'mean' reduction would also divide by K.
+    """
+    _check_pair(student_logits, teacher_logits, "teacher_logits")
+    _check_temperature(temperature)
+    log_p_s = F.log_softmax(at_least_float32(student_logits) / temperature, dim=1)
+    log_p_t = F.log_softmax(at_least_float32(teacher_logits.detach()) / temperature, dim=1)
+    per_sample = (log_p_t.exp() * (log_p_t - log_p_s)).sum(dim=1)
+    return temperature**2 * per_sample.mean()
+
+
+def cross_entropy(student_logits: Tensor, labels: Tensor) -> Tensor:
+    """Hard-label cross-entropy ``mean_b -log softmax(z_s)(y_b)``, in at least float32."""
+    return F.cross_entropy(at_least_float32(student_logits), labels)
+
+
+def soft_cross_entropy(student_logits: Tensor, target_probs: Tensor, temperature: float = 1.0) -> Tensor:
+    """Cross-entropy against a soft target: ``mean_b( -sum_k target(k) log softmax(z_s / T)(k) )``.
+
+    ``target_probs`` rows should be probability vectors (they are not renormalised, so weak
+    labels with a deliberate mass deficit keep their meaning).  No gradient flows into them.
+    """
+    _check_pair(student_logits, target_probs, "target_probs")
+    _check_temperature(temperature)
+    log_p_s = F.log_softmax(at_least_float32(student_logits) / temperature, dim=1)
+    return -(at_least_float32(target_probs.detach()) * log_p_s).sum(dim=1).mean()
+
+
+def label_smoothing_targets(
+    labels: Tensor, num_classes: int, epsilon: float, convention: str = "uniform"
+) -> Tensor:
+    """Smoothed one-hot targets (Szegedy et al., 2016), B x K float32.
+
+    - ``"uniform"``: ``(1 - eps) * onehot + eps / K`` on every class (PyTorch's ``label_smoothing``).
+    - ``"others"``:  ``1 - eps`` on the true class, ``eps / (K - 1)`` on each other class
+      (the convention of the Tf-KD authors' code, Yuan et al. 2020).
+    """
+    if convention not in SMOOTHING_CONVENTIONS:
+        raise ValueError(f"convention must be one of {SMOOTHING_CONVENTIONS}, got {convention!r}")
+    if not 0.0 <= epsilon < 1.0:
+        raise ValueError(f"epsilon must be in [0, 1), got {epsilon}")
+    if num_classes < 2:
+        raise ValueError(f"num_classes must be >= 2, got {num_classes}")
+    if labels.dim() != 1:
+        raise ValueError(f"labels must be a 1-D tensor of class indices, got shape {tuple(labels.shape)}")
+    if labels.numel() and (labels.min() < 0 or labels.max() >= num_classes):
+        raise ValueError(f"labels must lie in [0, {num_classes}), got range [{labels.min()}, {labels.max()}]")
+    off_value = epsilon / num_classes if convention == "uniform" else epsilon / (num_classes - 1)
+    on_value = 1.0 - epsilon + off_value if convention == "uniform" else 1.0 - epsilon
+    targets = torch.full((labels.shape[0], num_classes), off_value, dtype=torch.float32, device=labels.device)
+    targets.scatter_(1, labels.long().unsqueeze(1), on_value)
+    return targets
+
+
+class KDLoss(nn.Module):
+    """Module form of :func:`kd_loss`."""
+
+    def __init__(self, temperature: float = 4.0) -> None:
+        super().__init__()
+        _check_temperature(temperature)
+        self.temperature = temperature
+
+    def forward(self, student_logits: Tensor, teacher_logits: Tensor) -> Tensor:
+        return kd_loss(student_logits, teacher_logits, self.temperature)
+
+    def extra_repr(self) -> str:
+        return f"temperature={self.temperature}"
+
+
+class SoftCrossEntropy(nn.Module):
+    """Module form of :func:`soft_cross_entropy`."""
+
+    def __init__(self, temperature: float = 1.0) -> None:
+        super().__init__()
+        _check_temperature(temperature)
+        self.temperature = temperature
+
+    def forward(self, student_logits: Tensor, target_probs: Tensor) -> Tensor:
+        return soft_cross_entropy(student_logits, target_probs, self.temperature)
+
+    def extra_repr(self) -> str:
+        return f"temperature={self.temperature}"

@@ -1,0 +1,76 @@
+"""From a dataset name to ready train / validation / test sets with their normalisation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from softdistill.data.loader import TensorSet
+from softdistill.data.sources import load_split
+from softdistill.data.splits import per_class_subset, stratified_split
+
+__all__ = ["DataBundle", "prepare_data", "channel_stats"]
+
+
+@dataclass
+class DataBundle:
+    """The three splits of one experiment and what models need to know about them.
+
+    ``mean``/``std`` are per-channel statistics
+    of the full official training split in [0, 1] units, so that every experiment on a dataset
+    (teacher on all data, student on a subset) feeds models identically scaled inputs.
+    """
+
+    name: str
+    train: TensorSet
+    val: TensorSet | None
+    test: TensorSet
+    class_names: tuple[str, ...]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def in_channels(self) -> int:
+        return self.train.images.shape[1]
+
+    @property
+    def image_size(self) -> int:
+        return self.train.images.shape[-1]
+
+
+def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and standard deviation of uint8 images, in [0, 1] units (float64 sums)."""
+    x = images.double().div_(255).transpose(0, 1).reshape(images.shape[1], -1)
+    std = x.std(dim=1).clamp_min(1e-6)
+    return tuple(x.mean(dim=1).tolist()), tuple(std.tolist())
+
+
+def prepare_data(name: str, *, root: str | None = None, download: bool = False, image_size: int | None = None,
+                 val_size: int | float = 0.1, per_class: int | None = None, split_seed: int = 0,
+                 normalize: bool = True) -> DataBundle:
+    """Load a dataset, hold out a stratified validation set, optionally keep ``per_class`` images
+    of each class for training (the small-data regime), and compute the normalisation.
+
+    Both the validation split and the subset depend on ``split_seed`` only, not on the run's seed,
+    so that runs with different seeds (and the teacher) share the same held-out data.
+    """
+    full = load_split(name, "train", root=root, download=download, image_size=image_size)
+    test = load_split(name, "test", root=root, download=download, image_size=image_size)
+    if full.images.shape[1:] != test.images.shape[1:]:
+        raise ValueError(f"{name}: train images {tuple(full.images.shape[1:])} and test images "
+                         f"{tuple(test.images.shape[1:])} differ in shape")
+    if normalize:
+        mean, std = channel_stats(full.images)
+    else:
+        mean, std = (0.0,) * full.images.shape[1], (1.0,) * full.images.shape[1]
+    keep, val_index = stratified_split(full.labels, val_size, split_seed)
+    if per_class is not None:
+        keep = keep[per_class_subset(full.labels[keep], per_class, split_seed)]
+    train = TensorSet(full.images[keep], full.labels[keep])
+    val = TensorSet(full.images[val_index], full.labels[val_index]) if len(val_index) else None
+    return DataBundle(name, train, val, TensorSet(test.images, test.labels), full.class_names, mean, std)

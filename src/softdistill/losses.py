@@ -21,6 +21,12 @@ __all__ = [
     "SoftCrossEntropy",
     "SMOOTHING_CONVENTIONS",
     "at_least_float32",
+    "virtual_teacher_probs",
+    "tfkd_reg_loss",
+    "TFKD_MODES",
+    "wsl_weights",
+    "wsl_loss",
+    "weighted_soft_cross_entropy",
 ]
 
 SMOOTHING_CONVENTIONS = ("uniform", "others")
@@ -103,6 +109,93 @@ def label_smoothing_targets(
     targets = torch.full((labels.shape[0], num_classes), off_value, dtype=torch.float32, device=labels.device)
     targets.scatter_(1, labels.long().unsqueeze(1), on_value)
     return targets
+
+
+TFKD_MODES = ("paper", "reference")
+
+
+def virtual_teacher_probs(labels: Tensor, num_classes: int, correct_prob: float = 0.9) -> Tensor:
+    """Tf-KD's designed "virtual teacher" (Yuan et al., CVPR 2020), B x K float32.
+
+    ``p_d(k) = a`` if k = y else ``(1 - a) / (K - 1)``: a 100 %-accurate teacher whose confidence
+    ``a = correct_prob`` is chosen by hand (the same vector as the "others" label smoothing with
+    eps = 1 - a).
+    """
+    if not 0.0 < correct_prob < 1.0:
+        raise ValueError(f"correct_prob must be in (0, 1), got {correct_prob}")
+    return label_smoothing_targets(labels, num_classes, 1.0 - correct_prob, convention="others")
+
+
+def tfkd_reg_loss(student_logits: Tensor, labels: Tensor, temperature: float = 20.0, alpha: float = 0.1,
+                  correct_prob: float = 0.9, mode: str = "paper", *, multiplier: float = 1.0) -> Tensor:
+    """Teacher-free KD with a virtual teacher (Tf-KD reg), including the hard-label CE term.
+
+    - ``paper``: ``(1 - alpha) CE(z_s, y) + alpha T^2 KL(p_d^T || p_s^T)`` (batchmean), where the
+      virtual teacher is softened in log space, ``p_d^T = softmax(log(p_d) / T)``, and the student
+      is at the same T.  ``multiplier`` must stay 1.
+    - ``reference``: what the authors' code computes:
+      ``(1 - alpha) CE + alpha * multiplier * KLDivLoss_mean(log_softmax(z_s), softmax(p_d / T))``:
+      the softmax is applied to the *probability* vector divided by T (for K = 100, a = 0.99,
+      T = 20 the true class gets 0.0105 against 0.0100 uniform: almost label-free), the student is
+      at T = 1, and the 'mean' reduction divides by B x K; the authors compensate with a
+      per-model multiplier (50-100).
+    """
+    if mode not in TFKD_MODES:
+        raise ValueError(f"mode must be one of {TFKD_MODES}, got {mode!r}")
+    _check_temperature(temperature)
+    if student_logits.dim() != 2:
+        raise ValueError(f"student_logits must be B x K, got shape {tuple(student_logits.shape)}")
+    if labels.shape != student_logits.shape[:1]:
+        raise ValueError(f"labels must have shape ({student_logits.shape[0]},), got {tuple(labels.shape)}")
+    probs = virtual_teacher_probs(labels, student_logits.shape[1], correct_prob)
+    ce = cross_entropy(student_logits, labels)
+    if mode == "paper":
+        if multiplier != 1.0:
+            raise ValueError("multiplier only applies to mode='reference' (paper mode has the T^2 factor instead)")
+        return (1 - alpha) * ce + alpha * kd_loss(student_logits, probs.log(), temperature)
+    target = F.softmax(probs / temperature, dim=1)
+    log_p_s = F.log_softmax(at_least_float32(student_logits), dim=1)
+    kl_mean = (target * (target.log() - log_p_s)).mean()  # KLDivLoss(reduction='mean'): / (B x K)
+    return (1 - alpha) * ce + alpha * multiplier * kl_mean
+
+
+def wsl_weights(student_logits: Tensor, teacher_logits: Tensor, labels: Tensor, eps: float = 1e-7) -> Tensor:
+    """Per-sample weights of weighted soft labels (Zhou et al., ICLR 2021), B values in [0, 1], no grad.
+
+    ``w_i = 1 - exp(-CE_s,i / (CE_t,i + eps))`` with CE the cross-entropy of student / teacher on
+    ``labels`` at T = 1.  w ~ 0.632 when both are equally good, -> 0 when the student is far better
+    than the teacher on that sample (a "regularization sample": its soft label mostly adds bias),
+    -> 1 when the teacher is far better.  ``eps`` keeps a teacher whose CE underflows to 0 finite.
+    """
+    _check_pair(student_logits, teacher_logits, "teacher_logits")
+    with torch.no_grad():
+        ce_s = F.cross_entropy(at_least_float32(student_logits.detach()), labels, reduction="none")
+        ce_t = F.cross_entropy(at_least_float32(teacher_logits.detach()), labels, reduction="none")
+        return 1.0 - torch.exp(-ce_s / (ce_t + eps))
+
+
+def weighted_soft_cross_entropy(student_logits: Tensor, teacher_logits: Tensor, weights: Tensor,
+                                temperature: float = 1.0) -> Tensor:
+    """``mean_i( w_i * -sum_k p_t^T(k) log p_s^T(k) )``: soft cross-entropy with per-sample weights (no T^2)."""
+    _check_pair(student_logits, teacher_logits, "teacher_logits")
+    _check_temperature(temperature)
+    if weights.shape != student_logits.shape[:1]:
+        raise ValueError(f"weights must have shape ({student_logits.shape[0]},), got {tuple(weights.shape)}")
+    log_p_s = F.log_softmax(at_least_float32(student_logits) / temperature, dim=1)
+    p_t = F.softmax(at_least_float32(teacher_logits.detach()) / temperature, dim=1)
+    return (weights.detach() * -(p_t * log_p_s).sum(dim=1)).mean()
+
+
+def wsl_loss(student_logits: Tensor, teacher_logits: Tensor, labels: Tensor, temperature: float = 4.0,
+             alpha: float = 2.25) -> Tensor:
+    """Weighted soft labels: ``CE(z_s, y) + alpha T^2 mean_i(w_i * H(p_t^T, p_s^T)_i)``, w from :func:`wsl_weights`.
+
+    The soft term is the per-sample soft cross-entropy (same student gradient as the KL); there is
+    no separate weight on the CE term (the authors' code).
+    """
+    weights = wsl_weights(student_logits, teacher_logits, labels)
+    soft = weighted_soft_cross_entropy(student_logits, teacher_logits, weights, temperature)
+    return cross_entropy(student_logits, labels) + alpha * temperature**2 * soft
 
 
 class KDLoss(nn.Module):

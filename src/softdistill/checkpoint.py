@@ -1,0 +1,77 @@
+"""Checkpoint files: written atomically, read with clear errors, self-describing.
+
+A checkpoint is a dict saved with ``torch.save`` and read with ``weights_only=True`` (plain data
+and tensors only, no pickled code).  It names the model it holds (architecture, class count,
+input shape) and the input normalisation, so a checkpoint alone rebuilds a working model.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from softdistill.models import build_model
+
+__all__ = ["CheckpointError", "FORMAT", "save_checkpoint", "load_checkpoint", "model_from_checkpoint"]
+
+FORMAT = "softdistill-checkpoint-v1"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that is missing, unreadable, or does not fit what it is loaded into."""
+
+
+def save_checkpoint(payload: dict[str, Any], path: str | os.PathLike) -> None:
+    """Write ``payload`` to ``path`` atomically: a temporary file in the same folder, fsync, rename.
+
+    A crash at any point leaves either the old file or the new one, never a truncated file.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            torch.save({"format": FORMAT, **payload}, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a checkpoint written by :func:`save_checkpoint`; :class:`CheckpointError` otherwise."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint at {path}")
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # torch raises several types for truncated or foreign files
+        raise CheckpointError(
+            f"cannot read checkpoint {path}: the file is truncated, corrupt or not a PyTorch file ({exc})"
+        ) from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is a PyTorch file but not a softdistill checkpoint (format {FORMAT})")
+    return payload
+
+
+def model_from_checkpoint(payload: dict[str, Any], source: str | os.PathLike = "checkpoint") -> nn.Module:
+    """Rebuild the model a checkpoint describes and load its weights."""
+    spec = payload["model"]
+    model = build_model(spec["name"], spec["num_classes"], spec["in_channels"], spec["image_size"])
+    try:
+        model.load_state_dict(payload["state_dict"])
+    except RuntimeError as exc:
+        raise CheckpointError(f"{source}: weights do not fit a {spec['name']!r} model: {exc}") from None
+    return model

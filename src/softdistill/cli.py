@@ -1,0 +1,152 @@
+"""The ``softdistill`` command: train, eval, compare, quickstart.
+
+Also reachable as ``python -m softdistill`` (which is what torchrun needs:
+``torchrun --nproc_per_node=2 -m softdistill train RECIPE``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+
+__all__ = ["main", "build_parser"]
+
+OVERRIDE_HELP = "override a recipe value with a dotted key, e.g. -o optim.lr=0.05 -o method.temperature=8 (repeatable)"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="softdistill",
+        description="Knowledge distillation built around the soft label. Every command takes YAML recipes "
+                    "(see docs/recipes.md) and writes run folders with metrics, checkpoints and summaries.",
+    )
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks instead of short error messages")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    train = sub.add_parser("train", help="train a teacher or distil a student from a recipe",
+                           description="Train what RECIPE describes into OUTPUT_DIR/NAME/seedSEED (default runs/...). "
+                                       "Run under torchrun for several processes (DDP).")
+    train.add_argument("recipe", help="path of a YAML recipe")
+    train.add_argument("-o", "--override", action="append", default=[], metavar="KEY=VALUE", help=OVERRIDE_HELP)
+    train.add_argument("--seed", type=int, help="shortcut for -o seed=N")
+    train.add_argument("--resume", action="store_true",
+                       help="continue the run in its folder from last.pt; the result equals an uninterrupted run")
+    train.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
+
+    ev = sub.add_parser("eval", help="evaluate a checkpoint on a data split",
+                        description="Top-1 accuracy and cross-entropy of a checkpoint. The data set, validation split "
+                                    "and normalisation are taken from the checkpoint unless given.")
+    ev.add_argument("checkpoint", help="a .pt file written by softdistill (best.pt, last.pt, epoch_N.pt)")
+    ev.add_argument("--split", choices=["test", "val", "train"], default="test", help="which split (default: test)")
+    ev.add_argument("--data", help="dataset name (default: the one the checkpoint was trained on)")
+    ev.add_argument("--root", help="data folder (default: look-up order of the data module)")
+    ev.add_argument("--batch-size", type=int, default=1024)
+    ev.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    ev.add_argument("--json", action="store_true", help="print the result as JSON")
+
+    cmp = sub.add_parser("compare", help="run recipes over seeds and tabulate mean ± std",
+                         description="Run every RECIPE for every seed (skipping finished runs and resuming "
+                                     "interrupted ones), then write OUTPUT/report/table.md, table.csv, curves.png.")
+    cmp.add_argument("recipes", nargs="+", help="YAML recipes to compare")
+    cmp.add_argument("--seeds", type=int, default=3, help="number of seeds, 0..N-1 (default 3)")
+    cmp.add_argument("--epochs", type=int, help="override the epochs of every recipe")
+    cmp.add_argument("-o", "--override", action="append", default=[], metavar="KEY=VALUE", help=OVERRIDE_HELP)
+    cmp.add_argument("--output", default="runs/compare", help="output folder (default runs/compare)")
+    cmp.add_argument("--baseline", help="recipe name gains are measured against (default: first 'ce' recipe)")
+    cmp.add_argument("--quiet", action="store_true")
+
+    qs = sub.add_parser("quickstart", help="teacher + baseline/LS/KD students on Fashion-MNIST, over seeds",
+                        description="Train a teacher on Fashion-MNIST once, distil small students with every "
+                                    "quickstart method over several seeds, print the table and write a report folder.")
+    qs.add_argument("--tiny", action="store_true", help="the same on scikit-learn's digits, in under a minute")
+    qs.add_argument("--seeds", type=int, default=3)
+    qs.add_argument("--output", help="output folder (default runs/quickstart or runs/tiny)")
+    qs.add_argument("-o", "--override", action="append", default=[], metavar="KEY=VALUE", help=OVERRIDE_HELP)
+    qs.add_argument("--quiet", action="store_true")
+    return parser
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from softdistill.config import load_recipe
+    from softdistill.engine import shutdown_distributed
+    from softdistill.runner import run_recipe
+
+    overrides = args.override + ([f"seed={args.seed}"] if args.seed is not None else [])
+    recipe = load_recipe(args.recipe, overrides)
+    try:
+        summary = run_recipe(recipe, resume=args.resume, quiet=args.quiet)
+    finally:
+        shutdown_distributed()
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"done: test accuracy last {summary['test_acc_last']:.2f}%, best {summary['test_acc_best']:.2f}% "
+              f"(epoch {summary['best_test_epoch']}), at best {summary['selection']} "
+              f"{summary['test_acc_selected']:.2f}%; {summary['seconds']:.1f}s -> {recipe.run_dir}")
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from softdistill.evaluation import evaluate_checkpoint
+
+    result = evaluate_checkpoint(args.checkpoint, split=args.split, data=args.data, root=args.root,
+                                 batch_size=args.batch_size, device=args.device)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(f"{args.checkpoint}: {result['model']} on {result['data']} {result['split']} "
+              f"({result['samples']} images): accuracy {result['acc']:.2f}%, cross-entropy {result['loss']:.4f}")
+    return 0
+
+
+def _print_result(result) -> None:
+    print()
+    print(result.markdown)
+    print(f"report: {result.report_dir}/table.md, table.csv, curves.png  ({result.seconds:.0f}s)")
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from softdistill.experiments import compare
+
+    _print_result(compare(args.recipes, seeds=args.seeds, epochs=args.epochs, overrides=args.override,
+                          output_dir=args.output, baseline=args.baseline, quiet=args.quiet))
+    return 0
+
+
+def _cmd_quickstart(args: argparse.Namespace) -> int:
+    from softdistill.experiments import quickstart
+
+    _print_result(quickstart(tiny=args.tiny, seeds=args.seeds, output_dir=args.output, overrides=args.override,
+                             quiet=args.quiet))
+    return 0
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from softdistill.checkpoint import CheckpointError
+    from softdistill.config import ConfigError
+    from softdistill.data.sources import DatasetFormatError, DatasetNotFoundError
+    from softdistill.engine import NonFiniteLossError, RunStateError
+
+    return (ConfigError, CheckpointError, DatasetNotFoundError, DatasetFormatError, RunStateError,
+            NonFiniteLossError, ValueError, ImportError)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handlers = {"train": _cmd_train, "eval": _cmd_eval, "compare": _cmd_compare, "quickstart": _cmd_quickstart}
+    try:
+        return handlers[args.command](args)
+    except _user_errors() as exc:
+        if args.debug:
+            raise
+        print(f"softdistill {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"softdistill {args.command}: interrupted; finished epochs are kept, continue with --resume "
+              "(compare and quickstart resume by themselves)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

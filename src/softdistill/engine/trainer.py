@@ -1,0 +1,289 @@
+"""One training loop for teachers and students alike.
+
+The trainer calls ``method(batch)`` for a :class:`~softdistill.types.StepOutput`, sums its loss
+terms, steps the optimiser and logs every term; it evaluates ``method.student`` on the
+evaluation sets after each epoch and writes the run folder (rank 0 only):
+
+- ``last.pt`` every epoch (model, optimiser, history: enough to resume exactly),
+  ``best.pt`` at the best selection accuracy, ``epoch_N.pt`` for requested epochs;
+- ``metrics.jsonl``: one record per epoch; ``summary.json`` when the run has finished.
+
+Every write is atomic.  Exact resume: all randomness of an epoch is seeded by (seed, epoch),
+so continuing from the end of epoch e reproduces the weights of an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from softdistill.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from softdistill.data.loader import BatchLoader
+from softdistill.engine.distributed import DistContext, all_reduce_sum
+from softdistill.engine.optim import LRSchedule
+
+__all__ = ["Trainer", "evaluate", "NonFiniteLossError", "RunStateError", "write_text_atomic", "config_differences"]
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A loss term became NaN or infinite; the message names the epoch, step and term."""
+
+
+class RunStateError(RuntimeError):
+    """The run folder does not allow the requested start (exists, finished, nothing to resume)."""
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+    os.replace(tmp, path)
+
+
+def config_differences(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two nested dicts."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        diffs = []
+        for key in sorted(set(old) | set(new)):
+            diffs += config_differences(old.get(key), new.get(key), f"{prefix}{key}.")
+        return diffs
+    return [] if old == new else [f"{prefix.rstrip('.')}: {old!r} -> {new!r}"]
+
+
+def _autocast(device: torch.device, amp: str):
+    if amp == "off":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if amp == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: BatchLoader, ctx: DistContext = DistContext(), amp: str = "off") -> dict[str, float]:
+    """Top-1 accuracy (%) and mean cross-entropy of ``model`` over ``loader``, summed over ranks."""
+    was_training = model.training
+    model.eval()
+    totals = torch.zeros(3, dtype=torch.float64, device=ctx.device)  # correct, loss sum, count
+    with torch.inference_mode():
+        for batch in loader:
+            with _autocast(ctx.device, amp):
+                logits = model(batch.x)
+            logits = logits.float()
+            totals[0] += (logits.argmax(1) == batch.y).sum()
+            totals[1] += F.cross_entropy(logits, batch.y, reduction="sum")
+            totals[2] += len(batch)
+    model.train(was_training)
+    all_reduce_sum(totals, ctx)
+    count = max(totals[2].item(), 1.0)
+    return {"acc": 100.0 * totals[0].item() / count, "loss": totals[1].item() / count}
+
+
+class Trainer:
+    """Train ``method`` (an ``nn.Module`` returning StepOutput) and write the run folder.
+
+    ``method.student`` is what gets evaluated and checkpointed; ``checkpoint_meta`` (model
+    spec, normalisation, resolved config) goes into every checkpoint so that it stands alone.
+    Selection ("best") uses the ``val`` set when given, else ``test`` (flagged in the summary).
+    """
+
+    def __init__(self, method: nn.Module, optimizer: torch.optim.Optimizer, schedule: LRSchedule,
+                 train_loader: BatchLoader, eval_loaders: Mapping[str, BatchLoader], run_dir: str | os.PathLike, *,
+                 epochs: int, seed: int, checkpoint_meta: Mapping[str, Any], ctx: DistContext = DistContext(),
+                 amp: str = "off", keep_epochs: Sequence[int] = (), quiet: bool = False) -> None:
+        if amp == "fp16" and ctx.device.type != "cuda":
+            raise ValueError("amp: fp16 needs a CUDA device; on the CPU use amp: bf16")
+        if "test" not in eval_loaders:
+            raise ValueError("the trainer needs a 'test' evaluation set")
+        self.method = method
+        self.optimizer = optimizer
+        self.schedule = schedule
+        self.train_loader = train_loader
+        self.eval_loaders = dict(eval_loaders)
+        self.run_dir = Path(run_dir)
+        self.epochs = epochs
+        self.seed = seed
+        self.meta = dict(checkpoint_meta)
+        self.ctx = ctx
+        self.amp = amp
+        self.keep_epochs = set(keep_epochs)
+        self.quiet = quiet or not ctx.is_main
+        self.scaler = torch.amp.GradScaler(ctx.device.type, enabled=(amp == "fp16"))
+        self.selection = "val" if "val" in self.eval_loaders else "test"
+        self.history: list[dict[str, Any]] = []
+        self.loss_names: set[str] = set()
+        self.epoch = 0
+
+    # ---------------------------------------------------------------- state
+    @property
+    def student(self) -> nn.Module:
+        student = self.method.student
+        return student.module if hasattr(student, "module") else student  # unwrap DDP
+
+    def _payload(self, with_optimizer: bool) -> dict[str, Any]:
+        payload = {**self.meta, "epoch": self.epoch, "epochs": self.epochs, "seed": self.seed,
+                   "state_dict": self.student.state_dict(), "history": self.history}
+        if with_optimizer:
+            payload["optimizer"] = self.optimizer.state_dict()
+            payload["scaler"] = self.scaler.state_dict()
+        return payload
+
+    def _start(self, resume: bool) -> None:
+        last = self.run_dir / "last.pt"
+        if not resume:
+            if last.exists() or (self.run_dir / "summary.json").exists():
+                raise RunStateError(f"{self.run_dir} already holds a run; continue it with --resume, "
+                                    "or choose another output folder / delete it to start over")
+            return
+        if not last.exists():
+            raise RunStateError(f"nothing to resume: no checkpoint {last}; start the run without --resume")
+        state = load_checkpoint(last, map_location=self.ctx.device)
+        diffs = config_differences(state.get("config"), self.meta.get("config"))
+        if diffs:
+            raise RunStateError(f"cannot resume {self.run_dir}: the recipe changed since the checkpoint:\n  "
+                                + "\n  ".join(diffs))
+        if state["epoch"] >= self.epochs:
+            raise RunStateError(f"{self.run_dir} has already finished ({state['epoch']} of {self.epochs} epochs); "
+                                "nothing to resume")
+        try:
+            self.student.load_state_dict(state["state_dict"])
+            self.optimizer.load_state_dict(state["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as exc:
+            raise CheckpointError(f"{last} does not fit this run's model or optimiser: {exc}") from None
+        self.scaler.load_state_dict(state["scaler"])
+        self.history = list(state["history"])
+        self.epoch = state["epoch"]
+
+    # ---------------------------------------------------------------- loop
+    def fit(self, resume: bool = False) -> dict[str, Any]:
+        """Run the remaining epochs; return the summary (also written to summary.json)."""
+        self._start(resume)
+        if self.ctx.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        while self.epoch < self.epochs:
+            self.epoch += 1
+            record = self._train_epoch()
+            for name, loader in self.eval_loaders.items():
+                for key, value in evaluate(self.student, loader, self.ctx, self.amp).items():
+                    record[f"{name}/{key}"] = value
+            record["seconds"] = time.perf_counter() - record.pop("_start")
+            self.history.append(record)
+            if self.ctx.is_main:
+                self._save_epoch()
+                self._log(record)
+        summary = self.summary()
+        if self.ctx.is_main:
+            write_text_atomic(self.run_dir / "summary.json", json.dumps(summary, indent=2))
+        return summary
+
+    def _train_epoch(self) -> dict[str, Any]:
+        ctx, epoch = self.ctx, self.epoch
+        torch.manual_seed(self.seed * 1_000_003 + epoch + 500_000)  # model-side randomness of this epoch
+        self.train_loader.set_epoch(epoch)
+        self.method.train()
+        steps = len(self.train_loader)
+        sums: dict[str, torch.Tensor] = {}
+        correct = torch.zeros((), dtype=torch.float64, device=ctx.device)
+        seen = torch.zeros((), dtype=torch.float64, device=ctx.device)
+        start = time.perf_counter()
+        bar = tqdm(total=steps, desc=f"epoch {epoch}/{self.epochs}", leave=False, disable=self.quiet, dynamic_ncols=True)
+        lr = 0.0
+        for step, batch in enumerate(self.train_loader):
+            lr = self.schedule.lr_at((epoch - 1) * steps + step)
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            with _autocast(ctx.device, self.amp):
+                out = self.method(batch)
+            loss = sum(term.float() for term in out.losses.values())
+            self.loss_names.update(out.losses)
+            self._check_finite(loss, out.losses, step)
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            n = len(batch)
+            with torch.no_grad():
+                for name, value in {"loss": loss, **out.losses, **out.metrics}.items():
+                    sums[name] = sums.get(name, 0.0) + value.detach().double() * n
+                correct += (out.logits.argmax(1) == batch.y).sum()
+                seen += n
+            if not self.quiet and (step % 10 == 0 or step == steps - 1):
+                bar.set_postfix(loss=f"{sums['loss'].item() / seen.item():.4f}",
+                                acc=f"{100 * correct.item() / seen.item():.1f}%", refresh=False)
+            bar.update(1)
+        bar.close()
+        names = list(sums)
+        packed = torch.stack([sums[k] for k in names] + [correct, seen]) if names else torch.stack([correct, seen])
+        all_reduce_sum(packed, ctx)
+        total = max(packed[-1].item(), 1.0)
+        record: dict[str, Any] = {"epoch": epoch, "lr": lr, "_start": start}
+        record.update({f"train/{k}": packed[i].item() / total for i, k in enumerate(names)})
+        record["train/acc"] = 100.0 * packed[-2].item() / total
+        return record
+
+    def _check_finite(self, loss: torch.Tensor, terms: Mapping[str, torch.Tensor], step: int) -> None:
+        bad = torch.zeros((), device=self.ctx.device) if torch.isfinite(loss) else torch.ones((), device=self.ctx.device)
+        all_reduce_sum(bad, self.ctx)
+        if bad.item() == 0:
+            return
+        values = ", ".join(f"{k}={v.item():.4g}" for k, v in terms.items())
+        culprits = [k for k, v in terms.items() if not math.isfinite(v.item())] or ["(on another rank)"]
+        kept = f"epoch {self.epoch - 1}" if self.epoch > 1 else "none yet"
+        raise NonFiniteLossError(
+            f"non-finite loss at epoch {self.epoch}, step {step + 1}: term {', '.join(culprits)} ({values}). "
+            f"The run folder keeps its last good checkpoint ({kept}). Lower the learning rate "
+            "(alpha * T^2 scales soft-label gradients), or check the data and the teacher.")
+
+    # ---------------------------------------------------------------- outputs
+    def _save_epoch(self) -> None:
+        save_checkpoint(self._payload(with_optimizer=True), self.run_dir / "last.pt")
+        key = f"{self.selection}/acc"
+        if self.history[-1][key] >= max(r[key] for r in self.history):
+            save_checkpoint(self._payload(with_optimizer=False), self.run_dir / "best.pt")
+        if self.epoch in self.keep_epochs:
+            save_checkpoint(self._payload(with_optimizer=False), self.run_dir / f"epoch_{self.epoch}.pt")
+        lines = "".join(json.dumps(r) + "\n" for r in self.history)
+        write_text_atomic(self.run_dir / "metrics.jsonl", lines)
+
+    def _log(self, record: dict[str, Any]) -> None:
+        if self.quiet:
+            return
+        train = {k[6:]: v for k, v in record.items() if k.startswith("train/") and k not in ("train/loss", "train/acc")}
+        losses = ", ".join(f"{k} {v:.4f}" for k, v in train.items() if k in self.loss_names)
+        diagnostics = ", ".join(f"{k} {v:.3f}" for k, v in train.items() if k not in self.loss_names)
+        evals = "  ".join(f"{name} {record[f'{name}/acc']:.2f}%" for name in self.eval_loaders)
+        tqdm.write(f"epoch {record['epoch']:>3}/{self.epochs}  loss {record['train/loss']:.4f} ({losses})  "
+                   f"train {record['train/acc']:.2f}%  {evals}  lr {record['lr']:.4g}  {record['seconds']:.1f}s"
+                   + (f"  | {diagnostics}" if diagnostics else ""))
+
+    def summary(self) -> dict[str, Any]:
+        """Last-epoch and best-epoch test accuracy, the test accuracy at the selected epoch, timing."""
+        hist = self.history
+        sel = max(hist, key=lambda r: (r[f"{self.selection}/acc"], -r["epoch"]))
+        best_test = max(hist, key=lambda r: (r["test/acc"], -r["epoch"]))
+        return {
+            "name": self.meta.get("config", {}).get("name"),
+            "seed": self.seed,
+            "epochs": self.epochs,
+            "test_acc_last": hist[-1]["test/acc"],
+            "test_acc_best": best_test["test/acc"],
+            "best_test_epoch": best_test["epoch"],
+            "selection": self.selection,
+            "selected_epoch": sel["epoch"],
+            "test_acc_selected": sel["test/acc"],
+            "val_acc_best": sel["val/acc"] if self.selection == "val" else None,
+            "seconds": sum(r["seconds"] for r in hist),
+            "seconds_per_epoch": sum(r["seconds"] for r in hist) / len(hist),
+            "parameters": sum(p.numel() for p in self.student.parameters()),
+            "finished": True,
+        }

@@ -1,0 +1,43 @@
+"""Evaluate a checkpoint on the data it was trained on (or another data set of the same shape)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from softdistill.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
+from softdistill.data.loader import BatchLoader, BatchTransform
+from softdistill.data.prepare import prepare_data
+from softdistill.engine import DistContext, evaluate
+from softdistill.engine.distributed import resolve_device
+
+__all__ = ["evaluate_checkpoint"]
+
+
+def evaluate_checkpoint(path: str | os.PathLike, *, split: str = "test", data: str | None = None,
+                        root: str | None = None, batch_size: int = 1024, device: str = "auto") -> dict[str, Any]:
+    """Accuracy (%) and cross-entropy of a checkpoint on ``split`` of its data set.
+
+    The validation split and the per-class subset are rebuilt from the checkpoint's recipe, and
+    the inputs are normalised as in training, so ``val`` and ``train`` mean what they meant then.
+    """
+    payload = load_checkpoint(path)
+    cfg = payload["config"]["data"]
+    name = data or cfg["name"]
+    bundle = prepare_data(name, root=root or cfg.get("root"), download=False, image_size=cfg.get("image_size"),
+                          val_size=cfg["val_size"], per_class=cfg.get("per_class"), split_seed=cfg.get("split_seed", 0),
+                          normalize=cfg.get("normalize", True))
+    spec = payload["model"]
+    if bundle.num_classes != spec["num_classes"] or bundle.in_channels != spec["in_channels"]:
+        raise CheckpointError(f"{path} holds a model for {spec['num_classes']} classes and {spec['in_channels']} "
+                              f"channel(s); {name} has {bundle.num_classes} and {bundle.in_channels}")
+    chosen = {"train": bundle.train, "val": bundle.val, "test": bundle.test}[split]
+    if chosen is None:
+        raise ValueError(f"{path}: the recipe held out no validation set (data.val_size = 0)")
+    ctx = DistContext(device=resolve_device(device))
+    model = model_from_checkpoint(payload, path).to(ctx.device)
+    norm = payload["normalization"]
+    loader = BatchLoader(chosen.to(ctx.device), batch_size, BatchTransform(norm["mean"], norm["std"]))
+    result = evaluate(model, loader, ctx)
+    return {"checkpoint": str(path), "model": spec["name"], "data": name, "split": split, "samples": len(chosen),
+            "epoch": payload.get("epoch"), **result}

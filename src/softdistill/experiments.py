@@ -1,0 +1,117 @@
+"""Experiments made of many runs: ``compare`` (recipes x seeds -> one table) and the quickstart."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from softdistill.config import Recipe, load_recipe
+from softdistill.report import aggregate_runs, format_markdown, plot_curves, write_csv
+from softdistill.report.tables import RecipeResult
+from softdistill.runner import run_dir_state, run_recipe, teacher_checkpoint
+
+__all__ = ["CompareResult", "compare", "write_report", "packaged_recipes", "quickstart"]
+
+
+@dataclass
+class CompareResult:
+    results: list[RecipeResult]
+    baseline: str | None
+    report_dir: Path
+    markdown: str
+    seconds: float
+
+
+def _resolve(paths: Sequence[str | Path], seed: int, output_dir: Path, overrides: Sequence[str], epochs: int | None) -> list[Recipe]:
+    extra = [f"seed={seed}", f"output_dir={output_dir}"] + ([f"epochs={epochs}"] if epochs else [])
+    return [load_recipe(p, list(overrides) + extra) for p in paths]
+
+
+def compare(recipe_paths: Sequence[str | Path], *, seeds: int | Sequence[int] = 3, epochs: int | None = None,
+            overrides: Sequence[str] = (), output_dir: str | Path = "runs/compare", baseline: str | None = None,
+            quiet: bool = False, title: str = "softdistill compare") -> CompareResult:
+    """Run every recipe for every seed into ``output_dir/NAME/seedS``, then write the report.
+
+    Finished runs are skipped and interrupted ones resumed, so an interrupted compare can simply be
+    started again.  The baseline defaults to the first recipe whose method is ``ce``.
+    """
+    start = time.perf_counter()
+    output_dir = Path(output_dir)
+    seed_list = list(range(seeds)) if isinstance(seeds, int) else list(seeds)
+    recipes_by_seed = {s: _resolve(recipe_paths, s, output_dir, overrides, epochs) for s in seed_list}
+    names = [r.name for r in recipes_by_seed[seed_list[0]]]
+    if len(set(names)) != len(names):
+        raise ValueError(f"recipe names must be unique in a comparison, got {names}")
+    if baseline is None:
+        baseline = next((r.name for r in recipes_by_seed[seed_list[0]] if r.method.name == "ce"), names[0])
+    elif baseline not in names:
+        raise ValueError(f"baseline {baseline!r} is not among the recipes {names}")
+    for recipe in recipes_by_seed[seed_list[0]]:  # teachers first, with their own progress output
+        if recipe.teacher is not None:
+            teacher_checkpoint(recipe, quiet=quiet)
+    jobs = [recipe for seed in seed_list for recipe in recipes_by_seed[seed]]
+    bar = tqdm(jobs, desc="compare", unit="run", disable=quiet, dynamic_ncols=True)
+    for recipe in bar:
+        state = run_dir_state(recipe.run_dir)
+        label = f"{recipe.name} seed {recipe.seed}"
+        if state == "finished":
+            bar.write(f"{label}: finished earlier, skipped")
+            continue
+        bar.set_postfix_str(label + (" (resuming)" if state == "partial" else ""))
+        summary = run_recipe(recipe, resume=(state == "partial"), quiet=True)
+        if not quiet:
+            bar.write(f"{label}: test accuracy {summary['test_acc_last']:.2f}% last, {summary['test_acc_best']:.2f}% "
+                      f"best, {summary['test_acc_selected']:.2f}% at best {summary['selection']} "
+                      f"({summary['seconds']:.1f}s)")
+    return write_report(output_dir, names, baseline, title=title, seconds=time.perf_counter() - start)
+
+
+def write_report(output_dir: str | Path, names: Sequence[str], baseline: str | None, *, title: str,
+                 seconds: float = float("nan")) -> CompareResult:
+    """Aggregate the run folders and write report/{table.md, table.csv, curves.png, results.json}."""
+    output_dir = Path(output_dir)
+    results = aggregate_runs(output_dir, names)
+    report_dir = output_dir / "report"
+    report_dir.mkdir(parents=True, exist_ok=True)
+    table = format_markdown(results, baseline)
+    seeds = sorted({s for r in results for s in r.seeds})
+    markdown = (f"# {title}\n\nTest accuracy over seeds {seeds} (mean ± sample std). *last*: after the final epoch; "
+                "*best*: best epoch (optimistic); *@best val*: at the epoch with the best validation accuracy. "
+                f"Gains are differences of means against `{baseline}`.\n\n{table}\n![test accuracy](curves.png)\n")
+    (report_dir / "table.md").write_text(markdown)
+    write_csv(results, report_dir / "table.csv", baseline)
+    plot_curves(results, report_dir / "curves.png", title=title)
+    (report_dir / "results.json").write_text(json.dumps(
+        [{"name": r.name, "method": r.method, "student": r.student, "seeds": r.seeds, "last": r.last, "best": r.best,
+          "selected": r.selected, "seconds": r.seconds} for r in results], indent=2))
+    return CompareResult(results, baseline, report_dir, table, seconds)
+
+
+def packaged_recipes(group: str) -> Path:
+    """Folder of a recipe group shipped with the package (``quickstart``, ``tiny``, ...)."""
+    return Path(str(resources.files("softdistill") / "recipes" / group))
+
+
+QUICKSTART_ORDER = ("baseline", "ls", "kd")
+
+
+def quickstart(*, tiny: bool = False, seeds: int = 3, output_dir: str | Path | None = None,
+               overrides: Sequence[str] = (), quiet: bool = False) -> CompareResult:
+    """Teacher once, then every quickstart recipe over ``seeds`` seeds, then the report.
+
+    Fashion-MNIST by default; ``tiny`` runs the digits version in well under a minute.
+    """
+    group = "tiny" if tiny else "quickstart"
+    folder = packaged_recipes(group)
+    paths = sorted(p for p in folder.glob("*.yaml") if not p.name.startswith("teacher"))
+    rank = {name: i for i, name in enumerate(QUICKSTART_ORDER)}
+    paths.sort(key=lambda p: (rank.get(p.stem, len(rank)), p.stem))
+    output_dir = Path(output_dir or f"runs/{group}")
+    title = "softdistill quickstart" + (" (tiny: digits)" if tiny else " (Fashion-MNIST)")
+    return compare(paths, seeds=seeds, overrides=overrides, output_dir=output_dir, quiet=quiet, title=title)

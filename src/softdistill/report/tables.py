@@ -1,0 +1,126 @@
+"""Aggregate finished runs over seeds into mean +- std tables.
+
+Statistics: the mean and the sample standard deviation (ddof = 1) over seeds; with a single
+seed the deviation is reported as n/a.  "last" is the test accuracy after the final epoch,
+"best" the highest test accuracy of any epoch (what many papers report; optimistic), and
+"selected" the test accuracy at the epoch with the best validation accuracy (the honest pick).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+__all__ = ["RecipeResult", "aggregate_runs", "format_markdown", "write_csv", "mean_std"]
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (nan for fewer than two values)."""
+    mean = statistics.fmean(values) if values else math.nan
+    std = statistics.stdev(values) if len(values) > 1 else math.nan
+    return mean, std
+
+
+@dataclass
+class RecipeResult:
+    """Every finished seed of one recipe: summaries and per-epoch test-accuracy curves."""
+
+    name: str
+    method: str
+    student: str
+    seeds: list[int] = field(default_factory=list)
+    last: list[float] = field(default_factory=list)
+    best: list[float] = field(default_factory=list)
+    selected: list[float] = field(default_factory=list)
+    seconds: list[float] = field(default_factory=list)
+    curves: list[list[float]] = field(default_factory=list)
+
+    def stat(self, key: str) -> tuple[float, float]:
+        return mean_std(getattr(self, key))
+
+
+def aggregate_runs(output_dir: str | Path, names: Sequence[str]) -> list[RecipeResult]:
+    """Read ``output_dir/NAME/seed*/`` (summary.json, metrics.jsonl, config.yaml) for each name.
+
+    Unfinished seeds (no summary.json) are left out.  Order follows ``names``.
+    """
+    results = []
+    for name in names:
+        seed_dirs = sorted(Path(output_dir, name).glob("seed*"), key=lambda p: int(p.name[4:]) if p.name[4:].isdigit() else -1)
+        result = None
+        for run in seed_dirs:
+            summary_path = run / "summary.json"
+            if not summary_path.is_file():
+                continue
+            summary = json.loads(summary_path.read_text())
+            records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+            config = _read_config(run)
+            if result is None:
+                result = RecipeResult(name, config.get("method", {}).get("name", "?"), config.get("student", "?"))
+            result.seeds.append(summary["seed"])
+            result.last.append(summary["test_acc_last"])
+            result.best.append(summary["test_acc_best"])
+            result.selected.append(summary["test_acc_selected"])
+            result.seconds.append(summary["seconds"])
+            result.curves.append([r["test/acc"] for r in records])
+        results.append(result or RecipeResult(name, "?", "?"))
+    return results
+
+
+def _read_config(run: Path) -> dict:
+    path = run / "config.yaml"
+    return yaml.safe_load(path.read_text()) if path.is_file() else {}
+
+
+def _fmt(mean: float, std: float) -> str:
+    if math.isnan(mean):
+        return "n/a"
+    return f"{mean:.2f} ± {std:.2f}" if not math.isnan(std) else f"{mean:.2f} ± n/a"
+
+
+def _rows(results: Sequence[RecipeResult], baseline: str | None) -> tuple[list[str], list[list[str]]]:
+    base = next((r for r in results if r.name == baseline), None)
+    header = ["recipe", "method", "student", "seeds", "test acc last (%)", "test acc best (%)",
+              "test acc @best val (%)", "gain last", "gain best", "s / run"]
+    rows = []
+    for r in results:
+        last, best, sel, secs = r.stat("last"), r.stat("best"), r.stat("selected"), r.stat("seconds")
+        if base is not None and base.last and r.last:
+            gain_last = f"{last[0] - base.stat('last')[0]:+.2f}"
+            gain_best = f"{best[0] - base.stat('best')[0]:+.2f}"
+        else:
+            gain_last = gain_best = "n/a"
+        if r is base:
+            gain_last = gain_best = "(baseline)"
+        rows.append([r.name, r.method, r.student, str(len(r.seeds)), _fmt(*last), _fmt(*best), _fmt(*sel),
+                     gain_last, gain_best, "n/a" if math.isnan(secs[0]) else f"{secs[0]:.1f}"])
+    return header, rows
+
+
+def format_markdown(results: Sequence[RecipeResult], baseline: str | None = None) -> str:
+    """A markdown table: one row per recipe, mean ± std over seeds, gain over the baseline's mean."""
+    header, rows = _rows(results, baseline)
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def write_csv(results: Sequence[RecipeResult], path: str | Path, baseline: str | None = None) -> None:
+    """Numeric CSV: means and stds as separate columns, plus the per-seed values."""
+    base = next((r for r in results if r.name == baseline), None)
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["recipe", "method", "student", "seeds", "last_mean", "last_std", "best_mean", "best_std",
+                         "selected_mean", "selected_std", "gain_last", "gain_best", "seconds_mean", "last_per_seed"])
+        for r in results:
+            last, best, sel, secs = r.stat("last"), r.stat("best"), r.stat("selected"), r.stat("seconds")
+            gains = (last[0] - base.stat("last")[0], best[0] - base.stat("best")[0]) if base and base.last else (math.nan, math.nan)
+            writer.writerow([r.name, r.method, r.student, len(r.seeds), *last, *best, *sel, *gains, secs[0],
+                             " ".join(f"{v:.2f}" for v in r.last)])

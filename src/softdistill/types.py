@@ -1,0 +1,42 @@
+"""Small value types shared by every layer: what a batch carries and what a training step returns."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+from torch import Tensor
+
+__all__ = ["Batch", "StepOutput"]
+
+
+@dataclass
+class Batch:
+    """A training or evaluation batch: inputs, hard labels and the dataset indices of the samples.
+
+    The indices identify samples across epochs (cached soft labels and per-sample weights key on
+    them).  Augmentations that mix samples return a new batch through :meth:`with_`.
+    """
+
+    x: Tensor
+    y: Tensor
+    index: Tensor
+
+    def __len__(self) -> int:
+        return self.y.shape[0]
+
+    def with_(self, **changes) -> "Batch":
+        return replace(self, **changes)
+
+
+@dataclass
+class StepOutput:
+    """What a method returns for one batch.
+
+    ``losses``: named loss terms, each a scalar tensor; the trainer sums them, back-propagates the
+    sum and logs each term.  ``metrics``: named diagnostics (scalars, no gradient) that the trainer
+    averages over the epoch and logs, e.g. the WSL regularization-sample share.
+    """
+
+    logits: Tensor
+    losses: dict[str, Tensor]
+    metrics: dict[str, Tensor] = field(default_factory=dict)

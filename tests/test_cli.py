@@ -1,0 +1,133 @@
+"""The softdistill command: quickstart --tiny end to end, train/eval/compare, and error messages."""
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from softdistill.cli import build_parser, main
+from softdistill.experiments import write_report
+
+SYNTHETIC = {"name": "syn", "student": "mlp", "epochs": 2, "data": {"name": "synthetic", "val_size": 100, "batch_size": 50},
+             "train": {"device": "cpu"}}
+
+
+def write_recipe(folder: Path, **changes) -> Path:
+    raw = {**SYNTHETIC, **changes}
+    path = folder / f"{raw['name']}.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def test_quickstart_tiny_end_to_end(tmp_path, capsys):
+    out = tmp_path / "qs"
+    assert main(["quickstart", "--tiny", "--output", str(out), "--seeds", "2", "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    for name in ("digits-baseline", "digits-ls", "digits-kd", "(baseline)", "test acc last (%)"):
+        assert name in printed
+    report = out / "report"
+    for name in ("table.md", "table.csv", "curves.png", "results.json"):
+        assert (report / name).stat().st_size > 0, name
+    assert (report / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    rows = {r["recipe"]: r for r in csv.DictReader((report / "table.csv").open())}
+    assert rows["digits-kd"]["seeds"] == "2"
+    teacher = out / "digits-teacher" / "seed0" / "summary.json"
+    assert json.loads(teacher.read_text())["test_acc_last"] > 80.0  # a real teacher, trained once
+    # a second call finds every run finished and only rewrites the report
+    stamp = teacher.stat().st_mtime_ns
+    assert main(["quickstart", "--tiny", "--output", str(out), "--seeds", "2", "--quiet"]) == 0
+    assert teacher.stat().st_mtime_ns == stamp
+
+
+def test_train_then_eval_then_resume_finished(tmp_path, capsys):
+    recipe = write_recipe(tmp_path, output_dir=str(tmp_path / "runs"))
+    assert main(["train", str(recipe), "--quiet", "-o", "optim.lr=0.1", "--seed", "4"]) == 0
+    assert "done: test accuracy last" in capsys.readouterr().out
+    run = tmp_path / "runs" / "syn" / "seed4"
+    assert yaml.safe_load((run / "config.yaml").read_text())["optim"]["lr"] == 0.1
+    assert main(["eval", str(run / "best.pt"), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    summary = json.loads((run / "summary.json").read_text())
+    assert result["samples"] == 200 and result["split"] == "test"
+    history = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert result["acc"] == pytest.approx(history[summary["selected_epoch"] - 1]["test/acc"])
+    assert main(["eval", str(run / "last.pt"), "--split", "val"]) == 0
+    assert "val (100 images)" in capsys.readouterr().out
+    assert main(["train", str(recipe), "--quiet", "--seed", "4", "-o", "optim.lr=0.1", "--resume"]) == 2
+    assert "already finished" in capsys.readouterr().err
+
+
+def test_compare_skips_finished_runs_and_resumes(tmp_path, capsys):
+    a = write_recipe(tmp_path, name="base")
+    b = write_recipe(tmp_path, name="smooth", method={"name": "ls", "epsilon": 0.1})
+    out = tmp_path / "cmp"
+    assert main(["compare", str(a), str(b), "--seeds", "2", "--output", str(out), "--quiet"]) == 0
+    table = (out / "report" / "table.md").read_text()
+    assert "| base | ce | mlp | 2 |" in table and "| smooth | ls | mlp | 2 |" in table
+    capsys.readouterr()
+    # delete one finished run's summary: compare resumes nothing (finished epochs) but re-runs only that one
+    stamps = {p: p.stat().st_mtime_ns for p in out.rglob("last.pt")}
+    (out / "smooth" / "seed1" / "summary.json").unlink()
+    (out / "smooth" / "seed1" / "last.pt").unlink()
+    (out / "smooth" / "seed1" / "best.pt").unlink()
+    assert main(["compare", str(a), str(b), "--seeds", "2", "--output", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("finished earlier, skipped") == 3
+    changed = [p for p, t in stamps.items() if p.exists() and p.stat().st_mtime_ns != t]
+    assert changed == [out / "smooth" / "seed1" / "last.pt"]
+
+
+def _fake_run(root: Path, name: str, seed: int, method: str, accs: list[float], seconds: float = 1.0) -> None:
+    run = root / name / f"seed{seed}"
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text(yaml.safe_dump({"name": name, "student": "mlp", "method": {"name": method}}))
+    (run / "metrics.jsonl").write_text("".join(json.dumps({"epoch": i + 1, "test/acc": a}) + "\n" for i, a in enumerate(accs)))
+    (run / "summary.json").write_text(json.dumps({
+        "seed": seed, "test_acc_last": accs[-1], "test_acc_best": max(accs), "test_acc_selected": accs[-2],
+        "seconds": seconds}))
+
+
+def test_report_aggregates_fake_run_folders(tmp_path):
+    _fake_run(tmp_path, "base", 0, "ce", [50.0, 60.0, 70.0])
+    _fake_run(tmp_path, "base", 1, "ce", [50.0, 62.0, 72.0])
+    _fake_run(tmp_path, "kd", 0, "kd", [55.0, 80.0, 75.0], 3.0)
+    _fake_run(tmp_path, "kd", 1, "kd", [55.0, 78.0, 77.0], 5.0)
+    (tmp_path / "kd" / "seed2").mkdir()  # unfinished: ignored
+    result = write_report(tmp_path, ["base", "kd"], "base", title="t")
+    rows = {r["recipe"]: r for r in csv.DictReader((result.report_dir / "table.csv").open())}
+    assert float(rows["base"]["last_mean"]) == pytest.approx(71.0)
+    assert float(rows["base"]["last_std"]) == pytest.approx(2 ** 0.5)  # sample std of 70, 72
+    assert float(rows["kd"]["best_mean"]) == pytest.approx(79.0)
+    assert float(rows["kd"]["selected_mean"]) == pytest.approx(79.0)
+    assert float(rows["kd"]["gain_last"]) == pytest.approx(5.0)
+    assert float(rows["kd"]["gain_best"]) == pytest.approx(79.0 - 71.0)
+    assert float(rows["kd"]["seconds_mean"]) == pytest.approx(4.0)
+    assert "| kd | kd | mlp | 2 | 76.00 ± 1.41 | 79.00 ± 1.41 | 79.00 ± 1.41 | +5.00 | +8.00 | 4.0 |" in result.markdown
+
+
+def test_bad_input_messages(tmp_path, capsys):
+    bad = write_recipe(tmp_path, name="bad", optim={"lr": 0.1, "momentun": 0.9})
+    assert main(["train", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "did you mean 'momentum'" in err and "Traceback" not in err
+    missing = write_recipe(tmp_path, name="nodata", data={"name": "cifar10", "root": str(tmp_path / "nowhere")})
+    assert main(["train", str(missing)]) == 2
+    err = capsys.readouterr().err
+    assert str(tmp_path / "nowhere") in err and "download" in err
+    assert main(["eval", str(tmp_path / "none.pt")]) == 2
+    assert "no checkpoint at" in capsys.readouterr().err
+    assert main(["train", str(write_recipe(tmp_path, name="r", output_dir=str(tmp_path / "o"))), "--resume"]) == 2
+    assert "nothing to resume" in capsys.readouterr().err
+
+
+def test_help_explains_every_command():
+    parser = build_parser()
+    text = parser.format_help()
+    for command in ("train", "eval", "compare", "quickstart"):
+        assert command in text
+    result = subprocess.run([sys.executable, "-m", "softdistill", "train", "--help"], capture_output=True, text=True)
+    assert result.returncode == 0 and "--resume" in result.stdout and "-o KEY=VALUE" in result.stdout

@@ -1,0 +1,212 @@
+"""End-to-end behaviour of the trainer through recipes: outputs, determinism, resume, DDP, errors."""
+
+import json
+import os
+import socket
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from softdistill.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from softdistill.config import ConfigError, recipe_from_dict
+from softdistill.engine import NonFiniteLossError, RunStateError
+from softdistill.runner import run_recipe
+
+
+def make_recipe(tmp_path, **changes):
+    raw = {
+        "name": "syn", "student": "mlp", "epochs": 3, "seed": 1,
+        "data": {"name": "synthetic", "val_size": 100, "batch_size": 50},
+        "optim": {"name": "sgd", "lr": 0.05},
+        "schedule": {"name": "cosine", "warmup_epochs": 0.5},
+        "output_dir": str(tmp_path / "runs"),
+        "train": {"device": "cpu"},
+    }
+    for key, value in changes.items():
+        node = raw
+        *parents, last = key.split("__")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[last] = value
+    return recipe_from_dict(raw)
+
+
+def weights(run_dir, name="last.pt"):
+    return load_checkpoint(run_dir / name)["state_dict"]
+
+
+def assert_same_weights(a, b, **tol):
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], **tol)
+
+
+def test_run_writes_folder_and_learns(tmp_path):
+    recipe = make_recipe(tmp_path, epochs=4)
+    summary = run_recipe(recipe, quiet=True)
+    run = recipe.run_dir
+    for name in ("config.yaml", "metrics.jsonl", "last.pt", "best.pt", "summary.json"):
+        assert (run / name).is_file(), name
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2, 3, 4]
+    for key in ("train/loss", "train/ce", "train/acc", "val/acc", "test/acc", "test/loss", "lr", "seconds"):
+        assert key in records[0]
+    assert records[-1]["train/loss"] < records[0]["train/loss"]
+    assert summary["test_acc_last"] == records[-1]["test/acc"]
+    assert summary["test_acc_best"] == max(r["test/acc"] for r in records)
+    assert summary["test_acc_last"] > 30.0  # 10 classes: chance is 10 %
+    assert json.loads((run / "summary.json").read_text()) == summary
+
+
+def test_same_seed_same_weights_different_seed_differs(tmp_path):
+    a = make_recipe(tmp_path / "a", epochs=2)
+    b = make_recipe(tmp_path / "b", epochs=2)
+    c = make_recipe(tmp_path / "c", epochs=2, seed=2)
+    for r in (a, b, c):
+        run_recipe(r, quiet=True)
+    assert_same_weights(weights(a.run_dir), weights(b.run_dir), rtol=0, atol=0)
+    assert not torch.equal(weights(a.run_dir)["fc.weight"], weights(c.run_dir)["fc.weight"])
+
+
+def test_resume_equals_uninterrupted_run(tmp_path, monkeypatch):
+    full = make_recipe(tmp_path / "full", epochs=3, data__augment={"crop_padding": 1, "hflip": True})
+    run_recipe(full, quiet=True)
+
+    cut = make_recipe(tmp_path / "cut", epochs=3, data__augment={"crop_padding": 1, "hflip": True})
+    from softdistill.engine.trainer import Trainer
+
+    original = Trainer._train_epoch
+
+    def crash_in_epoch_3(self):
+        if self.epoch == 3:
+            raise KeyboardInterrupt
+        return original(self)
+
+    monkeypatch.setattr(Trainer, "_train_epoch", crash_in_epoch_3)
+    with pytest.raises(KeyboardInterrupt):
+        run_recipe(cut, quiet=True)
+    assert load_checkpoint(cut.run_dir / "last.pt")["epoch"] == 2
+    assert not (cut.run_dir / "summary.json").exists()
+    monkeypatch.setattr(Trainer, "_train_epoch", original)
+
+    with pytest.raises(RunStateError, match="already holds a run; continue it with --resume"):
+        run_recipe(cut, quiet=True)
+    summary = run_recipe(cut, resume=True, quiet=True)
+    assert_same_weights(weights(full.run_dir), weights(cut.run_dir), rtol=0, atol=0)
+    full_summary = json.loads((full.run_dir / "summary.json").read_text())
+    assert summary["test_acc_last"] == full_summary["test_acc_last"]
+    assert len((cut.run_dir / "metrics.jsonl").read_text().splitlines()) == 3
+
+
+def test_resume_errors(tmp_path):
+    recipe = make_recipe(tmp_path, epochs=1)
+    with pytest.raises(RunStateError, match="nothing to resume: no checkpoint"):
+        run_recipe(recipe, resume=True, quiet=True)
+    run_recipe(recipe, quiet=True)
+    with pytest.raises(RunStateError, match="already finished"):
+        run_recipe(recipe, resume=True, quiet=True)
+    changed = make_recipe(tmp_path, epochs=1, optim__lr=0.5)
+    with pytest.raises(RunStateError, match="optim.lr: 0.05 -> 0.5"):
+        run_recipe(changed, resume=True, quiet=True)
+
+
+def test_truncated_and_foreign_checkpoints_are_clear_errors(tmp_path):
+    recipe = make_recipe(tmp_path, epochs=1)
+    run_recipe(recipe, quiet=True)
+    last = recipe.run_dir / "last.pt"
+    data = last.read_bytes()
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="truncated, corrupt or not a PyTorch file"):
+        load_checkpoint(truncated)
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"weights": torch.zeros(2)}, foreign)
+    with pytest.raises(CheckpointError, match="not a softdistill checkpoint"):
+        load_checkpoint(foreign)
+    # a checkpoint of another model used as a teacher of the wrong class count
+    from softdistill.targets import load_teacher
+
+    with pytest.raises(CheckpointError, match="predicts 10 classes but the data has 100"):
+        load_teacher(last, 100, 1, [0.0], [1.0])
+
+
+def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
+    path = tmp_path / "c.pt"
+    save_checkpoint({"x": 1}, path)
+
+    def broken_save(obj, handle):
+        handle.write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint({"x": 2}, path)
+    monkeypatch.undo()
+    assert load_checkpoint(path)["x"] == 1  # the old file is intact
+    assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]  # no temporary left behind
+
+
+def test_nan_loss_stops_with_epoch_step_and_term(tmp_path):
+    recipe = make_recipe(tmp_path, epochs=3, optim__lr=1.0e6, optim__momentum=0.0, schedule={"name": "constant"})
+    with pytest.raises(NonFiniteLossError, match=r"non-finite loss at epoch \d+, step \d+: term ce"):
+        run_recipe(recipe, quiet=True)
+
+
+def test_kd_from_teacher_recipe_trains_teacher_once_and_caches(tmp_path):
+    teacher_yaml = tmp_path / "teacher.yaml"
+    teacher_yaml.write_text("name: syn-teacher\nstudent: mlp\nepochs: 2\n"
+                            "data: {name: synthetic, val_size: 100, batch_size: 50}\n")
+    raw = {"teacher": {"recipe": str(teacher_yaml), "cache": True}, "method": {"name": "kd", "alpha": 0.5}}
+    recipe = make_recipe(tmp_path, epochs=2, student="cnn-small", **raw)
+    run_recipe(recipe, quiet=True)
+    teacher_run = tmp_path / "runs" / "syn-teacher" / "seed0"
+    assert (teacher_run / "summary.json").exists()  # trained into the student's output_dir
+    stamp = (teacher_run / "best.pt").stat().st_mtime_ns
+    run_recipe(make_recipe(tmp_path / "again", epochs=1, student="cnn-small",
+                           output_dir=str(tmp_path / "runs"), name="syn2", **raw), quiet=True)
+    assert (teacher_run / "best.pt").stat().st_mtime_ns == stamp  # reused, not retrained
+    records = [json.loads(line) for line in (recipe.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert "train/kd" in records[0] and "train/ce" in records[0]
+
+
+def test_recipe_level_errors(tmp_path):
+    with pytest.raises(ConfigError, match="method 'kd' needs a teacher"):
+        run_recipe(make_recipe(tmp_path, method={"name": "kd"}), quiet=True)
+    with pytest.raises(ConfigError, match="teacher.cache needs data.augment off"):
+        run_recipe(make_recipe(tmp_path, method={"name": "kd"}, teacher={"checkpoint": "x.pt", "cache": True},
+                               data__augment={"hflip": True}), quiet=True)
+    with pytest.raises(CheckpointError, match="teacher checkpoint not found"):
+        run_recipe(make_recipe(tmp_path, method={"name": "kd"}, teacher={"checkpoint": str(tmp_path / "x.pt")}),
+                   quiet=True)
+
+
+# ------------------------------------------------------------------------------- DDP
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ddp_worker(rank, world_size, port, tmp):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world_size),
+                      RANK=str(rank), LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    from softdistill.engine import shutdown_distributed
+
+    try:
+        run_recipe(make_recipe(tmp / "ddp", data__augment={"crop_padding": 1, "hflip": True}), quiet=True)
+    finally:
+        shutdown_distributed()
+
+
+def test_two_process_ddp_matches_single_process(tmp_path):
+    torch.set_num_threads(1)
+    single = make_recipe(tmp_path / "single", data__augment={"crop_padding": 1, "hflip": True})
+    single_summary = run_recipe(single, quiet=True)
+    mp.start_processes(_ddp_worker, args=(2, _free_port(), tmp_path), nprocs=2, join=True, start_method="spawn")
+    ddp_dir = tmp_path / "ddp" / "runs" / "syn" / "seed1"
+    assert_same_weights(weights(single.run_dir), weights(ddp_dir), rtol=1e-4, atol=1e-5)
+    ddp_summary = json.loads((ddp_dir / "summary.json").read_text())
+    assert ddp_summary["test_acc_last"] == pytest.approx(single_summary["test_acc_last"], abs=0.51)

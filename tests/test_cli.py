@@ -81,6 +81,20 @@ def test_compare_skips_finished_runs_and_resumes(tmp_path, capsys):
     assert changed == [out / "smooth" / "seed1" / "last.pt"]
 
 
+def test_compare_refuses_runs_of_an_edited_recipe(tmp_path, capsys):
+    a = write_recipe(tmp_path, name="base")
+    out = tmp_path / "cmp"
+    assert main(["compare", str(a), "--seeds", "1", "--output", str(out), "--quiet"]) == 0
+    write_recipe(tmp_path, name="base", epochs=3)
+    assert main(["compare", str(a), "--seeds", "1", "--output", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "different version of recipe 'base'" in err and "epochs: 2 -> 3" in err
+    # a comment-like change (description) or another output folder name does not count
+    write_recipe(tmp_path, name="base", description="same experiment, new words")
+    assert main(["compare", str(a), "--seeds", "1", "--output", str(out), "--quiet", "--report", str(tmp_path / "r")]) == 0
+    assert (tmp_path / "r" / "table.md").is_file()
+
+
 def _fake_run(root: Path, name: str, seed: int, method: str, accs: list[float], seconds: float = 1.0) -> None:
     run = root / name / f"seed{seed}"
     run.mkdir(parents=True)

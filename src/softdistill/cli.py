@@ -56,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("-o", "--override", action="append", default=[], metavar="KEY=VALUE", help=OVERRIDE_HELP)
     cmp.add_argument("--output", default="runs/compare", help="output folder (default runs/compare)")
     cmp.add_argument("--baseline", help="recipe name gains are measured against (default: first 'ce' recipe)")
+    cmp.add_argument("--report", help="report folder (default OUTPUT/report)")
     cmp.add_argument("--quiet", action="store_true")
 
     qs = sub.add_parser("quickstart", help="teacher + baseline/LS/KD students on Fashion-MNIST, over seeds",
@@ -110,7 +111,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     from softdistill.experiments import compare
 
     _print_result(compare(args.recipes, seeds=args.seeds, epochs=args.epochs, overrides=args.override,
-                          output_dir=args.output, baseline=args.baseline, quiet=args.quiet))
+                          output_dir=args.output, baseline=args.baseline, quiet=args.quiet, report_dir=args.report))
     return 0
 
 

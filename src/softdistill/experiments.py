@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 from softdistill.config import Recipe, load_recipe
 from softdistill.report import aggregate_runs, format_markdown, plot_curves, write_csv
 from softdistill.report.tables import RecipeResult
-from softdistill.runner import run_dir_state, run_recipe, teacher_checkpoint
+from softdistill.runner import check_same_recipe, run_dir_state, run_recipe, teacher_checkpoint
 
 __all__ = ["CompareResult", "compare", "write_report", "packaged_recipes", "quickstart"]
 
@@ -35,11 +35,12 @@ def _resolve(paths: Sequence[str | Path], seed: int, output_dir: Path, overrides
 
 def compare(recipe_paths: Sequence[str | Path], *, seeds: int | Sequence[int] = 3, epochs: int | None = None,
             overrides: Sequence[str] = (), output_dir: str | Path = "runs/compare", baseline: str | None = None,
-            quiet: bool = False, title: str = "softdistill compare") -> CompareResult:
+            quiet: bool = False, title: str = "softdistill compare", report_dir: str | Path | None = None) -> CompareResult:
     """Run every recipe for every seed into ``output_dir/NAME/seedS``, then write the report.
 
     Finished runs are skipped and interrupted ones resumed, so an interrupted compare can simply be
-    started again.  The baseline defaults to the first recipe whose method is ``ce``.
+    started again.  The baseline defaults to the first recipe whose method is ``ce``.  The report
+    goes to ``report_dir`` (default ``output_dir/report``).
     """
     start = time.perf_counter()
     output_dir = Path(output_dir)
@@ -59,6 +60,7 @@ def compare(recipe_paths: Sequence[str | Path], *, seeds: int | Sequence[int] = 
     bar = tqdm(jobs, desc="compare", unit="run", disable=quiet, dynamic_ncols=True)
     for recipe in bar:
         state = run_dir_state(recipe.run_dir)
+        check_same_recipe(recipe)
         label = f"{recipe.name} seed {recipe.seed}"
         if state == "finished":
             bar.write(f"{label}: finished earlier, skipped")
@@ -69,15 +71,17 @@ def compare(recipe_paths: Sequence[str | Path], *, seeds: int | Sequence[int] = 
             bar.write(f"{label}: test accuracy {summary['test_acc_last']:.2f}% last, {summary['test_acc_best']:.2f}% "
                       f"best, {summary['test_acc_selected']:.2f}% at best {summary['selection']} "
                       f"({summary['seconds']:.1f}s)")
-    return write_report(output_dir, names, baseline, title=title, seconds=time.perf_counter() - start)
+    return write_report(output_dir, names, baseline, title=title, seconds=time.perf_counter() - start,
+                        report_dir=report_dir)
 
 
 def write_report(output_dir: str | Path, names: Sequence[str], baseline: str | None, *, title: str,
-                 seconds: float = float("nan")) -> CompareResult:
-    """Aggregate the run folders and write report/{table.md, table.csv, curves.png, results.json}."""
+                 seconds: float = float("nan"), report_dir: str | Path | None = None) -> CompareResult:
+    """Aggregate the run folders and write {table.md, table.csv, curves.png, results.json} to
+    ``report_dir`` (default ``output_dir/report``)."""
     output_dir = Path(output_dir)
     results = aggregate_runs(output_dir, names)
-    report_dir = output_dir / "report"
+    report_dir = Path(report_dir) if report_dir is not None else output_dir / "report"
     report_dir.mkdir(parents=True, exist_ok=True)
     table = format_markdown(results, baseline)
     seeds = sorted({s for r in results for s in r.seeds})
@@ -98,7 +102,7 @@ def packaged_recipes(group: str) -> Path:
     return Path(str(resources.files("softdistill") / "recipes" / group))
 
 
-QUICKSTART_ORDER = ("baseline", "ls", "kd")
+QUICKSTART_ORDER = ("baseline", "ls", "kd", "tfkd-self", "tfkd-reg", "tfkd-reg-reference", "wsl")
 
 
 def quickstart(*, tiny: bool = False, seeds: int = 3, output_dir: str | Path | None = None,

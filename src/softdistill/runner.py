@@ -19,16 +19,18 @@ from softdistill.config import ConfigError, Recipe, load_recipe
 from softdistill.data.loader import BatchLoader, BatchTransform
 from softdistill.data.prepare import DataBundle, prepare_data
 from softdistill.engine import DistContext, LRSchedule, Trainer, build_optimizer, init_distributed
-from softdistill.engine.trainer import write_text_atomic
+from softdistill.engine.trainer import RunStateError, config_differences, write_text_atomic
 from softdistill.methods import method_class
 from softdistill.models import build_model
 from softdistill.targets import CachedTeacher, load_teacher
 
-__all__ = ["run_recipe", "run_dir_state", "teacher_checkpoint", "load_data", "INHERITED_BY_TEACHER"]
+__all__ = ["run_recipe", "run_dir_state", "check_same_recipe", "teacher_checkpoint", "load_data", "INHERITED_BY_TEACHER"]
 
 # Settings of the machine rather than of the experiment: a teacher recipe takes them from the
 # recipe that asks for it, so that `-o data.root=...` or `-o output_dir=...` reach the teacher too.
 INHERITED_BY_TEACHER = ("data.root", "data.download", "train.device", "train.threads", "output_dir")
+# Keys that do not change what a run computes: a run folder made under other values still counts.
+NOT_IDENTITY = ("description", "output_dir", "data.root", "data.download", "train.device", "train.threads")
 
 
 def load_data(recipe: Recipe) -> DataBundle:
@@ -61,6 +63,7 @@ def teacher_checkpoint(recipe: Recipe, quiet: bool = False) -> Path:
     teacher = _teacher_recipe(recipe)
     run_dir = teacher.run_dir
     state = run_dir_state(run_dir)
+    check_same_recipe(teacher)
     if state != "finished":
         if not quiet:
             print(f"[softdistill] training teacher recipe {teacher.name!r} into {run_dir}")
@@ -132,7 +135,7 @@ def run_recipe(recipe: Recipe, *, resume: bool = False, quiet: bool = False) -> 
     run_dir = recipe.run_dir
     trainer = Trainer(method, optimizer, schedule, train_loader, eval_loaders, run_dir, epochs=recipe.epochs,
                       seed=recipe.seed, checkpoint_meta=meta, ctx=ctx, amp=recipe.train.amp,
-                      keep_epochs=recipe.train.keep_epochs, quiet=quiet)
+                      keep_epochs=recipe.train.keep_epochs, quiet=quiet, config_ignore=NOT_IDENTITY)
     if ctx.is_main and run_dir_state(run_dir) == "new":
         run_dir.mkdir(parents=True, exist_ok=True)
         write_text_atomic(run_dir / "config.yaml", yaml.safe_dump(recipe.to_dict(), sort_keys=False))
@@ -141,6 +144,17 @@ def run_recipe(recipe: Recipe, *, resume: bool = False, quiet: bool = False) -> 
         print(f"[softdistill] {recipe.name} seed {recipe.seed}: {what} -> {run_dir}"
               f" ({len(data.train)} train images, {ctx.world_size} process(es), {ctx.device})")
     return trainer.fit(resume=resume)
+
+
+def check_same_recipe(recipe: Recipe) -> None:
+    """Refuse to reuse a run folder that another version of the recipe produced (stale results)."""
+    path = recipe.run_dir / "config.yaml"
+    if not path.is_file():
+        return
+    diffs = config_differences(yaml.safe_load(path.read_text()), recipe.to_dict(), NOT_IDENTITY)
+    if diffs:
+        raise RunStateError(f"{recipe.run_dir} was produced by a different version of recipe {recipe.name!r}:\n  "
+                            + "\n  ".join(diffs) + "\nDelete that folder or choose another output_dir to rerun it.")
 
 
 def run_dir_state(run_dir: str | os.PathLike) -> str:

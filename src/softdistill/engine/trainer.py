@@ -52,12 +52,13 @@ def write_text_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def config_differences(old: Any, new: Any, prefix: str = "") -> list[str]:
-    """Dotted keys whose values differ between two nested dicts."""
+def config_differences(old: Any, new: Any, ignore: Sequence[str] = (), prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two nested dicts (keys in ``ignore`` are skipped)."""
     if isinstance(old, dict) and isinstance(new, dict):
         diffs = []
         for key in sorted(set(old) | set(new)):
-            diffs += config_differences(old.get(key), new.get(key), f"{prefix}{key}.")
+            if f"{prefix}{key}" not in ignore:
+                diffs += config_differences(old.get(key), new.get(key), ignore, f"{prefix}{key}.")
         return diffs
     return [] if old == new else [f"{prefix.rstrip('.')}: {old!r} -> {new!r}"]
 
@@ -94,13 +95,15 @@ class Trainer:
 
     ``method.student`` is what gets evaluated and checkpointed; ``checkpoint_meta`` (model
     spec, normalisation, resolved config) goes into every checkpoint so that it stands alone.
+    A run resumes only under the same config, up to the keys in ``config_ignore``.
     Selection ("best") uses the ``val`` set when given, else ``test`` (flagged in the summary).
     """
 
     def __init__(self, method: nn.Module, optimizer: torch.optim.Optimizer, schedule: LRSchedule,
                  train_loader: BatchLoader, eval_loaders: Mapping[str, BatchLoader], run_dir: str | os.PathLike, *,
                  epochs: int, seed: int, checkpoint_meta: Mapping[str, Any], ctx: DistContext = DistContext(),
-                 amp: str = "off", keep_epochs: Sequence[int] = (), quiet: bool = False) -> None:
+                 amp: str = "off", keep_epochs: Sequence[int] = (), quiet: bool = False,
+                 config_ignore: Sequence[str] = ()) -> None:
         if amp == "fp16" and ctx.device.type != "cuda":
             raise ValueError("amp: fp16 needs a CUDA device; on the CPU use amp: bf16")
         if "test" not in eval_loaders:
@@ -118,6 +121,7 @@ class Trainer:
         self.amp = amp
         self.keep_epochs = set(keep_epochs)
         self.quiet = quiet or not ctx.is_main
+        self.config_ignore = tuple(config_ignore)
         self.scaler = torch.amp.GradScaler(ctx.device.type, enabled=(amp == "fp16"))
         self.selection = "val" if "val" in self.eval_loaders else "test"
         self.history: list[dict[str, Any]] = []
@@ -148,7 +152,7 @@ class Trainer:
         if not last.exists():
             raise RunStateError(f"nothing to resume: no checkpoint {last}; start the run without --resume")
         state = load_checkpoint(last, map_location=self.ctx.device)
-        diffs = config_differences(state.get("config"), self.meta.get("config"))
+        diffs = config_differences(state.get("config"), self.meta.get("config"), self.config_ignore)
         if diffs:
             raise RunStateError(f"cannot resume {self.run_dir}: the recipe changed since the checkpoint:\n  "
                                 + "\n  ".join(diffs))

@@ -1,0 +1,115 @@
+"""Teachers from recipes: Tf-KD self loads its stage 1, De-KD its early checkpoint; WSL options."""
+
+import pytest
+import torch
+import yaml
+
+import softdistill.runner as runner
+from softdistill.checkpoint import CheckpointError, load_checkpoint
+from softdistill.config import recipe_from_dict
+from softdistill.engine import RunStateError
+from softdistill.losses import wsl_loss
+from softdistill.methods import method_class
+from softdistill.models import build_model
+from softdistill.runner import run_recipe
+from softdistill.targets import FrozenTeacher
+from softdistill.types import Batch
+
+DATA = {"name": "synthetic", "val_size": 100, "batch_size": 50}
+
+
+def stage1_yaml(tmp_path, **extra):
+    raw = {"name": "stage1", "student": "mlp", "epochs": 3, "data": DATA, **extra}
+    path = tmp_path / "stage1.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def student_recipe(tmp_path, teacher, **extra):
+    return recipe_from_dict({"name": "stage2", "student": "mlp", "epochs": 1, "data": DATA, "teacher": teacher,
+                             "method": {"name": "kd", "alpha": 0.95, "temperature": 6},
+                             "output_dir": str(tmp_path / "runs"), **extra})
+
+
+@pytest.fixture
+def loaded(monkeypatch):
+    """Record which checkpoint the runner loads as teacher, and the teacher it builds."""
+    seen = {}
+    original = runner.load_teacher
+
+    def spy(path, *args, **kwargs):
+        seen["path"] = path
+        seen["teacher"] = original(path, *args, **kwargs)
+        return seen["teacher"]
+
+    monkeypatch.setattr(runner, "load_teacher", spy)
+    return seen
+
+
+def test_tfkd_self_stage2_loads_stage1(tmp_path, loaded):
+    recipe = student_recipe(tmp_path, {"recipe": str(stage1_yaml(tmp_path))})
+    run_recipe(recipe, quiet=True)
+    stage1_best = tmp_path / "runs" / "stage1" / "seed0" / "best.pt"
+    assert loaded["path"] == stage1_best
+    expected = load_checkpoint(stage1_best)["state_dict"]
+    got = loaded["teacher"].model.state_dict()
+    for key in expected:
+        torch.testing.assert_close(got[key], expected[key], rtol=0, atol=0)
+
+
+def test_dekd_uses_the_requested_early_checkpoint(tmp_path, loaded):
+    stage1 = stage1_yaml(tmp_path, train={"keep_epochs": [1]})
+    run_recipe(student_recipe(tmp_path, {"recipe": str(stage1), "select": "epoch_1"}), quiet=True)
+    run = tmp_path / "runs" / "stage1" / "seed0"
+    assert loaded["path"] == run / "epoch_1.pt"
+    early = load_checkpoint(run / "epoch_1.pt")
+    assert early["epoch"] == 1 and load_checkpoint(run / "last.pt")["epoch"] == 3
+    torch.testing.assert_close(loaded["teacher"].model.state_dict()["fc.weight"], early["state_dict"]["fc.weight"])
+    assert not torch.equal(early["state_dict"]["fc.weight"], load_checkpoint(run / "last.pt")["state_dict"]["fc.weight"])
+    with pytest.raises(CheckpointError, match=r"keeps epoch checkpoints only for train.keep_epochs = \[1\]"):
+        run_recipe(student_recipe(tmp_path / "b", {"recipe": str(stage1), "select": "epoch_2"}, name="x"), quiet=True)
+
+
+def test_a_teacher_run_from_an_older_recipe_version_is_not_reused(tmp_path):
+    stage1 = stage1_yaml(tmp_path)
+    run_recipe(student_recipe(tmp_path, {"recipe": str(stage1)}), quiet=True)
+    stage1_yaml(tmp_path, optim={"lr": 0.2})  # the teacher recipe is edited afterwards
+    with pytest.raises(RunStateError, match=r"different version of recipe 'stage1'(.|\n)*optim.lr: 0.05 -> 0.2"):
+        run_recipe(student_recipe(tmp_path, {"recipe": str(stage1)}, name="again"), quiet=True)
+
+
+def _teacher_module():
+    torch.manual_seed(0)
+    return FrozenTeacher(build_model("cnn-small", 10, 1, 8))
+
+
+def test_teacher_stays_in_eval_mode_unless_asked_for_the_batchnorm_quirk():
+    cls = method_class("wsl")
+    method = cls(cls.Config(), build_model("mlp", 10, 1, 8), 10, _teacher_module())
+    method.train()
+    assert method.student.training and not method.teacher.training
+    assert not any(m.training for m in method.teacher.model.modules())
+    quirky = FrozenTeacher(build_model("cnn-small", 10, 1, 8), batchnorm_train_mode=True)
+    quirky.train()
+    bns = [m for m in quirky.model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert bns and all(m.training for m in bns)
+    quirky.eval()
+    assert not any(m.training for m in bns)
+    assert not any(p.requires_grad for p in quirky.parameters())
+
+
+def test_wsl_label_free_uses_the_teacher_argmax():
+    cls = method_class("wsl")
+    teacher = _teacher_module()
+    student = build_model("mlp", 10, 1, 8)
+    x = torch.randn(6, 1, 8, 8)
+    wrong = torch.zeros(6, dtype=torch.long)
+    batch = Batch(x, wrong, torch.arange(6))
+    out = cls(cls.Config(label_free=True), student, 10, teacher)(batch)
+    t_logits = teacher(batch)
+    expected = wsl_loss(student(x), t_logits, t_logits.argmax(1), 4.0, 2.25)
+    assert (out.losses["ce"] + out.losses["wsl"]).item() == pytest.approx(expected.item(), rel=1e-5)
+    with_labels = cls(cls.Config(), student, 10, teacher)(batch)
+    assert (with_labels.losses["ce"] + with_labels.losses["wsl"]).item() == pytest.approx(
+        wsl_loss(student(x), t_logits, wrong).item(), rel=1e-5)
+    assert {"reg_share", "w_mean", "w_q1", "w_median", "w_q3"} <= set(out.metrics)

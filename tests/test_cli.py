@@ -30,8 +30,9 @@ def test_quickstart_tiny_end_to_end(tmp_path, capsys):
     for name in ("digits-baseline", "digits-ls", "digits-kd", "(baseline)", "test acc last (%)"):
         assert name in printed
     report = out / "report"
-    for name in ("table.md", "table.csv", "curves.png", "results.json"):
+    for name in ("table.md", "table.csv", "curves.png", "diagnostics.png", "results.json"):
         assert (report / name).stat().st_size > 0, name
+    assert "![diagnostics](diagnostics.png)" in (report / "table.md").read_text()  # KD logs reg_share
     assert (report / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     rows = {r["recipe"]: r for r in csv.DictReader((report / "table.csv").open())}
     assert rows["digits-kd"]["seeds"] == "2"

@@ -12,7 +12,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from softdistill.config import Recipe, load_recipe
-from softdistill.report import aggregate_runs, format_markdown, plot_curves, write_csv
+from softdistill.report import aggregate_runs, format_markdown, plot_curves, plot_diagnostics, write_csv
 from softdistill.report.tables import RecipeResult
 from softdistill.runner import check_same_recipe, run_dir_state, run_recipe, teacher_checkpoint
 
@@ -88,9 +88,13 @@ def write_report(output_dir: str | Path, names: Sequence[str], baseline: str | N
     markdown = (f"# {title}\n\nTest accuracy over seeds {seeds} (mean ± sample std). *last*: after the final epoch; "
                 "*best*: best epoch (optimistic); *@best val*: at the epoch with the best validation accuracy. "
                 f"Gains are differences of means against `{baseline}`.\n\n{table}\n![test accuracy](curves.png)\n")
-    (report_dir / "table.md").write_text(markdown)
     write_csv(results, report_dir / "table.csv", baseline)
     plot_curves(results, report_dir / "curves.png", title=title)
+    if plot_diagnostics(results, report_dir / "diagnostics.png", title=f"{title}: soft-label diagnostics"):
+        markdown += ("\n![diagnostics](diagnostics.png)\n\n*reg_share*: share of training samples per epoch on which "
+                     "the teacher's cross-entropy on the true label exceeds the student's (WSL's regularization "
+                     "samples); *w*: WSL weight 1 - exp(-CE_s/CE_t), batch means averaged over the epoch.\n")
+    (report_dir / "table.md").write_text(markdown)
     (report_dir / "results.json").write_text(json.dumps(
         [{"name": r.name, "method": r.method, "student": r.student, "seeds": r.seeds, "last": r.last, "best": r.best,
           "selected": r.selected, "seconds": r.seconds} for r in results], indent=2))

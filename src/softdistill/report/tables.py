@@ -30,7 +30,7 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
 
 @dataclass
 class RecipeResult:
-    """Every finished seed of one recipe: summaries and per-epoch test-accuracy curves."""
+    """Every finished seed of one recipe: its summaries and its per-epoch metrics.jsonl records."""
 
     name: str
     method: str
@@ -40,7 +40,11 @@ class RecipeResult:
     best: list[float] = field(default_factory=list)
     selected: list[float] = field(default_factory=list)
     seconds: list[float] = field(default_factory=list)
-    curves: list[list[float]] = field(default_factory=list)
+    histories: list[list[dict]] = field(default_factory=list)
+
+    def series(self, key: str) -> list[list[float]]:
+        """Per-seed lists of one metrics.jsonl key (e.g. ``test/acc``, ``train/reg_share``)."""
+        return [[r[key] for r in history if key in r] for history in self.histories if any(key in r for r in history)]
 
     def stat(self, key: str) -> tuple[float, float]:
         return mean_std(getattr(self, key))
@@ -69,7 +73,7 @@ def aggregate_runs(output_dir: str | Path, names: Sequence[str]) -> list[RecipeR
             result.best.append(summary["test_acc_best"])
             result.selected.append(summary["test_acc_selected"])
             result.seconds.append(summary["seconds"])
-            result.curves.append([r["test/acc"] for r in records])
+            result.histories.append(records)
         results.append(result or RecipeResult(name, "?", "?"))
     return results
 

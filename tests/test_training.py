@@ -59,6 +59,15 @@ def test_run_writes_folder_and_learns(tmp_path):
     assert json.loads((run / "summary.json").read_text()) == summary
 
 
+def test_eval_every_evaluates_on_schedule_and_after_the_last_epoch(tmp_path):
+    recipe = make_recipe(tmp_path, epochs=5, train={"device": "cpu", "eval_every": 2})
+    summary = run_recipe(recipe, quiet=True)
+    records = [json.loads(line) for line in (recipe.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records if "test/acc" in r] == [2, 4, 5]
+    assert "train/loss" in records[0] and "test/acc" not in records[0]
+    assert summary["best_test_epoch"] in (2, 4, 5) and summary["test_acc_last"] == records[-1]["test/acc"]
+
+
 def test_same_seed_same_weights_different_seed_differs(tmp_path):
     a = make_recipe(tmp_path / "a", epochs=2)
     b = make_recipe(tmp_path / "b", epochs=2)

@@ -118,6 +118,7 @@ class TrainConfig(StrictModel):
     amp: Literal["off", "bf16", "fp16"] = Field("off", description="autocast dtype; fp16 only on CUDA")
     threads: int | None = Field(None, ge=1, description="torch CPU threads (None = PyTorch default)")
     keep_epochs: list[int] = Field(default_factory=list, description="also keep epoch_N.pt for these epochs")
+    eval_every: int = Field(1, ge=1, description="evaluate every N epochs (and after the last one)")
 
 
 class Recipe(StrictModel):

@@ -135,7 +135,8 @@ def run_recipe(recipe: Recipe, *, resume: bool = False, quiet: bool = False) -> 
     run_dir = recipe.run_dir
     trainer = Trainer(method, optimizer, schedule, train_loader, eval_loaders, run_dir, epochs=recipe.epochs,
                       seed=recipe.seed, checkpoint_meta=meta, ctx=ctx, amp=recipe.train.amp,
-                      keep_epochs=recipe.train.keep_epochs, quiet=quiet, config_ignore=NOT_IDENTITY)
+                      keep_epochs=recipe.train.keep_epochs, quiet=quiet, config_ignore=NOT_IDENTITY,
+                      eval_every=recipe.train.eval_every)
     if ctx.is_main and run_dir_state(run_dir) == "new":
         run_dir.mkdir(parents=True, exist_ok=True)
         write_text_atomic(run_dir / "config.yaml", yaml.safe_dump(recipe.to_dict(), sort_keys=False))

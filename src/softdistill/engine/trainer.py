@@ -103,7 +103,7 @@ class Trainer:
                  train_loader: BatchLoader, eval_loaders: Mapping[str, BatchLoader], run_dir: str | os.PathLike, *,
                  epochs: int, seed: int, checkpoint_meta: Mapping[str, Any], ctx: DistContext = DistContext(),
                  amp: str = "off", keep_epochs: Sequence[int] = (), quiet: bool = False,
-                 config_ignore: Sequence[str] = ()) -> None:
+                 config_ignore: Sequence[str] = (), eval_every: int = 1) -> None:
         if amp == "fp16" and ctx.device.type != "cuda":
             raise ValueError("amp: fp16 needs a CUDA device; on the CPU use amp: bf16")
         if "test" not in eval_loaders:
@@ -122,6 +122,7 @@ class Trainer:
         self.keep_epochs = set(keep_epochs)
         self.quiet = quiet or not ctx.is_main
         self.config_ignore = tuple(config_ignore)
+        self.eval_every = eval_every
         self.scaler = torch.amp.GradScaler(ctx.device.type, enabled=(amp == "fp16"))
         self.selection = "val" if "val" in self.eval_loaders else "test"
         self.history: list[dict[str, Any]] = []
@@ -177,9 +178,10 @@ class Trainer:
         while self.epoch < self.epochs:
             self.epoch += 1
             record = self._train_epoch()
-            for name, loader in self.eval_loaders.items():
-                for key, value in evaluate(self.student, loader, self.ctx, self.amp).items():
-                    record[f"{name}/{key}"] = value
+            if self.epoch % self.eval_every == 0 or self.epoch == self.epochs:
+                for name, loader in self.eval_loaders.items():
+                    for key, value in evaluate(self.student, loader, self.ctx, self.amp).items():
+                        record[f"{name}/{key}"] = value
             record["seconds"] = time.perf_counter() - record.pop("_start")
             self.history.append(record)
             if self.ctx.is_main:
@@ -252,7 +254,7 @@ class Trainer:
     def _save_epoch(self) -> None:
         save_checkpoint(self._payload(with_optimizer=True), self.run_dir / "last.pt")
         key = f"{self.selection}/acc"
-        if self.history[-1][key] >= max(r[key] for r in self.history):
+        if key in self.history[-1] and self.history[-1][key] >= max(r[key] for r in self.history if key in r):
             save_checkpoint(self._payload(with_optimizer=False), self.run_dir / "best.pt")
         if self.epoch in self.keep_epochs:
             save_checkpoint(self._payload(with_optimizer=False), self.run_dir / f"epoch_{self.epoch}.pt")
@@ -265,14 +267,14 @@ class Trainer:
         train = {k[6:]: v for k, v in record.items() if k.startswith("train/") and k not in ("train/loss", "train/acc")}
         losses = ", ".join(f"{k} {v:.4f}" for k, v in train.items() if k in self.loss_names)
         diagnostics = ", ".join(f"{k} {v:.3f}" for k, v in train.items() if k not in self.loss_names)
-        evals = "  ".join(f"{name} {record[f'{name}/acc']:.2f}%" for name in self.eval_loaders)
+        evals = "  ".join(f"{name} {record[f'{name}/acc']:.2f}%" for name in self.eval_loaders if f"{name}/acc" in record)
         tqdm.write(f"epoch {record['epoch']:>3}/{self.epochs}  loss {record['train/loss']:.4f} ({losses})  "
                    f"train {record['train/acc']:.2f}%  {evals}  lr {record['lr']:.4g}  {record['seconds']:.1f}s"
                    + (f"  | {diagnostics}" if diagnostics else ""))
 
     def summary(self) -> dict[str, Any]:
         """Last-epoch and best-epoch test accuracy, the test accuracy at the selected epoch, timing."""
-        hist = self.history
+        hist = [r for r in self.history if "test/acc" in r]  # the evaluated epochs
         sel = max(hist, key=lambda r: (r[f"{self.selection}/acc"], -r["epoch"]))
         best_test = max(hist, key=lambda r: (r["test/acc"], -r["epoch"]))
         return {
@@ -286,8 +288,8 @@ class Trainer:
             "selected_epoch": sel["epoch"],
             "test_acc_selected": sel["test/acc"],
             "val_acc_best": sel["val/acc"] if self.selection == "val" else None,
-            "seconds": sum(r["seconds"] for r in hist),
-            "seconds_per_epoch": sum(r["seconds"] for r in hist) / len(hist),
+            "seconds": sum(r["seconds"] for r in self.history),
+            "seconds_per_epoch": sum(r["seconds"] for r in self.history) / len(self.history),
             "parameters": sum(p.numel() for p in self.student.parameters()),
             "finished": True,
         }

@@ -29,9 +29,9 @@ def _draw_mean_band(ax, results: Sequence[RecipeResult], key: str) -> None:
         series = r.series(key)
         if not series:
             continue
-        length = min(len(c) for c in series)
-        values = np.array([c[:length] for c in series])
-        epochs = np.arange(1, length + 1)
+        length = min(len(values) for _, values in series)
+        values = np.array([v[:length] for _, v in series])
+        epochs = np.array(series[0][0][:length])
         mean = values.mean(axis=0)
         (line,) = ax.plot(epochs, mean, label=f"{r.name} (n={len(series)})", linewidth=1.6)
         if len(values) > 1:

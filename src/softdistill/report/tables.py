@@ -42,9 +42,10 @@ class RecipeResult:
     seconds: list[float] = field(default_factory=list)
     histories: list[list[dict]] = field(default_factory=list)
 
-    def series(self, key: str) -> list[list[float]]:
-        """Per-seed lists of one metrics.jsonl key (e.g. ``test/acc``, ``train/reg_share``)."""
-        return [[r[key] for r in history if key in r] for history in self.histories if any(key in r for r in history)]
+    def series(self, key: str) -> list[tuple[list[int], list[float]]]:
+        """Per seed, (epochs, values) of one metrics.jsonl key (e.g. ``test/acc``, ``train/reg_share``)."""
+        found = [[(r["epoch"], r[key]) for r in history if key in r] for history in self.histories]
+        return [([e for e, _ in pairs], [v for _, v in pairs]) for pairs in found if pairs]
 
     def stat(self, key: str) -> tuple[float, float]:
         return mean_std(getattr(self, key))

@@ -78,6 +78,16 @@ def test_a_teacher_run_from_an_older_recipe_version_is_not_reused(tmp_path):
         run_recipe(student_recipe(tmp_path, {"recipe": str(stage1)}, name="again"), quiet=True)
 
 
+def test_a_run_from_before_a_new_schema_key_is_still_reused(tmp_path):
+    stage1 = stage1_yaml(tmp_path)
+    run_recipe(student_recipe(tmp_path, {"recipe": str(stage1)}), quiet=True)
+    saved = tmp_path / "runs" / "stage1" / "seed0" / "config.yaml"
+    old = yaml.safe_load(saved.read_text())
+    del old["train"]["eval_every"]  # as written before that key existed
+    saved.write_text(yaml.safe_dump(old))
+    run_recipe(student_recipe(tmp_path, {"recipe": str(stage1)}, name="again"), quiet=True)
+
+
 def _teacher_module():
     torch.manual_seed(0)
     return FrozenTeacher(build_model("cnn-small", 10, 1, 8))

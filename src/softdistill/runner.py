@@ -15,7 +15,7 @@ import yaml
 from torch.nn.parallel import DistributedDataParallel
 
 from softdistill.checkpoint import CheckpointError
-from softdistill.config import ConfigError, Recipe, load_recipe
+from softdistill.config import ConfigError, Recipe, load_recipe, recipe_from_dict
 from softdistill.data.loader import BatchLoader, BatchTransform
 from softdistill.data.prepare import DataBundle, prepare_data
 from softdistill.engine import DistContext, LRSchedule, Trainer, build_optimizer, init_distributed
@@ -135,7 +135,8 @@ def run_recipe(recipe: Recipe, *, resume: bool = False, quiet: bool = False) -> 
     run_dir = recipe.run_dir
     trainer = Trainer(method, optimizer, schedule, train_loader, eval_loaders, run_dir, epochs=recipe.epochs,
                       seed=recipe.seed, checkpoint_meta=meta, ctx=ctx, amp=recipe.train.amp,
-                      keep_epochs=recipe.train.keep_epochs, quiet=quiet, config_ignore=NOT_IDENTITY,
+                      keep_epochs=recipe.train.keep_epochs, quiet=quiet,
+                      config_check=lambda saved: recipe_differences(saved, recipe),
                       eval_every=recipe.train.eval_every)
     if ctx.is_main and run_dir_state(run_dir) == "new":
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -147,12 +148,25 @@ def run_recipe(recipe: Recipe, *, resume: bool = False, quiet: bool = False) -> 
     return trainer.fit(resume=resume)
 
 
+def recipe_differences(saved: Any, recipe: Recipe) -> list[str]:
+    """What changed between a saved config and a recipe, ignoring NOT_IDENTITY keys.
+
+    The saved config is read through today's schema first, so a key added to the schema since
+    then counts as unchanged when the recipe leaves it at its default.
+    """
+    try:
+        saved = recipe_from_dict(saved).to_dict()
+    except ConfigError:
+        pass  # a key was removed from the schema since: compare the raw dicts
+    return config_differences(saved, recipe.to_dict(), NOT_IDENTITY)
+
+
 def check_same_recipe(recipe: Recipe) -> None:
     """Refuse to reuse a run folder that another version of the recipe produced (stale results)."""
     path = recipe.run_dir / "config.yaml"
     if not path.is_file():
         return
-    diffs = config_differences(yaml.safe_load(path.read_text()), recipe.to_dict(), NOT_IDENTITY)
+    diffs = recipe_differences(yaml.safe_load(path.read_text()), recipe)
     if diffs:
         raise RunStateError(f"{recipe.run_dir} was produced by a different version of recipe {recipe.name!r}:\n  "
                             + "\n  ".join(diffs) + "\nDelete that folder or choose another output_dir to rerun it.")

@@ -20,7 +20,7 @@ import math
 import os
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -95,7 +95,8 @@ class Trainer:
 
     ``method.student`` is what gets evaluated and checkpointed; ``checkpoint_meta`` (model
     spec, normalisation, resolved config) goes into every checkpoint so that it stands alone.
-    A run resumes only under the same config, up to the keys in ``config_ignore``.
+    A run resumes only under the same config: ``config_check(saved_config)`` lists the differences
+    (default: every differing key of ``checkpoint_meta["config"]``).
     Selection ("best") uses the ``val`` set when given, else ``test`` (flagged in the summary).
     """
 
@@ -103,7 +104,7 @@ class Trainer:
                  train_loader: BatchLoader, eval_loaders: Mapping[str, BatchLoader], run_dir: str | os.PathLike, *,
                  epochs: int, seed: int, checkpoint_meta: Mapping[str, Any], ctx: DistContext = DistContext(),
                  amp: str = "off", keep_epochs: Sequence[int] = (), quiet: bool = False,
-                 config_ignore: Sequence[str] = (), eval_every: int = 1) -> None:
+                 config_check: Callable[[Any], list[str]] | None = None, eval_every: int = 1) -> None:
         if amp == "fp16" and ctx.device.type != "cuda":
             raise ValueError("amp: fp16 needs a CUDA device; on the CPU use amp: bf16")
         if "test" not in eval_loaders:
@@ -121,7 +122,7 @@ class Trainer:
         self.amp = amp
         self.keep_epochs = set(keep_epochs)
         self.quiet = quiet or not ctx.is_main
-        self.config_ignore = tuple(config_ignore)
+        self.config_check = config_check or (lambda saved: config_differences(saved, self.meta.get("config")))
         self.eval_every = eval_every
         self.scaler = torch.amp.GradScaler(ctx.device.type, enabled=(amp == "fp16"))
         self.selection = "val" if "val" in self.eval_loaders else "test"
@@ -153,7 +154,7 @@ class Trainer:
         if not last.exists():
             raise RunStateError(f"nothing to resume: no checkpoint {last}; start the run without --resume")
         state = load_checkpoint(last, map_location=self.ctx.device)
-        diffs = config_differences(state.get("config"), self.meta.get("config"), self.config_ignore)
+        diffs = self.config_check(state.get("config"))
         if diffs:
             raise RunStateError(f"cannot resume {self.run_dir}: the recipe changed since the checkpoint:\n  "
                                 + "\n  ".join(diffs))

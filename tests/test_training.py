@@ -57,6 +57,7 @@ def test_run_writes_folder_and_learns(tmp_path):
     assert summary["test_acc_best"] == max(r["test/acc"] for r in records)
     assert summary["test_acc_last"] > 30.0  # 10 classes: chance is 10 %
     assert json.loads((run / "summary.json").read_text()) == summary
+    assert load_checkpoint(run / "best.pt")["epoch"] == summary["selected_epoch"]
 
 
 def test_eval_every_evaluates_on_schedule_and_after_the_last_epoch(tmp_path):

@@ -255,7 +255,8 @@ class Trainer:
     def _save_epoch(self) -> None:
         save_checkpoint(self._payload(with_optimizer=True), self.run_dir / "last.pt")
         key = f"{self.selection}/acc"
-        if key in self.history[-1] and self.history[-1][key] >= max(r[key] for r in self.history if key in r):
+        earlier = [r[key] for r in self.history[:-1] if key in r]
+        if key in self.history[-1] and (not earlier or self.history[-1][key] > max(earlier)):  # ties: the earliest
             save_checkpoint(self._payload(with_optimizer=False), self.run_dir / "best.pt")
         if self.epoch in self.keep_epochs:
             save_checkpoint(self._payload(with_optimizer=False), self.run_dir / f"epoch_{self.epoch}.pt")

@@ -15,6 +15,7 @@ from torch import Tensor, nn
 __all__ = [
     "kd_loss",
     "cross_entropy",
+    "mixed_cross_entropy",
     "soft_cross_entropy",
     "label_smoothing_targets",
     "KDLoss",
@@ -71,6 +72,15 @@ def kd_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float =
 def cross_entropy(student_logits: Tensor, labels: Tensor) -> Tensor:
     """Hard-label cross-entropy ``mean_b -log softmax(z_s)(y_b)``, in at least float32."""
     return F.cross_entropy(at_least_float32(student_logits), labels)
+
+
+def mixed_cross_entropy(student_logits: Tensor, labels_a: Tensor, labels_b: Tensor, lam: Tensor) -> Tensor:
+    """Hard-label CE of a mixed sample: ``mean_b( lam CE(z_s, a) + (1 - lam) CE(z_s, b) )``, lam per sample."""
+    log_p = F.log_softmax(at_least_float32(student_logits), dim=1)
+    ce_a = -log_p.gather(1, labels_a.view(-1, 1)).squeeze(1)
+    ce_b = -log_p.gather(1, labels_b.view(-1, 1)).squeeze(1)
+    lam = lam.to(log_p.dtype)
+    return (lam * ce_a + (1 - lam) * ce_b).mean()
 
 
 def soft_cross_entropy(student_logits: Tensor, target_probs: Tensor, temperature: float = 1.0) -> Tensor:

@@ -14,12 +14,20 @@ class Batch:
     """A training or evaluation batch: inputs, hard labels and the dataset indices of the samples.
 
     The indices identify samples across epochs (cached soft labels and per-sample weights key on
-    them).  Augmentations that mix samples return a new batch through :meth:`with_`.
+    them).  Augmentations that mix samples return a new batch through :meth:`with_`, with
+    ``y`` the label of part a, ``y_b`` the label of part b and ``lam`` (B,) the
+    share of a: ``x = lam * x_a + (1 - lam) * x_b``.
     """
 
     x: Tensor
     y: Tensor
     index: Tensor
+    y_b: Tensor | None = None
+    lam: Tensor | None = None
+
+    @property
+    def is_mixed(self) -> bool:
+        return self.lam is not None
 
     def __len__(self) -> int:
         return self.y.shape[0]

@@ -83,6 +83,9 @@ class CachedTeacher(nn.Module):
         return cls(table)
 
     def forward(self, batch: Batch) -> Tensor:
+        if batch.is_mixed:
+            raise ValueError("a cached teacher only knows the clean training images, not mixed ones: "
+                             "set teacher.cache: false for methods that mix samples")
         return self.logits[batch.index.to(self.logits.device)]
 
 

@@ -1,0 +1,70 @@
+"""KD on mixed samples with isotonic correction: IDA (Cui & Yan, IJCAI 2021).
+
+One method, four named variants (all with the teacher evaluated on the mixed input):
+
+- ``correction: none``                      KD-aug: ``alpha KL_T(z_t, z_s) + (1 - alpha) CE_mix``
+- ``correction: replace``                   KD-i:   ``alpha KL_T(IR(z_t), z_s) + (1 - alpha) CE_mix``
+- ``correction: add``                       KD-i as in the authors' code: KD-aug ``+ sigma KL_T(IR(z_t), z_s)``
+- ``correction: none, order_penalty: sigma``  KD-p:   KD-aug ``+ sigma * order_penalty(z_s, a, b, lam)``
+
+with ``CE_mix = mean(lam CE(z_s, a) + (1 - lam) CE(z_s, b))`` and IR the exact isotonic
+projection of the teacher logits onto ``z_r >= z_s >= z_other``.  The authors' code applies
+softmax twice in the KD-i term; we do not.  Diagnostics logged per epoch: the teacher's order
+concordance and top-2 hit rate on the mixed samples, before and after correction.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from pydantic import Field
+
+from softdistill.augment import cutmix, mixup
+from softdistill.isotonic import isotonic_logits, order_penalty
+from softdistill.losses import kd_loss, mixed_cross_entropy
+from softdistill.methods.base import Method, MethodConfig, register_method
+from softdistill.metrics.ordering import order_concordance, top2_hit_rate
+from softdistill.types import Batch, StepOutput
+
+MIXERS = {"mixup": mixup, "cutmix": cutmix}
+
+
+@register_method
+class IsotonicKD(Method):
+    """See the module docstring for the four variants and their formulas."""
+
+    needs_teacher = True
+
+    class Config(MethodConfig):
+        name: Literal["ida"] = "ida"
+        mix: Literal["mixup", "cutmix"] = "mixup"
+        mix_alpha: float = Field(1.0, gt=0, description="lam ~ Beta(mix_alpha, mix_alpha)")
+        per_sample: bool = Field(False, description="one lam per sample instead of one per batch")
+        alpha: float = Field(0.95, ge=0, le=1, description="weight of the soft term")
+        temperature: float = Field(4.5, gt=0)
+        correction: Literal["none", "replace", "add"] = "none"
+        sigma: float = Field(2.0, ge=0, description="weight of the added KD-i term (correction: add)")
+        order_penalty: float = Field(0.0, ge=0, description="KD-p: weight of the order penalty (authors: 2)")
+
+    def forward(self, batch: Batch) -> StepOutput:
+        c = self.config
+        x, y_a, y_b, lam = MIXERS[c.mix](batch.x, batch.y, c.mix_alpha, c.per_sample)
+        mixed = batch.with_(x=x, y=y_a, y_b=y_b, lam=lam)
+        logits = self.student(mixed.x)
+        teacher_logits = self.teacher(mixed)
+        losses = {"ce_mix": (1 - c.alpha) * mixed_cross_entropy(logits, y_a, y_b, lam)}
+        metrics = {"teacher_concordance": torch.tensor(order_concordance(teacher_logits, y_a, y_b, lam)),
+                   "teacher_top2": torch.tensor(top2_hit_rate(teacher_logits, y_a, y_b))}
+        corrected = None
+        if c.correction != "none":
+            corrected = isotonic_logits(teacher_logits, y_a, y_b, lam)
+            metrics["corrected_concordance"] = torch.tensor(order_concordance(corrected, y_a, y_b, lam))
+            metrics["corrected_top2"] = torch.tensor(top2_hit_rate(corrected, y_a, y_b))
+        soft_target = corrected if c.correction == "replace" else teacher_logits
+        losses["kd"] = c.alpha * kd_loss(logits, soft_target, c.temperature)
+        if c.correction == "add":
+            losses["kd_iso"] = c.sigma * kd_loss(logits, corrected, c.temperature)
+        if c.order_penalty:
+            losses["order_penalty"] = c.order_penalty * order_penalty(logits, y_a, y_b, lam)
+        return StepOutput(logits, losses, metrics)

@@ -77,7 +77,7 @@ def test_compare_skips_finished_runs_and_resumes(tmp_path, capsys):
     (out / "smooth" / "seed1" / "best.pt").unlink()
     assert main(["compare", str(a), str(b), "--seeds", "2", "--output", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert printed.count("finished earlier, skipped") == 3
+    assert printed.count("finished earlier, skipped") == 3  # printed without --quiet
     changed = [p for p, t in stamps.items() if p.exists() and p.stat().st_mtime_ns != t]
     assert changed == [out / "smooth" / "seed1" / "last.pt"]
 

@@ -69,6 +69,17 @@ def test_eval_every_evaluates_on_schedule_and_after_the_last_epoch(tmp_path):
     assert summary["best_test_epoch"] in (2, 4, 5) and summary["test_acc_last"] == records[-1]["test/acc"]
 
 
+def test_bf16_autocast_on_cpu_trains_and_fp16_needs_cuda(tmp_path):
+    recipe = make_recipe(tmp_path, epochs=2, student="cnn-small", train={"device": "cpu", "amp": "bf16"})
+    summary = run_recipe(recipe, quiet=True)
+    records = [json.loads(line) for line in (recipe.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert records[-1]["train/loss"] < records[0]["train/loss"] and summary["test_acc_last"] > 20.0
+    assert all(v.dtype == torch.float32 for v in load_checkpoint(recipe.run_dir / "last.pt")["state_dict"].values()
+               if v.is_floating_point())  # autocast leaves the weights in float32
+    with pytest.raises(ValueError, match="fp16 needs a CUDA device"):
+        run_recipe(make_recipe(tmp_path / "f", train={"device": "cpu", "amp": "fp16"}), quiet=True)
+
+
 def test_same_seed_same_weights_different_seed_differs(tmp_path):
     a = make_recipe(tmp_path / "a", epochs=2)
     b = make_recipe(tmp_path / "b", epochs=2)

@@ -28,9 +28,11 @@ __all__ = ["run_recipe", "run_dir_state", "check_same_recipe", "teacher_checkpoi
 
 # Settings of the machine rather than of the experiment: a teacher recipe takes them from the
 # recipe that asks for it, so that `-o data.root=...` or `-o output_dir=...` reach the teacher too.
-INHERITED_BY_TEACHER = ("data.root", "data.download", "train.device", "train.threads", "output_dir")
+INHERITED_BY_TEACHER = ("data.root", "data.download", "train.device", "train.threads", "train.eval_every",
+                        "output_dir")
 # Keys that do not change what a run computes: a run folder made under other values still counts.
-NOT_IDENTITY = ("description", "output_dir", "data.root", "data.download", "train.device", "train.threads")
+NOT_IDENTITY = ("description", "output_dir", "data.root", "data.download", "train.device", "train.threads",
+                "train.eval_every")
 
 
 def load_data(recipe: Recipe) -> DataBundle:

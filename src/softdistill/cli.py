@@ -1,4 +1,4 @@
-"""The ``softdistill`` command: train, eval, compare, quickstart.
+"""The ``softdistill`` command: train, eval, compare, quickstart, inspect.
 
 Also reachable as ``python -m softdistill`` (which is what torchrun needs:
 ``torchrun --nproc_per_node=2 -m softdistill train RECIPE``).
@@ -67,6 +67,24 @@ def build_parser() -> argparse.ArgumentParser:
     qs.add_argument("--output", help="output folder (default runs/quickstart or runs/tiny)")
     qs.add_argument("-o", "--override", action="append", default=[], metavar="KEY=VALUE", help=OVERRIDE_HELP)
     qs.add_argument("--quiet", action="store_true")
+
+    ins = sub.add_parser("inspect", help="report on the quality of a teacher's soft labels",
+                         description="Write a report folder (report.md, report.json, PNG figures) on the soft labels of "
+                                     "SOURCE: accuracy, NLL, ECE with a reliability diagram, entropy histogram, the "
+                                     "unreliability / ambiguity indicators for k = 1..5 (Yuan et al., NeurIPS 2023), "
+                                     "mixed-sample order diagnostics, and with --student the teacher-student "
+                                     "agreement and regularization-sample share.")
+    ins.add_argument("source", help="a teacher checkpoint (.pt written by softdistill) or a soft-label file "
+                                    "({'soft_labels': N x K, 'labels': N, ...}; see docs/inspect.md)")
+    ins.add_argument("--data", help="dataset name (default: the one the checkpoint was trained on)")
+    ins.add_argument("--split", choices=["train", "val", "test"], default="train",
+                     help="which split's soft labels (default: train, what a student learns from)")
+    ins.add_argument("--student", help="a student checkpoint to compare with the teacher on the same images")
+    ins.add_argument("--output", help="report folder (default: SOURCE_FOLDER/inspect-SPLIT)")
+    ins.add_argument("--root", help="data folder (default: look-up order of the data module)")
+    ins.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    ins.add_argument("--batch-size", type=int, default=1024)
+    ins.add_argument("--seed", type=int, default=0, help="seed of the mixed-sample pairs and weights")
     return parser
 
 
@@ -123,6 +141,22 @@ def _cmd_quickstart(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    from softdistill.report.inspect import inspect_soft_labels
+
+    result = inspect_soft_labels(args.source, data=args.data, split=args.split, student=args.student,
+                                 output_dir=args.output, root=args.root, device=args.device,
+                                 batch_size=args.batch_size, seed=args.seed)
+    b = result.summary["soft_labels"]
+    print(f"{args.source}: {b['samples']} soft labels, top-1 accuracy {b['accuracy']:.2f}%, NLL {b['nll']:.4f}, "
+          f"ECE {100 * b['ece']:.2f}%")
+    for r in result.summary["indicators"]:
+        print(f"  k={r['k']}: unreliability {r['unreliability']:.4f}  ambiguity {r['ambiguity']:.4f}  "
+              f"sum {r['sum']:.4f}  condition {'holds' if r['condition'] else 'fails'}")
+    print(f"report: {result.output_dir}/report.md ({', '.join(result.files)})")
+    return 0
+
+
 def _user_errors() -> tuple[type[BaseException], ...]:
     from softdistill.checkpoint import CheckpointError
     from softdistill.config import ConfigError
@@ -135,7 +169,8 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handlers = {"train": _cmd_train, "eval": _cmd_eval, "compare": _cmd_compare, "quickstart": _cmd_quickstart}
+    handlers = {"train": _cmd_train, "eval": _cmd_eval, "compare": _cmd_compare, "quickstart": _cmd_quickstart,
+                "inspect": _cmd_inspect}
     try:
         return handlers[args.command](args)
     except _user_errors() as exc:

@@ -36,6 +36,7 @@ __all__ = [
     "AugmentConfig",
     "DataConfig",
     "TeacherConfig",
+    "WeakConfig",
     "OptimConfig",
     "ScheduleConfig",
     "TrainConfig",
@@ -96,6 +97,31 @@ class TeacherConfig(StrictModel):
         return self
 
 
+class WeakConfig(StrictModel):
+    """Weak supervision as soft labels, built from the training labels and looked up by sample index.
+
+    Takes the teacher's place for methods that need a soft-label source (use ``soft-label``); see
+    docs/methods.md, "Weak supervision as soft labels".
+    """
+
+    kind: Literal["partial", "noise", "incomplete", "file"] = Field(
+        ..., description="partial labels | additive noise | incomplete supervision (round 0) | a soft-label file")
+    k: int = Field(2, ge=1, description="partial: candidate-set size; others: the k the indicators are reported at")
+    unreliability: float = Field(0.0, ge=0, le=1, description="partial: share of candidate sets without the true class")
+    ambiguity: float | None = Field(None, ge=0, le=1, description="partial: P(confusing class in the set); "
+                                                                  "None = the least possible")
+    scale: float = Field(0.5, ge=0, description="noise: d = onehot + scale * |N(0, I)|, renormalised")
+    labelled_fraction: float = Field(0.1, gt=0, le=1, description="incomplete: share of each class that keeps its label")
+    path: str | None = Field(None, description="file: a soft-label file (relative to the working directory)")
+    seed: int | None = Field(None, description="seed of the draw; None = the run seed")
+
+    @model_validator(mode="after")
+    def _path_for_file(self) -> "WeakConfig":
+        if (self.kind == "file") != (self.path is not None):
+            raise ValueError("weak.path is needed for kind: file and only there")
+        return self
+
+
 class OptimConfig(StrictModel):
     name: Literal["sgd", "adamw"] = "sgd"
     lr: float = Field(0.05, gt=0)
@@ -129,12 +155,19 @@ class Recipe(StrictModel):
     data: DataConfig = Field(default_factory=DataConfig)
     student: str = Field(..., description="model name, see softdistill.models.available_models()")
     teacher: TeacherConfig | None = None
+    weak: WeakConfig | None = Field(None, description="weak-supervision soft labels in place of a teacher")
     method: SerializeAsAny[MethodConfig] = Field(default_factory=lambda: method_config_class("ce")())
     optim: OptimConfig = Field(default_factory=OptimConfig)
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     output_dir: str = Field("runs", description="runs are written to OUTPUT_DIR/NAME/seedSEED")
     source: str | None = Field(None, exclude=True, description="file the recipe was read from (set by the loader)")
+
+    @model_validator(mode="after")
+    def _teacher_or_weak(self) -> "Recipe":
+        if self.teacher is not None and self.weak is not None:
+            raise ValueError("give a teacher or a weak section, not both: each is the soft-label source")
+        return self
 
     @property
     def run_dir(self) -> Path:

@@ -23,6 +23,7 @@ from softdistill.engine.trainer import RunStateError, config_differences, write_
 from softdistill.methods import method_class
 from softdistill.models import build_model
 from softdistill.targets import CachedTeacher, load_teacher
+from softdistill.targets.weak import weak_source
 
 __all__ = ["run_recipe", "run_dir_state", "check_same_recipe", "teacher_checkpoint", "load_data", "INHERITED_BY_TEACHER"]
 
@@ -93,7 +94,7 @@ def run_recipe(recipe: Recipe, *, resume: bool = False, quiet: bool = False) -> 
     """Train what the recipe describes into ``recipe.run_dir``; return the run summary."""
     cls = method_class(recipe.method.name)
     try:
-        cls.check_teacher(recipe.teacher is not None)
+        cls.check_teacher(recipe.teacher is not None or recipe.weak is not None)
     except ValueError as exc:
         raise ConfigError(f"{recipe.source or recipe.name}: {exc}") from None
     if recipe.teacher is not None and recipe.teacher.cache and (recipe.data.augment.crop_padding or recipe.data.augment.hflip):
@@ -116,6 +117,11 @@ def run_recipe(recipe: Recipe, *, resume: bool = False, quiet: bool = False) -> 
         if recipe.teacher.cache:
             clean = BatchLoader(train_loader.data, recipe.data.eval_batch_size, transform)
             teacher = CachedTeacher.from_teacher(teacher, clean, len(data.train))
+    weak_report = None
+    if recipe.weak is not None:  # weak-supervision soft labels take the teacher's place
+        seed = recipe.weak.seed if recipe.weak.seed is not None else recipe.seed
+        teacher, weak_report = weak_source(recipe.weak, data.train.labels, data.num_classes, seed)
+        teacher = teacher.to(ctx.device)
 
     torch.manual_seed(recipe.seed)
     student = build_model(recipe.student, data.num_classes, data.in_channels, data.image_size).to(ctx.device)
@@ -143,8 +149,14 @@ def run_recipe(recipe: Recipe, *, resume: bool = False, quiet: bool = False) -> 
     if ctx.is_main and run_dir_state(run_dir) == "new":
         run_dir.mkdir(parents=True, exist_ok=True)
         write_text_atomic(run_dir / "config.yaml", yaml.safe_dump(recipe.to_dict(), sort_keys=False))
+    if ctx.is_main and weak_report is not None:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(run_dir / "weak.json", json.dumps(weak_report, indent=2, default=str))
     if not quiet and ctx.is_main:
         what = f"{recipe.method.name} | student {recipe.student}" + (f" | teacher {teacher_path}" if teacher_path else "")
+        if weak_report is not None:
+            what += (f" | weak {weak_report['kind']}: unreliability {weak_report['unreliability']:.3f}, "
+                     f"ambiguity {weak_report['ambiguity']:.3f} at k={weak_report['k']}")
         print(f"[softdistill] {recipe.name} seed {recipe.seed}: {what} -> {run_dir}"
               f" ({len(data.train)} train images, {ctx.world_size} process(es), {ctx.device})")
     return trainer.fit(resume=resume)

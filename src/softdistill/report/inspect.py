@@ -1,0 +1,520 @@
+"""``softdistill inspect``: a report on the quality of a teacher's soft labels (or of a soft-label file).
+
+The report folder holds ``report.md`` (tables), ``report.json`` (every number) and PNG figures:
+
+- ``reliability.png``: reliability diagram (accuracy against confidence, equal-width bins) and the
+  confidence histogram, with the ECE;
+- ``entropy.png``: the entropy of the soft labels, for correct and wrong top-1 separately (overlaid);
+- ``indicators.png``: unreliability Delta_k, ambiguity gamma_k and their sum for k = 1..5, with the
+  sufficient condition Delta_k + gamma_k < 1 (Yuan et al., NeurIPS 2023);
+- ``ambiguity.png``: ``P(j in Top_k | y = a)`` for k = 1 and 2, the matrices whose largest
+  off-diagonal entry is the ambiguity;
+- ``mixup.png`` (teacher checkpoints): order concordance and top-2 hit rates of the teacher on mixed
+  samples ``lam x_a + (1 - lam) x_b``, ``lam ~ Beta(1, 1)``, against lam.
+
+With a student checkpoint: teacher-student top-1 agreement and the share of WSL regularization
+samples (teacher less sure of the truth than the student; :func:`regularization_stats`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from softdistill.checkpoint import FORMAT as CHECKPOINT_FORMAT
+from softdistill.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
+from softdistill.data.loader import BatchLoader, BatchTransform, TensorSet
+from softdistill.data.prepare import DataBundle, prepare_data
+from softdistill.engine.distributed import resolve_device
+from softdistill.metrics.bias_variance import regularization_stats
+from softdistill.metrics.ordering import order_concordance, top2_hit_rate
+from softdistill.metrics.soft_labels import (ambiguity_matrix, calibration_bins, expected_calibration_error,
+                                            soft_label_indicators)
+from softdistill.targets.table import SOFT_LABEL_FORMAT, load_soft_labels
+
+__all__ = ["InspectResult", "inspect_soft_labels", "REPORT_FILES"]
+
+REPORT_FILES = ("report.md", "report.json", "reliability.png", "entropy.png", "indicators.png", "ambiguity.png")
+SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class InspectResult:
+    output_dir: Path
+    summary: dict[str, Any]
+    files: list[str]
+
+
+# ------------------------------------------------------------------------------------------ loading
+
+@dataclass
+class _Source:
+    kind: str  # "checkpoint" or "file"
+    path: Path
+    probs: Tensor  # N x K (rows of a file may be all zero: no supervision)
+    labels: Tensor
+    class_names: tuple[str, ...]
+    images: TensorSet | None  # the split's images, when known
+    model: nn.Module | None
+    normalization: dict[str, list[float]] | None
+    data: dict[str, Any]  # name, split, val_size, per_class, split_seed
+    logits: Tensor | None
+    model_name: str | None = None
+
+
+def _bundle(spec: dict[str, Any], root: str | None) -> DataBundle:
+    return prepare_data(spec["name"], root=root or spec.get("root"), download=False, image_size=spec.get("image_size"),
+                        val_size=spec.get("val_size", 0.1), per_class=spec.get("per_class"),
+                        split_seed=spec.get("split_seed", 0), normalize=spec.get("normalize", True))
+
+
+def _split(bundle: DataBundle, split: str, what: str) -> TensorSet:
+    chosen = {"train": bundle.train, "val": bundle.val, "test": bundle.test}[split]
+    if chosen is None:
+        raise ValueError(f"{what}: the data set has no validation split (val_size = 0)")
+    return chosen
+
+
+@torch.no_grad()
+def _logits(model: nn.Module, images: TensorSet, normalization: dict[str, list[float]], device: torch.device,
+            batch_size: int) -> Tensor:
+    model = model.to(device).eval()
+    loader = BatchLoader(images.to(device), batch_size, BatchTransform(normalization["mean"], normalization["std"]))
+    with torch.inference_mode():
+        out = [model(batch.x).float().cpu() for batch in loader]
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def _mixed_logits(model: nn.Module, images: TensorSet, normalization: dict[str, list[float]], partner: Tensor,
+                  lam: Tensor, device: torch.device, batch_size: int) -> Tensor:
+    """Logits on ``lam * x_a + (1 - lam) * x_b`` (normalised inputs: mixing commutes with the affine map)."""
+    model = model.to(device).eval()
+    transform = BatchTransform(normalization["mean"], normalization["std"])
+    out = []
+    with torch.inference_mode():
+        for start in range(0, len(images), batch_size):
+            a = torch.arange(start, min(start + batch_size, len(images)))
+            x_a = transform(images.images[a].to(device))
+            x_b = transform(images.images[partner[a]].to(device))
+            w = lam[a].to(device).view(-1, 1, 1, 1)
+            out.append(model(w * x_a + (1 - w) * x_b).float().cpu())
+    return torch.cat(out)
+
+
+def _read_source(path: Path, data: str | None, split: str, root: str | None, device: torch.device,
+                 batch_size: int) -> _Source:
+    if not path.is_file():
+        raise ValueError(f"no file at {path}")
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise CheckpointError(f"cannot read {path}: not a softdistill checkpoint or soft-label file ({exc})") from None
+    if isinstance(blob, dict) and blob.get("format") == CHECKPOINT_FORMAT:
+        payload = load_checkpoint(path)
+        spec = dict(payload["config"]["data"])
+        if data is not None and data != spec["name"]:
+            spec = {"name": data, "val_size": spec.get("val_size", 0.1), "split_seed": spec.get("split_seed", 0)}
+        bundle = _bundle(spec, root)
+        model_spec = payload["model"]
+        if bundle.num_classes != model_spec["num_classes"] or bundle.in_channels != model_spec["in_channels"]:
+            raise CheckpointError(f"{path} holds a model for {model_spec['num_classes']} classes and "
+                                  f"{model_spec['in_channels']} channel(s); {spec['name']} has {bundle.num_classes} "
+                                  f"and {bundle.in_channels}")
+        images = _split(bundle, split, str(path))
+        model = model_from_checkpoint(payload, path)
+        logits = _logits(model, images, payload["normalization"], device, batch_size)
+        spec = {**{k: spec.get(k) for k in ("name", "val_size", "per_class", "split_seed")}, "split": split}
+        return _Source("checkpoint", path, torch.softmax(logits, dim=1), images.labels.clone(), bundle.class_names,
+                       images, model, payload["normalization"], spec, logits, model_spec["name"])
+    if isinstance(blob, dict) and (blob.get("format") == SOFT_LABEL_FORMAT or "labels" in blob):
+        table = load_soft_labels(path)
+        spec = table["data"]
+        images = None
+        names = tuple(table["class_names"] or [str(i) for i in range(table["soft_labels"].shape[1])])
+        if spec:
+            bundle = _bundle(spec, root)
+            images = _split(bundle, spec.get("split", "train"), str(path))
+            if not torch.equal(images.labels, table["labels"]):
+                raise ValueError(f"{path}: its labels differ from those of the split its 'data' entry names ({spec})")
+            names = bundle.class_names if not table["class_names"] else names
+        return _Source("file", path, table["soft_labels"], table["labels"], names, images, None, None,
+                       dict(spec or {}), None)
+    raise CheckpointError(f"{path} is neither a softdistill checkpoint ({CHECKPOINT_FORMAT}) nor a soft-label file "
+                          f"({SOFT_LABEL_FORMAT}; see softdistill.targets.table)")
+
+
+# ------------------------------------------------------------------------------------------ numbers
+
+def _entropy(probs: Tensor) -> Tensor:
+    p = probs.double()
+    return -(p * p.clamp_min(1e-300).log()).sum(dim=1)
+
+
+def _basic(probs: Tensor, labels: Tensor, n_bins: int) -> dict[str, Any]:
+    top1 = probs.argmax(dim=1) if probs.shape[1] else labels
+    p_true = probs.gather(1, labels.view(-1, 1)).squeeze(1).double()
+    bins = calibration_bins(probs, labels, n_bins)
+    ece = expected_calibration_error(probs, labels, n_bins)
+    ent = _entropy(probs)
+    return {
+        "samples": int(len(labels)),
+        "accuracy": 100.0 * (top1 == labels).double().mean().item(),
+        "nll": (-p_true.clamp_min(1e-12).log()).mean().item(),
+        "nll_floor_hits": int((p_true < 1e-12).sum()),
+        "ece": ece,
+        "mean_confidence": probs.max(dim=1).values.double().mean().item(),
+        "mean_entropy": ent.mean().item(),
+        "max_entropy": math.log(probs.shape[1]),
+        "bins": {k: [None if math.isnan(v) else v for v in t.tolist()] for k, t in bins.items()},
+        "_entropy": ent,
+        "_correct": top1 == labels,
+    }
+
+
+def _mixup(source: _Source, student: tuple[nn.Module, dict] | None, device: torch.device, batch_size: int,
+           seed: int, alpha: float = 1.0, lam_bins: int = 10) -> dict[str, Any]:
+    assert source.images is not None and source.model is not None and source.normalization is not None
+    n = len(source.images)
+    rng = np.random.default_rng(seed)
+    partner = torch.from_numpy(rng.permutation(n)).long()
+    lam = torch.from_numpy(rng.beta(alpha, alpha, size=n)).float()
+    labels_a, labels_b = source.labels, source.labels[partner]
+    models = {"teacher": (source.model, source.normalization)}
+    if student is not None:
+        models["student"] = student
+    result: dict[str, Any] = {"alpha": alpha, "samples": n, "seed": seed, "same_class_pairs": int((labels_a == labels_b).sum())}
+    edges = np.linspace(0.0, 1.0, lam_bins + 1)
+    which = np.clip(np.digitize(lam.numpy(), edges[1:-1]), 0, lam_bins - 1)
+    for name, (model, norm) in models.items():
+        logits = _mixed_logits(model, source.images, norm, partner, lam, device, batch_size)
+        row = {"order_concordance": order_concordance(logits, labels_a, labels_b, lam),
+               "top2_hit_either": top2_hit_rate(logits, labels_a, labels_b),
+               "top2_hit_both": top2_hit_rate(logits, labels_a, labels_b, both=True)}
+        per_bin: dict[str, list[float | None]] = {k: [] for k in row}
+        for b in range(lam_bins):
+            sel = torch.from_numpy(which == b)
+            if int(sel.sum()) == 0:
+                for k in per_bin:
+                    per_bin[k].append(None)
+                continue
+            args = (logits[sel], labels_a[sel], labels_b[sel])
+            conc = order_concordance(*args, lam[sel])
+            per_bin["order_concordance"].append(None if math.isnan(conc) else conc)
+            per_bin["top2_hit_either"].append(top2_hit_rate(*args))
+            per_bin["top2_hit_both"].append(top2_hit_rate(*args, both=True))
+        row["by_lam"] = per_bin
+        result[name] = row
+    result["lam_bin_centers"] = ((edges[:-1] + edges[1:]) / 2).tolist()
+    return result
+
+
+# ------------------------------------------------------------------------------------------ figures
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plt.rcParams.update({"font.size": 9, "axes.titlesize": 10, "axes.labelsize": 9, "legend.fontsize": 8,
+                         "axes.spines.top": False, "axes.spines.right": False, "savefig.dpi": 150,
+                         "figure.dpi": 150})
+    return plt
+
+
+BLUE, ORANGE, GREEN, GREY, RED = "#2f6f9f", "#d9822b", "#3b8f5a", "#8c8c8c", "#b03a2e"
+
+
+def _plot_reliability(basic: dict[str, Any], path: Path, title: str) -> None:
+    plt = _pyplot()
+    bins = basic["bins"]
+    edges = np.array(bins["edges"])
+    width = edges[1] - edges[0]
+    centers = edges[:-1] + width / 2
+    acc = np.array([np.nan if v is None else v for v in bins["accuracy"]])
+    conf = np.array([np.nan if v is None else v for v in bins["confidence"]])
+    count = np.array(bins["count"])
+    fig, (ax, axh) = plt.subplots(2, 1, figsize=(4.2, 4.8), gridspec_kw={"height_ratios": [3, 1]}, sharex=True)
+    filled = count > 0
+    ax.bar(centers[filled], acc[filled], width=width * 0.95, color=BLUE, edgecolor="white", linewidth=0.5,
+           label="accuracy")
+    gap_low = np.minimum(acc, conf)
+    ax.bar(centers[filled], np.abs(conf - acc)[filled], bottom=gap_low[filled], width=width * 0.95,
+           facecolor="none", hatch="////", edgecolor=RED, linewidth=0.8, label="gap to mean confidence")
+    ax.plot([0, 1], [0, 1], ls="--", color=GREY, lw=1, label="perfect calibration")
+    ax.set_ylim(0, 1)
+    ax.set_xlim(0, 1)
+    ax.set_ylabel("accuracy")
+    ax.set_title(f"{title}\nECE = {100 * basic['ece']:.2f}%  (top-1 accuracy {basic['accuracy']:.2f}%)")
+    ax.legend(loc="upper left", frameon=False)
+    axh.bar(centers, count / count.sum(), width=width * 0.95, color=GREY)
+    axh.set_yscale("log")
+    axh.set_xlabel("confidence (top-1 probability)")
+    axh.set_ylabel("share")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def _plot_entropy(basic: dict[str, Any], path: Path, title: str) -> None:
+    plt = _pyplot()
+    ent = basic["_entropy"].numpy()
+    correct = basic["_correct"].numpy()
+    top = basic["max_entropy"]
+    edges = np.linspace(0.0, top, 41)
+    fig, ax = plt.subplots(figsize=(4.8, 3.0))
+    ax.hist(ent[correct], bins=edges, color=BLUE, alpha=0.65, label=f"top-1 correct ({correct.mean() * 100:.1f}%)")
+    ax.hist(ent[~correct], bins=edges, color=ORANGE, alpha=0.65, label=f"top-1 wrong ({(~correct).mean() * 100:.1f}%)")
+    ax.set_yscale("log")
+    ax.axvline(top, color=GREY, ls="--", lw=1)
+    ax.text(top * 0.985, ax.get_ylim()[1], "log K", color=GREY, ha="right", va="top", fontsize=7)
+    ax.set_xlim(0, top * 1.02)
+    ax.set_xlabel("entropy of the soft label (nats)")
+    ax.set_ylabel("samples")
+    ax.set_title(f"{title}: mean entropy {basic['mean_entropy']:.3f} nats")
+    ax.legend(framealpha=0.9, edgecolor="none")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def _plot_indicators(indicators: list[dict[str, Any]], path: Path, title: str) -> None:
+    plt = _pyplot()
+    ks = [r["k"] for r in indicators]
+    fig, ax = plt.subplots(figsize=(5.8, 3.2))
+    ax.axhspan(1.0, 2.05, color=RED, alpha=0.06, lw=0)
+    ax.axhline(1.0, color=RED, lw=1, ls="--")
+    ax.text(ks[-1] + 0.2, 1.02, r"$\Delta_k + \gamma_k \geq 1$: sufficient condition fails", color=RED, ha="right",
+            va="bottom", fontsize=7)
+    ax.plot(ks, [r["unreliability"] for r in indicators], "o-", color=BLUE, label=r"unreliability $\Delta_k$")
+    ax.plot(ks, [r["ambiguity"] for r in indicators], "s-", color=ORANGE, label=r"ambiguity $\gamma_k$")
+    ax.plot(ks, [r["sum"] for r in indicators], "^-", color=GREEN, label=r"$\Delta_k + \gamma_k$")
+    ax.set_xticks(ks)
+    ax.set_xlabel("k")
+    ax.set_ylim(0, max(1.15, max(r["sum"] for r in indicators) + 0.1))
+    ax.set_ylabel("share of samples")
+    ax.set_title(title)
+    ax.legend(frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def _plot_ambiguity(matrices: dict[int, Tensor], class_names: tuple[str, ...], path: Path, title: str) -> None:
+    plt = _pyplot()
+    ks = sorted(matrices)
+    classes = len(class_names)
+    size = min(3.2 + 0.16 * classes, 6.5)
+    fig, axes = plt.subplots(1, len(ks), figsize=(size * len(ks) + 1.0, size + 0.4), squeeze=False,
+                             sharey=True, constrained_layout=True)
+    short = [n if len(n) <= 10 else n[:9] + "." for n in class_names]
+    image = None
+    for ax, k in zip(axes[0], ks):
+        m = matrices[k].numpy()
+        image = ax.imshow(m, vmin=0, vmax=1, cmap="Blues")
+        off = m.copy()
+        np.fill_diagonal(off, -1)
+        a, j = np.unravel_index(np.nanargmax(np.nan_to_num(off, nan=-1)), off.shape)
+        ax.add_patch(plt.Rectangle((j - 0.5, a - 0.5), 1, 1, fill=False, edgecolor=RED, lw=1.5))
+        if classes <= 12:
+            for (r, c), v in np.ndenumerate(m):
+                if not np.isnan(v) and v >= 0.005:
+                    ax.text(c, r, f"{v:.2f}", ha="center", va="center", fontsize=6,
+                            color="white" if v > 0.6 else "black")
+        ax.set_title(f"k = {k}: ambiguity $\\gamma_{k}$ = {off[a, j]:.3f} (boxed)")
+        if classes <= 20:
+            ax.set_xticks(range(classes), short, rotation=60, ha="right", fontsize=7)
+            ax.set_yticks(range(classes), short, fontsize=7)
+        ax.set_xlabel("class j in the top-k")
+    axes[0][0].set_ylabel("true class a")
+    fig.suptitle(f"P(j in Top$_k$ | y = a): {title}")
+    fig.colorbar(image, ax=axes[0].tolist(), shrink=0.8)
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def _plot_mixup(mix: dict[str, Any], path: Path, title: str) -> None:
+    plt = _pyplot()
+    centers = mix["lam_bin_centers"]
+    fig, axes = plt.subplots(1, 2, figsize=(8.0, 3.0))
+    styles = {"teacher": ("-", "o"), "student": ("--", "s")}
+    for name in ("teacher", "student"):
+        if name not in mix:
+            continue
+        ls, marker = styles[name]
+        row = mix[name]["by_lam"]
+        conc = [np.nan if v is None else v for v in row["order_concordance"]]
+        axes[0].plot(centers, conc, ls=ls, marker=marker, color=BLUE, label=name)
+        axes[1].plot(centers, row["top2_hit_either"], ls=ls, marker=marker, color=GREEN, label=f"{name}: either label")
+        axes[1].plot(centers, row["top2_hit_both"], ls=ls, marker=marker, color=ORANGE, label=f"{name}: both labels")
+    axes[0].set_ylim(-1.05, 1.05)
+    axes[0].axhline(0, color=GREY, lw=0.8)
+    axes[0].set_ylabel("order concordance (tau)")
+    axes[1].set_ylim(0, 1.02)
+    axes[1].set_ylabel("top-2 hit rate")
+    for ax in axes:
+        ax.set_xlabel(r"mixing weight $\lambda$ of $x_a$")
+        ax.legend(frameon=False, fontsize=7)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+# ------------------------------------------------------------------------------------------ report
+
+def _fmt(v: Any, digits: int = 4) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "n/a"
+    return f"{v:.{digits}f}" if isinstance(v, float) else str(v)
+
+
+def _markdown(summary: dict[str, Any], names: tuple[str, ...], files: list[str]) -> str:
+    s = summary
+    b = s["soft_labels"]
+    src = s["source"]
+    data_name = s["data"].get("name")
+    head = (f"{src['model']} on {data_name} ({s['data'].get('split')})" if src["kind"] == "checkpoint"
+            else f"`{Path(src['path']).name}`")
+    lines = [f"# Soft-label report: {head}", ""]
+    what = (f"teacher checkpoint `{src['path']}` ({src['model']})" if src["kind"] == "checkpoint"
+            else f"soft-label file `{src['path']}`")
+    data = s["data"]
+    where = (f"{data.get('name')} / {data.get('split')} split" if data.get("name") else "rows of the file")
+    lines += [f"Source: {what}; samples: {where}, {b['samples']} with soft labels"
+              + (f" (of {s['rows']} rows; rows without mass carry no supervision and are left out)"
+                 if s["rows"] != b["samples"] else "") + ".", ""]
+    lines += ["## Summary", "", "| top-1 accuracy (%) | NLL (nats) | ECE (%, 15 bins) | mean confidence | mean entropy (nats) | log K |",
+              "|---:|---:|---:|---:|---:|---:|",
+              f"| {b['accuracy']:.2f} | {b['nll']:.4f} | {100 * b['ece']:.2f} | {b['mean_confidence']:.4f} | "
+              f"{b['mean_entropy']:.4f} | {b['max_entropy']:.4f} |", ""]
+    if b["nll_floor_hits"]:
+        lines += [f"NLL clamps p(y) at 1e-12: {b['nll_floor_hits']} samples put no mass on their true class.", ""]
+    lines += ["## Indicators (Yuan et al., NeurIPS 2023)", "",
+              "Unreliability Δ_k = P(y ∉ Top_k(d)); ambiguity γ_k = max over a, j ≠ a of "
+              "P(j ∈ Top_k(d) | y = a); the sufficient condition for learning from the soft labels is "
+              "Δ_k + γ_k < 1. Ties in Top_k go to the lower class index.", "",
+              "| k | unreliability Δ_k | ambiguity γ_k | reached at (a → j) | Δ_k + γ_k | condition holds |",
+              "|---:|---:|---:|---|---:|:---:|"]
+    for r in s["indicators"]:
+        a, j = r["ambiguity_pair"]
+        lines.append(f"| {r['k']} | {r['unreliability']:.4f} | {r['ambiguity']:.4f} | {names[a]} → {names[j]} | "
+                     f"{r['sum']:.4f} | {'yes' if r['condition'] else 'no'} |")
+    lines += ["", "![indicators](indicators.png)", "", "![ambiguity matrices](ambiguity.png)", "",
+              "## Calibration and entropy", "", "![reliability diagram](reliability.png)", "",
+              "![entropy histogram](entropy.png)", ""]
+    st = s.get("student")
+    lines += ["## Teacher and student", ""]
+    if st:
+        lines += [f"Student checkpoint `{st['path']}` ({st['model']}).", "",
+                  "| student top-1 accuracy (%) | teacher-student top-1 agreement (%) | regularization samples (%) | "
+                  "WSL weight w: mean | q1 | median | q3 |", "|---:|---:|---:|---:|---:|---:|---:|",
+                  f"| {st['accuracy']:.2f} | {st['agreement']:.2f} | {st['reg_share']:.2f} | {st['w_mean']:.4f} | "
+                  f"{st['w_q1']:.4f} | {st['w_median']:.4f} | {st['w_q3']:.4f} |", "",
+                  "A regularization sample is one where the teacher's cross-entropy on the true label exceeds the "
+                  "student's (Zhou et al., ICLR 2021); w = 1 − exp(−CE_s / CE_t).", ""]
+    else:
+        lines += ["No student given (`--student CKPT` adds top-1 agreement and the regularization-sample share).", ""]
+    mix = s.get("mixup")
+    lines += ["## Mixed samples", ""]
+    if mix and "teacher" in mix:
+        lines += [f"{mix['samples']} mixed samples λ·x_a + (1 − λ)·x_b of the split, partner b a random "
+                  f"permutation, λ ~ Beta({mix['alpha']:g}, {mix['alpha']:g}), seed {mix['seed']} "
+                  f"({mix['same_class_pairs']} same-class pairs). Order concordance: Kendall-tau-style agreement "
+                  "with the known order (heavier label > lighter label > every other class), 1 = perfect; top-2 "
+                  "hit: one (either) or both original labels among the two largest entries.", "",
+                  "| model | order concordance | top-2 hit, either label | top-2 hit, both labels |",
+                  "|---|---:|---:|---:|"]
+        for name in ("teacher", "student"):
+            if name in mix:
+                r = mix[name]
+                lines.append(f"| {name} | {r['order_concordance']:.4f} | {r['top2_hit_either']:.4f} | "
+                             f"{r['top2_hit_both']:.4f} |")
+        lines += ["", "![mixup](mixup.png)", ""]
+    else:
+        lines += [f"Not computed: {mix['skipped'] if mix else 'no images'}.", ""]
+    lines += ["---", f"Files: {', '.join(files)}. Every number is also in `report.json`.", ""]
+    return "\n".join(lines)
+
+
+def inspect_soft_labels(source: str | os.PathLike, *, data: str | None = None, split: str = "train",
+                        student: str | os.PathLike | None = None, output_dir: str | os.PathLike | None = None,
+                        root: str | None = None, device: str = "auto", batch_size: int = 1024, seed: int = 0,
+                        n_bins: int = 15, max_k: int = 5) -> InspectResult:
+    """Write the soft-label report of ``source`` (a teacher checkpoint or a soft-label file) to
+    ``output_dir`` (default: ``SOURCE_FOLDER/inspect-SPLIT``) and return its summary.
+
+    A checkpoint is run over ``split`` of its data set (``data`` overrides the data set's name),
+    rebuilt from its recipe; a soft-label file brings its own rows (``split`` is then the file's).
+    ``student`` must be a checkpoint for the same classes; it is run over the same images.
+    """
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    path = Path(source)
+    dev = resolve_device(device)
+    src = _read_source(path, data, split, root, dev, batch_size)
+    split = src.data.get("split", split)
+    out = Path(output_dir) if output_dir is not None else path.parent / f"inspect-{split}"
+    out.mkdir(parents=True, exist_ok=True)
+    rows = len(src.labels)
+    keep = src.probs.sum(dim=1) > 0
+    probs, labels = src.probs[keep], src.labels[keep]
+    classes = probs.shape[1]
+    basic = _basic(probs, labels, n_bins)
+    ks = [k for k in range(1, max_k + 1) if k < classes]
+    indicators = soft_label_indicators(probs, labels, ks)
+    matrices = {k: ambiguity_matrix(probs, labels, k) for k in (1, 2) if k < classes}
+    title = f"{src.model_name or path.name} on {src.data.get('name', 'file')} {split}"
+    summary: dict[str, Any] = {
+        "source": {"kind": src.kind, "path": str(path), "model": src.model_name},
+        "data": src.data, "rows": rows, "class_names": list(src.class_names),
+        "soft_labels": {k: v for k, v in basic.items() if not k.startswith("_")},
+        "indicators": indicators,
+        "ambiguity_matrix": {str(k): [[None if math.isnan(v) else v for v in row] for row in m.tolist()]
+                             for k, m in matrices.items()},
+    }
+    student_pair = None
+    if student is not None:
+        if src.images is None:
+            raise ValueError(f"{path}: --student needs the images of the soft labels' split, but the soft-label "
+                             "file has no 'data' entry naming them")
+        payload = load_checkpoint(student)
+        if payload["model"]["num_classes"] != classes:
+            raise CheckpointError(f"student {student} predicts {payload['model']['num_classes']} classes, the soft "
+                                  f"labels have {classes}")
+        s_model = model_from_checkpoint(payload, student)
+        s_logits = _logits(s_model, src.images, payload["normalization"], dev, batch_size)[keep]
+        t_logits = src.logits[keep] if src.logits is not None else probs.clamp_min(1e-12).log()
+        stats = regularization_stats(s_logits, t_logits, labels)
+        summary["student"] = {"path": str(student), "model": payload["model"]["name"],
+                              "accuracy": 100.0 * (s_logits.argmax(1) == labels).double().mean().item(),
+                              "agreement": 100.0 * (s_logits.argmax(1) == probs.argmax(1)).double().mean().item(),
+                              "reg_share": 100.0 * stats["reg_share"].item(),
+                              **{k: stats[k].item() for k in ("w_mean", "w_q1", "w_median", "w_q3")}}
+        student_pair = (s_model, payload["normalization"])
+    if src.model is not None and src.images is not None:
+        summary["mixup"] = _mixup(src, student_pair, dev, batch_size, seed)
+    else:
+        summary["mixup"] = {"skipped": "a soft-label table gives no soft labels for new (mixed) images"}
+
+    _plot_reliability(basic, out / "reliability.png", title)
+    _plot_entropy(basic, out / "entropy.png", title)
+    _plot_indicators(indicators, out / "indicators.png", f"Soft-label indicators: {title}")
+    _plot_ambiguity(matrices, src.class_names, out / "ambiguity.png", title)
+    files = list(REPORT_FILES)
+    if "teacher" in summary["mixup"]:
+        _plot_mixup(summary["mixup"], out / "mixup.png", f"Mixed samples: {title}")
+        files.append("mixup.png")
+    (out / "report.json").write_text(json.dumps(summary, indent=2))
+    (out / "report.md").write_text(_markdown(summary, src.class_names, files))
+    return InspectResult(out, summary, files)

@@ -120,7 +120,7 @@ def _read_source(path: Path, data: str | None, split: str, root: str | None, dev
     except Exception as exc:
         raise CheckpointError(f"cannot read {path}: not a softdistill checkpoint or soft-label file ({exc})") from None
     if isinstance(blob, dict) and blob.get("format") == CHECKPOINT_FORMAT:
-        payload = load_checkpoint(path)
+        payload = blob  # already read and recognised as a checkpoint above: no second load
         spec = dict(payload["config"]["data"])
         if data is not None and data != spec["name"]:
             spec = {"name": data, "val_size": spec.get("val_size", 0.1), "split_seed": spec.get("split_seed", 0)}

@@ -22,12 +22,14 @@ import difflib
 import re
 import types
 import typing
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, field_validator, model_validator
 
+from softdistill.data.shifts import parse_ood_specs
 from softdistill.methods import MethodConfig, method_config_class, method_names
 
 __all__ = [
@@ -42,6 +44,8 @@ __all__ = [
     "TrainConfig",
     "Recipe",
     "load_recipe",
+    "read_recipe_file",
+    "describe_errors",
     "recipe_from_dict",
     "apply_overrides",
     "parse_override",
@@ -76,6 +80,16 @@ class DataConfig(StrictModel):
     drop_last: bool = Field(True, description="drop the last incomplete training batch of each epoch")
     normalize: bool = Field(True, description="standardise with the training set's per-channel mean and std")
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    canvas: int | None = Field(None, ge=4, description="place every image at the centre of a black canvas of this "
+                                                       "size (before the normalisation statistics); None = off")
+    ood: list[str] = Field(default_factory=list, description="out-of-domain test sets kind:amount, e.g. shift:4, "
+                                                             "rotate:20, noise:0.2, blur:1 (see softdistill.data.shifts)")
+
+    @field_validator("ood")
+    @classmethod
+    def _valid_ood(cls, specs: list[str]) -> list[str]:
+        parse_ood_specs(specs)
+        return specs
 
 
 class TeacherConfig(StrictModel):
@@ -209,7 +223,7 @@ def _model_at(root: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] | 
     return model
 
 
-def _describe(errors: list[dict[str, Any]], root: type[BaseModel], prefix: tuple[str, ...] = ()) -> list[str]:
+def describe_errors(errors: list[dict[str, Any]], root: type[BaseModel], prefix: tuple[str, ...] = ()) -> list[str]:
     lines = []
     for err in errors:
         loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
@@ -246,7 +260,7 @@ def _validate_method(raw: Any) -> tuple[MethodConfig | None, list[str]]:
     try:
         return cls.model_validate(raw), []
     except ValidationError as exc:
-        return None, _describe(exc.errors(), cls, ("method",))
+        return None, describe_errors(exc.errors(), cls, ("method",))
 
 
 def recipe_from_dict(raw: dict[str, Any], source: str | None = None) -> Recipe:
@@ -258,7 +272,7 @@ def recipe_from_dict(raw: dict[str, Any], source: str | None = None) -> Recipe:
     try:
         recipe = Recipe.model_validate({**raw, "source": source})
     except ValidationError as exc:
-        problems = _describe(exc.errors(), Recipe) + problems
+        problems = describe_errors(exc.errors(), Recipe) + problems
         recipe = None
     if problems or recipe is None:
         where = f" in {source}" if source else ""
@@ -302,8 +316,8 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return result
 
 
-def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
-    """Read a YAML recipe, apply dotted overrides, validate."""
+def read_recipe_file(path: str | Path, overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """The YAML mapping in ``path`` with dotted ``key=value`` overrides applied (not yet validated)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"recipe file not found: {path}")
@@ -313,4 +327,9 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
         raise ConfigError(f"{path}: not valid YAML:\n{exc}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: a recipe must be a YAML mapping")
-    return recipe_from_dict(apply_overrides(raw, overrides or []), source=str(path))
+    return apply_overrides(raw, list(overrides))
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
+    """Read a YAML recipe, apply dotted overrides, validate."""
+    return recipe_from_dict(read_recipe_file(path, overrides or []), source=str(path))

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from typing import Any
 
 from softdistill.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
-from softdistill.data.loader import BatchLoader, BatchTransform
+from softdistill.data.loader import BatchLoader, BatchTransform, TensorSet
 from softdistill.data.prepare import prepare_data
+from softdistill.data.shifts import ood_set, parse_ood_specs
 from softdistill.engine import DistContext, evaluate
 from softdistill.engine.distributed import resolve_device
 
@@ -15,18 +17,23 @@ __all__ = ["evaluate_checkpoint"]
 
 
 def evaluate_checkpoint(path: str | os.PathLike, *, split: str = "test", data: str | None = None,
-                        root: str | None = None, batch_size: int = 1024, device: str = "auto") -> dict[str, Any]:
+                        root: str | None = None, batch_size: int = 1024, device: str = "auto",
+                        ood: Sequence[str] = (), ood_seed: int = 0) -> dict[str, Any]:
     """Accuracy (%) and cross-entropy of a checkpoint on ``split`` of its data set.
 
     The validation split and the per-class subset are rebuilt from the checkpoint's recipe, and
     the inputs are normalised as in training, so ``val`` and ``train`` mean what they meant then.
+    ``ood`` names out-of-domain versions of the split (``kind:amount``, see
+    :mod:`softdistill.data.shifts`, drawn with ``ood_seed``); their results are under
+    ``result["ood"][canonical_name]``.
     """
+    ood_specs = parse_ood_specs(ood)
     payload = load_checkpoint(path)
     cfg = payload["config"]["data"]
     name = data or cfg["name"]
     bundle = prepare_data(name, root=root or cfg.get("root"), download=False, image_size=cfg.get("image_size"),
                           val_size=cfg["val_size"], per_class=cfg.get("per_class"), split_seed=cfg.get("split_seed", 0),
-                          normalize=cfg.get("normalize", True))
+                          normalize=cfg.get("normalize", True), canvas=cfg.get("canvas"))
     spec = payload["model"]
     if bundle.num_classes != spec["num_classes"] or bundle.in_channels != spec["in_channels"]:
         raise CheckpointError(f"{path} holds a model for {spec['num_classes']} classes and {spec['in_channels']} "
@@ -37,7 +44,12 @@ def evaluate_checkpoint(path: str | os.PathLike, *, split: str = "test", data: s
     ctx = DistContext(device=resolve_device(device))
     model = model_from_checkpoint(payload, path).to(ctx.device)
     norm = payload["normalization"]
-    loader = BatchLoader(chosen.to(ctx.device), batch_size, BatchTransform(norm["mean"], norm["std"]))
-    result = evaluate(model, loader, ctx)
+    transform = BatchTransform(norm["mean"], norm["std"])
+
+    def evaluate_on(images: TensorSet) -> dict[str, float]:
+        return evaluate(model, BatchLoader(images.to(ctx.device), batch_size, transform), ctx)
+
+    result = evaluate_on(chosen)
+    shifted = {s.name: evaluate_on(ood_set(chosen, s, ood_seed)) for s in ood_specs}  # one shifted copy at a time
     return {"checkpoint": str(path), "model": spec["name"], "data": name, "split": split, "samples": len(chosen),
-            "epoch": payload.get("epoch"), **result}
+            "epoch": payload.get("epoch"), **result, "ood": shifted}

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
+import torch.nn.functional as F
+from torch import Tensor
 
 from softdistill.data.loader import TensorSet
 from softdistill.data.sources import load_split
@@ -50,11 +52,21 @@ def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float,
     return tuple(x.mean(dim=1).tolist()), tuple(std.tolist())
 
 
+def _on_canvas(images: Tensor, size: int) -> Tensor:
+    """``images`` centred on a black ``size`` x ``size`` canvas; an odd margin's extra pixel goes right / bottom."""
+    h, w = images.shape[-2:]
+    top, left = (size - h) // 2, (size - w) // 2
+    return F.pad(images, (left, size - w - left, top, size - h - top))
+
+
 def prepare_data(name: str, *, root: str | None = None, download: bool = False, image_size: int | None = None,
                  val_size: int | float = 0.1, per_class: int | None = None, split_seed: int = 0,
-                 normalize: bool = True) -> DataBundle:
+                 normalize: bool = True, canvas: int | None = None) -> DataBundle:
     """Load a dataset, hold out a stratified validation set, optionally keep ``per_class`` images
     of each class for training (the small-data regime), and compute the normalisation.
+
+    With ``canvas``, every image is first placed at the centre of a black ``canvas`` x ``canvas``
+    image (room for shifted or rotated content); the normalisation is that of the canvas images.
 
     Both the validation split and the subset depend on ``split_seed`` only, not on the run's seed,
     so that runs with different seeds (and the teacher) share the same held-out data.
@@ -64,6 +76,12 @@ def prepare_data(name: str, *, root: str | None = None, download: bool = False, 
     if full.images.shape[1:] != test.images.shape[1:]:
         raise ValueError(f"{name}: train images {tuple(full.images.shape[1:])} and test images "
                          f"{tuple(test.images.shape[1:])} differ in shape")
+    if canvas is not None:
+        h, w = full.images.shape[-2:]
+        if canvas < max(h, w):
+            raise ValueError(f"{name}: canvas {canvas}x{canvas} is smaller than the {h}x{w} images")
+        full = replace(full, images=_on_canvas(full.images, canvas))
+        test = replace(test, images=_on_canvas(test.images, canvas))
     if normalize:
         mean, std = channel_stats(full.images)
     else:

@@ -27,7 +27,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from softdistill.checkpoint import FORMAT as CHECKPOINT_FORMAT
@@ -74,7 +73,7 @@ class _Source:
 def _bundle(spec: dict[str, Any], root: str | None) -> DataBundle:
     return prepare_data(spec["name"], root=root or spec.get("root"), download=False, image_size=spec.get("image_size"),
                         val_size=spec.get("val_size", 0.1), per_class=spec.get("per_class"),
-                        split_seed=spec.get("split_seed", 0), normalize=spec.get("normalize", True))
+                        split_seed=spec.get("split_seed", 0), normalize=spec.get("normalize", True), canvas=spec.get("canvas"))
 
 
 def _split(bundle: DataBundle, split: str, what: str) -> TensorSet:

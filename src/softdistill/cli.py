@@ -1,4 +1,4 @@
-"""The ``softdistill`` command: train, eval, compare, quickstart, inspect.
+"""The ``softdistill`` command: train, train-vae, eval, compare, quickstart, inspect.
 
 Also reachable as ``python -m softdistill`` (which is what torchrun needs:
 ``torchrun --nproc_per_node=2 -m softdistill train RECIPE``).
@@ -36,6 +36,18 @@ def build_parser() -> argparse.ArgumentParser:
                        help="continue the run in its folder from last.pt; the result equals an uninterrupted run")
     train.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
 
+    vae = sub.add_parser("train-vae", help="train the VAE image generator of learned augmentation (HARD)",
+                         description="Train the convolutional VAE that RECIPE describes into OUTPUT_DIR/NAME/seedSEED: "
+                                     "vae.pt (the frozen generator), last.pt, metrics.jsonl, reconstructions.png, "
+                                     "summary.json.")
+    vae.add_argument("recipe", help="path of a YAML VAE recipe, e.g. recipes/hard/vae.yaml")
+    vae.add_argument("-o", "--override", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a recipe value with a dotted key, e.g. -o beta=0.5 -o epochs=20 (repeatable)")
+    vae.add_argument("--seed", type=int, help="shortcut for -o seed=N")
+    vae.add_argument("--resume", action="store_true",
+                     help="continue the run in its folder from last.pt; the result equals an uninterrupted run")
+    vae.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
+
     ev = sub.add_parser("eval", help="evaluate a checkpoint on a data split",
                         description="Top-1 accuracy and cross-entropy of a checkpoint. The data set, validation split "
                                     "and normalisation are taken from the checkpoint unless given.")
@@ -45,6 +57,11 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--root", help="data folder (default: look-up order of the data module)")
     ev.add_argument("--batch-size", type=int, default=1024)
     ev.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    ev.add_argument("--ood", action="append", default=[], metavar="KIND:AMOUNT",
+                    help="also evaluate an out-of-domain version of the split: shift:K (random offsets in [-K, K] px), "
+                         "rotate:D (random angles in [-D, D] degrees), noise:S (Gaussian pixel noise, std S in [0, 1] "
+                         "units), blur:S (Gaussian blur, std S px) (repeatable)")
+    ev.add_argument("--ood-seed", type=int, default=0, help="seed of the random shifts of --ood (default 0)")
     ev.add_argument("--json", action="store_true", help="print the result as JSON")
 
     cmp = sub.add_parser("compare", help="run recipes over seeds and tabulate mean ± std",
@@ -106,16 +123,29 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train_vae(args: argparse.Namespace) -> int:
+    from softdistill.vae_training import load_vae_recipe, train_vae
+
+    recipe = load_vae_recipe(args.recipe, args.override + ([f"seed={args.seed}"] if args.seed is not None else []))
+    summary = train_vae(recipe, resume=args.resume, quiet=args.quiet)
+    print(f"done: test recon {summary['test_recon']:.2f}, negative ELBO {summary['test_nelbo']:.2f} nats per image; "
+          f"{summary['seconds']:.1f}s -> {recipe.run_dir / 'vae.pt'}")
+    return 0
+
+
 def _cmd_eval(args: argparse.Namespace) -> int:
     from softdistill.evaluation import evaluate_checkpoint
 
     result = evaluate_checkpoint(args.checkpoint, split=args.split, data=args.data, root=args.root,
-                                 batch_size=args.batch_size, device=args.device)
+                                 batch_size=args.batch_size, device=args.device, ood=args.ood, ood_seed=args.ood_seed)
     if args.json:
         print(json.dumps(result, indent=2))
     else:
         print(f"{args.checkpoint}: {result['model']} on {result['data']} {result['split']} "
               f"({result['samples']} images): accuracy {result['acc']:.2f}%, cross-entropy {result['loss']:.4f}")
+        for name, shifted in result["ood"].items():
+            print(f"  {name}: accuracy {shifted['acc']:.2f}% (in-domain {result['acc']:.2f}%), "
+                  f"cross-entropy {shifted['loss']:.4f}")
     return 0
 
 
@@ -169,8 +199,8 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handlers = {"train": _cmd_train, "eval": _cmd_eval, "compare": _cmd_compare, "quickstart": _cmd_quickstart,
-                "inspect": _cmd_inspect}
+    handlers = {"train": _cmd_train, "train-vae": _cmd_train_vae, "eval": _cmd_eval,
+                "compare": _cmd_compare, "quickstart": _cmd_quickstart, "inspect": _cmd_inspect}
     try:
         return handlers[args.command](args)
     except _user_errors() as exc:

@@ -1,0 +1,49 @@
+"""Image grids of clean and augmented samples (matplotlib, headless)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from torch import Tensor
+
+__all__ = ["save_image_grid"]
+
+
+def save_image_grid(rows: Sequence[tuple[str, Tensor]], path: str | os.PathLike, title: str | None = None) -> Path:
+    """Write one labelled row per ``(label, images)``; images are N x C x H x W in [0, 1]
+    (one channel is shown in grey, three as RGB).  The file is replaced atomically."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    columns = max(images.shape[0] for _, images in rows)
+    fig, axes = plt.subplots(len(rows), columns, figsize=(1.1 * columns + 1.2, 1.1 * len(rows) + 0.4),
+                             squeeze=False)
+    for r, (label, images) in enumerate(rows):
+        pixels = images.detach().float().clamp(0, 1).cpu()
+        for c in range(columns):
+            ax = axes[r][c]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c < pixels.shape[0]:
+                image = pixels[c]
+                if image.shape[0] == 1:
+                    ax.imshow(image[0].numpy(), cmap="gray", vmin=0, vmax=1)
+                else:
+                    ax.imshow(image[:3].permute(1, 2, 0).numpy())
+            else:
+                ax.axis("off")
+        axes[r][0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize=9)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp")
+    fig.savefig(tmp, dpi=100, format="png")
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path

@@ -96,14 +96,15 @@ def test_compare_refuses_runs_of_an_edited_recipe(tmp_path, capsys):
     assert (tmp_path / "r" / "table.md").is_file()
 
 
-def _fake_run(root: Path, name: str, seed: int, method: str, accs: list[float], seconds: float = 1.0) -> None:
+def _fake_run(root: Path, name: str, seed: int, method: str, accs: list[float], seconds: float = 1.0,
+              final: dict[str, float] | None = None) -> None:
     run = root / name / f"seed{seed}"
     run.mkdir(parents=True)
     (run / "config.yaml").write_text(yaml.safe_dump({"name": name, "student": "mlp", "method": {"name": method}}))
     (run / "metrics.jsonl").write_text("".join(json.dumps({"epoch": i + 1, "test/acc": a}) + "\n" for i, a in enumerate(accs)))
     (run / "summary.json").write_text(json.dumps({
         "seed": seed, "test_acc_last": accs[-1], "test_acc_best": max(accs), "test_acc_selected": accs[-2],
-        "seconds": seconds}))
+        "seconds": seconds, "seconds_per_epoch": seconds / len(accs), **({"final_acc": final} if final else {})}))
 
 
 def test_report_aggregates_fake_run_folders(tmp_path):
@@ -122,6 +123,19 @@ def test_report_aggregates_fake_run_folders(tmp_path):
     assert float(rows["kd"]["gain_best"]) == pytest.approx(79.0 - 71.0)
     assert float(rows["kd"]["seconds_mean"]) == pytest.approx(4.0)
     assert "| kd | kd | mlp | 2 | 76.00 ± 1.41 | 79.00 ± 1.41 | 79.00 ± 1.41 | +5.00 | +8.00 | 4.0 |" in result.markdown
+    assert "Out-of-domain" not in result.markdown  # no run evaluated final sets
+
+
+def test_report_tabulates_out_of_domain_sets(tmp_path):
+    _fake_run(tmp_path, "kd", 0, "kd", [50.0, 60.0], 2.0, final={"shift4": 30.0, "blur1": 55.0})
+    _fake_run(tmp_path, "kd", 1, "kd", [50.0, 62.0], 4.0, final={"shift4": 34.0, "blur1": 57.0})
+    _fake_run(tmp_path, "hard", 0, "hard", [50.0, 61.0], 6.0, final={"shift4": 40.0})
+    result = write_report(tmp_path, ["kd", "hard"], "kd", title="t")
+    assert "| recipe | in-domain (%) | shift4 (%) | blur1 (%) | s / epoch |" in result.markdown
+    assert "| kd | 61.00 ± 1.41 | 32.00 ± 2.83 | 56.00 ± 1.41 | 1.50 |" in result.markdown
+    assert "| hard | 61.00 ± n/a | 40.00 ± n/a | n/a | 3.00 |" in result.markdown
+    rows = {r["recipe"]: r for r in csv.DictReader((result.report_dir / "table.csv").open())}
+    assert float(rows["kd"]["shift4_mean"]) == pytest.approx(32.0) and rows["hard"]["blur1_mean"] == "nan"
 
 
 def test_bad_input_messages(tmp_path, capsys):

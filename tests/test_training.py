@@ -2,7 +2,6 @@
 
 import json
 import os
-import socket
 
 import pytest
 import torch
@@ -92,26 +91,14 @@ def test_same_seed_same_weights_different_seed_differs(tmp_path):
     assert not torch.equal(weights(a.run_dir)["fc.weight"], weights(c.run_dir)["fc.weight"])
 
 
-def test_resume_equals_uninterrupted_run(tmp_path, monkeypatch):
+def test_resume_equals_uninterrupted_run(tmp_path, run_until_interrupted):
     full = make_recipe(tmp_path / "full", epochs=3, data__augment={"crop_padding": 1, "hflip": True})
     run_recipe(full, quiet=True)
 
     cut = make_recipe(tmp_path / "cut", epochs=3, data__augment={"crop_padding": 1, "hflip": True})
-    from softdistill.engine.trainer import Trainer
-
-    original = Trainer._train_epoch
-
-    def crash_in_epoch_3(self):
-        if self.epoch == 3:
-            raise KeyboardInterrupt
-        return original(self)
-
-    monkeypatch.setattr(Trainer, "_train_epoch", crash_in_epoch_3)
-    with pytest.raises(KeyboardInterrupt):
-        run_recipe(cut, quiet=True)
+    run_until_interrupted(cut, epoch=3)
     assert load_checkpoint(cut.run_dir / "last.pt")["epoch"] == 2
     assert not (cut.run_dir / "summary.json").exists()
-    monkeypatch.setattr(Trainer, "_train_epoch", original)
 
     with pytest.raises(RunStateError, match="already holds a run; continue it with --resume"):
         run_recipe(cut, quiet=True)
@@ -206,12 +193,6 @@ def test_recipe_level_errors(tmp_path):
 
 # ------------------------------------------------------------------------------- DDP
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _ddp_worker(rank, world_size, port, tmp):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world_size),
                       RANK=str(rank), LOCAL_RANK=str(rank))
@@ -224,11 +205,11 @@ def _ddp_worker(rank, world_size, port, tmp):
         shutdown_distributed()
 
 
-def test_two_process_ddp_matches_single_process(tmp_path):
+def test_two_process_ddp_matches_single_process(tmp_path, free_port):
     torch.set_num_threads(1)
     single = make_recipe(tmp_path / "single", data__augment={"crop_padding": 1, "hflip": True})
     single_summary = run_recipe(single, quiet=True)
-    mp.start_processes(_ddp_worker, args=(2, _free_port(), tmp_path), nprocs=2, join=True, start_method="spawn")
+    mp.start_processes(_ddp_worker, args=(2, free_port, tmp_path), nprocs=2, join=True, start_method="spawn")
     ddp_dir = tmp_path / "ddp" / "runs" / "syn" / "seed1"
     assert_same_weights(weights(single.run_dir), weights(ddp_dir), rtol=1e-4, atol=1e-5)
     ddp_summary = json.loads((ddp_dir / "summary.json").read_text())

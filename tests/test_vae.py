@@ -188,6 +188,8 @@ def test_cli_train_vae_and_its_errors(tmp_path, capsys):
     assert main(["train-vae", str(TINY), "-o", "latent_dims=4"]) == 2
     err = capsys.readouterr().err
     assert "latent_dims: unknown key; did you mean 'latent_dim'?" in err
+    assert main(["train", str(TINY)]) == 2  # the wrong command for a VAE recipe says which one is right
+    assert f"is a VAE recipe: train it with 'softdistill train-vae {TINY}'" in capsys.readouterr().err
 
 
 def test_recipe_errors():

@@ -106,12 +106,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from softdistill.config import load_recipe
+    from softdistill.config import ConfigError, load_recipe, read_recipe_file
     from softdistill.engine import shutdown_distributed
     from softdistill.runner import run_recipe
 
     overrides = args.override + ([f"seed={args.seed}"] if args.seed is not None else [])
-    recipe = load_recipe(args.recipe, overrides)
+    try:
+        recipe = load_recipe(args.recipe, overrides)
+    except ConfigError as exc:
+        if "latent_dim" in read_recipe_file(args.recipe):
+            raise ConfigError(f"{exc}\n{args.recipe} is a VAE recipe: train it with "
+                              f"'softdistill train-vae {args.recipe}'") from None
+        raise
     try:
         summary = run_recipe(recipe, resume=args.resume, quiet=args.quiet)
     finally:

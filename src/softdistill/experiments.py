@@ -12,7 +12,8 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from softdistill.config import Recipe, load_recipe
-from softdistill.report import aggregate_runs, format_markdown, plot_curves, plot_diagnostics, write_csv
+from softdistill.report import (aggregate_runs, format_final_markdown, format_markdown, plot_curves, plot_diagnostics,
+                                write_csv)
 from softdistill.report.tables import RecipeResult
 from softdistill.runner import check_same_recipe, run_dir_state, run_recipe, teacher_checkpoint
 
@@ -85,6 +86,10 @@ def write_report(output_dir: str | Path, names: Sequence[str], baseline: str | N
     report_dir = Path(report_dir) if report_dir is not None else output_dir / "report"
     report_dir.mkdir(parents=True, exist_ok=True)
     table = format_markdown(results, baseline)
+    final = format_final_markdown(results)
+    if final:
+        table += ("\nOut-of-domain test sets, evaluated after the last epoch (test accuracy %, mean ± sample std; "
+                  "see docs/data.md):\n\n" + final)
     seeds = sorted({s for r in results for s in r.seeds})
     markdown = (f"# {title}\n\nTest accuracy over seeds {seeds} (mean ± sample std). *last*: after the final epoch; "
                 "*best*: best epoch (optimistic); *@best val*: at the epoch with the best validation accuracy. "
@@ -94,7 +99,9 @@ def write_report(output_dir: str | Path, names: Sequence[str], baseline: str | N
     if plot_diagnostics(results, report_dir / "diagnostics.png", title=f"{title}: soft-label diagnostics"):
         markdown += ("\n![diagnostics](diagnostics.png)\n\n*reg_share*: share of training samples per epoch on which "
                      "the teacher's cross-entropy on the true label exceeds the student's (WSL's regularization "
-                     "samples); *w*: WSL weight 1 - exp(-CE_s/CE_t), batch means averaged over the epoch.\n")
+                     "samples); *w*: WSL weight 1 - exp(-CE_s/CE_t), batch means averaged over the epoch; HARD panels: the "
+                     "augmentor's objective term T^2 KL(p_t || p_s) on its inputs x~ (before its step) and the "
+                     "teacher's accuracy on x~ (low = the augmentations no longer show the true class).\n")
     (report_dir / "table.md").write_text(markdown)
     (report_dir / "results.json").write_text(json.dumps(
         [{"name": r.name, "method": r.method, "student": r.student, "seeds": r.seeds, "last": r.last, "best": r.best,
@@ -108,7 +115,7 @@ def packaged_recipes(group: str) -> Path:
 
 
 QUICKSTART_ORDER = ("baseline", "ls", "kd", "tfkd-self", "tfkd-reg", "tfkd-reg-reference", "wsl", "ida-mixup-kdi",
-                    "ida-mixup-kdp")
+                    "ida-mixup-kdp", "hard-affine")
 
 
 def quickstart(*, tiny: bool = False, seeds: int = 3, output_dir: str | Path | None = None,

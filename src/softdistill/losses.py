@@ -14,6 +14,7 @@ from torch import Tensor, nn
 
 __all__ = [
     "kd_loss",
+    "teacher_student_divergence",
     "cross_entropy",
     "mixed_cross_entropy",
     "soft_cross_entropy",
@@ -61,10 +62,19 @@ def kd_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float =
     Equals ``T**2 * F.kl_div(log p_s, log p_t, reduction="batchmean", log_target=True)``; note that
     ``nn.KLDivLoss()``'s default 'mean' reduction would also divide by K.
     """
+    return teacher_student_divergence(student_logits, teacher_logits.detach(), temperature)
+
+
+def teacher_student_divergence(student_logits: Tensor, teacher_logits: Tensor, temperature: float = 4.0) -> Tensor:
+    """:func:`kd_loss` with gradients flowing into both arguments: ``T^2 mean_b KL(p_t^T || p_s^T)``.
+
+    What an adversary maximises when it seeks inputs on which teacher and student disagree
+    (HARD, Nix et al. 2023): the inputs reach the loss through both networks.
+    """
     _check_pair(student_logits, teacher_logits, "teacher_logits")
     _check_temperature(temperature)
     log_p_s = F.log_softmax(at_least_float32(student_logits) / temperature, dim=1)
-    log_p_t = F.log_softmax(at_least_float32(teacher_logits.detach()) / temperature, dim=1)
+    log_p_t = F.log_softmax(at_least_float32(teacher_logits) / temperature, dim=1)
     per_sample = (log_p_t.exp() * (log_p_t - log_p_s)).sum(dim=1)
     return temperature**2 * per_sample.mean()
 

@@ -18,12 +18,14 @@ from softdistill.checkpoint import CheckpointError
 from softdistill.config import ConfigError, Recipe, load_recipe, recipe_from_dict
 from softdistill.data.loader import BatchLoader, BatchTransform
 from softdistill.data.prepare import DataBundle, prepare_data
+from softdistill.data.shifts import ood_sets
 from softdistill.engine import DistContext, LRSchedule, Trainer, build_optimizer, init_distributed
 from softdistill.engine.trainer import RunStateError, config_differences, write_text_atomic
 from softdistill.methods import method_class
 from softdistill.models import build_model
 from softdistill.targets import CachedTeacher, load_teacher
 from softdistill.targets.weak import weak_source
+from softdistill.types import InputSpec, MethodContext
 
 __all__ = ["run_recipe", "run_dir_state", "check_same_recipe", "teacher_checkpoint", "load_data", "INHERITED_BY_TEACHER"]
 
@@ -39,11 +41,11 @@ NOT_IDENTITY = ("description", "output_dir", "data.root", "data.download", "trai
 def load_data(recipe: Recipe) -> DataBundle:
     d = recipe.data
     return prepare_data(d.name, root=d.root, download=d.download, image_size=d.image_size, val_size=d.val_size,
-                        per_class=d.per_class, split_seed=d.split_seed, normalize=d.normalize)
+                        per_class=d.per_class, split_seed=d.split_seed, normalize=d.normalize, canvas=d.canvas)
 
 
-def _teacher_recipe(recipe: Recipe) -> Recipe:
-    path = recipe.resolve_path(recipe.teacher.recipe)
+def _inherited_overrides(recipe: Recipe) -> list[str]:
+    """The INHERITED_BY_TEACHER settings of ``recipe`` as dotted overrides for the runs it depends on."""
     inherited = []
     for key in INHERITED_BY_TEACHER:
         value: Any = recipe
@@ -51,7 +53,11 @@ def _teacher_recipe(recipe: Recipe) -> Recipe:
             value = getattr(value, part)
         if value is not None:
             inherited.append(f"{key}={json.dumps(value)}")
-    return load_recipe(path, inherited)
+    return inherited
+
+
+def _teacher_recipe(recipe: Recipe) -> Recipe:
+    return load_recipe(recipe.resolve_path(recipe.teacher.recipe), _inherited_overrides(recipe))
 
 
 def teacher_checkpoint(recipe: Recipe, quiet: bool = False) -> Path:
@@ -79,7 +85,9 @@ def teacher_checkpoint(recipe: Recipe, quiet: bool = False) -> Path:
     return path
 
 
-def _loaders(recipe: Recipe, data: DataBundle, ctx: DistContext) -> tuple[BatchLoader, dict[str, BatchLoader], BatchTransform]:
+def _loaders(recipe: Recipe, data: DataBundle, ctx: DistContext
+             ) -> tuple[BatchLoader, dict[str, BatchLoader], dict[str, BatchLoader], BatchTransform]:
+    """Training, per-epoch evaluation (val, test) and final evaluation (out-of-domain test sets) loaders."""
     d = recipe.data
     transform = BatchTransform(data.mean, data.std, d.augment.crop_padding, d.augment.hflip)
     common = dict(rank=ctx.rank, world_size=ctx.world_size)
@@ -87,7 +95,9 @@ def _loaders(recipe: Recipe, data: DataBundle, ctx: DistContext) -> tuple[BatchL
                         seed=recipe.seed, **common)
     evals = {name: BatchLoader(split, d.eval_batch_size, transform, **common)
              for name, split in (("val", data.val), ("test", data.test)) if split is not None}
-    return train, evals, transform
+    finals = {name: BatchLoader(split, d.eval_batch_size, transform, **common)
+              for name, split in ood_sets(data.test, d.ood, seed=d.split_seed).items()}
+    return train, evals, finals, transform
 
 
 def run_recipe(recipe: Recipe, *, resume: bool = False, quiet: bool = False) -> dict[str, Any]:
@@ -106,8 +116,8 @@ def run_recipe(recipe: Recipe, *, resume: bool = False, quiet: bool = False) -> 
     teacher_path = teacher_checkpoint(recipe, quiet=quiet) if recipe.teacher is not None else None
 
     data = load_data(recipe)
-    train_loader, eval_loaders, transform = _loaders(recipe, data, ctx)
-    for loader in (train_loader, *eval_loaders.values()):
+    train_loader, eval_loaders, final_loaders, transform = _loaders(recipe, data, ctx)
+    for loader in (train_loader, *eval_loaders.values(), *final_loaders.values()):
         loader.data = loader.data.to(ctx.device)
 
     teacher = None
@@ -125,11 +135,12 @@ def run_recipe(recipe: Recipe, *, resume: bool = False, quiet: bool = False) -> 
 
     torch.manual_seed(recipe.seed)
     student = build_model(recipe.student, data.num_classes, data.in_channels, data.image_size).to(ctx.device)
-    method = cls(recipe.method, student, data.num_classes, teacher).to(ctx.device)
+    context = MethodContext(InputSpec(data.in_channels, data.image_size, tuple(data.mean), tuple(data.std)),
+                            resolve_artifact=lambda path: _artifact(recipe, path, quiet), quiet=quiet)
+    method = cls(recipe.method, student, data.num_classes, teacher, context).to(ctx.device)
     if ctx.distributed:
         method.student = DistributedDataParallel(student, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
-    params = [p for p in method.parameters() if p.requires_grad]
-    optimizer = build_optimizer(params, **recipe.optim.model_dump())
+    optimizer = build_optimizer(method.trainable_parameters(), **recipe.optim.model_dump())
     s = recipe.schedule
     schedule = LRSchedule(s.name, recipe.optim.lr, recipe.epochs, len(train_loader), s.milestones, s.gamma,
                           s.warmup_epochs, s.min_lr)
@@ -145,7 +156,7 @@ def run_recipe(recipe: Recipe, *, resume: bool = False, quiet: bool = False) -> 
                       seed=recipe.seed, checkpoint_meta=meta, ctx=ctx, amp=recipe.train.amp,
                       keep_epochs=recipe.train.keep_epochs, quiet=quiet,
                       config_check=lambda saved: recipe_differences(saved, recipe),
-                      eval_every=recipe.train.eval_every)
+                      eval_every=recipe.train.eval_every, final_loaders=final_loaders)
     if ctx.is_main and run_dir_state(run_dir) == "new":
         run_dir.mkdir(parents=True, exist_ok=True)
         write_text_atomic(run_dir / "config.yaml", yaml.safe_dump(recipe.to_dict(), sort_keys=False))
@@ -160,6 +171,14 @@ def run_recipe(recipe: Recipe, *, resume: bool = False, quiet: bool = False) -> 
         print(f"[softdistill] {recipe.name} seed {recipe.seed}: {what} -> {run_dir}"
               f" ({len(data.train)} train images, {ctx.world_size} process(es), {ctx.device})")
     return trainer.fit(resume=resume)
+
+
+def _artifact(recipe: Recipe, path: str, quiet: bool) -> Path:
+    """A file a method names in ``recipe``: a VAE recipe is trained once (inheriting the machine
+    settings, like a teacher recipe) and its ``vae.pt`` returned; any other path must exist."""
+    from softdistill.vae_training import vae_checkpoint
+
+    return vae_checkpoint(recipe.resolve_path(path), overrides=_inherited_overrides(recipe), quiet=quiet)
 
 
 def recipe_differences(saved: Any, recipe: Recipe) -> list[str]:

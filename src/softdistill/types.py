@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 from torch import Tensor
 
-__all__ = ["Batch", "StepOutput"]
+__all__ = ["Batch", "StepOutput", "InputSpec", "MethodContext"]
 
 
 @dataclass
@@ -48,3 +50,28 @@ class StepOutput:
     logits: Tensor
     losses: dict[str, Tensor]
     metrics: dict[str, Tensor] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """Shape and normalisation of the images a method receives: ``x = (pixels - mean) / std``."""
+
+    in_channels: int
+    image_size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class MethodContext:
+    """What a method may need from its run beyond its hyper-parameters.
+
+    ``resolve_artifact(path)`` turns a file named in the recipe (relative to the recipe's folder)
+    into a path on disk: a checkpoint is returned as it is; a recipe of something the method
+    uses (e.g. a VAE recipe) is trained once, under the run's machine settings, and the path of
+    its product returned.
+    """
+
+    inputs: InputSpec
+    resolve_artifact: Callable[[str], Path] = Path
+    quiet: bool = False

@@ -8,6 +8,11 @@ evaluation sets after each epoch and writes the run folder (rank 0 only):
   ``best.pt`` at the best selection accuracy, ``epoch_N.pt`` for requested epochs;
 - ``metrics.jsonl``: one record per epoch; ``summary.json`` when the run has finished.
 
+``final_loaders`` (e.g. out-of-domain versions of the test set) are evaluated once, after the
+last epoch, and reported as ``final/NAME/acc`` and in the summary.  The method's hooks
+(``start_epoch``, ``end_epoch``, ``training_state``/``load_training_state``, see
+:class:`~softdistill.methods.base.Method`) are called when the method has them.
+
 Every write is atomic.  Exact resume: all randomness of an epoch is seeded by (seed, epoch),
 so continuing from the end of epoch e reproduces the weights of an uninterrupted run.
 """
@@ -104,7 +109,8 @@ class Trainer:
                  train_loader: BatchLoader, eval_loaders: Mapping[str, BatchLoader], run_dir: str | os.PathLike, *,
                  epochs: int, seed: int, checkpoint_meta: Mapping[str, Any], ctx: DistContext = DistContext(),
                  amp: str = "off", keep_epochs: Sequence[int] = (), quiet: bool = False,
-                 config_check: Callable[[Any], list[str]] | None = None, eval_every: int = 1) -> None:
+                 config_check: Callable[[Any], list[str]] | None = None, eval_every: int = 1,
+                 final_loaders: Mapping[str, BatchLoader] | None = None) -> None:
         if amp == "fp16" and ctx.device.type != "cuda":
             raise ValueError("amp: fp16 needs a CUDA device; on the CPU use amp: bf16")
         if "test" not in eval_loaders:
@@ -114,6 +120,7 @@ class Trainer:
         self.schedule = schedule
         self.train_loader = train_loader
         self.eval_loaders = dict(eval_loaders)
+        self.final_loaders = dict(final_loaders or {})
         self.run_dir = Path(run_dir)
         self.epochs = epochs
         self.seed = seed
@@ -131,6 +138,10 @@ class Trainer:
         self.epoch = 0
 
     # ---------------------------------------------------------------- state
+    def _hook(self, name: str, *args: Any) -> Any:
+        hook = getattr(self.method, name, None)
+        return hook(*args) if hook is not None else None
+
     @property
     def student(self) -> nn.Module:
         student = self.method.student
@@ -142,6 +153,7 @@ class Trainer:
         if with_optimizer:
             payload["optimizer"] = self.optimizer.state_dict()
             payload["scaler"] = self.scaler.state_dict()
+            payload["method_state"] = self._hook("training_state") or {}
         return payload
 
     def _start(self, resume: bool) -> None:
@@ -164,6 +176,8 @@ class Trainer:
         try:
             self.student.load_state_dict(state["state_dict"])
             self.optimizer.load_state_dict(state["optimizer"])
+            if hasattr(self.method, "load_training_state"):
+                self.method.load_training_state(state.get("method_state", {}))
         except (RuntimeError, ValueError, KeyError) as exc:
             raise CheckpointError(f"{last} does not fit this run's model or optimiser: {exc}") from None
         self.scaler.load_state_dict(state["scaler"])
@@ -179,10 +193,13 @@ class Trainer:
         while self.epoch < self.epochs:
             self.epoch += 1
             record = self._train_epoch()
-            if self.epoch % self.eval_every == 0 or self.epoch == self.epochs:
-                for name, loader in self.eval_loaders.items():
-                    for key, value in evaluate(self.student, loader, self.ctx, self.amp).items():
-                        record[f"{name}/{key}"] = value
+            self._hook("end_epoch", self.epoch, self.run_dir / "report" if self.ctx.is_main else None)
+            evaluated = dict(self.eval_loaders) if self.epoch % self.eval_every == 0 or self.epoch == self.epochs else {}
+            if self.epoch == self.epochs:
+                evaluated.update({f"final/{name}": loader for name, loader in self.final_loaders.items()})
+            for name, loader in evaluated.items():
+                for key, value in evaluate(self.student, loader, self.ctx, self.amp).items():
+                    record[f"{name}/{key}"] = value
             record["seconds"] = time.perf_counter() - record.pop("_start")
             self.history.append(record)
             if self.ctx.is_main:
@@ -198,6 +215,7 @@ class Trainer:
         torch.manual_seed(self.seed * 1_000_003 + epoch + 500_000)  # model-side randomness of this epoch
         self.train_loader.set_epoch(epoch)
         self.method.train()
+        self._hook("start_epoch", epoch, self.epochs)
         steps = len(self.train_loader)
         sums: dict[str, torch.Tensor] = {}
         correct = torch.zeros((), dtype=torch.float64, device=ctx.device)
@@ -269,7 +287,8 @@ class Trainer:
         train = {k[6:]: v for k, v in record.items() if k.startswith("train/") and k not in ("train/loss", "train/acc")}
         losses = ", ".join(f"{k} {v:.4f}" for k, v in train.items() if k in self.loss_names)
         diagnostics = ", ".join(f"{k} {v:.3f}" for k, v in train.items() if k not in self.loss_names)
-        evals = "  ".join(f"{name} {record[f'{name}/acc']:.2f}%" for name in self.eval_loaders if f"{name}/acc" in record)
+        names = [*self.eval_loaders, *(f"final/{name}" for name in self.final_loaders)]
+        evals = "  ".join(f"{name} {record[f'{name}/acc']:.2f}%" for name in names if f"{name}/acc" in record)
         tqdm.write(f"epoch {record['epoch']:>3}/{self.epochs}  loss {record['train/loss']:.4f} ({losses})  "
                    f"train {record['train/acc']:.2f}%  {evals}  lr {record['lr']:.4g}  {record['seconds']:.1f}s"
                    + (f"  | {diagnostics}" if diagnostics else ""))
@@ -293,5 +312,7 @@ class Trainer:
             "seconds": sum(r["seconds"] for r in self.history),
             "seconds_per_epoch": sum(r["seconds"] for r in self.history) / len(self.history),
             "parameters": sum(p.numel() for p in self.student.parameters()),
+            "final_acc": {k.split("/")[1]: v for k, v in self.history[-1].items()
+                          if k.startswith("final/") and k.endswith("/acc")},
             "finished": True,
         }

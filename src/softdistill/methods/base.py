@@ -7,12 +7,13 @@ The trainer only ever calls ``method(batch)`` and ``method.student``; it knows n
 
 from __future__ import annotations
 
-from typing import ClassVar
+from pathlib import Path
+from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 from torch import nn
 
-from softdistill.types import Batch, StepOutput
+from softdistill.types import Batch, MethodContext, StepOutput
 
 __all__ = ["Method", "MethodConfig", "register_method", "registry"]
 
@@ -45,16 +46,38 @@ class Method(nn.Module):
     needs_teacher: ClassVar[bool] = False
 
     def __init__(self, config: MethodConfig, student: nn.Module, num_classes: int,
-                 teacher: nn.Module | None = None) -> None:
+                 teacher: nn.Module | None = None, context: MethodContext | None = None) -> None:
         super().__init__()
         self.check_teacher(teacher is not None)
         self.config = config
         self.student = student
         self.teacher = teacher
         self.num_classes = num_classes
+        self.context = context
 
     def forward(self, batch: Batch) -> StepOutput:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    # Hooks the trainer calls; the defaults do nothing.
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """What the trainer's optimiser updates: every parameter that requires grad, unless a
+        method trains some parts itself."""
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def start_epoch(self, epoch: int, epochs: int) -> None:
+        """Called before training epoch ``epoch`` (1-based) of ``epochs``, after the epoch's seeding."""
+
+    def end_epoch(self, epoch: int, report_dir: Path | None) -> None:
+        """Called after training epoch ``epoch``; ``report_dir`` is where to write figures (None
+        on ranks other than 0)."""
+
+    def training_state(self) -> dict[str, Any]:
+        """State beyond the student's weights that an exact resume needs (saved in last.pt)."""
+        return {}
+
+    def load_training_state(self, state: dict[str, Any]) -> None:
+        if state:
+            raise ValueError(f"{type(self).__name__} keeps no training state, but the checkpoint has {sorted(state)}")
 
     @classmethod
     def check_teacher(cls, has_teacher: bool) -> None:

@@ -11,7 +11,8 @@ from softdistill.report.tables import RecipeResult
 
 __all__ = ["plot_curves", "plot_diagnostics", "DIAGNOSTIC_KEYS"]
 
-DIAGNOSTIC_KEYS = {"train/reg_share": "regularization-sample share", "train/w_mean": "mean WSL weight w"}
+DIAGNOSTIC_KEYS = {"train/reg_share": "regularization-sample share", "train/w_mean": "mean WSL weight w",
+                   "train/adv_divergence": "HARD: teacher-student KL on x~", "train/aug_teacher_acc": "HARD: teacher accuracy on x~"}
 
 
 def _pyplot():

@@ -4,6 +4,7 @@ Statistics: the mean and the sample standard deviation (ddof = 1) over seeds; wi
 seed the deviation is reported as n/a.  "last" is the test accuracy after the final epoch,
 "best" the highest test accuracy of any epoch (what many papers report; optimistic), and
 "selected" the test accuracy at the epoch with the best validation accuracy (the honest pick).
+"final" sets (out-of-domain versions of the test set) are evaluated once, after the last epoch.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from pathlib import Path
 
 import yaml
 
-__all__ = ["RecipeResult", "aggregate_runs", "format_markdown", "write_csv", "mean_std"]
+__all__ = ["RecipeResult", "aggregate_runs", "format_markdown", "format_final_markdown", "final_names", "write_csv",
+           "mean_std"]
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
@@ -40,6 +42,8 @@ class RecipeResult:
     best: list[float] = field(default_factory=list)
     selected: list[float] = field(default_factory=list)
     seconds: list[float] = field(default_factory=list)
+    seconds_per_epoch: list[float] = field(default_factory=list)
+    final: dict[str, list[float]] = field(default_factory=dict)
     histories: list[list[dict]] = field(default_factory=list)
 
     def series(self, key: str) -> list[tuple[list[int], list[float]]]:
@@ -74,6 +78,9 @@ def aggregate_runs(output_dir: str | Path, names: Sequence[str]) -> list[RecipeR
             result.best.append(summary["test_acc_best"])
             result.selected.append(summary["test_acc_selected"])
             result.seconds.append(summary["seconds"])
+            result.seconds_per_epoch.append(summary.get("seconds_per_epoch", math.nan))
+            for set_name, acc in summary.get("final_acc", {}).items():
+                result.final.setdefault(set_name, []).append(acc)
             result.histories.append(records)
         results.append(result or RecipeResult(name, "?", "?"))
     return results
@@ -117,15 +124,39 @@ def format_markdown(results: Sequence[RecipeResult], baseline: str | None = None
     return "\n".join(lines) + "\n"
 
 
+def final_names(results: Sequence[RecipeResult]) -> list[str]:
+    """The final (out-of-domain) evaluation sets of any result, in first-seen order."""
+    return list(dict.fromkeys(name for r in results for name in r.final))
+
+
+def format_final_markdown(results: Sequence[RecipeResult]) -> str:
+    """In-domain vs final-set (out-of-domain) test accuracy after the last epoch, and seconds per
+    epoch; empty when no run has final sets."""
+    names = final_names(results)
+    if not names:
+        return ""
+    header = ["recipe", "in-domain (%)", *(f"{n} (%)" for n in names), "s / epoch"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    for r in results:
+        cells = [_fmt(*mean_std(r.final[n])) if n in r.final else "n/a" for n in names]
+        per_epoch = mean_std(r.seconds_per_epoch)[0]
+        lines.append("| " + " | ".join([r.name, _fmt(*r.stat("last")), *cells,
+                                         "n/a" if math.isnan(per_epoch) else f"{per_epoch:.2f}"]) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def write_csv(results: Sequence[RecipeResult], path: str | Path, baseline: str | None = None) -> None:
     """Numeric CSV: means and stds as separate columns, plus the per-seed values."""
     base = next((r for r in results if r.name == baseline), None)
+    finals = final_names(results)
     with open(path, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["recipe", "method", "student", "seeds", "last_mean", "last_std", "best_mean", "best_std",
-                         "selected_mean", "selected_std", "gain_last", "gain_best", "seconds_mean", "last_per_seed"])
+                         "selected_mean", "selected_std", "gain_last", "gain_best", "seconds_mean", "last_per_seed",
+                         *(f"{n}_{stat}" for n in finals for stat in ("mean", "std"))])
         for r in results:
             last, best, sel, secs = r.stat("last"), r.stat("best"), r.stat("selected"), r.stat("seconds")
             gains = (last[0] - base.stat("last")[0], best[0] - base.stat("best")[0]) if base and base.last else (math.nan, math.nan)
             writer.writerow([r.name, r.method, r.student, len(r.seeds), *last, *best, *sel, *gains, secs[0],
-                             " ".join(f"{v:.2f}" for v in r.last)])
+                             " ".join(f"{v:.2f}" for v in r.last),
+                             *(x for n in finals for x in mean_std(r.final.get(n, [])))])

@@ -47,10 +47,18 @@ class FrozenTeacher(nn.Module):
     def forward(self, batch: Batch | Tensor) -> Tensor:
         x = batch.x if isinstance(batch, Batch) else batch
         with torch.inference_mode():
-            if self.input_scale is not None:
-                x = x * self.input_scale + self.input_shift
-            logits = self.model(x)
+            logits = self.logits_with_input_grad(x)
         return logits.clone()  # a normal tensor, usable in autograd graphs outside inference mode
+
+    def logits_with_input_grad(self, x: Tensor) -> Tensor:
+        """The teacher's logits as a differentiable function of its input ``x``.
+
+        The weights stay frozen (``requires_grad=False``): gradients reach ``x`` (and whatever
+        produced it, e.g. a learned augmentor), never the teacher.
+        """
+        if self.input_scale is not None:
+            x = x * self.input_scale + self.input_shift
+        return self.model(x)
 
 
 class CachedTeacher(nn.Module):

@@ -1,0 +1,36 @@
+"""Shared test helpers."""
+
+import socket
+
+import pytest
+
+from softdistill.engine.trainer import Trainer
+from softdistill.runner import run_recipe
+
+
+@pytest.fixture
+def run_until_interrupted(monkeypatch):
+    """``run(recipe, epoch)``: train ``recipe`` and interrupt it (KeyboardInterrupt) as epoch ``epoch`` starts."""
+
+    def run(recipe, epoch: int) -> None:
+        original = Trainer._train_epoch
+
+        def crash(self):
+            if self.epoch == epoch:
+                raise KeyboardInterrupt
+            return original(self)
+
+        with monkeypatch.context() as patch:
+            patch.setattr(Trainer, "_train_epoch", crash)
+            with pytest.raises(KeyboardInterrupt):
+                run_recipe(recipe, quiet=True)
+
+    return run
+
+
+@pytest.fixture
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago (for a local process group)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

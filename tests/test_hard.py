@@ -291,6 +291,20 @@ def test_hard_run_resumes_exactly_and_writes_the_grid(tmp_path, run_until_interr
     assert [s["epoch"] for s in b["method_state"]["snapshots"]] == [2, 3]
 
 
+def test_hard_under_bf16_autocast_follows_the_float32_run(tmp_path):
+    write_teacher(tmp_path)
+    fp32 = hard_recipe(tmp_path, "fp32")
+    bf16 = hard_recipe(tmp_path, "bf16")
+    bf16.train.amp = "bf16"
+    for recipe in (fp32, bf16):
+        run_recipe(recipe, quiet=True)
+    losses = {r.name: [json.loads(line)["train/loss"] for line in (r.run_dir / "metrics.jsonl").read_text().splitlines()]
+              for r in (fp32, bf16)}
+    assert losses["bf16"] == pytest.approx(losses["fp32"], rel=0.02)  # the same game, at bf16 precision
+    state = load_checkpoint(bf16.run_dir / "last.pt")["method_state"]["augmentor"]
+    assert all(v.dtype == torch.float32 for v in state.values() if v.is_floating_point())
+
+
 def test_hard_recipe_errors_name_the_key(tmp_path):
     with pytest.raises(ConfigError, match="did you mean 'translate'"):
         recipe_from_dict({"name": "x", "student": "mlp", "epochs": 1, "teacher": {"recipe": "t.yaml"},

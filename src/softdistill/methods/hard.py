@@ -106,8 +106,9 @@ class HardKD(Method):
                  context: MethodContext | None = None) -> None:
         super().__init__(config, student, num_classes, teacher, context)
         if not hasattr(teacher, "logits_with_input_grad"):
-            raise ValueError("method 'hard' needs a teacher model run online (the augmentor differentiates "
-                             "through it): set teacher.cache: false")
+            raise ValueError("method 'hard' needs a teacher model run online, since the augmentor differentiates "
+                             "through it and new inputs need new soft labels: set teacher.cache: false (cached "
+                             "logits and weak-supervision tables know only the training images)")
         if context is None:
             raise ValueError("method 'hard' needs the input shape and normalisation (a MethodContext)")
         self.augmentor = build_augmentor(config, context)

@@ -42,6 +42,7 @@ __all__ = [
     "OptimConfig",
     "ScheduleConfig",
     "TrainConfig",
+    "RunRecipe",
     "Recipe",
     "load_recipe",
     "read_recipe_file",
@@ -161,27 +162,18 @@ class TrainConfig(StrictModel):
     eval_every: int = Field(1, ge=1, description="evaluate every N epochs (and after the last one)")
 
 
-class Recipe(StrictModel):
+class RunRecipe(StrictModel):
+    """What every kind of recipe has: the run's name and seed, its data, machine settings and
+    output folder (``OUTPUT_DIR/NAME/seedSEED``), and the file it was read from."""
+
     name: str = Field(..., pattern=r"^[A-Za-z0-9_.\-]+$")
     description: str = ""
     seed: int = 0
     epochs: int = Field(..., ge=1)
     data: DataConfig = Field(default_factory=DataConfig)
-    student: str = Field(..., description="model name, see softdistill.models.available_models()")
-    teacher: TeacherConfig | None = None
-    weak: WeakConfig | None = Field(None, description="weak-supervision soft labels in place of a teacher")
-    method: SerializeAsAny[MethodConfig] = Field(default_factory=lambda: method_config_class("ce")())
-    optim: OptimConfig = Field(default_factory=OptimConfig)
-    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     output_dir: str = Field("runs", description="runs are written to OUTPUT_DIR/NAME/seedSEED")
     source: str | None = Field(None, exclude=True, description="file the recipe was read from (set by the loader)")
-
-    @model_validator(mode="after")
-    def _teacher_or_weak(self) -> "Recipe":
-        if self.teacher is not None and self.weak is not None:
-            raise ValueError("give a teacher or a weak section, not both: each is the soft-label source")
-        return self
 
     @property
     def run_dir(self) -> Path:
@@ -196,6 +188,23 @@ class Recipe(StrictModel):
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
+
+
+class Recipe(RunRecipe):
+    """A training recipe: a student, its soft-label source and method, optimiser and schedule."""
+
+    student: str = Field(..., description="model name, see softdistill.models.available_models()")
+    teacher: TeacherConfig | None = None
+    weak: WeakConfig | None = Field(None, description="weak-supervision soft labels in place of a teacher")
+    method: SerializeAsAny[MethodConfig] = Field(default_factory=lambda: method_config_class("ce")())
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+
+    @model_validator(mode="after")
+    def _teacher_or_weak(self) -> "Recipe":
+        if self.teacher is not None and self.weak is not None:
+            raise ValueError("give a teacher or a weak section, not both: each is the soft-label source")
+        return self
 
 
 # --------------------------------------------------------------------------------------------

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from softdistill.augment.vae import ConvVAE, vae_loss
 from softdistill.augment.visualize import save_image_grid
 from softdistill.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from softdistill.config import ConfigError, DataConfig, StrictModel, TrainConfig, describe_errors, read_recipe_file
+from softdistill.config import ConfigError, DataConfig, RunRecipe, describe_errors, read_recipe_file
 from softdistill.data.loader import BatchLoader, BatchTransform, TensorSet
 from softdistill.data.prepare import DataBundle, prepare_data
 from softdistill.engine.distributed import resolve_device
@@ -39,22 +39,14 @@ __all__ = ["VAERecipe", "load_vae_recipe", "train_vae", "vae_checkpoint"]
 # --------------------------------------------------------------------------------------------
 # recipe
 
-class VAERecipe(StrictModel):
+class VAERecipe(RunRecipe):
     """What ``softdistill train-vae`` trains: data, architecture, Adam, epochs."""
 
-    name: str = Field(..., pattern=r"^[A-Za-z0-9_.\-]+$")
-    description: str = ""
-    seed: int = 0
-    epochs: int = Field(..., ge=1)
-    data: DataConfig = Field(default_factory=DataConfig)
     latent_dim: int = Field(16, ge=1, description="dimension of z")
     width: int = Field(32, ge=1, description="channels of the first convolution (the second has twice as many)")
     beta: float = Field(1.0, ge=0, description="weight of the KL term (1 = the ELBO)")
     lr: float = Field(1e-3, gt=0, description="Adam learning rate (constant)")
     weight_decay: float = Field(0.0, ge=0, description="Adam's L2 penalty")
-    train: TrainConfig = Field(default_factory=TrainConfig)
-    output_dir: str = Field("runs", description="runs are written to OUTPUT_DIR/NAME/seedSEED")
-    source: str | None = Field(None, exclude=True, description="file the recipe was read from (set by the loader)")
 
     @model_validator(mode="after")
     def _used_train_keys(self) -> "VAERecipe":
@@ -62,10 +54,6 @@ class VAERecipe(StrictModel):
             raise ValueError("train.amp and train.keep_epochs are not used by train-vae "
                              "(it trains in float32 and keeps last.pt and vae.pt)")
         return self
-
-    @property
-    def run_dir(self) -> Path:
-        return Path(self.output_dir) / self.name / f"seed{self.seed}"
 
 
 def load_vae_recipe(path: str | os.PathLike, overrides: Sequence[str] = ()) -> VAERecipe:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistContext", "init_distributed", "resolve_device", "all_reduce_sum", "shutdown_distributed"]
+__all__ = ["DistContext", "init_distributed", "resolve_device", "all_reduce_sum", "barrier", "shutdown_distributed"]
 
 
 @dataclass(frozen=True)
@@ -60,6 +60,12 @@ def all_reduce_sum(tensor: torch.Tensor, ctx: DistContext) -> torch.Tensor:
     if ctx.distributed:
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor
+
+
+def barrier(ctx: DistContext) -> None:
+    """Wait until every rank gets here (no-op when running alone)."""
+    if ctx.distributed:
+        dist.barrier()
 
 
 def shutdown_distributed() -> None:

@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 
 from softdistill.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from softdistill.data.loader import BatchLoader
-from softdistill.engine.distributed import DistContext, all_reduce_sum
+from softdistill.engine.distributed import DistContext, all_reduce_sum, barrier
 from softdistill.engine.optim import LRSchedule
 
 __all__ = ["Trainer", "evaluate", "NonFiniteLossError", "RunStateError", "write_text_atomic", "config_differences"]
@@ -208,6 +208,7 @@ class Trainer:
         summary = self.summary()
         if self.ctx.is_main:
             write_text_atomic(self.run_dir / "summary.json", json.dumps(summary, indent=2))
+        barrier(self.ctx)  # every rank returns once the run folder is complete, and they leave together
         return summary
 
     def _train_epoch(self) -> dict[str, Any]:

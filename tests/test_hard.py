@@ -34,7 +34,7 @@ def images(n=4, size=12, channels=1, seed=0):
 
 def affine(**bounds):
     torch.manual_seed(0)
-    return AffineAugmentor(1, 12, MEAN, STD, **bounds)
+    return AffineAugmentor(1, MEAN, STD, **bounds)
 
 
 def force_units(augmentor, units):
@@ -52,7 +52,7 @@ def test_affine_augmentor_starts_as_the_identity():
     torch.testing.assert_close(aug(x), x, atol=1e-5, rtol=0)
     assert aug.magnitude().item() == 0.0
     rect = torch.randn(3, 2, 10, 14)
-    torch.testing.assert_close(AffineAugmentor(2, 14, (0.1, 0.2), (1.0, 2.0))(rect), rect, atol=1e-5, rtol=0)
+    torch.testing.assert_close(AffineAugmentor(2, (0.1, 0.2), (1.0, 2.0))(rect), rect, atol=1e-5, rtol=0)
 
 
 def test_affine_augmentor_respects_its_bounds_at_extreme_outputs():
@@ -115,7 +115,7 @@ def test_affine_matrices_compose_scale_about_the_centre():
 def vae_augmentor(output="residual", bound=0.5):
     torch.manual_seed(0)
     vae = ConvVAE(1, 12, latent_dim=4, width=4)
-    return VAEAugmentor(vae, 4, MEAN, STD, bound=bound, output=output, noise_dim=3, width=8)
+    return VAEAugmentor(vae, MEAN, STD, bound=bound, output=output, noise_dim=3, width=8)
 
 
 def test_vae_augmentor_residual_is_the_identity_at_zero_and_bounded():

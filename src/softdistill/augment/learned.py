@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from softdistill.augment.vae import ConvVAE
+
 __all__ = ["Augmentor", "AffineAugmentor", "VAEAugmentor", "affine_matrices"]
 
 
@@ -37,8 +39,9 @@ def _channel_view(values: Sequence[float]) -> Tensor:
 class Augmentor(nn.Module):
     """Base class: ``forward(x, noise=None) -> x~`` on normalised images, differentiable.
 
-    Subclasses implement :meth:`unit_outputs` (the per-sample outputs ``u`` in [-1, 1]) and
-    :meth:`apply` (``u`` -> images); statistics of the last call are kept for logging.
+    Subclasses implement :meth:`encode` (what the outputs are computed from, once per call),
+    :meth:`unit_outputs` (code and noise -> the per-sample outputs ``u`` in [-1, 1]) and
+    :meth:`apply` (``u`` -> images); the last call's ``u`` is kept for the regulariser and the log.
     """
 
     def __init__(self, mean: Sequence[float], std: Sequence[float], noise_dim: int) -> None:
@@ -59,21 +62,25 @@ class Augmentor(nn.Module):
         """Standard normal noise (n, noise_dim) from ``generator`` (default: PyTorch's global one)."""
         return torch.randn(n, self.noise_dim, generator=generator).to(device)
 
-    def unit_outputs(self, x: Tensor, noise: Tensor) -> Tensor:  # pragma: no cover - abstract
+    def encode(self, x: Tensor) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def apply(self, x: Tensor, units: Tensor) -> Tensor:  # pragma: no cover - abstract
+    def unit_outputs(self, code: Tensor, noise: Tensor) -> Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def apply(self, x: Tensor, code: Tensor, units: Tensor) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
     def forward(self, x: Tensor, noise: Tensor | None = None, strength: Tensor | None = None) -> Tensor:
         """``strength`` (N,) in [0, 1], optional, scales each sample's unit-range outputs."""
         if noise is None:
             noise = self.draw_noise(x.shape[0], x.device)
-        units = self.unit_outputs(x, noise)
+        code = self.encode(x)
+        units = self.unit_outputs(code, noise)
         if strength is not None:
             units = units * strength.to(units.dtype).view(-1, 1)
         self.last_units = units
-        return self.apply(x, units)
+        return self.apply(x, code, units)
 
     def magnitude(self) -> Tensor:
         """Mean squared unit-range output of the last call (0 = identity), differentiable."""
@@ -130,15 +137,12 @@ class AffineAugmentor(Augmentor):
     [1/(1+scale), 1+scale]), shear ``shear * u``.  A bound of 0 switches that component off.
     """
 
-    PARAMETERS = ("translate_x", "translate_y", "rotate", "scale", "shear")
-
-    def __init__(self, in_channels: int, image_size: int, mean: Sequence[float], std: Sequence[float], *,
+    def __init__(self, in_channels: int, mean: Sequence[float], std: Sequence[float], *,
                  translate: float = 4.0, rotate: float = 15.0, scale: float = 0.1, shear: float = 0.1,
                  noise_dim: int = 8, width: int = 16) -> None:
         super().__init__(mean, std, noise_dim)
         if min(translate, rotate, scale, shear) < 0:
             raise ValueError("affine bounds must be >= 0")
-        self.image_size = image_size
         self.bounds = {"translate": translate, "rotate": rotate, "scale": scale, "shear": shear}
         self.features = nn.Sequential(
             nn.Conv2d(in_channels, width, 3, stride=2, padding=1), nn.ReLU(),
@@ -146,11 +150,13 @@ class AffineAugmentor(Augmentor):
             nn.AdaptiveAvgPool2d(1), nn.Flatten(),
         )
         self.head = nn.Sequential(nn.Linear(2 * width + noise_dim, 64), nn.ReLU(),
-                                  _zero_last_layer(nn.Linear(64, len(self.PARAMETERS))))
-        self.last_parameters: dict[str, Tensor] = {}
+                                  _zero_last_layer(nn.Linear(64, 5)))  # translate x, y, rotate, scale, shear
 
-    def unit_outputs(self, x: Tensor, noise: Tensor) -> Tensor:
-        return torch.tanh(self.head(torch.cat([self.features(x), noise.to(x.dtype)], dim=1)))
+    def encode(self, x: Tensor) -> Tensor:
+        return self.features(x)
+
+    def unit_outputs(self, code: Tensor, noise: Tensor) -> Tensor:
+        return torch.tanh(self.head(torch.cat([code, noise.to(code.dtype)], dim=1)))
 
     def transform_parameters(self, units: Tensor) -> dict[str, Tensor]:
         """Unit-range outputs (N x 5) -> the bounded transform parameters, in float32."""
@@ -159,9 +165,13 @@ class AffineAugmentor(Augmentor):
         return {"translate": b["translate"] * u[:, 0:2], "rotate": b["rotate"] * u[:, 2],
                 "scale": (1 + b["scale"]) ** u[:, 3], "shear": b["shear"] * u[:, 4]}
 
-    def apply(self, x: Tensor, units: Tensor) -> Tensor:
+    @property
+    def last_parameters(self) -> dict[str, Tensor]:
+        """The transform parameters of the last call (no gradient); empty before the first."""
+        return {} if self.last_units is None else self.transform_parameters(self.last_units.detach())
+
+    def apply(self, x: Tensor, code: Tensor, units: Tensor) -> Tensor:
         p = self.transform_parameters(units)
-        self.last_parameters = {k: v.detach() for k, v in p.items()}
         theta = affine_matrices(p["translate"], p["rotate"], p["scale"], p["shear"], x.shape[-2], x.shape[-1])
         grid = F.affine_grid(theta, list(x.shape), align_corners=False)
         black = self.from_unit_range(torch.zeros_like(self.mean))  # outside the image: a zero pixel
@@ -186,7 +196,7 @@ class VAEAugmentor(Augmentor):
     The VAE never trains (``requires_grad=False``, always in eval mode).
     """
 
-    def __init__(self, vae: nn.Module, latent_dim: int, mean: Sequence[float], std: Sequence[float], *,
+    def __init__(self, vae: ConvVAE, mean: Sequence[float], std: Sequence[float], *,
                  bound: float = 1.0, output: Literal["residual", "decoded"] = "residual", noise_dim: int = 8,
                  width: int = 128) -> None:
         super().__init__(mean, std, noise_dim)
@@ -197,6 +207,7 @@ class VAEAugmentor(Augmentor):
         self.vae = vae.requires_grad_(False).eval()
         self.bound = bound
         self.output = output
+        latent_dim = vae.config["latent_dim"]
         self.perturbation = nn.Sequential(nn.Linear(latent_dim + noise_dim, width), nn.ReLU(),
                                           _zero_last_layer(nn.Linear(width, latent_dim)))
 
@@ -205,17 +216,16 @@ class VAEAugmentor(Augmentor):
         self.vae.eval()
         return self
 
-    def _latent_mean(self, x: Tensor) -> Tensor:
+    def encode(self, x: Tensor) -> Tensor:
+        """The VAE's latent mean of ``x`` (no gradient: the VAE is fixed and x is data)."""
         with torch.no_grad():
             mu, _ = self.vae.encode(self.to_unit_range(x.float()))
         return mu
 
-    def unit_outputs(self, x: Tensor, noise: Tensor) -> Tensor:
-        mu = self._latent_mean(x)
-        return torch.tanh(self.perturbation(torch.cat([mu, noise.to(mu.dtype)], dim=1)))
+    def unit_outputs(self, code: Tensor, noise: Tensor) -> Tensor:
+        return torch.tanh(self.perturbation(torch.cat([code, noise.to(code.dtype)], dim=1)))
 
-    def apply(self, x: Tensor, units: Tensor) -> Tensor:
-        mu = self._latent_mean(x)
+    def apply(self, x: Tensor, mu: Tensor, units: Tensor) -> Tensor:
         edited = self.vae.decode(mu + self.bound * units.float())
         if self.output == "decoded":
             pixels = edited

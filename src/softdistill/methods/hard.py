@@ -254,13 +254,9 @@ def _average_over_ranks(grads: tuple[Tensor, ...]) -> None:
     """Under DDP, every rank's augmentor takes the same step: average its gradients in place."""
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return
-    flat = torch.cat([g.reshape(-1) for g in grads])
-    dist.all_reduce(flat)
-    flat /= dist.get_world_size()
-    offset = 0
-    for g in grads:
-        g.copy_(flat[offset:offset + g.numel()].view_as(g))
-        offset += g.numel()
+    for g in grads:  # a few small tensors: one all-reduce each
+        dist.all_reduce(g)
+        g /= dist.get_world_size()
 
 
 def build_augmentor(config: HardKD.Config, context: MethodContext) -> Augmentor:
@@ -268,7 +264,7 @@ def build_augmentor(config: HardKD.Config, context: MethodContext) -> Augmentor:
     spec = context.inputs
     if config.augmentor == "affine":
         a = config.affine
-        return AffineAugmentor(spec.in_channels, spec.image_size, spec.mean, spec.std, translate=a.translate,
+        return AffineAugmentor(spec.in_channels, spec.mean, spec.std, translate=a.translate,
                                rotate=a.rotate, scale=a.scale, shear=a.shear, noise_dim=a.noise_dim, width=a.width)
     v = config.vae
     assert v.path is not None
@@ -278,5 +274,5 @@ def build_augmentor(config: HardKD.Config, context: MethodContext) -> Augmentor:
     if shape != (spec.in_channels, spec.image_size):
         raise ValueError(f"the VAE {path} was trained on {shape[0]}-channel {shape[1]}x{shape[1]} images, the data has "
                          f"{spec.in_channels}-channel {spec.image_size}x{spec.image_size}; train a VAE on this data")
-    return VAEAugmentor(vae, vae.config["latent_dim"], spec.mean, spec.std, bound=v.bound, output=v.output,
+    return VAEAugmentor(vae, spec.mean, spec.std, bound=v.bound, output=v.output,
                         noise_dim=v.noise_dim, width=v.width)

@@ -8,7 +8,7 @@ from typing import Any
 
 from softdistill.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
 from softdistill.data.loader import BatchLoader, BatchTransform, TensorSet
-from softdistill.data.prepare import prepare_data
+from softdistill.data.prepare import prepare_from_spec
 from softdistill.data.shifts import ood_set, parse_ood_specs
 from softdistill.engine import DistContext, evaluate
 from softdistill.engine.distributed import resolve_device
@@ -31,9 +31,7 @@ def evaluate_checkpoint(path: str | os.PathLike, *, split: str = "test", data: s
     payload = load_checkpoint(path)
     cfg = payload["config"]["data"]
     name = data or cfg["name"]
-    bundle = prepare_data(name, root=root or cfg.get("root"), download=False, image_size=cfg.get("image_size"),
-                          val_size=cfg["val_size"], per_class=cfg.get("per_class"), split_seed=cfg.get("split_seed", 0),
-                          normalize=cfg.get("normalize", True), canvas=cfg.get("canvas"))
+    bundle = prepare_from_spec({**cfg, "name": name}, root=root)
     spec = payload["model"]
     if bundle.num_classes != spec["num_classes"] or bundle.in_channels != spec["in_channels"]:
         raise CheckpointError(f"{path} holds a model for {spec['num_classes']} classes and {spec['in_channels']} "

@@ -15,9 +15,9 @@ import yaml
 from torch.nn.parallel import DistributedDataParallel
 
 from softdistill.checkpoint import CheckpointError
-from softdistill.config import ConfigError, Recipe, load_recipe, recipe_from_dict
+from softdistill.config import ConfigError, Recipe, RunRecipe, load_recipe, recipe_from_dict
 from softdistill.data.loader import BatchLoader, BatchTransform
-from softdistill.data.prepare import DataBundle, prepare_data
+from softdistill.data.prepare import DataBundle, prepare_from_spec
 from softdistill.data.shifts import ood_sets
 from softdistill.engine import DistContext, LRSchedule, Trainer, build_optimizer, init_distributed
 from softdistill.engine.trainer import RunStateError, config_differences, write_text_atomic
@@ -38,10 +38,9 @@ NOT_IDENTITY = ("description", "output_dir", "data.root", "data.download", "trai
                 "train.eval_every")
 
 
-def load_data(recipe: Recipe) -> DataBundle:
-    d = recipe.data
-    return prepare_data(d.name, root=d.root, download=d.download, image_size=d.image_size, val_size=d.val_size,
-                        per_class=d.per_class, split_seed=d.split_seed, normalize=d.normalize, canvas=d.canvas)
+def load_data(recipe: RunRecipe) -> DataBundle:
+    """The splits and normalisation that the recipe's ``data`` section describes."""
+    return prepare_from_spec(recipe.data.model_dump(), download=recipe.data.download)
 
 
 def _inherited_overrides(recipe: Recipe) -> list[str]:

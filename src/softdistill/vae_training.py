@@ -26,12 +26,11 @@ from tqdm.auto import tqdm
 from softdistill.augment.vae import ConvVAE, vae_loss
 from softdistill.augment.visualize import save_image_grid
 from softdistill.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from softdistill.config import ConfigError, DataConfig, RunRecipe, describe_errors, read_recipe_file
+from softdistill.config import ConfigError, RunRecipe, describe_errors, read_recipe_file
 from softdistill.data.loader import BatchLoader, BatchTransform, TensorSet
-from softdistill.data.prepare import DataBundle, prepare_data
 from softdistill.engine.distributed import resolve_device
 from softdistill.engine.trainer import NonFiniteLossError, RunStateError, config_differences, write_text_atomic
-from softdistill.runner import NOT_IDENTITY, run_dir_state
+from softdistill.runner import NOT_IDENTITY, load_data, run_dir_state
 
 __all__ = ["VAERecipe", "load_vae_recipe", "train_vae", "vae_checkpoint"]
 
@@ -77,13 +76,6 @@ def _recipe_differences(saved: Any, recipe: VAERecipe) -> list[str]:
 
 # --------------------------------------------------------------------------------------------
 # training
-
-def _load_data(d: DataConfig) -> DataBundle:
-    canvas = getattr(d, "canvas", None)
-    return prepare_data(d.name, root=d.root, download=d.download, image_size=d.image_size, val_size=d.val_size,
-                        per_class=d.per_class, split_seed=d.split_seed, normalize=d.normalize,
-                        **({"canvas": canvas} if canvas is not None else {}))
-
 
 @torch.inference_mode()
 def _evaluate(model: ConvVAE, loader: BatchLoader) -> dict[str, float]:
@@ -159,7 +151,7 @@ def train_vae(recipe: VAERecipe, *, resume: bool = False, quiet: bool = False) -
     if recipe.train.threads:
         torch.set_num_threads(recipe.train.threads)
     d = recipe.data
-    data = _load_data(d)
+    data = load_data(recipe)
     channels = data.in_channels
     to01 = BatchTransform((0.0,) * channels, (1.0,) * channels, d.augment.crop_padding, d.augment.hflip)
     train_loader = BatchLoader(data.train.to(device), d.batch_size, to01, shuffle=True, drop_last=d.drop_last,

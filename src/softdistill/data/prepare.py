@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -12,7 +14,7 @@ from softdistill.data.loader import TensorSet
 from softdistill.data.sources import load_split
 from softdistill.data.splits import per_class_subset, stratified_split
 
-__all__ = ["DataBundle", "prepare_data", "channel_stats"]
+__all__ = ["DataBundle", "prepare_data", "prepare_from_spec", "channel_stats"]
 
 
 @dataclass
@@ -92,3 +94,15 @@ def prepare_data(name: str, *, root: str | None = None, download: bool = False, 
     train = TensorSet(full.images[keep], full.labels[keep])
     val = TensorSet(full.images[val_index], full.labels[val_index]) if len(val_index) else None
     return DataBundle(name, train, val, TensorSet(test.images, test.labels), full.class_names, mean, std)
+
+
+def prepare_from_spec(spec: Mapping[str, Any], *, root: str | None = None, download: bool = False) -> DataBundle:
+    """:func:`prepare_data` for a data section: a recipe's ``data`` or the one saved in a checkpoint.
+
+    Keys an older section lacks take :func:`prepare_data`'s defaults; ``root``, when given,
+    replaces the section's own.
+    """
+    return prepare_data(spec["name"], root=root or spec.get("root"), download=download, image_size=spec.get("image_size"),
+                        val_size=spec.get("val_size", 0.1), per_class=spec.get("per_class"),
+                        split_seed=spec.get("split_seed", 0), normalize=spec.get("normalize", True),
+                        canvas=spec.get("canvas"))

@@ -32,7 +32,7 @@ from torch import Tensor, nn
 from softdistill.checkpoint import FORMAT as CHECKPOINT_FORMAT
 from softdistill.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
 from softdistill.data.loader import BatchLoader, BatchTransform, TensorSet
-from softdistill.data.prepare import DataBundle, prepare_data
+from softdistill.data.prepare import DataBundle, prepare_from_spec
 from softdistill.engine.distributed import resolve_device
 from softdistill.metrics.bias_variance import regularization_stats
 from softdistill.metrics.ordering import order_concordance, top2_hit_rate
@@ -68,12 +68,6 @@ class _Source:
     data: dict[str, Any]  # name, split, val_size, per_class, split_seed
     logits: Tensor | None
     model_name: str | None = None
-
-
-def _bundle(spec: dict[str, Any], root: str | None) -> DataBundle:
-    return prepare_data(spec["name"], root=root or spec.get("root"), download=False, image_size=spec.get("image_size"),
-                        val_size=spec.get("val_size", 0.1), per_class=spec.get("per_class"),
-                        split_seed=spec.get("split_seed", 0), normalize=spec.get("normalize", True), canvas=spec.get("canvas"))
 
 
 def _split(bundle: DataBundle, split: str, what: str) -> TensorSet:
@@ -123,7 +117,7 @@ def _read_source(path: Path, data: str | None, split: str, root: str | None, dev
         spec = dict(payload["config"]["data"])
         if data is not None and data != spec["name"]:
             spec = {"name": data, "val_size": spec.get("val_size", 0.1), "split_seed": spec.get("split_seed", 0)}
-        bundle = _bundle(spec, root)
+        bundle = prepare_from_spec(spec, root=root)
         model_spec = payload["model"]
         if bundle.num_classes != model_spec["num_classes"] or bundle.in_channels != model_spec["in_channels"]:
             raise CheckpointError(f"{path} holds a model for {model_spec['num_classes']} classes and "
@@ -141,7 +135,7 @@ def _read_source(path: Path, data: str | None, split: str, root: str | None, dev
         images = None
         names = tuple(table["class_names"] or [str(i) for i in range(table["soft_labels"].shape[1])])
         if spec:
-            bundle = _bundle(spec, root)
+            bundle = prepare_from_spec(spec, root=root)
             images = _split(bundle, spec.get("split", "train"), str(path))
             if not torch.equal(images.labels, table["labels"]):
                 raise ValueError(f"{path}: its labels differ from those of the split its 'data' entry names ({spec})")

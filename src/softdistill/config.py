@@ -24,7 +24,7 @@ import types
 import typing
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Any, ClassVar, Literal, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, field_validator, model_validator
@@ -166,6 +166,8 @@ class RunRecipe(StrictModel):
     """What every kind of recipe has: the run's name and seed, its data, machine settings and
     output folder (``OUTPUT_DIR/NAME/seedSEED``), and the file it was read from."""
 
+    kind: ClassVar[str] = "recipe"  # what messages call it
+
     name: str = Field(..., pattern=r"^[A-Za-z0-9_.\-]+$")
     description: str = ""
     seed: int = 0
@@ -189,6 +191,25 @@ class RunRecipe(StrictModel):
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
 
+    @classmethod
+    def from_dict(cls, raw: Any, source: str | None = None) -> "RunRecipe":
+        """Validate a recipe given as a plain dict; raise :class:`ConfigError` listing every problem."""
+        cls._check_mapping(raw, source)
+        try:
+            return cls.model_validate({**raw, "source": source})
+        except ValidationError as exc:
+            raise cls._invalid(source, describe_errors(exc.errors(), cls)) from None
+
+    @classmethod
+    def _check_mapping(cls, raw: Any, source: str | None) -> None:
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{source or cls.kind}: a {cls.kind} must be a YAML mapping, got {type(raw).__name__}")
+
+    @classmethod
+    def _invalid(cls, source: str | None, problems: list[str]) -> ConfigError:
+        where = f" in {source}" if source else ""
+        return ConfigError(f"invalid {cls.kind}{where}:\n  " + "\n  ".join(problems))
+
 
 class Recipe(RunRecipe):
     """A training recipe: a student, its soft-label source and method, optimiser and schedule."""
@@ -205,6 +226,22 @@ class Recipe(RunRecipe):
         if self.teacher is not None and self.weak is not None:
             raise ValueError("give a teacher or a weak section, not both: each is the soft-label source")
         return self
+
+    @classmethod
+    def from_dict(cls, raw: Any, source: str | None = None) -> "Recipe":
+        """As :meth:`RunRecipe.from_dict`; the ``method`` section is validated by the method it names."""
+        cls._check_mapping(raw, source)
+        raw = dict(raw)
+        method, problems = _validate_method(raw.pop("method", None))
+        try:
+            recipe = cls.model_validate({**raw, "source": source})
+        except ValidationError as exc:
+            problems = describe_errors(exc.errors(), cls) + problems
+            recipe = None
+        if problems or recipe is None:
+            raise cls._invalid(source, problems)
+        recipe.method = method
+        return recipe
 
 
 # --------------------------------------------------------------------------------------------
@@ -273,21 +310,8 @@ def _validate_method(raw: Any) -> tuple[MethodConfig | None, list[str]]:
 
 
 def recipe_from_dict(raw: dict[str, Any], source: str | None = None) -> Recipe:
-    """Validate a recipe given as a plain dict; raise :class:`ConfigError` listing every problem."""
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{source or 'recipe'}: a recipe must be a YAML mapping, got {type(raw).__name__}")
-    raw = dict(raw)
-    method, problems = _validate_method(raw.pop("method", None))
-    try:
-        recipe = Recipe.model_validate({**raw, "source": source})
-    except ValidationError as exc:
-        problems = describe_errors(exc.errors(), Recipe) + problems
-        recipe = None
-    if problems or recipe is None:
-        where = f" in {source}" if source else ""
-        raise ConfigError(f"invalid recipe{where}:\n  " + "\n  ".join(problems))
-    recipe.method = method
-    return recipe
+    """Validate a training recipe given as a plain dict (:meth:`Recipe.from_dict`)."""
+    return Recipe.from_dict(raw, source)
 
 
 # --------------------------------------------------------------------------------------------

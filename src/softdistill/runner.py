@@ -15,7 +15,7 @@ import yaml
 from torch.nn.parallel import DistributedDataParallel
 
 from softdistill.checkpoint import CheckpointError
-from softdistill.config import ConfigError, Recipe, RunRecipe, load_recipe, recipe_from_dict
+from softdistill.config import ConfigError, Recipe, RunRecipe, load_recipe
 from softdistill.data.loader import BatchLoader, BatchTransform
 from softdistill.data.prepare import DataBundle, prepare_from_spec
 from softdistill.data.shifts import ood_sets
@@ -180,27 +180,27 @@ def _artifact(recipe: Recipe, path: str, quiet: bool) -> Path:
     return vae_checkpoint(recipe.resolve_path(path), overrides=_inherited_overrides(recipe), quiet=quiet)
 
 
-def recipe_differences(saved: Any, recipe: Recipe) -> list[str]:
+def recipe_differences(saved: Any, recipe: RunRecipe) -> list[str]:
     """What changed between a saved config and a recipe, ignoring NOT_IDENTITY keys.
 
     The saved config is read through today's schema first, so a key added to the schema since
     then counts as unchanged when the recipe leaves it at its default.
     """
     try:
-        saved = recipe_from_dict(saved).to_dict()
+        saved = type(recipe).from_dict(saved).to_dict()
     except ConfigError:
         pass  # a key was removed from the schema since: compare the raw dicts
     return config_differences(saved, recipe.to_dict(), NOT_IDENTITY)
 
 
-def check_same_recipe(recipe: Recipe) -> None:
+def check_same_recipe(recipe: RunRecipe) -> None:
     """Refuse to reuse a run folder that another version of the recipe produced (stale results)."""
     path = recipe.run_dir / "config.yaml"
     if not path.is_file():
         return
     diffs = recipe_differences(yaml.safe_load(path.read_text()), recipe)
     if diffs:
-        raise RunStateError(f"{recipe.run_dir} was produced by a different version of recipe {recipe.name!r}:\n  "
+        raise RunStateError(f"{recipe.run_dir} was produced by a different version of {recipe.kind} {recipe.name!r}:\n  "
                             + "\n  ".join(diffs) + "\nDelete that folder or choose another output_dir to rerun it.")
 
 

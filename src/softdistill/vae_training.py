@@ -16,21 +16,21 @@ import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import yaml
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, model_validator
 from tqdm.auto import tqdm
 
 from softdistill.augment.vae import ConvVAE, vae_loss
 from softdistill.augment.visualize import save_image_grid
-from softdistill.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from softdistill.config import ConfigError, RunRecipe, describe_errors, read_recipe_file
+from softdistill.checkpoint import CheckpointError, save_checkpoint
+from softdistill.config import RunRecipe, read_recipe_file
 from softdistill.data.loader import BatchLoader, BatchTransform, TensorSet
 from softdistill.engine.distributed import resolve_device
-from softdistill.engine.trainer import NonFiniteLossError, RunStateError, config_differences, write_text_atomic
-from softdistill.runner import NOT_IDENTITY, load_data, run_dir_state
+from softdistill.engine.trainer import NonFiniteLossError, resume_checkpoint, write_text_atomic
+from softdistill.runner import check_same_recipe, load_data, recipe_differences, run_dir_state
 
 __all__ = ["VAERecipe", "load_vae_recipe", "train_vae", "vae_checkpoint"]
 
@@ -40,6 +40,8 @@ __all__ = ["VAERecipe", "load_vae_recipe", "train_vae", "vae_checkpoint"]
 
 class VAERecipe(RunRecipe):
     """What ``softdistill train-vae`` trains: data, architecture, Adam, epochs."""
+
+    kind: ClassVar[str] = "VAE recipe"
 
     latent_dim: int = Field(16, ge=1, description="dimension of z")
     width: int = Field(32, ge=1, description="channels of the first convolution (the second has twice as many)")
@@ -57,21 +59,7 @@ class VAERecipe(RunRecipe):
 
 def load_vae_recipe(path: str | os.PathLike, overrides: Sequence[str] = ()) -> VAERecipe:
     """Read a YAML VAE recipe, apply dotted ``key=value`` overrides, validate (:class:`ConfigError` otherwise)."""
-    raw = read_recipe_file(path, overrides)
-    try:
-        return VAERecipe.model_validate({**raw, "source": str(path)})
-    except ValidationError as exc:
-        problems = describe_errors(exc.errors(), VAERecipe)
-        raise ConfigError(f"invalid VAE recipe in {path}:\n  " + "\n  ".join(problems)) from None
-
-
-def _recipe_differences(saved: Any, recipe: VAERecipe) -> list[str]:
-    """Changed keys between a saved config and ``recipe`` (read through today's schema when it still validates)."""
-    try:
-        saved = VAERecipe.model_validate(saved).model_dump(mode="json")
-    except ValidationError:
-        pass
-    return config_differences(saved, recipe.model_dump(mode="json"), NOT_IDENTITY)
+    return VAERecipe.from_dict(read_recipe_file(path, overrides), str(path))
 
 
 # --------------------------------------------------------------------------------------------
@@ -118,27 +106,6 @@ def _train_epoch(model: ConvVAE, optimizer: torch.optim.Optimizer, loader: Batch
     return {"epoch": epoch, "train/loss": loss, "train/recon": recon, "train/kl": kl}
 
 
-def _start_state(recipe: VAERecipe, resume: bool, device: torch.device) -> dict[str, Any] | None:
-    """The ``last.pt`` payload to continue from (None for a new run), after the trainer's run-folder rules."""
-    run_dir = recipe.run_dir
-    state = run_dir_state(run_dir)
-    if not resume:
-        if state != "new":
-            raise RunStateError(f"{run_dir} already holds a run; continue it with --resume, "
-                                "or choose another output folder / delete it to start over")
-        return None
-    if not (run_dir / "last.pt").exists():
-        raise RunStateError(f"nothing to resume: no checkpoint {run_dir / 'last.pt'}; start the run without --resume")
-    payload = load_checkpoint(run_dir / "last.pt", map_location=device)
-    diffs = _recipe_differences(payload.get("config"), recipe)
-    if diffs:
-        raise RunStateError(f"cannot resume {run_dir}: the recipe changed since the checkpoint:\n  "
-                            + "\n  ".join(diffs))
-    if state == "finished":
-        raise RunStateError(f"{run_dir} has already finished ({recipe.epochs} epochs); nothing to resume")
-    return payload
-
-
 def train_vae(recipe: VAERecipe, *, resume: bool = False, quiet: bool = False) -> dict[str, Any]:
     """Train the recipe's VAE with Adam into ``recipe.run_dir``; return the summary (also in summary.json).
 
@@ -167,7 +134,7 @@ def train_vae(recipe: VAERecipe, *, resume: bool = False, quiet: bool = False) -
             "config": recipe.model_dump(mode="json"), "seed": recipe.seed, "epochs": recipe.epochs}
 
     run_dir = recipe.run_dir
-    state = _start_state(recipe, resume, device)
+    state = resume_checkpoint(run_dir, resume, recipe.epochs, lambda saved: recipe_differences(saved, recipe), device)
     history: list[dict[str, Any]] = []
     if state is None:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -234,11 +201,7 @@ def vae_checkpoint(path_or_recipe: str | os.PathLike, *, overrides: Sequence[str
                                   "or a VAE recipe .yaml)")
         return path
     recipe = load_vae_recipe(path, overrides)
-    config = recipe.run_dir / "config.yaml"
-    diffs = _recipe_differences(yaml.safe_load(config.read_text()), recipe) if config.is_file() else []
-    if diffs:
-        raise RunStateError(f"{recipe.run_dir} was produced by a different version of VAE recipe {recipe.name!r}:\n  "
-                            + "\n  ".join(diffs) + "\nDelete that folder or choose another output_dir to rerun it.")
+    check_same_recipe(recipe)
     state = run_dir_state(recipe.run_dir)
     if state != "finished":
         if not quiet:

@@ -39,7 +39,8 @@ from softdistill.data.loader import BatchLoader
 from softdistill.engine.distributed import DistContext, all_reduce_sum, barrier
 from softdistill.engine.optim import LRSchedule
 
-__all__ = ["Trainer", "evaluate", "NonFiniteLossError", "RunStateError", "write_text_atomic", "config_differences"]
+__all__ = ["Trainer", "evaluate", "NonFiniteLossError", "RunStateError", "write_text_atomic", "config_differences",
+           "resume_checkpoint"]
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -66,6 +67,30 @@ def config_differences(old: Any, new: Any, ignore: Sequence[str] = (), prefix: s
                 diffs += config_differences(old.get(key), new.get(key), ignore, f"{prefix}{key}.")
         return diffs
     return [] if old == new else [f"{prefix.rstrip('.')}: {old!r} -> {new!r}"]
+
+
+def resume_checkpoint(run_dir: Path, resume: bool, epochs: int, config_check: Callable[[Any], list[str]],
+                      map_location: torch.device | str = "cpu") -> dict[str, Any] | None:
+    """The ``last.pt`` payload a run continues from, or None for a new run.
+
+    The run-folder rules: a new run refuses a folder that holds one; a resume needs ``last.pt``,
+    the same recipe (``config_check(saved_config)`` lists what changed) and epochs left to train.
+    """
+    last = run_dir / "last.pt"
+    if not resume:
+        if last.exists() or (run_dir / "summary.json").exists():
+            raise RunStateError(f"{run_dir} already holds a run; continue it with --resume, "
+                                "or choose another output folder / delete it to start over")
+        return None
+    if not last.exists():
+        raise RunStateError(f"nothing to resume: no checkpoint {last}; start the run without --resume")
+    state = load_checkpoint(last, map_location=map_location)
+    diffs = config_check(state.get("config"))
+    if diffs:
+        raise RunStateError(f"cannot resume {run_dir}: the recipe changed since the checkpoint:\n  " + "\n  ".join(diffs))
+    if state["epoch"] >= epochs:
+        raise RunStateError(f"{run_dir} has already finished ({state['epoch']} of {epochs} epochs); nothing to resume")
+    return state
 
 
 def _autocast(device: torch.device, amp: str):
@@ -157,29 +182,15 @@ class Trainer:
         return payload
 
     def _start(self, resume: bool) -> None:
-        last = self.run_dir / "last.pt"
-        if not resume:
-            if last.exists() or (self.run_dir / "summary.json").exists():
-                raise RunStateError(f"{self.run_dir} already holds a run; continue it with --resume, "
-                                    "or choose another output folder / delete it to start over")
+        state = resume_checkpoint(self.run_dir, resume, self.epochs, self.config_check, self.ctx.device)
+        if state is None:
             return
-        if not last.exists():
-            raise RunStateError(f"nothing to resume: no checkpoint {last}; start the run without --resume")
-        state = load_checkpoint(last, map_location=self.ctx.device)
-        diffs = self.config_check(state.get("config"))
-        if diffs:
-            raise RunStateError(f"cannot resume {self.run_dir}: the recipe changed since the checkpoint:\n  "
-                                + "\n  ".join(diffs))
-        if state["epoch"] >= self.epochs:
-            raise RunStateError(f"{self.run_dir} has already finished ({state['epoch']} of {self.epochs} epochs); "
-                                "nothing to resume")
         try:
             self.student.load_state_dict(state["state_dict"])
             self.optimizer.load_state_dict(state["optimizer"])
-            if hasattr(self.method, "load_training_state"):
-                self.method.load_training_state(state.get("method_state", {}))
+            self._hook("load_training_state", state.get("method_state", {}))
         except (RuntimeError, ValueError, KeyError) as exc:
-            raise CheckpointError(f"{last} does not fit this run's model or optimiser: {exc}") from None
+            raise CheckpointError(f"{self.run_dir / 'last.pt'} does not fit this run's model or optimiser: {exc}") from None
         self.scaler.load_state_dict(state["scaler"])
         self.history = list(state["history"])
         self.epoch = state["epoch"]

@@ -12,7 +12,7 @@ import yaml
 
 from softdistill.augment.learned import AffineAugmentor, VAEAugmentor, affine_matrices
 from softdistill.augment.vae import ConvVAE
-from softdistill.checkpoint import load_checkpoint
+from softdistill.checkpoint import load_checkpoint, save_checkpoint
 from softdistill.config import ConfigError, recipe_from_dict
 from softdistill.data.shifts import rotate, translate
 from softdistill.engine import shutdown_distributed
@@ -251,6 +251,18 @@ def test_hard_refuses_a_cached_teacher_and_a_vae_without_path():
         HardKD(HardKD.Config(), student, 10, CachedTeacher(torch.zeros(4, 10)), MethodContext(InputSpec(1, 12, MEAN, STD)))
     with pytest.raises(ValueError, match="needs vae.path"):
         HardKD.Config(augmentor="vae")
+
+
+def test_hard_refuses_a_vae_trained_on_other_images(tmp_path):
+    vae = ConvVAE(1, 8, latent_dim=4, width=4)
+    save_checkpoint({"kind": "vae", "vae": vae.config, "state_dict": vae.state_dict(),
+                     "data": {"name": "digits", "in_channels": 1, "image_size": 8},
+                     "normalization": {"mean": [0.0], "std": [1.0]}}, tmp_path / "vae.pt")
+    context = MethodContext(InputSpec(1, 12, MEAN, STD), resolve_artifact=lambda path: tmp_path / path)
+    config = HardKD.Config(augmentor="vae", vae={"path": "vae.pt"})
+    teacher = FrozenTeacher(build_model("cnn-small", 10, 1, 12))
+    with pytest.raises(ValueError, match="trained on 1-channel 8x8 images, the data has 1-channel 12x12"):
+        HardKD(config, build_model("mlp", 10, 1, 12), 10, teacher, context)
 
 
 # ---------------------------------------------------------------- through recipes

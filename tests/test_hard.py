@@ -9,6 +9,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 import yaml
+from torch.nn.parallel import DistributedDataParallel
 
 from softdistill.augment.learned import AffineAugmentor, VAEAugmentor, affine_matrices
 from softdistill.augment.vae import ConvVAE
@@ -20,7 +21,7 @@ from softdistill.losses import kd_loss, teacher_student_divergence
 from softdistill.methods.hard import GRID_FILE, HardKD
 from softdistill.models import build_model
 from softdistill.runner import run_recipe
-from softdistill.targets import CachedTeacher, FrozenTeacher
+from softdistill.targets import CachedTeacher, Dependency, FrozenTeacher
 from softdistill.types import Batch, InputSpec, MethodContext
 
 MEAN, STD = (0.3,), (0.4,)
@@ -155,7 +156,7 @@ def divergence_test_parts(student_name="cnn-small", **config):
 
 def batch(n=16):
     x, _ = images(n=n)
-    return Batch(x=x, y=torch.arange(n) % 10, index=torch.arange(n))
+    return Batch(x=x, y=torch.arange(n) % 10, sample_id=torch.arange(n), view=torch.zeros(n, dtype=torch.long))
 
 
 def snapshot(module):
@@ -246,9 +247,17 @@ def test_divergence_flows_into_both_arguments_and_equals_kd_loss():
 
 
 def test_hard_refuses_a_cached_teacher_and_a_vae_without_path():
-    student = build_model("mlp", 10, 1, 12)
-    with pytest.raises(ValueError, match="teacher.cache: false"):
-        HardKD(HardKD.Config(), student, 10, CachedTeacher(torch.zeros(4, 10)), MethodContext(InputSpec(1, 12, MEAN, STD)))
+    """Compatibility is decided when the recipe loads: HARD needs the teacher online, differentiable in its input."""
+    raw = {"name": "x", "student": "mlp", "epochs": 1, "method": {"name": "hard"}}
+    for source in ({"source": "cache", "recipe": "t.yaml"}, {"source": "weak", "kind": "noise"}):
+        name = source["source"]
+        message = (f"method 'hard' needs gradients of the soft labels with respect to the input, which "
+                   f"soft_labels.source '{name}' cannot serve; use source: teacher")
+        with pytest.raises(ConfigError, match=message):
+            recipe_from_dict({**raw, "soft_labels": source})
+    assert recipe_from_dict({**raw, "soft_labels": {"source": "teacher", "recipe": "t.yaml"}}).method.name == "hard"
+    assert HardKD.uses_soft_labels and not HardKD.mixed_views
+    assert CachedTeacher.serves.isdisjoint(HardKD.source_needs) and HardKD.source_needs <= FrozenTeacher.serves
     with pytest.raises(ValueError, match="needs vae.path"):
         HardKD.Config(augmentor="vae")
 
@@ -258,11 +267,18 @@ def test_hard_refuses_a_vae_trained_on_other_images(tmp_path):
     save_checkpoint({"kind": "vae", "vae": vae.config, "state_dict": vae.state_dict(),
                      "data": {"name": "digits", "in_channels": 1, "image_size": 8},
                      "normalization": {"mean": [0.0], "std": [1.0]}}, tmp_path / "vae.pt")
-    context = MethodContext(InputSpec(1, 12, MEAN, STD), resolve_artifact=lambda path: tmp_path / path)
+    asked = []
+
+    def resolve(dependency):
+        asked.append(dependency)
+        return tmp_path / dependency.path
+
+    context = MethodContext(InputSpec(1, 12, MEAN, STD), resolve_artifact=resolve)
     config = HardKD.Config(augmentor="vae", vae={"path": "vae.pt"})
     teacher = FrozenTeacher(build_model("cnn-small", 10, 1, 12))
     with pytest.raises(ValueError, match="trained on 1-channel 8x8 images, the data has 1-channel 12x12"):
         HardKD(config, build_model("mlp", 10, 1, 12), 10, teacher, context)
+    assert asked == [Dependency("method.vae.path", "vae.pt", "vae")]
 
 
 # ---------------------------------------------------------------- through recipes
@@ -274,7 +290,7 @@ def write_teacher(tmp_path):
 
 
 def hard_recipe(tmp_path, name="h", **method):
-    raw = {"name": name, "student": "mlp", "epochs": 3, "seed": 1, "teacher": {"recipe": "t.yaml"},
+    raw = {"name": name, "student": "mlp", "epochs": 3, "seed": 1, "soft_labels": {"source": "teacher", "recipe": "t.yaml"},
            "data": {"name": "synthetic", "val_size": 100, "batch_size": 50, "ood": ["shift:0", "rotate:30"]},
            "method": {"name": "hard", "warmup_epochs": 1, "visualize_points": 2, **method},
            "optim": {"name": "sgd", "lr": 0.05}, "output_dir": str(tmp_path / "runs"), "train": {"device": "cpu"}}
@@ -319,7 +335,7 @@ def test_hard_under_bf16_autocast_follows_the_float32_run(tmp_path):
 
 def test_hard_recipe_errors_name_the_key(tmp_path):
     with pytest.raises(ConfigError, match="did you mean 'translate'"):
-        recipe_from_dict({"name": "x", "student": "mlp", "epochs": 1, "teacher": {"recipe": "t.yaml"},
+        recipe_from_dict({"name": "x", "student": "mlp", "epochs": 1, "soft_labels": {"source": "teacher", "recipe": "t.yaml"},
                           "method": {"name": "hard", "affine": {"translat": 3}}})
 
 
@@ -331,11 +347,14 @@ def _ddp_hard_worker(rank, port, tmp):
     try:
         dist.init_process_group("gloo", rank=rank, world_size=2)
         method, _, _ = divergence_test_parts(augmentor_lr=0.05)  # the same initial augmentor on both ranks
-        start = torch.nn.utils.parameters_to_vector(method.augmentor.parameters()).detach().clone()
+        method.wrap(DistributedDataParallel)  # as the trainer does: student and augmentor, DDP averages gradients
+        assert isinstance(method.augmentor, DistributedDataParallel)
+        assert not isinstance(method.plain_augmentor, DistributedDataParallel)
+        start = torch.nn.utils.parameters_to_vector(method.plain_augmentor.parameters()).detach().clone()
         x, _ = images(n=8, seed=10 + rank)  # each rank its own samples
         for _ in range(3):
             method._augmentor_steps(x, torch.arange(8))
-        mine = torch.nn.utils.parameters_to_vector(method.augmentor.parameters()).detach()
+        mine = torch.nn.utils.parameters_to_vector(method.plain_augmentor.parameters()).detach()
         both = [torch.zeros_like(mine) for _ in range(2)]
         dist.all_gather(both, mine)
         assert torch.equal(both[0], both[1]), "the ranks' augmentors drifted apart"

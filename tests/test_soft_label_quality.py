@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+import yaml
 
 from softdistill.cli import main
 from softdistill.config import ConfigError, recipe_from_dict
@@ -173,23 +174,40 @@ def test_soft_label_file_roundtrip(tmp_path, many_labels):
     assert torch.equal(blob["soft_labels"], built.soft_labels) and blob["data"]["name"] == "synthetic"
     torch.save({"logits": torch.zeros(3, 4), "labels": torch.tensor([0, 1, 2])}, tmp_path / "plain.pt")
     assert torch.allclose(load_soft_labels(tmp_path / "plain.pt")["soft_labels"], torch.full((3, 4), 0.25))
-    table = SoftLabelTable(built.soft_labels)
-    batch = Batch(x=torch.zeros(2, 1), y=built.labels[:2], index=torch.tensor([5, 7]))
+    assert blob["sample_ids"] is None  # a file without sample ids lists the split's samples in order
+    table = SoftLabelTable(built.soft_labels)  # rows keyed by sample ids 0..N-1
+    batch = Batch(x=torch.zeros(2, 1), y=built.labels[:2], sample_id=torch.tensor([5, 7]),
+                  view=torch.zeros(2, dtype=torch.long))
     assert torch.equal(table.probs(batch), built.soft_labels[[5, 7]])
+    assert torch.equal(table.probs(batch.with_(view=torch.tensor([3, 1]))), built.soft_labels[[5, 7]])  # every view
+
+    # with sample ids: a row belongs to its id, wherever it stands in the file
+    ids = torch.randperm(100, generator=torch.Generator().manual_seed(0)) + 1000
+    save_soft_labels(tmp_path / "ids.pt", built.soft_labels, built.labels, sample_ids=ids)
+    blob = load_soft_labels(tmp_path / "ids.pt")
+    assert torch.equal(blob["sample_ids"], ids)
+    table = SoftLabelTable(blob["soft_labels"], sample_ids=blob["sample_ids"])
+    batch = batch.with_(sample_id=ids[[5, 7]])
+    assert torch.equal(table.probs(batch), built.soft_labels[[5, 7]])
+    assert torch.allclose(table(batch), built.soft_labels[[5, 7]].clamp_min(1e-12).log())
+    with pytest.raises(ValueError, match="has no row in the soft-label table"):
+        table.probs(batch.with_(sample_id=torch.tensor([5, 7])))
 
 
 # ------------------------------------------------------------------------------------ SBT
 
 def test_sbt_distractors_are_fixed_distinct_and_wrong():
-    index = torch.arange(4000)
+    ids = torch.arange(4000)
     labels = torch.randint(0, 10, (4000,), generator=torch.Generator().manual_seed(0))
-    d = sbt_distractors(index, labels, 10, 2, seed=0)
-    assert torch.equal(d, sbt_distractors(index, labels, 10, 2, seed=0))
-    assert torch.equal(d[100:200], sbt_distractors(index[100:200], labels[100:200], 10, 2, seed=0))  # batch-free
+    d = sbt_distractors(ids, labels, 10, 2, seed=0)
+    assert torch.equal(d, sbt_distractors(ids, labels, 10, 2, seed=0))
+    assert torch.equal(d[100:200], sbt_distractors(ids[100:200], labels[100:200], 10, 2, seed=0))  # batch-free
+    shuffled = torch.randperm(4000, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(d[shuffled], sbt_distractors(ids[shuffled], labels[shuffled], 10, 2, seed=0))  # keyed by id
     assert (d != labels[:, None]).all() and (d[:, 0] != d[:, 1]).all()
     shares = torch.bincount((d[:, 0] - labels) % 10, minlength=10)[1:].float() / 4000
     assert (shares - 1 / 9).abs().max() < 0.03  # spread over the wrong classes: low ambiguity
-    assert not torch.equal(d, sbt_distractors(index, labels, 10, 2, seed=1))
+    assert not torch.equal(d, sbt_distractors(ids, labels, 10, 2, seed=1))
 
 
 def _toy(n=600, classes=6, dim=12, seed=0):
@@ -251,22 +269,32 @@ def _recipe(tmp_path, **changes):
 
 
 def test_weak_partial_recipe_trains_a_soft_label_student(tmp_path):
-    recipe = _recipe(tmp_path, name="weak", epochs=4, weak={"kind": "partial", "k": 2, "unreliability": 0.1},
+    recipe = _recipe(tmp_path, name="weak", epochs=4,
+                     soft_labels={"source": "weak", "kind": "partial", "k": 2, "unreliability": 0.1},
                      method={"name": "soft-label", "loss": "candidate_set", "k": 2}, optim={"name": "sgd", "lr": 0.1})
     summary = run_recipe(recipe, quiet=True)
-    report = json.loads((recipe.run_dir / "weak.json").read_text())
+    assert not (recipe.run_dir / "weak.json").exists()
+    report = json.loads((recipe.run_dir / "soft_labels.json").read_text())
     assert report["kind"] == "partial" and report["k"] == 2 and report["unreliability"] < 0.25
     assert summary["test_acc_last"] > 25  # 10 classes: chance is 10 %
     records = [json.loads(line) for line in (recipe.run_dir / "metrics.jsonl").read_text().splitlines()]
     assert records[-1]["train/truth_in_candidates"] == pytest.approx(1 - report["unreliability"], abs=0.08)
-    with pytest.raises(ConfigError, match="not both"):
+    # one soft-label source per recipe: the old 'weak' and 'teacher' sections are refused with what to write
+    retired_weak = r"weak: the 'weak' section is now soft_labels: \{source: weak, kind: \.\.\.\}"
+    with pytest.raises(ConfigError, match=retired_weak):
+        _recipe(tmp_path, weak={"kind": "noise"}, method={"name": "soft-label"})
+    with pytest.raises(ConfigError, match=r"teacher: the 'teacher' section is now soft_labels: \{source: teacher"):
         _recipe(tmp_path, weak={"kind": "noise"}, teacher={"checkpoint": "x.pt"}, method={"name": "soft-label"})
-    with pytest.raises(ConfigError, match="weak.path"):
-        _recipe(tmp_path, weak={"kind": "file"}, method={"name": "soft-label"})
+    with pytest.raises(ConfigError, match="soft_labels.path is needed for kind: file and only there"):
+        _recipe(tmp_path, soft_labels={"source": "weak", "kind": "file"}, method={"name": "soft-label"})
+    with pytest.raises(ConfigError, match="soft_labels.path is needed for kind: file and only there"):
+        _recipe(tmp_path, soft_labels={"source": "weak", "kind": "noise", "path": "w.pt"},
+                method={"name": "soft-label"})
 
 
 def test_incomplete_round_zero_leaves_unlabelled_rows_out(tmp_path):
-    recipe = _recipe(tmp_path, name="inc", epochs=1, weak={"kind": "incomplete", "labelled_fraction": 0.2},
+    recipe = _recipe(tmp_path, name="inc", epochs=1,
+                     soft_labels={"source": "weak", "kind": "incomplete", "labelled_fraction": 0.2},
                      method={"name": "soft-label", "loss": "soft_ce"})
     run_recipe(recipe, quiet=True)
     records = [json.loads(line) for line in (recipe.run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -333,17 +361,67 @@ def test_inspect_is_a_documented_command():
         assert option in help_text
 
 
+def _weak_file_setup(tmp_path, labels, ids=None):
+    """What a weak source is built from: the training split (labels, sample ids) and how paths resolve."""
+    from softdistill.data.loader import TensorSet
+    from softdistill.data.prepare import DataBundle
+    from softdistill.data.views import ViewPlan
+    from softdistill.targets import SourceSetup
+
+    train = TensorSet(torch.zeros(len(labels), 1, 4, 4, dtype=torch.uint8), labels, ids)
+    data = DataBundle("synthetic", train, None, train, tuple(str(c) for c in range(10)), (0.5,), (0.25,))
+    return SourceSetup(data=data, device=torch.device("cpu"), plan=ViewPlan(), seed=0,
+                       product=lambda dependency: tmp_path / dependency.path, train_loader=None)
+
+
 def test_weak_file_must_match_the_training_labels(tmp_path, many_labels):
-    from types import SimpleNamespace
+    from softdistill.targets import source_class
+    from softdistill.targets.weak import WeakConfig, WeakTable
 
-    from softdistill.targets.weak import weak_source
-
+    assert source_class("weak") is WeakTable
     labels = many_labels[:50]
     built = noisy_labels(labels, 10, scale=0.5)
     save_soft_labels(tmp_path / "w.pt", built.soft_labels, labels)
-    config = SimpleNamespace(kind="file", path=str(tmp_path / "w.pt"), k=1)
-    source, report = weak_source(config, labels, 10, seed=0)
+    config = WeakConfig(kind="file", path="w.pt", k=1)
+    assert config.dependencies()[0].field == "soft_labels.path"
+    source = WeakTable.build(config, _weak_file_setup(tmp_path, labels))
+    report = source.report()
     assert report["kind"] == "file" and report["unreliability"] == pytest.approx(built.unreliability)
     assert torch.equal(source.table, built.soft_labels)
     with pytest.raises(ValueError, match="not those of this recipe"):
-        weak_source(config, labels.roll(1), 10, seed=0)
+        WeakTable.build(config, _weak_file_setup(tmp_path, labels.roll(1)))
+
+    # a file with sample ids serves the split's samples by id, in any order and from a larger set
+    split_ids = torch.arange(50) * 3 + 7
+    order = torch.randperm(50, generator=torch.Generator().manual_seed(0))
+    extra = torch.tensor([1, 2])  # samples of the source that are not in this split
+    save_soft_labels(tmp_path / "ids.pt", torch.cat([built.soft_labels[order], F.one_hot(extra, 10).float()]),
+                     torch.cat([labels[order], extra]), sample_ids=torch.cat([split_ids[order], extra]))
+    by_id = WeakTable.build(WeakConfig(kind="file", path="ids.pt", k=1), _weak_file_setup(tmp_path, labels, split_ids))
+    assert by_id.report()["unreliability"] == pytest.approx(built.unreliability)
+    batch = Batch(x=torch.zeros(3, 1), y=labels[[4, 0, 9]], sample_id=split_ids[[4, 0, 9]],
+                  view=torch.zeros(3, dtype=torch.long))
+    assert torch.equal(by_id.probs(batch), built.soft_labels[[4, 0, 9]])
+    with pytest.raises(ValueError, match="labels of its rows differ"):
+        WeakTable.build(WeakConfig(kind="file", path="ids.pt", k=1),
+                        _weak_file_setup(tmp_path, (labels + 1) % 10, split_ids))
+    with pytest.raises(ValueError, match="1 sample ids of this recipe's training split have no row"):
+        WeakTable.build(WeakConfig(kind="file", path="ids.pt", k=1),
+                        _weak_file_setup(tmp_path, labels, split_ids.index_fill(0, torch.tensor([3]), 999)))
+
+
+def test_weak_file_paths_are_relative_to_the_recipe_folder(tmp_path):
+    from softdistill.config import load_recipe
+
+    folder = tmp_path / "recipes"
+    (folder / "labels").mkdir(parents=True)
+    raw = {"name": "wf", "student": "mlp", "epochs": 1, "method": {"name": "soft-label"},
+           "soft_labels": {"source": "weak", "kind": "file", "path": "labels/w.pt"},
+           "output_dir": str(tmp_path / "runs")}
+    (folder / "wf.yaml").write_text(yaml.safe_dump(raw))
+    with pytest.raises(ConfigError, match=r"soft_labels.path: no file .*labels/w.pt \(paths in a recipe are relative "
+                                          r"to the recipe's folder\)"):
+        load_recipe(folder / "wf.yaml")
+    save_soft_labels(folder / "labels" / "w.pt", torch.eye(10)[:3], torch.arange(3))
+    recipe = load_recipe(folder / "wf.yaml")
+    assert recipe.resolve_path(recipe.soft_labels.path) == folder / "labels" / "w.pt"

@@ -4,7 +4,7 @@ import pytest
 import torch
 import yaml
 
-import softdistill.runner as runner
+import softdistill.targets.teacher as teacher_module
 from softdistill.checkpoint import CheckpointError, load_checkpoint
 from softdistill.config import recipe_from_dict
 from softdistill.engine import RunStateError
@@ -26,7 +26,8 @@ def stage1_yaml(tmp_path, **extra):
 
 
 def student_recipe(tmp_path, teacher, **extra):
-    return recipe_from_dict({"name": "stage2", "student": "mlp", "epochs": 1, "data": DATA, "teacher": teacher,
+    return recipe_from_dict({"name": "stage2", "student": "mlp", "epochs": 1, "data": DATA,
+                             "soft_labels": {"source": "teacher", **teacher},
                              "method": {"name": "kd", "alpha": 0.95, "temperature": 6},
                              "output_dir": str(tmp_path / "runs"), **extra})
 
@@ -35,14 +36,14 @@ def student_recipe(tmp_path, teacher, **extra):
 def loaded(monkeypatch):
     """Record which checkpoint the runner loads as teacher, and the teacher it builds."""
     seen = {}
-    original = runner.load_teacher
+    original = teacher_module.load_teacher
 
     def spy(path, *args, **kwargs):
         seen["path"] = path
         seen["teacher"] = original(path, *args, **kwargs)
         return seen["teacher"]
 
-    monkeypatch.setattr(runner, "load_teacher", spy)
+    monkeypatch.setattr(teacher_module, "load_teacher", spy)
     return seen
 
 
@@ -114,7 +115,7 @@ def test_wsl_label_free_uses_the_teacher_argmax():
     student = build_model("mlp", 10, 1, 8)
     x = torch.randn(6, 1, 8, 8)
     wrong = torch.zeros(6, dtype=torch.long)
-    batch = Batch(x, wrong, torch.arange(6))
+    batch = Batch(x, wrong, torch.arange(6), torch.zeros(6, dtype=torch.long))
     out = cls(cls.Config(label_free=True), student, 10, teacher)(batch)
     t_logits = teacher(batch)
     expected = wsl_loss(student(x), t_logits, t_logits.argmax(1), 4.0, 2.25)

@@ -167,7 +167,7 @@ def test_kd_from_teacher_recipe_trains_teacher_once_and_caches(tmp_path):
     teacher_yaml = tmp_path / "teacher.yaml"
     teacher_yaml.write_text("name: syn-teacher\nstudent: mlp\nepochs: 2\n"
                             "data: {name: synthetic, val_size: 100, batch_size: 50}\n")
-    raw = {"teacher": {"recipe": str(teacher_yaml), "cache": True}, "method": {"name": "kd", "alpha": 0.5}}
+    raw = {"soft_labels": {"source": "cache", "recipe": str(teacher_yaml)}, "method": {"name": "kd", "alpha": 0.5}}
     recipe = make_recipe(tmp_path, epochs=2, student="cnn-small", **raw)
     run_recipe(recipe, quiet=True)
     teacher_run = tmp_path / "runs" / "syn-teacher" / "seed0"
@@ -181,14 +181,15 @@ def test_kd_from_teacher_recipe_trains_teacher_once_and_caches(tmp_path):
 
 
 def test_recipe_level_errors(tmp_path):
-    with pytest.raises(ConfigError, match="method 'kd' needs a teacher"):
-        run_recipe(make_recipe(tmp_path, method={"name": "kd"}), quiet=True)
-    with pytest.raises(ConfigError, match="teacher.cache needs data.augment off"):
-        run_recipe(make_recipe(tmp_path, method={"name": "kd"}, teacher={"checkpoint": "x.pt", "cache": True},
-                               data__augment={"hflip": True}), quiet=True)
-    with pytest.raises(CheckpointError, match="teacher checkpoint not found"):
-        run_recipe(make_recipe(tmp_path, method={"name": "kd"}, teacher={"checkpoint": str(tmp_path / "x.pt")}),
-                   quiet=True)
+    with pytest.raises(ConfigError, match="method 'kd' learns from soft labels: add a soft_labels section"):
+        make_recipe(tmp_path, method={"name": "kd"})
+    with pytest.raises(ConfigError, match="source 'cache' holds the soft labels of a fixed set of views(.|\n)*set data.views"):
+        make_recipe(tmp_path, method={"name": "kd"}, soft_labels={"source": "cache", "checkpoint": "x.pt"},
+                    data__augment={"hflip": True})
+    missing = make_recipe(tmp_path, method={"name": "kd"}, soft_labels={"source": "teacher", "checkpoint": "x.pt"})
+    with pytest.raises(ConfigError, match=r"soft_labels.checkpoint: no file .*x.pt \(paths in a recipe are relative"):
+        run_recipe(missing, quiet=True)
+    assert not missing.run_dir.exists()  # refused before anything was written
 
 
 # ------------------------------------------------------------------------------- DDP

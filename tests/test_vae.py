@@ -6,7 +6,6 @@ import math
 import pytest
 import torch
 
-from softdistill import vae_training as vae_module
 from softdistill.augment import ConvVAE, load_vae, vae_loss
 from softdistill.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from softdistill.cli import main
@@ -14,7 +13,9 @@ from softdistill.config import ConfigError
 from softdistill.data.prepare import prepare_data
 from softdistill.engine import RunStateError
 from softdistill.experiments import packaged_recipes
-from softdistill.vae_training import load_vae_recipe, train_vae, vae_checkpoint
+from softdistill.config import load_vae_recipe
+from softdistill.runner import product_of, run_recipe
+from softdistill.targets import Dependency
 
 TINY = packaged_recipes("hard") / "vae-tiny.yaml"
 
@@ -78,19 +79,21 @@ def test_image_size_must_be_divisible_by_4():
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     recipe = tiny_recipe(tmp_path_factory.mktemp("vae"))
-    return recipe, train_vae(recipe, quiet=True)
+    return recipe, run_recipe(recipe, quiet=True)
 
 
 def test_tiny_recipe_learns_to_reconstruct_digits(tiny_run):
     recipe, summary = tiny_run
     run = recipe.run_dir
-    for name in ("config.yaml", "metrics.jsonl", "last.pt", "vae.pt", "summary.json", "reconstructions.png"):
+    for name in ("config.yaml", "metrics.jsonl", "last.pt", "best.pt", "vae.pt", "summary.json", "reconstructions.png"):
         assert (run / name).is_file(), name
     assert (run / "reconstructions.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records] == list(range(1, recipe.epochs + 1))
     assert records[-1]["train/loss"] < records[0]["train/loss"]
-    assert summary["test_nelbo"] == pytest.approx(records[-1]["test/recon"] + records[-1]["test/kl"])
+    assert summary["test_nelbo_last"] == pytest.approx(records[-1]["test/recon"] + records[-1]["test/kl"])
+    best = min(records, key=lambda r: (r["val/nelbo"], r["epoch"]))  # "best" is the lowest validation negative ELBO
+    assert summary["selected_epoch"] == best["epoch"] and load_checkpoint(run / "best.pt")["epoch"] == best["epoch"]
     assert json.loads((run / "summary.json").read_text()) == summary
 
     model, info = load_vae(run / "vae.pt")
@@ -106,57 +109,51 @@ def test_tiny_recipe_learns_to_reconstruct_digits(tiny_run):
     assert mean_image_error > 2.0 * vae_error
 
 
-def test_resume_equals_uninterrupted_run(tmp_path, monkeypatch):
+def test_resume_equals_uninterrupted_run(tmp_path, run_until_interrupted):
     changes = ["epochs=2", "data.augment.crop_padding=1"]
     full = tiny_recipe(tmp_path / "full", *changes)
-    train_vae(full, quiet=True)
+    run_recipe(full, quiet=True)
 
     cut = tiny_recipe(tmp_path / "cut", *changes)
-    original = vae_module._train_epoch
-
-    def crash_in_epoch_2(model, optimizer, loader, recipe, epoch, quiet):
-        if epoch == 2:
-            raise KeyboardInterrupt
-        return original(model, optimizer, loader, recipe, epoch, quiet)
-
-    monkeypatch.setattr(vae_module, "_train_epoch", crash_in_epoch_2)
-    with pytest.raises(KeyboardInterrupt):
-        train_vae(cut, quiet=True)
+    run_until_interrupted(cut, 2)
     assert load_checkpoint(cut.run_dir / "last.pt")["epoch"] == 1
-    monkeypatch.setattr(vae_module, "_train_epoch", original)
 
     with pytest.raises(RunStateError, match="already holds a run; continue it with --resume"):
-        train_vae(cut, quiet=True)
-    summary = train_vae(cut, resume=True, quiet=True)
+        run_recipe(cut, quiet=True)
+    summary = run_recipe(cut, resume=True, quiet=True)
     a, b = load_checkpoint(full.run_dir / "vae.pt")["state_dict"], load_checkpoint(cut.run_dir / "vae.pt")["state_dict"]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    assert summary["test_nelbo"] == json.loads((full.run_dir / "summary.json").read_text())["test_nelbo"]
+    assert summary["test_nelbo_last"] == json.loads((full.run_dir / "summary.json").read_text())["test_nelbo_last"]
 
 
 def test_run_folder_rules(tmp_path):
     recipe = tiny_recipe(tmp_path, "epochs=1")
     with pytest.raises(RunStateError, match="nothing to resume: no checkpoint"):
-        train_vae(recipe, resume=True, quiet=True)
-    train_vae(recipe, quiet=True)
+        run_recipe(recipe, resume=True, quiet=True)
+    run_recipe(recipe, quiet=True)
     with pytest.raises(RunStateError, match="already holds a run"):
-        train_vae(recipe, quiet=True)
+        run_recipe(recipe, quiet=True)
     with pytest.raises(RunStateError, match="already finished"):
-        train_vae(recipe, resume=True, quiet=True)
+        run_recipe(recipe, resume=True, quiet=True)
     with pytest.raises(RunStateError, match="beta: 1.0 -> 0.5"):
-        train_vae(tiny_recipe(tmp_path, "epochs=1", "beta=0.5"), resume=True, quiet=True)
+        run_recipe(tiny_recipe(tmp_path, "epochs=1", "beta=0.5"), resume=True, quiet=True)
 
 
-def test_vae_checkpoint_trains_a_recipe_once_and_checks_files(tmp_path):
-    overrides = [f"output_dir={tmp_path / 'runs'}", "train.device=cpu", "epochs=1"]
-    path = vae_checkpoint(TINY, overrides=overrides, quiet=True)
+def test_the_resolver_trains_a_vae_recipe_once_and_refuses_a_stale_run(tmp_path):
+    """A recipe that names a VAE recipe gets its vae.pt: trained once, reused, refused when the VAE recipe changed."""
+    requester = tiny_recipe(tmp_path, "epochs=1", f"output_dir={tmp_path / 'runs'}")
+    needs = Dependency("method.vae.path", str(TINY), "vae")
+    path = product_of(requester, needs, quiet=True)
     assert path == tmp_path / "runs" / "digits-vae" / "seed0" / "vae.pt" and path.is_file()
     stamp = path.stat().st_mtime_ns
-    assert vae_checkpoint(TINY, overrides=overrides, quiet=True) == path and path.stat().st_mtime_ns == stamp
+    assert product_of(requester, needs, quiet=True) == path and path.stat().st_mtime_ns == stamp
+    edited = tmp_path / "edited.yaml"
+    edited.write_text(TINY.read_text().replace("width: ", "width: 1"))
     with pytest.raises(RunStateError, match="different version of VAE recipe 'digits-vae'"):
-        vae_checkpoint(TINY, overrides=[*overrides, "width=8"], quiet=True)
-    assert vae_checkpoint(path) == path
-    with pytest.raises(CheckpointError, match="VAE checkpoint not found: .*missing.pt"):
-        vae_checkpoint(tmp_path / "missing.pt")
+        product_of(requester, Dependency("method.vae.path", str(edited), "vae"), quiet=True)
+    assert product_of(requester, Dependency("method.vae.path", str(path), "vae")) == path
+    with pytest.raises(ConfigError, match=r"method.vae.path: no file .*missing.pt \(paths in a recipe are relative"):
+        product_of(requester, Dependency("method.vae.path", str(tmp_path / "missing.pt"), "vae"))
 
 
 def test_load_vae_rejects_classifier_and_corrupt_files(tmp_path):

@@ -130,11 +130,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_train_vae(args: argparse.Namespace) -> int:
-    from softdistill.vae_training import load_vae_recipe, train_vae
+    from softdistill.config import load_vae_recipe
+    from softdistill.runner import run_recipe
 
     recipe = load_vae_recipe(args.recipe, args.override + ([f"seed={args.seed}"] if args.seed is not None else []))
-    summary = train_vae(recipe, resume=args.resume, quiet=args.quiet)
-    print(f"done: test recon {summary['test_recon']:.2f}, negative ELBO {summary['test_nelbo']:.2f} nats per image; "
+    summary = run_recipe(recipe, resume=args.resume, quiet=args.quiet)
+    print(f"done: test recon {summary['test_recon']:.2f}, negative ELBO {summary['test_nelbo_last']:.2f} nats per image; "
           f"{summary['seconds']:.1f}s -> {recipe.run_dir / 'vae.pt'}")
     return 0
 

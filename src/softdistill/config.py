@@ -5,21 +5,26 @@ A recipe reads like a paper's hyper-parameter table::
     name: fmnist-kd
     data: {name: fashion-mnist, per_class: 200}
     student: cnn-small
-    teacher: {recipe: fmnist-teacher.yaml}
+    soft_labels: {source: teacher, recipe: fmnist-teacher.yaml}
     method: {name: kd, alpha: 0.9, temperature: 4}
     epochs: 30
     optim: {name: sgd, lr: 0.05}
     schedule: {name: cosine, warmup_epochs: 1}
 
 Every section forbids unknown keys; a mistake is reported with the dotted path of the key,
-the closest valid key and the allowed values.  The ``method`` section is validated against the
-schema of the method it names (each method declares its own).
+the closest valid key and the allowed values.  The ``method`` and ``soft_labels`` sections are
+validated against the schema of the method or source they name (each declares its own), and
+the method, the source and the view plan are checked against each other
+(:mod:`softdistill.compatibility`) before anything runs.  Every path in a recipe is relative to
+the recipe file's folder.  ``plugins`` lists modules imported before validation, where a user
+registers methods or sources of their own.
 """
 
 from __future__ import annotations
 
 import difflib
-import re
+import importlib
+import json
 import types
 import typing
 from collections.abc import Sequence
@@ -29,22 +34,29 @@ from typing import Any, ClassVar, Literal, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, field_validator, model_validator
 
+from softdistill.compatibility import compatibility_problems
 from softdistill.data.shifts import parse_ood_specs
-from softdistill.methods import MethodConfig, method_config_class, method_names
+from softdistill.data.views import ViewPlan
+from softdistill.methods import MethodConfig, method_class, method_config_class
+from softdistill.methods.base import registry as method_registry
+from softdistill.registry import Registry
+from softdistill.targets import Dependency, SourceConfig, source_class
+from softdistill.targets.base import source_registry
 
 __all__ = [
     "ConfigError",
     "StrictModel",
     "AugmentConfig",
     "DataConfig",
-    "TeacherConfig",
-    "WeakConfig",
     "OptimConfig",
     "ScheduleConfig",
     "TrainConfig",
     "RunRecipe",
     "Recipe",
+    "VAERecipe",
     "load_recipe",
+    "load_vae_recipe",
+    "import_plugins",
     "read_recipe_file",
     "describe_errors",
     "recipe_from_dict",
@@ -62,10 +74,13 @@ class StrictModel(BaseModel):
 
 
 class AugmentConfig(StrictModel):
-    """Batched on-device augmentation of training images (never applied to evaluation)."""
+    """Augmentation of training images (never applied to evaluation); see softdistill.data.views."""
 
     crop_padding: int = Field(0, ge=0, description="random crop after zero-padding by this many pixels; 0 = off")
     hflip: bool = Field(False, description="random horizontal flip with probability 0.5")
+    mix: Literal["none", "mixup", "cutmix"] = Field("none", description="mix every view with a partner's view "
+                                                                       "(for methods that learn from mixed views)")
+    mix_alpha: float = Field(1.0, gt=0, description="lambda ~ Beta(mix_alpha, mix_alpha), drawn per sample")
 
 
 class DataConfig(StrictModel):
@@ -81,6 +96,9 @@ class DataConfig(StrictModel):
     drop_last: bool = Field(True, description="drop the last incomplete training batch of each epoch")
     normalize: bool = Field(True, description="standardise with the training set's per-channel mean and std")
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    views: int = Field(0, ge=0, description="distinct augmented views per sample (epoch e shows view (e-1) mod V); "
+                                            "0 = a fresh view every epoch")
+    view_seed: int | None = Field(None, description="seed of the views' parameters; None = the run seed")
     canvas: int | None = Field(None, ge=4, description="place every image at the centre of a black canvas of this "
                                                        "size (before the normalisation statistics); None = off")
     ood: list[str] = Field(default_factory=list, description="out-of-domain test sets kind:amount, e.g. shift:4, "
@@ -92,49 +110,11 @@ class DataConfig(StrictModel):
         parse_ood_specs(specs)
         return specs
 
-
-class TeacherConfig(StrictModel):
-    """Where the teacher comes from: a checkpoint file, or a recipe that is trained first if needed."""
-
-    checkpoint: str | None = Field(None, description="path of a softdistill checkpoint")
-    recipe: str | None = Field(None, description="teacher recipe (relative to this recipe's folder); trained once, then reused")
-    select: str = Field("best", description="which checkpoint of the teacher recipe's run: best | last | epoch_N")
-    cache: bool = Field(False, description="precompute teacher logits on the clean training images (needs augmentation off)")
-    batchnorm_train_mode: bool = Field(False, description="run the teacher's BatchNorm in training mode (a quirk of "
-                                                          "some reference code; off = frozen statistics)")
-
-    @model_validator(mode="after")
-    def _one_source(self) -> "TeacherConfig":
-        if (self.checkpoint is None) == (self.recipe is None):
-            raise ValueError("give exactly one of teacher.checkpoint or teacher.recipe")
-        if not re.fullmatch(r"best|last|epoch_\d+", self.select):
-            raise ValueError(f"teacher.select must be best, last or epoch_N, got {self.select!r}")
-        return self
-
-
-class WeakConfig(StrictModel):
-    """Weak supervision as soft labels, built from the training labels and looked up by sample index.
-
-    Takes the teacher's place for methods that need a soft-label source (use ``soft-label``); see
-    docs/methods.md, "Weak supervision as soft labels".
-    """
-
-    kind: Literal["partial", "noise", "incomplete", "file"] = Field(
-        ..., description="partial labels | additive noise | incomplete supervision (round 0) | a soft-label file")
-    k: int = Field(2, ge=1, description="partial: candidate-set size; others: the k the indicators are reported at")
-    unreliability: float = Field(0.0, ge=0, le=1, description="partial: share of candidate sets without the true class")
-    ambiguity: float | None = Field(None, ge=0, le=1, description="partial: P(confusing class in the set); "
-                                                                  "None = the least possible")
-    scale: float = Field(0.5, ge=0, description="noise: d = onehot + scale * |N(0, I)|, renormalised")
-    labelled_fraction: float = Field(0.1, gt=0, le=1, description="incomplete: share of each class that keeps its label")
-    path: str | None = Field(None, description="file: a soft-label file (relative to the working directory)")
-    seed: int | None = Field(None, description="seed of the draw; None = the run seed")
-
-    @model_validator(mode="after")
-    def _path_for_file(self) -> "WeakConfig":
-        if (self.kind == "file") != (self.path is not None):
-            raise ValueError("weak.path is needed for kind: file and only there")
-        return self
+    def view_plan(self, run_seed: int) -> ViewPlan:
+        """The views of the training split (``view_seed``, else ``run_seed``)."""
+        a = self.augment
+        return ViewPlan(seed=self.view_seed if self.view_seed is not None else run_seed, views=self.views,
+                        crop_padding=a.crop_padding, hflip=a.hflip, mix=a.mix, mix_alpha=a.mix_alpha)
 
 
 class OptimConfig(StrictModel):
@@ -175,6 +155,8 @@ class RunRecipe(StrictModel):
     data: DataConfig = Field(default_factory=DataConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     output_dir: str = Field("runs", description="runs are written to OUTPUT_DIR/NAME/seedSEED")
+    plugins: list[str] = Field(default_factory=list, description="modules imported before the recipe is validated "
+                                                                 "(methods or sources of your own)")
     source: str | None = Field(None, exclude=True, description="file the recipe was read from (set by the loader)")
 
     @property
@@ -195,10 +177,15 @@ class RunRecipe(StrictModel):
     def from_dict(cls, raw: Any, source: str | None = None) -> "RunRecipe":
         """Validate a recipe given as a plain dict; raise :class:`ConfigError` listing every problem."""
         cls._check_mapping(raw, source)
+        import_plugins(raw.get("plugins"), source)
         try:
             return cls.model_validate({**raw, "source": source})
         except ValidationError as exc:
             raise cls._invalid(source, describe_errors(exc.errors(), cls)) from None
+
+    def dependencies(self) -> list[Dependency]:
+        """The other recipes and files this recipe names (their paths relative to its folder)."""
+        return []
 
     @classmethod
     def _check_mapping(cls, raw: Any, source: str | None) -> None:
@@ -211,37 +198,79 @@ class RunRecipe(StrictModel):
         return ConfigError(f"invalid {cls.kind}{where}:\n  " + "\n  ".join(problems))
 
 
+# Sections of earlier versions, and what to write instead.
+RETIRED_SECTIONS = {
+    "teacher": "the 'teacher' section is now soft_labels: {source: teacher, recipe: ... | checkpoint: ..., select: ...} "
+               "(source: cache for a teacher cached in memory, formerly cache: true)",
+    "weak": "the 'weak' section is now soft_labels: {source: weak, kind: ...}",
+}
+
+
 class Recipe(RunRecipe):
-    """A training recipe: a student, its soft-label source and method, optimiser and schedule."""
+    """A training recipe: a student, where its soft labels come from, its method, optimiser and schedule."""
 
     student: str = Field(..., description="model name, see softdistill.models.available_models()")
-    teacher: TeacherConfig | None = None
-    weak: WeakConfig | None = Field(None, description="weak-supervision soft labels in place of a teacher")
+    soft_labels: SerializeAsAny[SourceConfig] | None = Field(
+        None, description="where soft labels come from: {source: teacher | cache | weak | ..., ...}")
     method: SerializeAsAny[MethodConfig] = Field(default_factory=lambda: method_config_class("ce")())
     optim: OptimConfig = Field(default_factory=OptimConfig)
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
 
-    @model_validator(mode="after")
-    def _teacher_or_weak(self) -> "Recipe":
-        if self.teacher is not None and self.weak is not None:
-            raise ValueError("give a teacher or a weak section, not both: each is the soft-label source")
-        return self
+    @property
+    def view_plan(self) -> ViewPlan:
+        return self.data.view_plan(self.seed)
+
+    def dependencies(self) -> list[Dependency]:
+        own = self.soft_labels.dependencies() if self.soft_labels is not None else []
+        return own + self.method.dependencies()
 
     @classmethod
     def from_dict(cls, raw: Any, source: str | None = None) -> "Recipe":
-        """As :meth:`RunRecipe.from_dict`; the ``method`` section is validated by the method it names."""
+        """As :meth:`RunRecipe.from_dict`; ``method`` and ``soft_labels`` are validated by the method or
+        source they name, then checked against each other and the view plan."""
         cls._check_mapping(raw, source)
+        import_plugins(raw.get("plugins"), source)
         raw = dict(raw)
-        method, problems = _validate_method(raw.pop("method", None))
+        problems = [f"{key}: {RETIRED_SECTIONS[key]}" for key in RETIRED_SECTIONS if key in raw]
+        for key in RETIRED_SECTIONS:
+            raw.pop(key, None)
+        method, method_problems = _validate_method(raw.pop("method", None))
+        soft_labels, source_problems = _validate_source(raw.pop("soft_labels", None))
+        problems += method_problems + source_problems
         try:
             recipe = cls.model_validate({**raw, "source": source})
         except ValidationError as exc:
             problems = describe_errors(exc.errors(), cls) + problems
             recipe = None
+        if not problems and recipe is not None and method is not None:
+            source_cls = source_class(soft_labels.source) if soft_labels is not None else None
+            problems = compatibility_problems(method_class(method.name), source_cls, recipe.data.view_plan(recipe.seed))
         if problems or recipe is None:
             raise cls._invalid(source, problems)
         recipe.method = method
+        recipe.soft_labels = soft_labels
         return recipe
+
+
+class VAERecipe(RunRecipe):
+    """What ``softdistill train-vae`` trains: data, architecture, Adam, epochs."""
+
+    kind: ClassVar[str] = "VAE recipe"
+
+    latent_dim: int = Field(16, ge=1, description="dimension of z")
+    width: int = Field(32, ge=1, description="channels of the first convolution (the second has twice as many)")
+    beta: float = Field(1.0, ge=0, description="weight of the KL term (1 = the ELBO)")
+    lr: float = Field(1e-3, gt=0, description="Adam learning rate (constant)")
+    weight_decay: float = Field(0.0, ge=0, description="Adam's L2 penalty")
+
+    @model_validator(mode="after")
+    def _used_train_keys(self) -> "VAERecipe":
+        if self.train.amp != "off" or self.train.keep_epochs:
+            raise ValueError("train.amp and train.keep_epochs are not used by train-vae "
+                             "(it trains in float32 and keeps last.pt and vae.pt)")
+        if self.data.augment.mix != "none":
+            raise ValueError("data.augment.mix is not used by train-vae (a VAE learns single images)")
+        return self
 
 
 # --------------------------------------------------------------------------------------------
@@ -290,23 +319,49 @@ def describe_errors(errors: list[dict[str, Any]], root: type[BaseModel], prefix:
     return lines
 
 
-def _validate_method(raw: Any) -> tuple[MethodConfig | None, list[str]]:
-    if raw is None:
-        raw = {"name": "ce"}
-    if isinstance(raw, str):
-        raw = {"name": raw}
-    if not isinstance(raw, dict) or "name" not in raw:
-        return None, ["method: must be a mapping with a 'name' key, e.g. {name: kd, alpha: 0.9}"]
-    name = raw["name"]
-    if name not in method_names():
-        close = difflib.get_close_matches(str(name), method_names(), n=1, cutoff=0.5)
+def _validate_section(raw: Any, section: str, registry: Registry, example: str) -> tuple[Any, list[str]]:
+    """Validate a ``method`` or ``soft_labels`` section against the schema of the entry it names."""
+    key = registry.key
+    if not isinstance(raw, dict) or key not in raw:
+        return None, [f"{section}: must be a mapping with a '{key}' key, e.g. {example}"]
+    name, names = raw[key], registry.names()
+    if name not in names:
+        close = difflib.get_close_matches(str(name), names, n=1, cutoff=0.5)
         hint = f"; did you mean '{close[0]}'?" if close else ""
-        return None, [f"method.name: unknown method {name!r}{hint} (known: {', '.join(method_names())})"]
-    cls = method_config_class(name)
+        return None, [f"{section}.{key}: unknown {registry.what} {name!r}{hint} (known: {', '.join(names)})"]
+    cls = registry.get(name).Config
     try:
         return cls.model_validate(raw), []
     except ValidationError as exc:
-        return None, describe_errors(exc.errors(), cls, ("method",))
+        return None, describe_errors(exc.errors(), cls, (section,))
+
+
+def _validate_method(raw: Any) -> tuple[MethodConfig | None, list[str]]:
+    raw = {"name": "ce"} if raw is None else {"name": raw} if isinstance(raw, str) else raw
+    return _validate_section(raw, "method", method_registry, "{name: kd, alpha: 0.9}")
+
+
+def _validate_source(raw: Any) -> tuple[SourceConfig | None, list[str]]:
+    if raw is None:
+        return None, []
+    return _validate_section(raw, "soft_labels", source_registry, "{source: teacher, recipe: teacher.yaml}")
+
+
+def import_plugins(modules: Any, source: str | None = None) -> None:
+    """Import the ``plugins`` modules of a recipe (where users register methods and sources)."""
+    if modules is None:
+        return
+    where = f"{source}: " if source else ""
+    if not isinstance(modules, list) or not all(isinstance(m, str) for m in modules):
+        raise ConfigError(f"{where}plugins must be a list of module names, got {modules!r}")
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            raise ConfigError(f"{where}plugin module {module!r} does not import: {exc} (is it installed, or on "
+                              "PYTHONPATH?)") from None
+        except ValueError as exc:  # e.g. a name registered twice
+            raise ConfigError(f"{where}plugin module {module!r}: {exc}") from None
 
 
 def recipe_from_dict(raw: dict[str, Any], source: str | None = None) -> Recipe:
@@ -363,6 +418,61 @@ def read_recipe_file(path: str | Path, overrides: Sequence[str] = ()) -> dict[st
     return apply_overrides(raw, list(overrides))
 
 
-def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
-    """Read a YAML recipe, apply dotted overrides, validate."""
-    return recipe_from_dict(read_recipe_file(path, overrides or []), source=str(path))
+# Settings of the machine rather than of the experiment: a recipe that another recipe depends on
+# takes them from the one that asks for it, so that `-o data.root=...` or `-o output_dir=...`
+# reach the teacher (or VAE) too.
+INHERITED_BY_DEPENDENCIES = ("data.root", "data.download", "train.device", "train.threads", "train.eval_every",
+                             "output_dir")
+RECIPE_KINDS: dict[str, type[RunRecipe]] = {"model": Recipe, "vae": VAERecipe}
+
+
+def inherited_overrides(recipe: RunRecipe) -> list[str]:
+    """The INHERITED_BY_DEPENDENCIES settings of ``recipe`` as dotted overrides for the recipes it depends on."""
+    inherited = []
+    for key in INHERITED_BY_DEPENDENCIES:
+        value: Any = recipe
+        for part in key.split("."):
+            value = getattr(value, part)
+        if value is not None:
+            inherited.append(f"{key}={json.dumps(value)}")
+    return inherited
+
+
+def dependency_recipe(recipe: RunRecipe, dependency: Dependency) -> tuple[Path, RunRecipe | None]:
+    """The file a dependency names (relative to ``recipe``'s folder) and, when it is a recipe, that
+    recipe (with the inherited machine settings); a missing file is a :class:`ConfigError` that
+    names the field and where it was looked for."""
+    path = recipe.resolve_path(dependency.path)
+    is_recipe = dependency.kind in RECIPE_KINDS and path.suffix in (".yaml", ".yml")
+    if not path.is_file():
+        where = f"{recipe.source}: " if recipe.source else ""
+        raise ConfigError(f"{where}{dependency.field}: no file {path} (paths in a recipe are relative to the "
+                          "recipe's folder)")
+    if not is_recipe:
+        return path, None
+    loaded = RECIPE_KINDS[dependency.kind].from_dict(read_recipe_file(path, inherited_overrides(recipe)), str(path))
+    return path, loaded
+
+
+def check_dependencies(recipe: RunRecipe, _chain: tuple[Path, ...] = ()) -> None:
+    """Validate, recursively, every recipe ``recipe`` depends on, before anything is trained."""
+    for dependency in recipe.dependencies():
+        path, loaded = dependency_recipe(recipe, dependency)
+        if loaded is None:
+            continue
+        if path.resolve() in _chain:
+            raise ConfigError(f"{recipe.source}: {dependency.field} makes a cycle of recipes: "
+                              + " -> ".join(str(p) for p in (*_chain, path.resolve())))
+        check_dependencies(loaded, (*_chain, path.resolve()))
+
+
+def load_recipe(path: str | Path, overrides: Sequence[str] | None = None) -> Recipe:
+    """Read a YAML training recipe, apply dotted overrides, validate it and every recipe it depends on."""
+    recipe = recipe_from_dict(read_recipe_file(path, list(overrides or [])), source=str(path))
+    check_dependencies(recipe, (Path(path).resolve(),))
+    return recipe
+
+
+def load_vae_recipe(path: str | Path, overrides: Sequence[str] = ()) -> VAERecipe:
+    """Read a YAML VAE recipe, apply dotted ``key=value`` overrides, validate (:class:`ConfigError` otherwise)."""
+    return VAERecipe.from_dict(read_recipe_file(path, overrides), str(path))

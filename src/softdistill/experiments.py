@@ -15,7 +15,8 @@ from softdistill.config import Recipe, load_recipe
 from softdistill.report import (aggregate_runs, format_final_markdown, format_markdown, plot_curves, plot_diagnostics,
                                 write_csv)
 from softdistill.report.tables import RecipeResult
-from softdistill.runner import check_same_recipe, run_dir_state, run_recipe, teacher_checkpoint
+from softdistill.runner import resolve_dependencies, run_recipe
+from softdistill.runs import check_same_recipe, run_dir_state
 
 __all__ = ["CompareResult", "compare", "write_report", "packaged_recipes", "quickstart"]
 
@@ -54,9 +55,8 @@ def compare(recipe_paths: Sequence[str | Path], *, seeds: int | Sequence[int] = 
         baseline = next((r.name for r in recipes_by_seed[seed_list[0]] if r.method.name == "ce"), names[0])
     elif baseline not in names:
         raise ValueError(f"baseline {baseline!r} is not among the recipes {names}")
-    for recipe in recipes_by_seed[seed_list[0]]:  # teachers first, with their own progress output
-        if recipe.teacher is not None:
-            teacher_checkpoint(recipe, quiet=quiet)
+    for recipe in recipes_by_seed[seed_list[0]]:  # teachers (and VAEs) first, with their own progress output
+        resolve_dependencies(recipe, quiet=quiet)
     jobs = [recipe for seed in seed_list for recipe in recipes_by_seed[seed]]
     bar = tqdm(jobs, desc="compare", unit="run", disable=quiet, dynamic_ncols=True)
     for recipe in bar:

@@ -1,11 +1,11 @@
 """Incomplete supervision in rounds: train on the labelled part, pseudo-label the rest, retrain.
 
-Round 0 is a recipe with ``weak: {kind: incomplete, labelled_fraction: f}`` (one-hot rows for the
+Round 0 is a recipe with ``soft_labels: {source: weak, kind: incomplete, labelled_fraction: f}`` (one-hot rows for the
 labelled part, empty rows elsewhere) and the ``soft-label`` method.  After round r, the final
 student of round r predicts every training image; its soft predictions replace the empty rows
 (labelled rows keep their labels, :func:`softdistill.targets.weak.pseudo_labels`), the table is
 written to ``RUN_DIR_r/pseudo_labels.pt`` (a soft-label file) and round r + 1 trains a fresh
-student on it (``weak: {kind: file, path: ...}``).  Runs are named ``NAME-rR``.
+student on it (``soft_labels: {source: weak, kind: file, path: ...}``).  Runs are named ``NAME-rR``.
 """
 
 from __future__ import annotations
@@ -17,8 +17,10 @@ import torch
 
 from softdistill.config import ConfigError, Recipe, recipe_from_dict
 from softdistill.data.loader import BatchLoader, BatchTransform
-from softdistill.runner import check_same_recipe, load_data, run_dir_state, run_recipe
-from softdistill.targets import CachedTeacher, load_teacher
+from softdistill.engine.predict import predict
+from softdistill.runner import load_data, run_recipe
+from softdistill.runs import check_same_recipe, run_dir_state
+from softdistill.targets import load_teacher
 from softdistill.targets.table import save_soft_labels
 from softdistill.targets.weak import incomplete_labels, pseudo_labels
 
@@ -27,8 +29,7 @@ __all__ = ["self_training"]
 
 def _model_probs(checkpoint, data, temperature: float) -> torch.Tensor:
     model = load_teacher(checkpoint, data.num_classes, data.in_channels, data.mean, data.std)
-    loader = BatchLoader(data.train, 1024, BatchTransform(data.mean, data.std))
-    logits = CachedTeacher.from_teacher(model, loader, len(data.train)).logits
+    logits = predict(model, BatchLoader(data.train, 1024, BatchTransform(data.mean, data.std))).logits
     return torch.softmax(logits / temperature, dim=1)
 
 
@@ -41,12 +42,12 @@ def self_training(recipe: Recipe, rounds: int, *, select: str = "last", temperat
     ``select`` names the checkpoint that pseudo-labels (``last`` by default: choosing ``best`` would
     use the labelled validation set, which incomplete supervision may not have).
     """
-    if recipe.weak is None or recipe.weak.kind != "incomplete":
-        raise ConfigError("self_training needs a recipe with weak: {kind: incomplete, ...}")
+    weak = recipe.soft_labels
+    if weak is None or weak.source != "weak" or weak.kind != "incomplete":
+        raise ConfigError("self_training needs a recipe with soft_labels: {source: weak, kind: incomplete, ...}")
     data = load_data(recipe)
-    seed = recipe.weak.seed if recipe.weak.seed is not None else recipe.seed
-    base = incomplete_labels(data.train.labels, data.num_classes, labelled_fraction=recipe.weak.labelled_fraction,
-                             seed=seed)
+    seed = weak.seed if weak.seed is not None else recipe.seed
+    base = incomplete_labels(data.train.labels, data.num_classes, labelled_fraction=weak.labelled_fraction, seed=seed)
     raw = recipe.to_dict()
     spec = {"name": recipe.data.name, "split": "train", "val_size": recipe.data.val_size,
             "per_class": recipe.data.per_class, "split_seed": recipe.data.split_seed}
@@ -66,8 +67,9 @@ def self_training(recipe: Recipe, rounds: int, *, select: str = "last", temperat
         probs = _model_probs(current.run_dir / f"{select}.pt", data, temperature)
         table = pseudo_labels(base, probs, round=r + 1)
         path = current.run_dir / "pseudo_labels.pt"
-        save_soft_labels(path, table.soft_labels, table.labels, data=spec, class_names=list(data.class_names),
-                         meta=table.report())
-        weak = {"kind": "file", "path": str(path), "k": 1}
-        current = recipe_from_dict({**raw, "name": f"{recipe.name}-r{r + 1}", "weak": weak}, source=recipe.source)
+        save_soft_labels(path, table.soft_labels, table.labels, sample_ids=data.train.ids, data=spec,
+                         class_names=list(data.class_names), meta=table.report())
+        file_source = {"source": "weak", "kind": "file", "path": str(path.resolve()), "k": 1}
+        current = recipe_from_dict({**raw, "name": f"{recipe.name}-r{r + 1}", "soft_labels": file_source},
+                                   source=recipe.source)
     return records

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from torch import Tensor
 
@@ -13,17 +14,20 @@ __all__ = ["Batch", "StepOutput", "InputSpec", "MethodContext"]
 
 @dataclass
 class Batch:
-    """A training or evaluation batch: inputs, hard labels and the dataset indices of the samples.
+    """A training or evaluation batch: inputs, hard labels, and the address of every sample's view.
 
-    The indices identify samples across epochs (cached soft labels and per-sample weights key on
-    them).  Augmentations that mix samples return a new batch through :meth:`with_`, with
-    ``y`` the label of part a, ``y_b`` the label of part b and ``lam`` (B,) the
-    share of a: ``x = lam * x_a + (1 - lam) * x_b``.
+    ``sample_id`` is each sample's stable id in its data source (not a row position after the
+    validation split or the per-class subset) and ``view`` which of its augmented views the
+    input shows (:mod:`softdistill.data.views`); cached or stored soft labels and per-sample
+    draws key on the pair.  A mixed view carries ``y`` (the label of the sample itself), ``y_b``
+    (its partner's label) and ``lam`` (B,), the share of the sample:
+    ``x = lam * x_a + (1 - lam) * x_b``.
     """
 
     x: Tensor
     y: Tensor
-    index: Tensor
+    sample_id: Tensor
+    view: Tensor
     y_b: Tensor | None = None
     lam: Tensor | None = None
 
@@ -66,12 +70,12 @@ class InputSpec:
 class MethodContext:
     """What a method may need from its run beyond its hyper-parameters.
 
-    ``resolve_artifact(path)`` turns a file named in the recipe (relative to the recipe's folder)
-    into a path on disk: a checkpoint is returned as it is; a recipe of something the method
-    uses (e.g. a VAE recipe) is trained once, under the run's machine settings, and the path of
-    its product returned.
+    ``resolve_artifact(dependency)`` turns a :class:`~softdistill.targets.base.Dependency` the
+    method's settings name (a path relative to the recipe's folder) into the file it means: a
+    checkpoint is returned as it is; a recipe of something the method uses (e.g. a VAE recipe) is
+    trained once, under the run's machine settings, and the path of its product returned.
     """
 
     inputs: InputSpec
-    resolve_artifact: Callable[[str], Path] = Path
+    resolve_artifact: Callable[[Any], Path] = Path
     quiet: bool = False

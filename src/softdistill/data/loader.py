@@ -1,21 +1,22 @@
-"""In-memory datasets, batched on-device augmentation, and a deterministic, DDP-aware batch loader.
+"""In-memory datasets, the on-device normalisation, and a deterministic, DDP-aware batch loader.
 
 Images are held as one uint8 tensor on the training device; a batch is a gather plus a few
 vectorised operations, which on small images is far faster than a per-sample DataLoader.
-Every random draw comes from a generator seeded by (seed, epoch), so an epoch is reproducible
-on its own (exact resume) and identical across DDP ranks (each rank takes its slice of the
-global batch, augmented with the parameters drawn for the global batch).
+The order of an epoch comes from a generator seeded by (seed, epoch); the augmentation of every
+sample is its view under a :class:`~softdistill.data.views.ViewPlan`, a pure function of
+(plan seed, sample id, view).  So an epoch is reproducible on its own (exact resume) and
+identical across DDP ranks (each rank takes its slice of the global batch).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
+from softdistill.data.views import ViewPlan
 from softdistill.types import Batch
 
 __all__ = ["TensorSet", "BatchTransform", "BatchLoader", "epoch_generator"]
@@ -23,25 +24,45 @@ __all__ = ["TensorSet", "BatchTransform", "BatchLoader", "epoch_generator"]
 
 @dataclass
 class TensorSet:
-    """Images (uint8, N x C x H x W) and labels (int64, N) of one split."""
+    """Images (uint8, N x C x H x W), labels (int64, N) and sample ids (int64, N) of one split.
+
+    A sample id is the sample's position in its data source's official split, so it does not
+    change with the validation split or the per-class subset; it defaults to ``0..N-1``.
+    """
 
     images: Tensor
     labels: Tensor
+    ids: Tensor = field(default=None)  # type: ignore[assignment]
 
     def __post_init__(self) -> None:
         if self.images.dim() != 4 or self.images.dtype != torch.uint8:
             raise ValueError(f"images must be uint8 N x C x H x W, got {self.images.dtype} {tuple(self.images.shape)}")
         if self.labels.shape != (self.images.shape[0],):
             raise ValueError(f"{self.images.shape[0]} images but labels of shape {tuple(self.labels.shape)}")
+        if self.ids is None:
+            self.ids = torch.arange(len(self.labels))
+        if self.ids.shape != self.labels.shape:
+            raise ValueError(f"{len(self.labels)} samples but sample ids of shape {tuple(self.ids.shape)}")
+        self.ids = self.ids.cpu().long()
 
     def __len__(self) -> int:
         return self.labels.shape[0]
 
     def subset(self, index: Tensor) -> "TensorSet":
-        return TensorSet(self.images[index], self.labels[index])
+        return TensorSet(self.images[index], self.labels[index], self.ids[index.cpu()])
 
     def to(self, device: torch.device | str) -> "TensorSet":
-        return TensorSet(self.images.to(device), self.labels.to(device))
+        return TensorSet(self.images.to(device), self.labels.to(device), self.ids)
+
+    def rows_of(self, sample_ids: Tensor) -> Tensor:
+        """Rows (CPU int64) of the given sample ids; ValueError if one is not in this split."""
+        ids = sample_ids.cpu().long()
+        order = torch.argsort(self.ids)
+        sorted_ids = self.ids[order]
+        pos = torch.searchsorted(sorted_ids, ids).clamp_max(len(sorted_ids) - 1)
+        if len(sorted_ids) == 0 or not torch.equal(sorted_ids[pos], ids):
+            raise ValueError("sample ids not in this split")
+        return order[pos]
 
 
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:
@@ -50,48 +71,21 @@ def epoch_generator(seed: int, epoch: int) -> torch.Generator:
 
 
 class BatchTransform:
-    """uint8 images -> float, random crop (zero padding) and horizontal flip, then standardise.
+    """uint8 images -> float in [0, 1] -> standardised per channel: ``x = (u8 / 255 - mean) / std``."""
 
-    ``x = (crop_flip(u8 / 255) - mean) / std`` per channel.  Random parameters are drawn by
-    :meth:`draw` (on the CPU, from an explicit generator) and applied by :meth:`__call__`.
-    """
-
-    def __init__(self, mean: Sequence[float], std: Sequence[float], crop_padding: int = 0, hflip: bool = False) -> None:
+    def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
         self.mean = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
-        self.crop_padding = crop_padding
-        self.hflip = hflip
 
-    @property
-    def is_random(self) -> bool:
-        return self.crop_padding > 0 or self.hflip
+    @staticmethod
+    def to_unit(images: Tensor) -> Tensor:
+        return images.float().div_(255)
 
-    def draw(self, n: int, generator: torch.Generator) -> dict[str, Tensor]:
-        params: dict[str, Tensor] = {}
-        if self.crop_padding:
-            params["offsets"] = torch.randint(0, 2 * self.crop_padding + 1, (n, 2), generator=generator)
-        if self.hflip:
-            params["flip"] = torch.rand(n, generator=generator) < 0.5
-        return params
-
-    def __call__(self, images: Tensor, params: dict[str, Tensor] | None = None) -> Tensor:
-        x = images.float().div_(255)
-        params = params or {}
-        if "offsets" in params:
-            x = self._crop(x, params["offsets"].to(x.device))
-        if "flip" in params:
-            flip = params["flip"].to(x.device).view(-1, 1, 1, 1)
-            x = torch.where(flip, x.flip(3), x)
+    def normalize(self, x: Tensor) -> Tensor:
         return (x - self.mean.to(x.device)) / self.std.to(x.device)
 
-    def _crop(self, x: Tensor, offsets: Tensor) -> Tensor:
-        n, c, h, w = x.shape
-        p = self.crop_padding
-        padded = F.pad(x, (p, p, p, p))
-        rows = (offsets[:, 0:1] + torch.arange(h, device=x.device)).view(n, 1, h, 1).expand(n, c, h, w + 2 * p)
-        rows_taken = padded.gather(2, rows)
-        cols = (offsets[:, 1:2] + torch.arange(w, device=x.device)).view(n, 1, 1, w).expand(n, c, h, w)
-        return rows_taken.gather(3, cols)
+    def __call__(self, images: Tensor) -> Tensor:
+        return self.normalize(self.to_unit(images))
 
 
 class BatchLoader:
@@ -99,11 +93,14 @@ class BatchLoader:
 
     ``batch_size`` is the global batch.  Under DDP (``world_size > 1``) rank r receives the r-th
     of ``world_size`` near-equal slices of every global batch, so the ranks together see exactly
-    the batches a single process would.  Call :meth:`set_epoch` before each epoch.
+    the batches a single process would.  ``plan`` (training only) augments every sample as its
+    view of the epoch; without one every batch shows the clean images (view 0).  ``seed`` seeds the
+    shuffled order.  Call :meth:`set_epoch` before each epoch.
     """
 
     def __init__(self, data: TensorSet, batch_size: int, transform: BatchTransform, *, shuffle: bool = False,
-                 drop_last: bool = False, augment: bool = False, seed: int = 0, rank: int = 0, world_size: int = 1) -> None:
+                 drop_last: bool = False, plan: ViewPlan | None = None, seed: int = 0, rank: int = 0,
+                 world_size: int = 1) -> None:
         if batch_size < world_size:
             raise ValueError(f"batch size {batch_size} is smaller than the number of processes {world_size}")
         self.data = data
@@ -111,7 +108,7 @@ class BatchLoader:
         self.transform = transform
         self.shuffle = shuffle
         self.drop_last = drop_last
-        self.augment = augment and transform.is_random
+        self.plan = plan if plan is not None and plan.is_random else None
         self.seed = seed
         self.rank = rank
         self.world_size = world_size
@@ -130,18 +127,38 @@ class BatchLoader:
 
     def __iter__(self) -> Iterator[Batch]:
         n = len(self.data)
-        generator = epoch_generator(self.seed, self.epoch)
-        order = torch.randperm(n, generator=generator) if self.shuffle else torch.arange(n)
-        device = self.data.images.device
+        order = torch.randperm(n, generator=epoch_generator(self.seed, self.epoch)) if self.shuffle else torch.arange(n)
+        view = self.plan.view_in_epoch(self.epoch) if self.plan is not None else 0
         for b in range(len(self)):
-            global_index = order[b * self.batch_size:(b + 1) * self.batch_size]
-            params = self.transform.draw(len(global_index), generator) if self.augment else None
-            local = torch.tensor_split(torch.arange(len(global_index)), self.world_size)[self.rank]
-            index = global_index[local]
-            if len(index) == 0:
+            global_rows = order[b * self.batch_size:(b + 1) * self.batch_size]
+            rows = torch.tensor_split(global_rows, self.world_size)[self.rank]
+            if len(rows) == 0:
                 continue
-            if params is not None:
-                params = {k: v[local] for k, v in params.items()}
-            index_dev = index.to(device)
-            x = self.transform(self.data.images[index_dev], params)
-            yield Batch(x=x, y=self.data.labels[index_dev], index=index_dev)
+            yield self.batch_of(rows, torch.full((len(rows),), view, dtype=torch.long))
+
+    def in_order(self, view: int) -> Iterator[Batch]:
+        """Every sample of the split in row order, each as its view ``view`` (this process alone)."""
+        n = len(self.data)
+        for start in range(0, n, self.batch_size):
+            rows = torch.arange(start, min(start + self.batch_size, n))
+            yield self.batch_of(rows, torch.full((len(rows),), view, dtype=torch.long))
+
+    def batch_of(self, rows: Tensor, views: Tensor) -> Batch:
+        """The batch of the views ``views`` of the samples at ``rows`` (CPU int64)."""
+        data, plan = self.data, self.plan
+        device = data.images.device
+        ids = data.ids[rows]
+        x = self.transform.to_unit(data.images[rows.to(device)])
+        y_b = lam = None
+        if plan is not None:
+            x = plan.apply_geometry(x, plan.geometry(ids, views))
+            if plan.mixes:
+                mixing = plan.mixing(ids, views, rows, len(data), tuple(x.shape[-2:]))
+                partner = mixing.partner
+                partner_x = self.transform.to_unit(data.images[partner.to(device)])
+                partner_x = plan.apply_geometry(partner_x, plan.geometry(data.ids[partner], views))
+                x = plan.combine(x, partner_x, mixing)
+                y_b = data.labels[partner.to(device)]
+                lam = mixing.lam.to(device)
+        return Batch(x=self.transform.normalize(x), y=data.labels[rows.to(device)], sample_id=ids.to(device),
+                     view=views.to(device), y_b=y_b, lam=lam)

@@ -91,8 +91,10 @@ def prepare_data(name: str, *, root: str | None = None, download: bool = False, 
     keep, val_index = stratified_split(full.labels, val_size, split_seed)
     if per_class is not None:
         keep = keep[per_class_subset(full.labels[keep], per_class, split_seed)]
-    train = TensorSet(full.images[keep], full.labels[keep])
-    val = TensorSet(full.images[val_index], full.labels[val_index]) if len(val_index) else None
+    # sample ids are rows of the official split: the same sample keeps its id under any val_size,
+    # per_class or split_seed
+    train = TensorSet(full.images[keep], full.labels[keep], keep)
+    val = TensorSet(full.images[val_index], full.labels[val_index], val_index) if len(val_index) else None
     return DataBundle(name, train, val, TensorSet(test.images, test.labels), full.class_names, mean, std)
 
 

@@ -5,13 +5,16 @@ terms, steps the optimiser and logs every term; it evaluates ``method.student`` 
 evaluation sets after each epoch and writes the run folder (rank 0 only):
 
 - ``last.pt`` every epoch (model, optimiser, history: enough to resume exactly),
-  ``best.pt`` at the best selection accuracy, ``epoch_N.pt`` for requested epochs;
+  ``best.pt`` at the best value of the selection metric, ``epoch_N.pt`` for requested epochs;
 - ``metrics.jsonl``: one record per epoch; ``summary.json`` when the run has finished.
 
 ``final_loaders`` (e.g. out-of-domain versions of the test set) are evaluated once, after the
 last epoch, and reported as ``final/NAME/acc`` and in the summary.  The method's hooks
-(``start_epoch``, ``end_epoch``, ``training_state``/``load_training_state``, see
-:class:`~softdistill.methods.base.Method`) are called when the method has them.
+(``start_epoch``, ``end_epoch``, ``training_state``/``load_training_state``, ``finish``, see
+:class:`~softdistill.methods.base.Method`) are called when the method has them.  A task whose
+evaluation is not top-1 accuracy (e.g. the VAE) gives ``evaluation_sums(model, batch)`` (per-batch
+sums, averaged over the set) and ``selection_metric`` (name, "max" or "min"); ``StepOutput.logits``
+may then be None.
 
 Every write is atomic.  Exact resume: all randomness of an epoch is seeded by (seed, epoch),
 so continuing from the end of epoch e reproduces the weights of an uninterrupted run.
@@ -19,105 +22,31 @@ so continuing from the end of epoch e reproduces the weights of an uninterrupted
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
-import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from softdistill.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from softdistill.checkpoint import CheckpointError, save_checkpoint
 from softdistill.data.loader import BatchLoader
 from softdistill.engine.distributed import DistContext, all_reduce_sum, barrier
 from softdistill.engine.optim import LRSchedule
+from softdistill.engine.predict import autocast, classification_sums, evaluate
+from softdistill.engine.wrap import unwrap
+from softdistill.runs import RunStateError, config_differences, resume_checkpoint, write_text_atomic
 
-__all__ = ["Trainer", "evaluate", "NonFiniteLossError", "RunStateError", "write_text_atomic", "config_differences",
-           "resume_checkpoint"]
+__all__ = ["Trainer", "evaluate", "NonFiniteLossError", "RunStateError"]
 
 
 class NonFiniteLossError(FloatingPointError):
     """A loss term became NaN or infinite; the message names the epoch, step and term."""
-
-
-class RunStateError(RuntimeError):
-    """The run folder does not allow the requested start (exists, finished, nothing to resume)."""
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
-
-
-def config_differences(old: Any, new: Any, ignore: Sequence[str] = (), prefix: str = "") -> list[str]:
-    """Dotted keys whose values differ between two nested dicts (keys in ``ignore`` are skipped)."""
-    if isinstance(old, dict) and isinstance(new, dict):
-        diffs = []
-        for key in sorted(set(old) | set(new)):
-            if f"{prefix}{key}" not in ignore:
-                diffs += config_differences(old.get(key), new.get(key), ignore, f"{prefix}{key}.")
-        return diffs
-    return [] if old == new else [f"{prefix.rstrip('.')}: {old!r} -> {new!r}"]
-
-
-def resume_checkpoint(run_dir: Path, resume: bool, epochs: int, config_check: Callable[[Any], list[str]],
-                      map_location: torch.device | str = "cpu") -> dict[str, Any] | None:
-    """The ``last.pt`` payload a run continues from, or None for a new run.
-
-    The run-folder rules: a new run refuses a folder that holds one; a resume needs ``last.pt``,
-    the same recipe (``config_check(saved_config)`` lists what changed) and epochs left to train.
-    """
-    last = run_dir / "last.pt"
-    if not resume:
-        if last.exists() or (run_dir / "summary.json").exists():
-            raise RunStateError(f"{run_dir} already holds a run; continue it with --resume, "
-                                "or choose another output folder / delete it to start over")
-        return None
-    if not last.exists():
-        raise RunStateError(f"nothing to resume: no checkpoint {last}; start the run without --resume")
-    state = load_checkpoint(last, map_location=map_location)
-    diffs = config_check(state.get("config"))
-    if diffs:
-        raise RunStateError(f"cannot resume {run_dir}: the recipe changed since the checkpoint:\n  " + "\n  ".join(diffs))
-    if state["epoch"] >= epochs:
-        raise RunStateError(f"{run_dir} has already finished ({state['epoch']} of {epochs} epochs); nothing to resume")
-    return state
-
-
-def _autocast(device: torch.device, amp: str):
-    if amp == "off":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if amp == "bf16" else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype)
-
-
-@torch.no_grad()
-def evaluate(model: nn.Module, loader: BatchLoader, ctx: DistContext = DistContext(), amp: str = "off") -> dict[str, float]:
-    """Top-1 accuracy (%) and mean cross-entropy of ``model`` over ``loader``, summed over ranks."""
-    was_training = model.training
-    model.eval()
-    totals = torch.zeros(3, dtype=torch.float64, device=ctx.device)  # correct, loss sum, count
-    with torch.inference_mode():
-        for batch in loader:
-            with _autocast(ctx.device, amp):
-                logits = model(batch.x)
-            logits = logits.float()
-            totals[0] += (logits.argmax(1) == batch.y).sum()
-            totals[1] += F.cross_entropy(logits, batch.y, reduction="sum")
-            totals[2] += len(batch)
-    model.train(was_training)
-    all_reduce_sum(totals, ctx)
-    count = max(totals[2].item(), 1.0)
-    return {"acc": 100.0 * totals[0].item() / count, "loss": totals[1].item() / count}
 
 
 class Trainer:
@@ -158,6 +87,9 @@ class Trainer:
         self.eval_every = eval_every
         self.scaler = torch.amp.GradScaler(ctx.device.type, enabled=(amp == "fp16"))
         self.selection = "val" if "val" in self.eval_loaders else "test"
+        # what "best" means: the method's (metric, max | min), top-1 accuracy by default
+        self.metric, self.goal = getattr(method, "selection_metric", ("acc", "max"))
+        self.eval_sums = getattr(method, "evaluation_sums", classification_sums)
         self.history: list[dict[str, Any]] = []
         self.loss_names: set[str] = set()
         self.epoch = 0
@@ -169,8 +101,7 @@ class Trainer:
 
     @property
     def student(self) -> nn.Module:
-        student = self.method.student
-        return student.module if hasattr(student, "module") else student  # unwrap DDP
+        return unwrap(self.method.student)
 
     def _payload(self, with_optimizer: bool) -> dict[str, Any]:
         payload = {**self.meta, "epoch": self.epoch, "epochs": self.epochs, "seed": self.seed,
@@ -209,7 +140,7 @@ class Trainer:
             if self.epoch == self.epochs:
                 evaluated.update({f"final/{name}": loader for name, loader in self.final_loaders.items()})
             for name, loader in evaluated.items():
-                for key, value in evaluate(self.student, loader, self.ctx, self.amp).items():
+                for key, value in evaluate(self.student, loader, self.ctx, self.amp, self.eval_sums).items():
                     record[f"{name}/{key}"] = value
             record["seconds"] = time.perf_counter() - record.pop("_start")
             self.history.append(record)
@@ -218,6 +149,7 @@ class Trainer:
                 self._log(record)
         summary = self.summary()
         if self.ctx.is_main:
+            self._hook("finish", self.run_dir)
             write_text_atomic(self.run_dir / "summary.json", json.dumps(summary, indent=2))
         barrier(self.ctx)  # every rank returns once the run folder is complete, and they leave together
         return summary
@@ -239,7 +171,7 @@ class Trainer:
             lr = self.schedule.lr_at((epoch - 1) * steps + step)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
-            with _autocast(ctx.device, self.amp):
+            with autocast(ctx.device, self.amp):
                 out = self.method(batch)
             loss = sum(term.float() for term in out.losses.values())
             self.loss_names.update(out.losses)
@@ -252,11 +184,14 @@ class Trainer:
             with torch.no_grad():
                 for name, value in {"loss": loss, **out.losses, **out.metrics}.items():
                     sums[name] = sums.get(name, 0.0) + value.detach().double() * n
-                correct += (out.logits.argmax(1) == batch.y).sum()
+                if out.logits is not None:
+                    correct += (out.logits.argmax(1) == batch.y).sum()
                 seen += n
             if not self.quiet and (step % 10 == 0 or step == steps - 1):
-                bar.set_postfix(loss=f"{sums['loss'].item() / seen.item():.4f}",
-                                acc=f"{100 * correct.item() / seen.item():.1f}%", refresh=False)
+                shown = {"loss": f"{sums['loss'].item() / seen.item():.4f}"}
+                if out.logits is not None:
+                    shown["acc"] = f"{100 * correct.item() / seen.item():.1f}%"
+                bar.set_postfix(shown, refresh=False)
             bar.update(1)
         bar.close()
         names = list(sums)
@@ -265,7 +200,8 @@ class Trainer:
         total = max(packed[-1].item(), 1.0)
         record: dict[str, Any] = {"epoch": epoch, "lr": lr, "_start": start}
         record.update({f"train/{k}": packed[i].item() / total for i, k in enumerate(names)})
-        record["train/acc"] = 100.0 * packed[-2].item() / total
+        if out.logits is not None:
+            record["train/acc"] = 100.0 * packed[-2].item() / total
         return record
 
     def _check_finite(self, loss: torch.Tensor, terms: Mapping[str, torch.Tensor], step: int) -> None:
@@ -284,9 +220,10 @@ class Trainer:
     # ---------------------------------------------------------------- outputs
     def _save_epoch(self) -> None:
         save_checkpoint(self._payload(with_optimizer=True), self.run_dir / "last.pt")
-        key = f"{self.selection}/acc"
-        earlier = [r[key] for r in self.history[:-1] if key in r]
-        if key in self.history[-1] and (not earlier or self.history[-1][key] > max(earlier)):  # ties: the earliest
+        key = f"{self.selection}/{self.metric}"
+        sign = 1 if self.goal == "max" else -1
+        earlier = [sign * r[key] for r in self.history[:-1] if key in r]
+        if key in self.history[-1] and (not earlier or sign * self.history[-1][key] > max(earlier)):  # ties: the earliest
             save_checkpoint(self._payload(with_optimizer=False), self.run_dir / "best.pt")
         if self.epoch in self.keep_epochs:
             save_checkpoint(self._payload(with_optimizer=False), self.run_dir / f"epoch_{self.epoch}.pt")
@@ -300,31 +237,39 @@ class Trainer:
         losses = ", ".join(f"{k} {v:.4f}" for k, v in train.items() if k in self.loss_names)
         diagnostics = ", ".join(f"{k} {v:.3f}" for k, v in train.items() if k not in self.loss_names)
         names = [*self.eval_loaders, *(f"final/{name}" for name in self.final_loaders)]
-        evals = "  ".join(f"{name} {record[f'{name}/acc']:.2f}%" for name in names if f"{name}/acc" in record)
+        unit = "%" if self.metric == "acc" else ""
+        evals = "  ".join(f"{name} {record[f'{name}/{self.metric}']:.2f}{unit}" for name in names
+                          if f"{name}/{self.metric}" in record)
+        train_acc = f"train {record['train/acc']:.2f}%  " if "train/acc" in record else ""
         tqdm.write(f"epoch {record['epoch']:>3}/{self.epochs}  loss {record['train/loss']:.4f} ({losses})  "
-                   f"train {record['train/acc']:.2f}%  {evals}  lr {record['lr']:.4g}  {record['seconds']:.1f}s"
+                   f"{train_acc}{evals}  lr {record['lr']:.4g}  {record['seconds']:.1f}s"
                    + (f"  | {diagnostics}" if diagnostics else ""))
 
     def summary(self) -> dict[str, Any]:
-        """Last-epoch and best-epoch test accuracy, the test accuracy at the selected epoch, timing."""
-        hist = [r for r in self.history if "test/acc" in r]  # the evaluated epochs
-        sel = max(hist, key=lambda r: (r[f"{self.selection}/acc"], -r["epoch"]))
-        best_test = max(hist, key=lambda r: (r["test/acc"], -r["epoch"]))
+        """Last-epoch and best-epoch test value of the selection metric (``test_acc_last``, ...), the
+        test value at the epoch selected on ``selection``, timing, and the final evaluations."""
+        m, sign = self.metric, (1 if self.goal == "max" else -1)
+        hist = [r for r in self.history if f"test/{m}" in r]  # the evaluated epochs
+        sel = max(hist, key=lambda r: (sign * r[f"{self.selection}/{m}"], -r["epoch"]))
+        best_test = max(hist, key=lambda r: (sign * r[f"test/{m}"], -r["epoch"]))
+        seconds = sum(r["seconds"] for r in self.history)
         return {
             "name": self.meta.get("config", {}).get("name"),
             "seed": self.seed,
             "epochs": self.epochs,
-            "test_acc_last": hist[-1]["test/acc"],
-            "test_acc_best": best_test["test/acc"],
+            f"test_{m}_last": hist[-1][f"test/{m}"],
+            f"test_{m}_best": best_test[f"test/{m}"],
             "best_test_epoch": best_test["epoch"],
             "selection": self.selection,
             "selected_epoch": sel["epoch"],
-            "test_acc_selected": sel["test/acc"],
-            "val_acc_best": sel["val/acc"] if self.selection == "val" else None,
-            "seconds": sum(r["seconds"] for r in self.history),
-            "seconds_per_epoch": sum(r["seconds"] for r in self.history) / len(self.history),
+            f"test_{m}_selected": sel[f"test/{m}"],
+            f"val_{m}_best": sel[f"val/{m}"] if self.selection == "val" else None,
+            **{k.replace("/", "_"): v for k, v in hist[-1].items() if k.startswith(("test/", "val/"))
+               and not k.endswith(f"/{m}")},
+            "seconds": seconds,
+            "seconds_per_epoch": seconds / len(self.history),
             "parameters": sum(p.numel() for p in self.student.parameters()),
-            "final_acc": {k.split("/")[1]: v for k, v in self.history[-1].items()
-                          if k.startswith("final/") and k.endswith("/acc")},
+            f"final_{m}": {k.split("/")[1]: v for k, v in self.history[-1].items()
+                           if k.startswith("final/") and k.endswith(f"/{m}")},
             "finished": True,
         }

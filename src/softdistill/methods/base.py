@@ -1,18 +1,24 @@
 """The method interface and its registry.
 
-A :class:`Method` is an ``nn.Module`` that holds the student (and, if it needs one, a soft-label
-source such as a frozen teacher) and maps a batch to a :class:`~softdistill.types.StepOutput`.
-The trainer only ever calls ``method(batch)`` and ``method.student``; it knows no method by name.
+A :class:`Method` is an ``nn.Module`` that holds the student (and, if it learns from soft labels,
+a soft-label source, :mod:`softdistill.targets`) and maps a batch to a
+:class:`~softdistill.types.StepOutput`.  The trainer only ever calls ``method(batch)``, the hooks
+below and ``method.student``; it knows no method by name.  What a method needs from its source
+and its views is declared in class attributes and checked when the recipe loads
+(:mod:`softdistill.compatibility`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 from torch import nn
 
+from softdistill.registry import Registry
+from softdistill.targets.base import Dependency
 from softdistill.types import Batch, MethodContext, StepOutput
 
 __all__ = ["Method", "MethodConfig", "register_method", "registry"]
@@ -24,31 +30,36 @@ class MethodConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
     name: str
 
+    def dependencies(self) -> list[Dependency]:
+        """Other recipes or files this method's settings name (e.g. HARD's VAE), resolved like the source's."""
+        return []
 
-registry: dict[str, type["Method"]] = {}
 
-
-def register_method(cls: type["Method"]) -> type["Method"]:
-    """Class decorator: make a method reachable from recipes under ``cls.Config``'s name."""
-    name = cls.Config.model_fields["name"].default
-    if not isinstance(name, str):
-        raise TypeError(f"{cls.__name__}.Config.name needs a default (the method's recipe name)")
-    if name in registry and registry[name] is not cls:
-        raise ValueError(f"method name {name!r} is registered twice")
-    registry[name] = cls
-    return cls
+registry = Registry("method", "name", "softdistill.methods")
+register_method = registry.register
 
 
 class Method(nn.Module):
-    """Base class.  ``needs_teacher`` says whether the recipe must provide a soft-label source."""
+    """Base class.
+
+    ``uses_soft_labels``: the recipe must give a soft-label source (held as ``self.teacher``);
+    ``mixed_views``: the method learns from mixed views (batches with ``y_b`` and ``lam``);
+    ``source_needs``: capabilities the source must serve beyond soft labels of the plan's views
+    (see :mod:`softdistill.compatibility`).
+    """
 
     Config: ClassVar[type[MethodConfig]] = MethodConfig
-    needs_teacher: ClassVar[bool] = False
+    uses_soft_labels: ClassVar[bool] = False
+    mixed_views: ClassVar[bool] = False
+    source_needs: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, config: MethodConfig, student: nn.Module, num_classes: int,
                  teacher: nn.Module | None = None, context: MethodContext | None = None) -> None:
         super().__init__()
-        self.check_teacher(teacher is not None)
+        if self.uses_soft_labels != (teacher is not None):
+            name = self.Config.model_fields["name"].default
+            raise ValueError(f"method {name!r} " + ("needs a soft-label source" if self.uses_soft_labels
+                                                   else "takes no soft-label source"))
         self.config = config
         self.student = student
         self.teacher = teacher
@@ -57,6 +68,10 @@ class Method(nn.Module):
 
     def forward(self, batch: Batch) -> StepOutput:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def wrap(self, wrapper: Callable[[nn.Module], nn.Module]) -> None:
+        """Wrap the modules the trainer's optimiser trains (compile, DDP): the student by default."""
+        self.student = wrapper(self.student)
 
     # Hooks the trainer calls; the defaults do nothing.
     def trainable_parameters(self) -> list[nn.Parameter]:
@@ -78,12 +93,3 @@ class Method(nn.Module):
     def load_training_state(self, state: dict[str, Any]) -> None:
         if state:
             raise ValueError(f"{type(self).__name__} keeps no training state, but the checkpoint has {sorted(state)}")
-
-    @classmethod
-    def check_teacher(cls, has_teacher: bool) -> None:
-        """Raise ValueError when a teacher is missing for a method that needs one, or given to one that does not."""
-        name = cls.Config.model_fields["name"].default
-        if cls.needs_teacher and not has_teacher:
-            raise ValueError(f"method {name!r} needs a teacher: add a 'teacher' section to the recipe")
-        if not cls.needs_teacher and has_teacher:
-            raise ValueError(f"method {name!r} does not use a teacher: remove the 'teacher' section")

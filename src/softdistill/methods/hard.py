@@ -25,15 +25,17 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-import torch.distributed as dist
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import Tensor, nn
 
 from softdistill.augment.learned import AffineAugmentor, Augmentor, VAEAugmentor
 from softdistill.augment.vae import load_vae
 from softdistill.augment.visualize import save_image_grid
+from softdistill.compatibility import INPUT_GRAD, ONLINE
+from softdistill.engine.wrap import unwrap
 from softdistill.losses import cross_entropy, kd_loss, teacher_student_divergence
 from softdistill.methods.base import Method, MethodConfig, register_method
+from softdistill.targets.base import Dependency
 from softdistill.metrics.bias_variance import regularization_stats
 from softdistill.types import Batch, MethodContext, StepOutput
 
@@ -71,7 +73,8 @@ class VAESettings(_Section):
 class HardKD(Method):
     """See the module docstring for the game; the trainer sees only the student's step."""
 
-    needs_teacher = True
+    uses_soft_labels = True
+    source_needs = frozenset({ONLINE, INPUT_GRAD})
 
     class Config(MethodConfig):
         name: Literal["hard"] = "hard"
@@ -95,6 +98,11 @@ class HardKD(Method):
         visualize_points: int = Field(4, ge=0, description="epochs at which the grid of augmented samples grows")
         visualize_samples: int = Field(8, ge=1, le=64)
 
+        def dependencies(self) -> list[Dependency]:
+            if self.augmentor != "vae" or self.vae.path is None:
+                return []
+            return [Dependency("method.vae.path", self.vae.path, "vae")]
+
         @model_validator(mode="after")
         def _vae_needs_path(self) -> "HardKD.Config":
             if self.augmentor == "vae" and self.vae.path is None:
@@ -105,10 +113,6 @@ class HardKD(Method):
     def __init__(self, config: Config, student: nn.Module, num_classes: int, teacher: nn.Module | None = None,
                  context: MethodContext | None = None) -> None:
         super().__init__(config, student, num_classes, teacher, context)
-        if not hasattr(teacher, "logits_with_input_grad"):
-            raise ValueError("method 'hard' needs a teacher model run online, since the augmentor differentiates "
-                             "through it and new inputs need new soft labels: set teacher.cache: false (cached "
-                             "logits and weak-supervision tables know only the training images)")
         if context is None:
             raise ValueError("method 'hard' needs the input shape and normalisation (a MethodContext)")
         self.augmentor = build_augmentor(config, context)
@@ -123,6 +127,16 @@ class HardKD(Method):
         self.snapshots: list[dict[str, Any]] = []
 
     # ------------------------------------------------------------------ trainer hooks
+    def wrap(self, wrapper) -> None:
+        """The student and the augmentor are both trained: both are wrapped (DDP syncs the augmentor's
+        gradients like the student's)."""
+        super().wrap(wrapper)
+        self.augmentor = wrapper(self.augmentor)
+
+    @property
+    def plain_augmentor(self) -> Augmentor:
+        return unwrap(self.augmentor)
+
     def trainable_parameters(self) -> list[nn.Parameter]:
         """The student's parameters only: the augmentor has its own optimiser."""
         return [p for name, p in self.named_parameters() if p.requires_grad and not name.startswith("augmentor.")]
@@ -141,7 +155,7 @@ class HardKD(Method):
         if epoch not in self.visual_epochs or self.visual_clean is None:
             return
         with torch.no_grad():
-            augmented = self.augmentor(self.visual_clean, self.visual_noise)
+            augmented = self.plain_augmentor(self.visual_clean, self.visual_noise)
         self.snapshots.append({"epoch": epoch, "images": augmented.float().cpu()})
         if report_dir is not None:
             self.save_grid(report_dir / GRID_FILE)
@@ -149,7 +163,7 @@ class HardKD(Method):
     def save_grid(self, path: Path) -> Path:
         """Clean samples (top row) and their augmentations at each recorded epoch."""
         assert self.visual_clean is not None
-        to_pixels = self.augmentor.to_unit_range
+        to_pixels = self.plain_augmentor.to_unit_range
         rows = [("clean", to_pixels(self.visual_clean).cpu())]
         rows += [(f"epoch {s['epoch']}", to_pixels(s["images"].to(self.visual_clean.device)).cpu())
                  for s in self.snapshots]
@@ -157,7 +171,7 @@ class HardKD(Method):
                                                  "and noise, as the augmentor changes them over training")
 
     def training_state(self) -> dict[str, Any]:
-        state: dict[str, Any] = {"augmentor": self.augmentor.learned_state(),
+        state: dict[str, Any] = {"augmentor": self.plain_augmentor.learned_state(),
                                  "augmentor_optimizer": self.augmentor_optimizer.state_dict(),
                                  "snapshots": self.snapshots, "visual_clean": self.visual_clean,
                                  "visual_noise": self.visual_noise}
@@ -166,7 +180,7 @@ class HardKD(Method):
         return state
 
     def load_training_state(self, state: dict[str, Any]) -> None:
-        self.augmentor.load_learned_state(state["augmentor"])
+        self.plain_augmentor.load_learned_state(state["augmentor"])
         self.augmentor_optimizer.load_state_dict(state["augmentor_optimizer"])
         self.snapshots = list(state["snapshots"])
         self.visual_clean, self.visual_noise = state["visual_clean"], state["visual_noise"]
@@ -178,7 +192,7 @@ class HardKD(Method):
         x, y = batch.x, batch.y
         if self.visual_clean is None:
             self.visual_clean = x[:c.visualize_samples].detach().clone()
-            self.visual_noise = self.augmentor.draw_noise(len(self.visual_clean), x.device,
+            self.visual_noise = self.plain_augmentor.draw_noise(len(self.visual_clean), x.device,
                                                           torch.Generator().manual_seed(0))
         metrics: dict[str, Tensor] = {}
         inputs, augmented_teacher = x, None
@@ -187,8 +201,8 @@ class HardKD(Method):
             metrics.update(self._augmentor_steps(x[chosen], y[chosen]))
             with torch.no_grad():
                 augmented = self.augmentor(x[chosen], strength=self._draw_strength(len(chosen), x.device))
-            metrics.update(self.augmentor.statistics())
-            augmented_teacher = self.teacher(batch.with_(x=augmented, y=y[chosen], index=batch.index[chosen]))
+            metrics.update(self.plain_augmentor.statistics())
+            augmented_teacher = self.teacher(augmented)
             inputs = torch.cat([x, augmented])
         all_logits = self.student(inputs)
         n, total = len(batch), inputs.shape[0]
@@ -209,7 +223,7 @@ class HardKD(Method):
     def _augmentor_steps(self, x: Tensor, y: Tensor) -> dict[str, Tensor]:
         """Update the augmentor ``augmentor_steps`` times; the student and teacher get no gradient."""
         c = self.config
-        student = getattr(self.student, "module", self.student)  # never through DDP: no gradient sync here
+        student = unwrap(self.student)  # never through DDP: the student gets no gradient here
         was_training = student.training
         student.train(c.student_mode == "train")
         params = [p for p in self.augmentor.parameters() if p.requires_grad]
@@ -222,17 +236,14 @@ class HardKD(Method):
                 divergence = teacher_student_divergence(student(augmented), teacher_logits, c.temperature)
                 teacher_ce = cross_entropy(teacher_logits, y)
                 objective = (-divergence + c.teacher_ce_weight * teacher_ce
-                             + c.magnitude_weight * self.augmentor.magnitude())
-                grads = torch.autograd.grad(scaler.scale(objective), params)
-                _average_over_ranks(grads)
-                for p, g in zip(params, grads):
-                    p.grad = g
+                             + c.magnitude_weight * self.plain_augmentor.magnitude())
+                scaler.scale(objective).backward(inputs=params)  # the augmentor only; DDP averages over ranks
                 scaler.step(self.augmentor_optimizer)
                 scaler.update()
                 self.augmentor_optimizer.zero_grad(set_to_none=True)
                 if not first:
                     first = {"adv_divergence": divergence.detach(), "adv_teacher_ce": teacher_ce.detach(),
-                             "adv_magnitude": self.augmentor.magnitude().detach()}
+                             "adv_magnitude": self.plain_augmentor.magnitude().detach()}
         finally:
             student.train(was_training)
         return first
@@ -250,15 +261,6 @@ class HardKD(Method):
         return self.scaler
 
 
-def _average_over_ranks(grads: tuple[Tensor, ...]) -> None:
-    """Under DDP, every rank's augmentor takes the same step: average its gradients in place."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return
-    for g in grads:  # a few small tensors: one all-reduce each
-        dist.all_reduce(g)
-        g /= dist.get_world_size()
-
-
 def build_augmentor(config: HardKD.Config, context: MethodContext) -> Augmentor:
     """The augmentor a HARD config names, for the run's input shape and normalisation."""
     spec = context.inputs
@@ -268,7 +270,7 @@ def build_augmentor(config: HardKD.Config, context: MethodContext) -> Augmentor:
                                rotate=a.rotate, scale=a.scale, shear=a.shear, noise_dim=a.noise_dim, width=a.width)
     v = config.vae
     assert v.path is not None
-    path = context.resolve_artifact(v.path)
+    path = context.resolve_artifact(config.dependencies()[0])
     vae, info = load_vae(path)
     shape = (info["data"]["in_channels"], info["data"]["image_size"])
     if shape != (spec.in_channels, spec.image_size):

@@ -1,6 +1,8 @@
 """KD on mixed samples with isotonic correction: IDA (Cui & Yan, IJCAI 2021).
 
-One method, four named variants (all with the teacher evaluated on the mixed input):
+One method, four named variants (all with the teacher evaluated on the mixed input).  The
+mixed views come from the data section (``data.augment.mix``, ``mix_alpha``; see
+:mod:`softdistill.data.views`), so a batch arrives mixed, with ``y`` (label a), ``y_b`` and ``lam``:
 
 - ``correction: none``                      KD-aug: ``alpha KL_T(z_t, z_s) + (1 - alpha) CE_mix``
 - ``correction: replace``                   KD-i:   ``alpha KL_T(IR(z_t), z_s) + (1 - alpha) CE_mix``
@@ -18,41 +20,48 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 
-from softdistill.augment import cutmix, mixup
 from softdistill.isotonic import isotonic_logits, order_penalty
 from softdistill.losses import kd_loss, mixed_cross_entropy
 from softdistill.methods.base import Method, MethodConfig, register_method
 from softdistill.metrics.ordering import order_concordance, top2_hit_rate
 from softdistill.types import Batch, StepOutput
 
-MIXERS = {"mixup": mixup, "cutmix": cutmix}
+MOVED_TO_DATA = ("mix", "mix_alpha", "per_sample")
 
 
 @register_method
 class IsotonicKD(Method):
     """See the module docstring for the four variants and their formulas."""
 
-    needs_teacher = True
+    uses_soft_labels = True
+    mixed_views = True
 
     class Config(MethodConfig):
         name: Literal["ida"] = "ida"
-        mix: Literal["mixup", "cutmix"] = "mixup"
-        mix_alpha: float = Field(1.0, gt=0, description="lam ~ Beta(mix_alpha, mix_alpha)")
-        per_sample: bool = Field(False, description="one lam per sample instead of one per batch")
         alpha: float = Field(0.95, ge=0, le=1, description="weight of the soft term")
         temperature: float = Field(4.5, gt=0)
         correction: Literal["none", "replace", "add"] = "none"
         sigma: float = Field(2.0, ge=0, description="weight of the added KD-i term (correction: add)")
         order_penalty: float = Field(0.0, ge=0, description="KD-p: weight of the order penalty (authors: 2)")
 
+        @model_validator(mode="before")
+        @classmethod
+        def _mixing_moved(cls, raw: object) -> object:
+            moved = [k for k in MOVED_TO_DATA if isinstance(raw, dict) and k in raw]
+            if moved:
+                raise ValueError(f"method.{moved[0]} moved to the data section: write data.augment: {{mix: mixup | "
+                                 "cutmix, mix_alpha: A} (lambda is drawn per sample, see docs/data.md)")
+            return raw
+
     def forward(self, batch: Batch) -> StepOutput:
         c = self.config
-        x, y_a, y_b, lam = MIXERS[c.mix](batch.x, batch.y, c.mix_alpha, c.per_sample)
-        mixed = batch.with_(x=x, y=y_a, y_b=y_b, lam=lam)
-        logits = self.student(mixed.x)
-        teacher_logits = self.teacher(mixed)
+        if batch.y_b is None or batch.lam is None:
+            raise ValueError("method 'ida' needs mixed views: set data.augment.mix")
+        y_a, y_b, lam = batch.y, batch.y_b, batch.lam
+        logits = self.student(batch.x)
+        teacher_logits = self.teacher(batch)
         losses = {"ce_mix": (1 - c.alpha) * mixed_cross_entropy(logits, y_a, y_b, lam)}
         metrics = {"teacher_concordance": torch.tensor(order_concordance(teacher_logits, y_a, y_b, lam)),
                    "teacher_top2": torch.tensor(top2_hit_rate(teacher_logits, y_a, y_b))}

@@ -20,7 +20,7 @@ class KnowledgeDistillation(Method):
     all this method with different teachers) or cached teacher logits.
     """
 
-    needs_teacher = True
+    uses_soft_labels = True
 
     class Config(MethodConfig):
         name: Literal["kd"] = "kd"

@@ -12,6 +12,8 @@ labels are heavily biased yet informative.  The loss (formulas and reasoning in 
 are k - 1 wrong classes drawn at random *per sample*, fixed across epochs (a hash of the sample
 index and ``seed``), so that the wrong classes in the top-k are spread over the classes (low
 ambiguity) instead of one class that leads for every input or the classes that look alike.
+The draw is a hash of the sample id (:mod:`softdistill.hashing`), so it does not depend on the
+batch, the epoch or the data split.
 """
 
 from __future__ import annotations
@@ -23,36 +25,23 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor
 
+from softdistill.hashing import hash_keys
 from softdistill.losses import at_least_float32
 from softdistill.methods.base import Method, MethodConfig, register_method
 from softdistill.types import Batch, StepOutput
 
 __all__ = ["SkillfulButBad", "sbt_distractors", "sbt_losses"]
 
-_MASK = 2**31 - 1
+def sbt_distractors(sample_ids: Tensor, labels: Tensor, num_classes: int, count: int, seed: int = 0) -> Tensor:
+    """``count`` distinct wrong classes per sample (B x count), a fixed function of (sample id, seed).
 
-
-def _mix(x: Tensor) -> Tensor:
-    """An integer hash on 31 bits (xor-shift / multiply rounds; products stay below 2^62)."""
-    x = x & _MASK
-    x = x ^ (x >> 15)
-    x = (x * 0x2C1B3C6D) & _MASK
-    x = x ^ (x >> 12)
-    x = (x * 0x297A2D39) & _MASK
-    return x ^ (x >> 15)
-
-
-def sbt_distractors(index: Tensor, labels: Tensor, num_classes: int, count: int, seed: int = 0) -> Tensor:
-    """``count`` distinct wrong classes per sample (B x count), a fixed function of (index, seed).
-
-    Every wrong class gets a pseudo-random key from the sample index, the seed and its offset; the
+    Every wrong class gets a pseudo-random key from the seed, the sample id and its offset; the
     ``count`` smallest keys win.  The same sample gets the same classes in every epoch and batch.
     """
     if not 0 <= count <= num_classes - 1:
         raise ValueError(f"count must lie in [0, {num_classes - 1}], got {count}")
     offsets = torch.arange(1, num_classes, device=labels.device)  # y + offset (mod K) is a wrong class
-    base = _mix(_mix(index.long().view(-1, 1)) ^ _mix(torch.tensor(seed, device=labels.device).long() + 0x5BD1E995))
-    keys = _mix(base ^ _mix(offsets.view(1, -1) * 0x9E3779B))
+    keys = hash_keys(seed, sample_ids.to(labels.device).view(-1, 1), offsets.view(1, -1))
     chosen = keys.argsort(dim=1, stable=True)[:, :count]
     return (labels.long().view(-1, 1) + 1 + chosen) % num_classes
 
@@ -102,7 +91,7 @@ class SkillfulButBad(Method):
         c = self.config
         if c.k > self.num_classes - 1:
             raise ValueError(f"sbt: k = {c.k} needs at least {c.k + 1} classes, the data has {self.num_classes}")
-        distractors = sbt_distractors(batch.index, batch.y, self.num_classes, c.k - 1, c.seed)
+        distractors = sbt_distractors(batch.sample_id, batch.y, self.num_classes, c.k - 1, c.seed)
         terms = sbt_losses(logits, batch.y, distractors, k=c.k, punish=c.punish, compensate=c.compensate,
                            push=c.push, margin=c.margin)
         with torch.no_grad():

@@ -64,7 +64,7 @@ def soft_label_targets(source: torch.nn.Module, batch: Batch, temperature: float
 class SoftLabelLearning(Method):
     """A student that sees only the soft labels of its source; see the module docstring."""
 
-    needs_teacher = True
+    uses_soft_labels = True
 
     class Config(MethodConfig):
         name: Literal["soft-label"] = "soft-label"

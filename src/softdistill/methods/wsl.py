@@ -21,7 +21,7 @@ class WeightedSoftLabels(Method):
     label by the teacher's argmax everywhere (weights and CE), so no ground truth is used.
     """
 
-    needs_teacher = True
+    uses_soft_labels = True
 
     class Config(MethodConfig):
         name: Literal["wsl"] = "wsl"

@@ -34,11 +34,12 @@ from softdistill.checkpoint import CheckpointError, load_checkpoint, model_from_
 from softdistill.data.loader import BatchLoader, BatchTransform, TensorSet
 from softdistill.data.prepare import DataBundle, prepare_from_spec
 from softdistill.engine.distributed import resolve_device
+from softdistill.engine.predict import predict
 from softdistill.metrics.bias_variance import regularization_stats
 from softdistill.metrics.ordering import order_concordance, top2_hit_rate
 from softdistill.metrics.soft_labels import (ambiguity_matrix, calibration_bins, expected_calibration_error,
                                             soft_label_indicators)
-from softdistill.targets.table import SOFT_LABEL_FORMAT, load_soft_labels
+from softdistill.targets.table import SOFT_LABEL_FORMAT, load_soft_labels, rows_for_split
 
 __all__ = ["InspectResult", "inspect_soft_labels", "REPORT_FILES"]
 
@@ -77,14 +78,10 @@ def _split(bundle: DataBundle, split: str, what: str) -> TensorSet:
     return chosen
 
 
-@torch.no_grad()
 def _logits(model: nn.Module, images: TensorSet, normalization: dict[str, list[float]], device: torch.device,
             batch_size: int) -> Tensor:
-    model = model.to(device).eval()
     loader = BatchLoader(images.to(device), batch_size, BatchTransform(normalization["mean"], normalization["std"]))
-    with torch.inference_mode():
-        out = [model(batch.x).float().cpu() for batch in loader]
-    return torch.cat(out)
+    return predict(model.to(device), loader).logits.cpu()
 
 
 @torch.no_grad()
@@ -134,13 +131,16 @@ def _read_source(path: Path, data: str | None, split: str, root: str | None, dev
         spec = table["data"]
         images = None
         names = tuple(table["class_names"] or [str(i) for i in range(table["soft_labels"].shape[1])])
+        soft, labels = table["soft_labels"], table["labels"]
         if spec:
             bundle = prepare_from_spec(spec, root=root)
             images = _split(bundle, spec.get("split", "train"), str(path))
-            if not torch.equal(images.labels, table["labels"]):
-                raise ValueError(f"{path}: its labels differ from those of the split its 'data' entry names ({spec})")
+            try:
+                soft, labels = rows_for_split(table, images)
+            except ValueError as exc:
+                raise ValueError(f"{exc} (the split its 'data' entry names: {spec})") from None
             names = bundle.class_names if not table["class_names"] else names
-        return _Source("file", path, table["soft_labels"], table["labels"], names, images, None, None,
+        return _Source("file", path, soft, labels, names, images, None, None,
                        dict(spec or {}), None)
     raise CheckpointError(f"{path} is neither a softdistill checkpoint ({CHECKPOINT_FORMAT}) nor a soft-label file "
                           f"({SOFT_LABEL_FORMAT}; see softdistill.targets.table)")

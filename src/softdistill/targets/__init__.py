@@ -1,10 +1,23 @@
-"""Soft-label sources: modules that map a batch to teacher logits (B x K).
+"""Soft-label sources: modules that map a batch to soft labels as B x K logits.
 
-Every source is an ``nn.Module`` whose ``forward(batch)`` returns logits, so a method can take
-any of them where it needs a teacher: a trained model, cached logits of one, or (in later
-modules) a designed virtual teacher.
+One interface (:class:`~softdistill.targets.base.SoftLabelSource`), one registry: the teacher run
+online (``teacher``), its logits cached per view (``cache``), weak-supervision tables (``weak``).
+Every module of this package is imported on first use, so a new source touches one file.
 """
 
+from __future__ import annotations
+
+from softdistill.targets.base import (Dependency, SoftLabelSource, SourceConfig, SourceSetup, register_source,
+                                      source_registry)
 from softdistill.targets.teacher import CachedTeacher, FrozenTeacher, load_teacher
 
-__all__ = ["FrozenTeacher", "CachedTeacher", "load_teacher"]
+__all__ = ["SoftLabelSource", "SourceConfig", "SourceSetup", "Dependency", "register_source", "source_names",
+           "source_class", "FrozenTeacher", "CachedTeacher", "load_teacher"]
+
+
+def source_names() -> list[str]:
+    return source_registry.names()
+
+
+def source_class(name: str) -> type[SoftLabelSource]:
+    return source_registry.get(name)

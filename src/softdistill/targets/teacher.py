@@ -1,21 +1,63 @@
-"""Trained teachers as soft-label sources: frozen online, or cached by sample index."""
+"""Trained teachers as soft-label sources: run online (``source: teacher``) or cached in memory
+per view (``source: cache``)."""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Sequence
+import re
+from collections.abc import Sequence
+from typing import Literal
 
 import torch
+from pydantic import Field, model_validator
 from torch import Tensor, nn
 
 from softdistill.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
+from softdistill.compatibility import ANY_VIEW, INPUT_GRAD, MIXED, ONLINE
+from softdistill.engine.predict import predict
+from softdistill.targets.base import Dependency, SoftLabelSource, SourceConfig, SourceSetup, register_source
 from softdistill.types import Batch
 
-__all__ = ["FrozenTeacher", "CachedTeacher", "load_teacher"]
+__all__ = ["TeacherConfig", "FrozenTeacher", "CachedTeacher", "load_teacher"]
 
 
-class FrozenTeacher(nn.Module):
+class TeacherConfig(SourceConfig):
+    """Where a teacher comes from: a checkpoint file, or a recipe that is trained first if needed.
+
+    Both paths are relative to the recipe's folder.
+    """
+
+    checkpoint: str | None = Field(None, description="path of a softdistill checkpoint")
+    recipe: str | None = Field(None, description="teacher recipe; trained once, then reused")
+    select: str = Field("best", description="which checkpoint of the teacher recipe's run: best | last | epoch_N")
+    batchnorm_train_mode: bool = Field(False, description="run the teacher's BatchNorm in training mode (a quirk of "
+                                                          "some reference code; off = frozen statistics)")
+
+    @model_validator(mode="after")
+    def _one_origin(self) -> "TeacherConfig":
+        if (self.checkpoint is None) == (self.recipe is None):
+            raise ValueError("give exactly one of soft_labels.checkpoint or soft_labels.recipe")
+        if not re.fullmatch(r"best|last|epoch_\d+", self.select):
+            raise ValueError(f"soft_labels.select must be best, last or epoch_N, got {self.select!r}")
+        return self
+
+    def dependencies(self) -> list[Dependency]:
+        if self.checkpoint is not None:
+            return [Dependency("soft_labels.checkpoint", self.checkpoint, "model")]
+        assert self.recipe is not None
+        return [Dependency("soft_labels.recipe", self.recipe, "model", self.select)]
+
+    def teacher(self, setup: SourceSetup) -> "FrozenTeacher":
+        d = setup.data
+        path = setup.product(self.dependencies()[0])
+        return load_teacher(path, d.num_classes, d.in_channels, d.mean, d.std, self.batchnorm_train_mode).to(setup.device)
+
+
+@register_source
+class FrozenTeacher(SoftLabelSource):
     """A trained model used as a teacher: no gradients, eval mode, run under inference mode.
+
+    Run online, it serves every view, mixed views, new inputs and gradients with respect to them.
 
     ``train()`` never puts the model in training mode (BatchNorm keeps its running statistics),
     unless ``batchnorm_train_mode`` asks for it: some reference code ran its ImageNet teacher with
@@ -24,6 +66,15 @@ class FrozenTeacher(nn.Module):
     When the teacher was trained with a different input normalisation than the student's data
     uses, ``input_scale``/``input_shift`` (per channel) map the student's inputs to the teacher's.
     """
+
+    serves = frozenset({ONLINE, INPUT_GRAD, MIXED, ANY_VIEW})
+
+    class Config(TeacherConfig):
+        source: Literal["teacher"] = "teacher"
+
+    @classmethod
+    def build(cls, config: TeacherConfig, setup: SourceSetup) -> "FrozenTeacher":
+        return config.teacher(setup)
 
     def __init__(self, model: nn.Module, input_scale: Sequence[float] | None = None,
                  input_shift: Sequence[float] | None = None, batchnorm_train_mode: bool = False) -> None:
@@ -61,40 +112,55 @@ class FrozenTeacher(nn.Module):
         return self.model(x)
 
 
-class CachedTeacher(nn.Module):
-    """Teacher logits computed once per training sample and looked up by ``batch.index``.
+@register_source
+class CachedTeacher(SoftLabelSource):
+    """Teacher logits computed once per (sample, view) of the plan and looked up by ``(batch.sample_id, batch.view)``.
 
-    Valid only when the training inputs are not randomly augmented: a cached soft label belongs
-    to the clean view of its sample (architecture trap 8).  The runner refuses the combination.
+    A plan that does not augment has one view per sample, the clean image; an augmenting plan
+    needs a fixed number of views (``data.views: V``), each labelled once, in V passes of the
+    teacher over the training split (architecture trap 8: a soft label belongs to its view).
+    Mixed views are not cached (they need a store or the teacher online).
     """
 
-    def __init__(self, logits: Tensor) -> None:
-        super().__init__()
-        if logits.dim() != 2:
-            raise ValueError(f"cached logits must be N x K, got {tuple(logits.shape)}")
-        self.register_buffer("logits", logits.detach().float())
+    serves: frozenset[str] = frozenset()
+
+    class Config(TeacherConfig):
+        source: Literal["cache"] = "cache"
 
     @classmethod
-    @torch.no_grad()
-    def from_teacher(cls, teacher: nn.Module, batches: Iterable[Batch], num_samples: int) -> "CachedTeacher":
-        """Run ``teacher`` once over ``batches`` (clean, every index in [0, num_samples) once)."""
-        table: Tensor | None = None
-        seen = 0
-        for batch in batches:
-            out = teacher(batch).float()
-            if table is None:
-                table = torch.full((num_samples, out.shape[1]), float("nan"), device=out.device)
-            table[batch.index.to(out.device)] = out
-            seen += len(batch)
-        if table is None or seen != num_samples or torch.isnan(table).any():
-            raise ValueError(f"teacher cache saw {seen} samples, expected each of {num_samples} exactly once")
-        return cls(table)
+    def build(cls, config: TeacherConfig, setup: SourceSetup) -> "CachedTeacher":
+        teacher = config.teacher(setup)
+        loader = setup.train_loader()
+        views = setup.plan.distinct_views
+        assert views is not None, "the compatibility rules refuse a cache of unbounded views"
+        logits = torch.stack([predict(teacher, loader.in_order(v)).logits for v in range(views)], dim=1)
+        return cls(loader.data.ids, logits)
+
+    def __init__(self, sample_ids: Tensor, logits: Tensor) -> None:
+        """``logits``: N x V x K for the N samples ``sample_ids`` and their V views (or N x K: one view)."""
+        super().__init__()
+        if logits.dim() == 2:
+            logits = logits.unsqueeze(1)
+        if logits.dim() != 3 or sample_ids.shape != logits.shape[:1]:
+            raise ValueError(f"cached logits must be N x V x K for N sample ids, got {tuple(logits.shape)} and "
+                             f"{tuple(sample_ids.shape)} ids")
+        order = torch.argsort(sample_ids.cpu())
+        self.register_buffer("ids", sample_ids.cpu().long()[order].to(logits.device))
+        self.register_buffer("logits", logits.detach().float()[order.to(logits.device)])
+
+    @property
+    def views(self) -> int:
+        return self.logits.shape[1]
 
     def forward(self, batch: Batch) -> Tensor:
         if batch.is_mixed:
-            raise ValueError("a cached teacher only knows the clean training images, not mixed ones: "
-                             "set teacher.cache: false for methods that mix samples")
-        return self.logits[batch.index.to(self.logits.device)]
+            raise ValueError("a cached teacher knows the views of single samples, not mixed ones")
+        ids = batch.sample_id.to(self.ids.device)
+        rows = torch.searchsorted(self.ids, ids).clamp_max(len(self.ids) - 1)
+        if not torch.equal(self.ids[rows], ids) or bool((batch.view >= self.views).any()):
+            raise ValueError(f"a sample id or view of the batch is not in the cache ({len(self.ids)} samples x "
+                             f"{self.views} views)")
+        return self.logits[rows, batch.view.to(self.ids.device)]
 
 
 def load_teacher(path: str | os.PathLike, num_classes: int, in_channels: int,

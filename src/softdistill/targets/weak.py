@@ -11,23 +11,26 @@ measures what it built: the unreliability ``Delta_k`` and ambiguity ``gamma_k`` 
 - :func:`incomplete_labels` then :func:`pseudo_labels`: a labelled fraction (one-hot; every other
   row empty = no supervision), then rounds of soft pseudo-labels from the current model.
 
-:func:`weak_source` builds the table a recipe's ``weak`` section asks for.
+:class:`WeakTable` is the soft-label source ``soft_labels: {source: weak, kind: ...}``: it builds the
+table from the training labels (or reads a soft-label file) when the run starts.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import torch
+from pydantic import Field, model_validator
 from torch import Tensor
 
 from softdistill.metrics.soft_labels import ambiguity_degree, soft_label_indicators, unreliability_degree
-from softdistill.targets.table import SoftLabelTable, load_soft_labels
+from softdistill.targets.base import Dependency, SourceConfig, SourceSetup, register_source
+from softdistill.targets.table import SoftLabelTable, load_soft_labels, rows_for_split
 
 __all__ = ["WeakLabels", "partial_labels", "noisy_labels", "incomplete_labels", "pseudo_labels",
-           "partial_ambiguity_range", "weak_source"]
+           "partial_ambiguity_range", "WeakConfig", "WeakTable"]
 
 
 @dataclass
@@ -59,9 +62,6 @@ class WeakLabels:
                 "condition": self.unreliability + self.ambiguity < 1.0,
                 "supervised_share": self.supervised.float().mean().item(), "samples": len(self.labels),
                 "params": self.params}
-
-    def source(self) -> SoftLabelTable:
-        return SoftLabelTable(self.soft_labels)
 
 
 def _measure(kind: str, soft: Tensor, labels: Tensor, k: int, params: dict[str, Any]) -> WeakLabels:
@@ -204,31 +204,68 @@ def pseudo_labels(base: WeakLabels, model_probs: Tensor, *, round: int, k: int =
     return _measure("incomplete", soft, base.labels, k, params)
 
 
-def weak_source(config: Any, labels: Tensor, num_classes: int, seed: int) -> tuple[SoftLabelTable, dict[str, Any]]:
-    """The table a recipe's ``weak`` section describes (see :class:`softdistill.config.WeakConfig`),
-    built from the training labels, and the report of what was built.
+class WeakConfig(SourceConfig):
+    """Weak supervision as soft labels, built from the training labels and looked up by sample id.
 
-    ``seed`` is the draw's seed (the section's own ``seed`` or else the run seed).  A ``file`` table
-    must list the same labels as the training split, in the same order.
+    For methods that learn from soft labels (use ``soft-label``); see docs/methods.md,
+    "Weak supervision as soft labels".
     """
-    kind = config.kind
-    if kind == "partial":
-        built = partial_labels(labels, num_classes, k=config.k, unreliability=config.unreliability,
-                               ambiguity=config.ambiguity, seed=seed)
-    elif kind == "noise":
-        built = noisy_labels(labels, num_classes, scale=config.scale, k=config.k, seed=seed)
-    elif kind == "incomplete":
-        built = incomplete_labels(labels, num_classes, labelled_fraction=config.labelled_fraction, seed=seed)
-    elif kind == "file":
-        blob = load_soft_labels(config.path)
-        file_labels = blob["labels"]
-        if blob["soft_labels"].shape[1] != num_classes:
-            raise ValueError(f"weak.path {config.path}: {blob['soft_labels'].shape[1]} classes, the data has {num_classes}")
-        if file_labels.shape != labels.shape or not torch.equal(file_labels, labels.cpu().long()):
-            raise ValueError(f"weak.path {config.path}: its labels are not those of this recipe's training split "
-                             f"({len(file_labels)} rows against {len(labels)} samples, or another order); the "
-                             "file must come from the same data, val_size, per_class and split_seed")
-        built = _measure("file", blob["soft_labels"], file_labels, config.k, {"path": str(config.path), **blob["meta"]})
-    else:  # pragma: no cover - the config schema forbids it
-        raise ValueError(f"unknown weak.kind {kind!r}")
-    return built.source(), built.report()
+
+    source: Literal["weak"] = "weak"
+    kind: Literal["partial", "noise", "incomplete", "file"] = Field(
+        ..., description="partial labels | additive noise | incomplete supervision (round 0) | a soft-label file")
+    k: int = Field(2, ge=1, description="partial: candidate-set size; others: the k the indicators are reported at")
+    unreliability: float = Field(0.0, ge=0, le=1, description="partial: share of candidate sets without the true class")
+    ambiguity: float | None = Field(None, ge=0, le=1, description="partial: P(confusing class in the set); "
+                                                                  "None = the least possible")
+    scale: float = Field(0.5, ge=0, description="noise: d = onehot + scale * |N(0, I)|, renormalised")
+    labelled_fraction: float = Field(0.1, gt=0, le=1, description="incomplete: share of each class that keeps its label")
+    path: str | None = Field(None, description="file: a soft-label file (relative to the recipe's folder)")
+    seed: int | None = Field(None, description="seed of the draw; None = the run seed")
+
+    @model_validator(mode="after")
+    def _path_for_file(self) -> "WeakConfig":
+        if (self.kind == "file") != (self.path is not None):
+            raise ValueError("soft_labels.path is needed for kind: file and only there")
+        return self
+
+    def dependencies(self) -> list[Dependency]:
+        return [Dependency("soft_labels.path", self.path, "file")] if self.path is not None else []
+
+
+@register_source
+class WeakTable(SoftLabelTable):
+    """The table a ``weak`` section describes, with the report of what was built (``report()``)."""
+
+    Config = WeakConfig
+
+    def __init__(self, built: WeakLabels, sample_ids: Tensor) -> None:
+        super().__init__(built.soft_labels, sample_ids)
+        self.built_report = built.report()
+
+    def report(self) -> dict[str, Any]:
+        return self.built_report
+
+    @classmethod
+    def build(cls, config: WeakConfig, setup: SourceSetup) -> "WeakTable":
+        """Draw the table (seed: the section's own ``seed`` or else the run seed) or read the file."""
+        train, num_classes = setup.data.train, setup.data.num_classes
+        labels = train.labels.cpu()
+        seed = config.seed if config.seed is not None else setup.seed
+        kind = config.kind
+        if kind == "partial":
+            built = partial_labels(labels, num_classes, k=config.k, unreliability=config.unreliability,
+                                   ambiguity=config.ambiguity, seed=seed)
+        elif kind == "noise":
+            built = noisy_labels(labels, num_classes, scale=config.scale, k=config.k, seed=seed)
+        elif kind == "incomplete":
+            built = incomplete_labels(labels, num_classes, labelled_fraction=config.labelled_fraction, seed=seed)
+        else:
+            path = setup.product(config.dependencies()[0])
+            blob = load_soft_labels(path)
+            if blob["soft_labels"].shape[1] != num_classes:
+                raise ValueError(f"soft_labels.path {path}: {blob['soft_labels'].shape[1]} classes, the data has "
+                                 f"{num_classes}")
+            soft, file_labels = rows_for_split(blob, train)
+            built = _measure("file", soft, file_labels, config.k, {"path": str(path), **blob["meta"]})
+        return cls(built, train.ids)

@@ -1,0 +1,47 @@
+"""The one artifact resolver: a recipe names another recipe whose product it needs.
+
+A teacher checkpoint (``soft_labels.recipe``), a VAE (``method.vae.path``), later a store: the
+dependency's recipe is loaded with the machine settings of the recipe that asks for it
+(:data:`softdistill.config.INHERITED_BY_DEPENDENCIES`), refused if its run folder was made by
+another version of it, trained (or finished) once when its run is not finished, and the path of
+its product returned.  A dependency that names a file (a checkpoint, a vae.pt, a soft-label file)
+is returned as it is.  Paths are relative to the folder of the recipe that names them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from softdistill.checkpoint import CheckpointError
+from softdistill.config import RunRecipe, dependency_recipe
+from softdistill.runs import check_same_recipe, run_dir_state
+from softdistill.targets.base import Dependency
+
+__all__ = ["resolve_product", "PRODUCTS"]
+
+# the file of a finished run that each kind of dependency needs
+PRODUCTS: dict[str, Callable[[Dependency], str]] = {
+    "model": lambda dependency: f"{dependency.select}.pt",
+    "vae": lambda dependency: "vae.pt",
+}
+
+
+def resolve_product(recipe: RunRecipe, dependency: Dependency, run: Callable[..., Any], *, quiet: bool = False) -> Path:
+    """The file ``dependency`` of ``recipe`` names; ``run(dep_recipe, resume=..., quiet=...)`` trains a dependency recipe."""
+    path, needed = dependency_recipe(recipe, dependency)
+    if needed is None:
+        return path
+    check_same_recipe(needed)
+    state = run_dir_state(needed.run_dir)
+    if state != "finished":
+        if not quiet:
+            print(f"[softdistill] {dependency.field}: training {needed.kind} {needed.name!r} into {needed.run_dir}")
+        run(needed, resume=(state == "partial"), quiet=quiet)
+    product = needed.run_dir / PRODUCTS[dependency.kind](dependency)
+    if not product.is_file():
+        hint = (f" (the recipe keeps epoch checkpoints only for train.keep_epochs = {needed.train.keep_epochs})"
+                if dependency.select.startswith("epoch_") else "")
+        raise CheckpointError(f"{dependency.field}: {product} does not exist{hint}")
+    return product

@@ -1,0 +1,58 @@
+"""Which soft-label source can serve which method under which view plan: decided once, here.
+
+A soft-label source declares what it ``serves`` (the capabilities below); a method declares
+whether it learns from soft labels at all (``uses_soft_labels``), whether it learns from mixed
+views (``mixed_views``: such a method needs a plan that mixes, every other method refuses one),
+and what else it needs from its source (``source_needs``).  :func:`compatibility_problems` is
+called when a recipe is validated, before any teacher, VAE or store is made.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["ONLINE", "INPUT_GRAD", "MIXED", "ANY_VIEW", "CAPABILITIES", "compatibility_problems"]
+
+ONLINE = "online"          # soft labels of any input, computed when asked (e.g. new, learned augmentations)
+INPUT_GRAD = "input_grad"  # soft labels differentiable with respect to the input
+MIXED = "mixed"            # soft labels of mixed views (the mixed image, not a blend of two labels)
+ANY_VIEW = "any_view"      # every view of a plan, also a fresh view each epoch (views: 0)
+
+CAPABILITIES = {
+    ONLINE: "soft labels of new inputs, computed when asked",
+    INPUT_GRAD: "gradients of the soft labels with respect to the input",
+    MIXED: "soft labels of mixed (mixup / cutmix) views",
+    ANY_VIEW: "every view, also a fresh one each epoch (data.views: 0)",
+}
+
+
+def compatibility_problems(method: Any, source: Any | None, plan: Any) -> list[str]:
+    """What stops ``method`` (a Method class) from learning from ``source`` (a source class or None)
+    under ``plan`` (a ViewPlan); empty when they fit."""
+    name = method.Config.model_fields["name"].default
+    problems = []
+    if method.uses_soft_labels and source is None:
+        problems.append(f"method {name!r} learns from soft labels: add a soft_labels section "
+                        "(e.g. soft_labels: {source: teacher, recipe: teacher.yaml})")
+    if not method.uses_soft_labels and source is not None:
+        problems.append(f"method {name!r} does not use soft labels: remove the soft_labels section")
+    if method.mixed_views and not plan.mixes:
+        problems.append(f"method {name!r} learns from mixed views: set data.augment.mix (mixup or cutmix)")
+    if plan.mixes and not method.mixed_views:
+        problems.append(f"data.augment.mix: {plan.mix} mixes views, but method {name!r} learns from one label per "
+                        "sample; use a method made for mixed views (ida) or set mix: none")
+    if source is None:
+        return problems
+    source_name = source.Config.model_fields["source"].default
+    serves = source.serves
+    if plan.mixes and MIXED not in serves:
+        problems.append(f"soft_labels.source {source_name!r} cannot serve {CAPABILITIES[MIXED]}: its soft label would "
+                        "belong to one of the two mixed images; use source: teacher (run online on the mixed image)")
+    for need in sorted(method.source_needs - serves):
+        problems.append(f"method {name!r} needs {CAPABILITIES[need]}, which soft_labels.source {source_name!r} cannot "
+                        "serve; use source: teacher")
+    if ANY_VIEW not in serves and plan.distinct_views is None:
+        problems.append(f"soft_labels.source {source_name!r} holds the soft labels of a fixed set of views, but the "
+                        "augmentation draws a fresh view every epoch: set data.views to the number of views per "
+                        "sample to label (each is labelled once), or turn data.augment off")
+    return problems

@@ -1,0 +1,185 @@
+"""Addressable views: the augmentation of (sample, view) as a pure function of (seed, sample_id, view).
+
+A :class:`ViewPlan` says how training images are augmented and how many distinct views each sample
+has.  The parameters of a view -- crop offsets, horizontal flip and, for plans that mix, the
+partner sample, lambda and the cutmix box -- come from :mod:`softdistill.hashing` keyed by
+``(seed, sample_id, view, component)``: any process, data worker or DDP rank recomputes the exact
+view of any sample in any order, which is what exact resume, a cache or a store of soft labels
+and a worker-based loader stand on.
+
+``views: V`` gives each sample V distinct views; epoch e shows view ``(e - 1) mod V``.
+``views: 0`` draws a fresh view every epoch (view ``e - 1``), so the first V epochs of a
+``views: 0`` run show exactly the views of a ``views: V`` plan.  A plan that does not augment has
+one view per sample, the clean image (view 0).
+
+Mixing (mixup, Zhang et al. 2018; cutmix, Yun et al. 2019) pairs view v of sample i with view v
+of a partner drawn among the other samples of the split, both cropped and flipped as their own
+views; ``lam`` ~ Beta(alpha, alpha) per sample (by inverse CDF of a hashed uniform) is the share of
+sample i: ``x = lam x_i + (1 - lam) x_partner`` (mixup) or a box of the partner pasted into x_i
+with ``lam`` the exact share of x_i's pixels left (cutmix).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy.special import betaincinv
+from torch import Tensor
+
+from softdistill.hashing import hash_below, hash_uniform
+
+__all__ = ["ViewPlan", "ViewParams", "crop", "hflip", "MIX_KINDS"]
+
+MIX_KINDS = ("none", "mixup", "cutmix")
+
+# component numbers of the hashed draws (never reuse one for another meaning)
+_CROP_ROW, _CROP_COL, _FLIP, _PARTNER, _LAM, _BOX_ROW, _BOX_COL = range(1, 8)
+
+
+def crop(x: Tensor, offsets: Tensor, padding: int) -> Tensor:
+    """Random-crop ``x`` (B x C x H x W) after zero-padding by ``padding``: sample b's window starts at
+    ``offsets[b] = (row, col)`` of the padded image, so ``(padding, padding)`` is the identity."""
+    n, c, h, w = x.shape
+    padded = F.pad(x, (padding, padding, padding, padding))
+    offsets = offsets.to(x.device)
+    rows = (offsets[:, 0:1] + torch.arange(h, device=x.device)).view(n, 1, h, 1).expand(n, c, h, w + 2 * padding)
+    rows_taken = padded.gather(2, rows)
+    cols = (offsets[:, 1:2] + torch.arange(w, device=x.device)).view(n, 1, 1, w).expand(n, c, h, w)
+    return rows_taken.gather(3, cols)
+
+
+def hflip(x: Tensor, flip: Tensor) -> Tensor:
+    """Mirror the samples of ``x`` where ``flip`` (B, bool) is true."""
+    return torch.where(flip.to(x.device).view(-1, 1, 1, 1), x.flip(3), x)
+
+
+@dataclass(frozen=True)
+class ViewParams:
+    """The parameters of a batch of views (CPU tensors, one row per sample).
+
+    ``offsets`` (B x 2) and ``flip`` (B) when the plan crops or flips; for mixing plans the
+    partner's row in the split (``partner``), ``lam`` (B, float32, share of the sample itself), and
+    for cutmix the pasted ``box`` (B x 4: top, bottom, left, right; half-open).
+    """
+
+    offsets: Tensor | None = None
+    flip: Tensor | None = None
+    partner: Tensor | None = None
+    lam: Tensor | None = None
+    box: Tensor | None = None
+
+
+@dataclass(frozen=True)
+class ViewPlan:
+    """How the views of a training split are made; see the module docstring."""
+
+    seed: int = 0
+    views: int = 0
+    crop_padding: int = 0
+    hflip: bool = False
+    mix: Literal["none", "mixup", "cutmix"] = "none"
+    mix_alpha: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.views < 0 or self.crop_padding < 0:
+            raise ValueError(f"views and crop_padding must be >= 0, got {self.views} and {self.crop_padding}")
+        if self.mix not in MIX_KINDS:
+            raise ValueError(f"mix must be one of {MIX_KINDS}, got {self.mix!r}")
+        if self.mix != "none" and self.mix_alpha <= 0:
+            raise ValueError(f"mix_alpha (the Beta parameter) must be > 0, got {self.mix_alpha}")
+
+    @property
+    def mixes(self) -> bool:
+        return self.mix != "none"
+
+    @property
+    def is_random(self) -> bool:
+        """Whether views differ from the clean image at all."""
+        return self.crop_padding > 0 or self.hflip or self.mixes
+
+    @property
+    def distinct_views(self) -> int | None:
+        """How many distinct views a sample has: 1 for a plan that does not augment, V, or None (unbounded)."""
+        if not self.is_random:
+            return 1
+        return self.views or None
+
+    def view_in_epoch(self, epoch: int) -> int:
+        """The view every sample shows in (1-based) epoch ``epoch``."""
+        if not self.is_random:
+            return 0
+        return epoch - 1 if self.views == 0 else (epoch - 1) % self.views
+
+    def fingerprint(self) -> str:
+        """A short hash of everything that defines the views (for manifests and cache keys)."""
+        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
+
+    # ------------------------------------------------------------------ parameters
+    def geometry(self, sample_ids: Tensor, views: Tensor) -> ViewParams:
+        """Crop offsets and flips of the views ``(sample_ids[b], views[b])``."""
+        ids, views = sample_ids.cpu().long(), views.cpu().long()
+        offsets = flip = None
+        if self.crop_padding:
+            span = 2 * self.crop_padding + 1
+            offsets = torch.stack([hash_below(span, self.seed, ids, views, _CROP_ROW),
+                                   hash_below(span, self.seed, ids, views, _CROP_COL)], dim=1)
+        if self.hflip:
+            flip = hash_uniform(self.seed, ids, views, _FLIP) < 0.5
+        return ViewParams(offsets=offsets, flip=flip)
+
+    def mixing(self, sample_ids: Tensor, views: Tensor, rows: Tensor, population: int,
+               image_size: tuple[int, int]) -> ViewParams:
+        """Partner rows, lambda and (cutmix) boxes of the mixed views ``(sample_ids[b], views[b])``.
+
+        ``rows`` are the samples' own rows in a split of ``population`` samples; the partner is one
+        of the other ``population - 1`` rows (a split of one sample mixes it with itself).
+        """
+        ids, views, rows = sample_ids.cpu().long(), views.cpu().long(), rows.cpu().long()
+        if population > 1:
+            draw = hash_below(population - 1, self.seed, ids, views, _PARTNER)
+            partner = draw + (draw >= rows).long()
+        else:
+            partner = rows.clone()
+        u = hash_uniform(self.seed, ids, views, _LAM).numpy()
+        beta = torch.from_numpy(np.asarray(betaincinv(self.mix_alpha, self.mix_alpha, u), dtype=np.float64))
+        if self.mix == "mixup":
+            return ViewParams(partner=partner, lam=beta.float())
+        h, w = image_size
+        cut = (1 - beta).sqrt()
+        cut_h, cut_w = (cut * h).round(), (cut * w).round()
+        cy = (hash_uniform(self.seed, ids, views, _BOX_ROW) * h).floor()
+        cx = (hash_uniform(self.seed, ids, views, _BOX_COL) * w).floor()
+        box = torch.stack([(cy - cut_h / 2).round().clamp(0, h), (cy + cut_h / 2).round().clamp(0, h),
+                           (cx - cut_w / 2).round().clamp(0, w), (cx + cut_w / 2).round().clamp(0, w)], dim=1).long()
+        area = (box[:, 1] - box[:, 0]) * (box[:, 3] - box[:, 2])
+        return ViewParams(partner=partner, lam=(1 - area.double() / (h * w)).float(), box=box)
+
+    # ------------------------------------------------------------------ images
+    def apply_geometry(self, x: Tensor, params: ViewParams) -> Tensor:
+        """Crop and flip float images ``x`` as ``params`` say."""
+        if params.offsets is not None:
+            x = crop(x, params.offsets, self.crop_padding)
+        if params.flip is not None:
+            x = hflip(x, params.flip)
+        return x
+
+    def combine(self, x: Tensor, partner_x: Tensor, params: ViewParams) -> Tensor:
+        """The mixed images of ``x`` and their partners' views."""
+        assert params.lam is not None
+        if self.mix == "mixup":
+            w = params.lam.to(device=x.device, dtype=x.dtype).view(-1, 1, 1, 1)
+            return w * x + (1 - w) * partner_x
+        assert params.box is not None
+        h, w = x.shape[-2:]
+        box = params.box.to(x.device)
+        r = torch.arange(h, device=x.device).view(1, h, 1)
+        c = torch.arange(w, device=x.device).view(1, 1, w)
+        inside = ((r >= box[:, 0].view(-1, 1, 1)) & (r < box[:, 1].view(-1, 1, 1))
+                  & (c >= box[:, 2].view(-1, 1, 1)) & (c < box[:, 3].view(-1, 1, 1)))
+        return torch.where(inside.unsqueeze(1), partner_x, x)

@@ -1,0 +1,92 @@
+"""Run a model over a loader: collected logits (:func:`predict`) or summed metrics (:func:`evaluate`)."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from softdistill.engine.distributed import DistContext, all_reduce_sum
+from softdistill.types import Batch
+
+__all__ = ["Predictions", "predict", "evaluate", "classification_sums", "autocast"]
+
+
+def autocast(device: torch.device, amp: str):
+    """Autocast to ``amp`` (off | bf16 | fp16) on ``device``'s type."""
+    if amp == "off":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
+
+
+@dataclass
+class Predictions:
+    """Float32 logits (N x K), labels (N) and sample ids (N) in loader order, on the model's device."""
+
+    logits: Tensor
+    labels: Tensor
+    sample_ids: Tensor
+
+
+@torch.no_grad()
+def predict(model: Callable[[Tensor], Tensor], loader, *, device: torch.device | None = None,
+            amp: str = "off") -> Predictions:
+    """``model(batch.x)`` for every batch of ``loader`` (this process's batches), under inference mode.
+
+    An ``nn.Module`` is put in eval mode for the pass and back in its mode afterwards.
+    """
+    was_training = isinstance(model, nn.Module) and model.training
+    if isinstance(model, nn.Module):
+        model.eval()
+    logits, labels, ids = [], [], []
+    try:
+        with torch.inference_mode():
+            for batch in loader:
+                with autocast(device or batch.x.device, amp):
+                    out = model(batch.x)
+                logits.append(out.float())
+                labels.append(batch.y)
+                ids.append(batch.sample_id)
+    finally:
+        if was_training:
+            model.train()
+    if not logits:
+        raise ValueError("predict: the loader gave no batch")
+    return Predictions(torch.cat(logits).clone(), torch.cat(labels).clone(), torch.cat(ids).clone())
+
+
+def classification_sums(model: nn.Module, batch: Batch) -> dict[str, Tensor]:
+    """Per-batch sums of top-1 accuracy (in %) and cross-entropy: the default evaluation."""
+    logits = model(batch.x).float()
+    return {"acc": 100.0 * (logits.argmax(1) == batch.y).sum(), "loss": F.cross_entropy(logits, batch.y, reduction="sum")}
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader, ctx: DistContext = DistContext(), amp: str = "off",
+             sums: Callable[[nn.Module, Batch], dict[str, Tensor]] = classification_sums) -> dict[str, float]:
+    """Means over ``loader``'s samples (summed over ranks) of the per-batch ``sums`` of ``model``:
+    by default top-1 accuracy (%) and mean cross-entropy."""
+    was_training = model.training
+    model.eval()
+    names: list[str] = []
+    totals: Tensor | None = None
+    count = torch.zeros((), dtype=torch.float64, device=ctx.device)
+    with torch.inference_mode():
+        for batch in loader:
+            with autocast(ctx.device, amp):
+                values = sums(model, batch)
+            stacked = torch.stack([v.double() for v in values.values()])
+            names = list(values)
+            totals = stacked if totals is None else totals + stacked
+            count += len(batch)
+    model.train(was_training)
+    if totals is None:
+        raise ValueError("evaluate: the loader gave no batch")
+    packed = torch.cat([totals.to(ctx.device), count.view(1)])
+    all_reduce_sum(packed, ctx)
+    n = max(packed[-1].item(), 1.0)
+    return {name: packed[i].item() / n for i, name in enumerate(names)}

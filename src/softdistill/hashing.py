@@ -1,0 +1,47 @@
+"""Counter-based hashing: random numbers as a pure function of integer keys.
+
+Every draw that must be recomputable anywhere (a view's crop and flip, a mixing partner and its
+lambda, SBT's per-sample wrong classes) is ``hash(seed, key, ..., stream)``: no sequential
+generator, so any process, worker or rank gets the same number for the same keys, in any order
+and any batch split.  Integers stay on 31 bits, so every product fits int64 on every device.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+__all__ = ["mix31", "hash_keys", "hash_uniform", "hash_below"]
+
+MASK31 = 2**31 - 1
+_GOLDEN = 0x9E3779B  # odd 28-bit constant: spreads consecutive keys before mixing
+
+
+def mix31(x: Tensor) -> Tensor:
+    """An integer finaliser on 31 bits (xor-shift / multiply rounds; products stay below 2^62)."""
+    x = x.long() & MASK31
+    x = x ^ (x >> 15)
+    x = (x * 0x2C1B3C6D) & MASK31
+    x = x ^ (x >> 12)
+    x = (x * 0x297A2D39) & MASK31
+    return x ^ (x >> 15)
+
+
+def hash_keys(*keys: Tensor | int) -> Tensor:
+    """One 31-bit hash per element of the broadcast ``keys``; the order of the keys matters."""
+    tensors = [k if isinstance(k, Tensor) else torch.tensor(int(k)) for k in keys]
+    device = next((t.device for t in tensors if t.dim() > 0), tensors[0].device)
+    h = torch.zeros((), dtype=torch.long, device=device)
+    for position, key in enumerate(tensors):
+        h = mix31(h ^ mix31(key.to(device).long() * _GOLDEN + position + 1))
+    return h
+
+
+def hash_uniform(*keys: Tensor | int) -> Tensor:
+    """Uniform float64 numbers in (0, 1), one per element of the broadcast keys (31-bit resolution)."""
+    return (hash_keys(*keys).double() + 0.5) / 2**31
+
+
+def hash_below(n: int | Tensor, *keys: Tensor | int) -> Tensor:
+    """Integers in ``[0, n)`` (int64), one per element of the broadcast keys (bias below n / 2^31)."""
+    return hash_keys(*keys) % n

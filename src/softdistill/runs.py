@@ -1,0 +1,102 @@
+"""Run-folder rules, in one place: what a folder holds, when it may be started, resumed or reused.
+
+A run folder ``OUTPUT_DIR/NAME/seedSEED`` is ``new`` (nothing to resume), ``partial`` (a
+``last.pt`` to resume from) or ``finished`` (``summary.json`` written).  A new run refuses a
+folder that holds one; a resume needs ``last.pt``, the same recipe and epochs left to train; a
+finished run is reused only when its recipe is the same (keys in ``NOT_IDENTITY`` aside, such as
+the data folder or thread count, which do not change what a run computes).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from softdistill.checkpoint import load_checkpoint
+
+__all__ = ["RunStateError", "NOT_IDENTITY", "write_text_atomic", "config_differences", "resume_checkpoint",
+           "run_dir_state", "recipe_differences", "check_same_recipe"]
+
+# Keys that do not change what a run computes: a run folder made under other values still counts.
+NOT_IDENTITY = ("description", "output_dir", "plugins", "data.root", "data.download", "train.device", "train.threads",
+                "train.eval_every")
+
+
+class RunStateError(RuntimeError):
+    """The run folder does not allow the requested start (exists, finished, nothing to resume)."""
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+    os.replace(tmp, path)
+
+
+def config_differences(old: Any, new: Any, ignore: Sequence[str] = (), prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two nested dicts (keys in ``ignore`` are skipped)."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        diffs = []
+        for key in sorted(set(old) | set(new)):
+            if f"{prefix}{key}" not in ignore:
+                diffs += config_differences(old.get(key), new.get(key), ignore, f"{prefix}{key}.")
+        return diffs
+    return [] if old == new else [f"{prefix.rstrip('.')}: {old!r} -> {new!r}"]
+
+
+def run_dir_state(run_dir: str | os.PathLike) -> str:
+    """``finished``, ``partial`` (a checkpoint to resume) or ``new``."""
+    run_dir = Path(run_dir)
+    if (run_dir / "summary.json").exists():
+        return "finished"
+    return "partial" if (run_dir / "last.pt").exists() else "new"
+
+
+def resume_checkpoint(run_dir: Path, resume: bool, epochs: int, config_check: Callable[[Any], list[str]],
+                      map_location: torch.device | str = "cpu") -> dict[str, Any] | None:
+    """The ``last.pt`` payload a run continues from, or None for a new run (see the module docstring)."""
+    last = run_dir / "last.pt"
+    if not resume:
+        if last.exists() or (run_dir / "summary.json").exists():
+            raise RunStateError(f"{run_dir} already holds a run; continue it with --resume, "
+                                "or choose another output folder / delete it to start over")
+        return None
+    if not last.exists():
+        raise RunStateError(f"nothing to resume: no checkpoint {last}; start the run without --resume")
+    state = load_checkpoint(last, map_location=map_location)
+    diffs = config_check(state.get("config"))
+    if diffs:
+        raise RunStateError(f"cannot resume {run_dir}: the recipe changed since the checkpoint:\n  " + "\n  ".join(diffs))
+    if state["epoch"] >= epochs:
+        raise RunStateError(f"{run_dir} has already finished ({state['epoch']} of {epochs} epochs); nothing to resume")
+    return state
+
+
+def recipe_differences(saved: Any, recipe: Any) -> list[str]:
+    """What changed between a saved config and a recipe object, ignoring ``NOT_IDENTITY`` keys.
+
+    The saved config is read through today's schema first (``type(recipe).from_dict``), so a key
+    added to the schema since then counts as unchanged when the recipe leaves it at its default.
+    """
+    try:
+        saved = type(recipe).from_dict(saved).to_dict()
+    except ValueError:
+        pass  # a key was removed from the schema since: compare the raw dicts
+    return config_differences(saved, recipe.to_dict(), NOT_IDENTITY)
+
+
+def check_same_recipe(recipe: Any) -> None:
+    """Refuse to reuse a run folder that another version of the recipe produced (stale results)."""
+    path = recipe.run_dir / "config.yaml"
+    if not path.is_file():
+        return
+    diffs = recipe_differences(yaml.safe_load(path.read_text()), recipe)
+    if diffs:
+        raise RunStateError(f"{recipe.run_dir} was produced by a different version of {recipe.kind} {recipe.name!r}:\n  "
+                            + "\n  ".join(diffs) + "\nDelete that folder or choose another output_dir to rerun it.")

@@ -1,0 +1,92 @@
+"""The soft-label source interface and its registry.
+
+A source is an ``nn.Module`` whose ``forward(batch)`` returns B x K logits for the views in the
+batch (a table returns log-probabilities, which every loss reads as logits).  Each source class
+declares what it ``serves`` (:mod:`softdistill.compatibility`), its recipe section as a nested
+``Config`` (``soft_labels: {source: NAME, ...}``), and ``build(config, setup)``, which makes the
+source for a run.  A new source is one module that defines such a class and decorates it with
+:func:`register_source`; a plugin module can do the same from outside the package.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from pydantic import BaseModel, ConfigDict
+from torch import Tensor, nn
+
+from softdistill.data.prepare import DataBundle
+from softdistill.data.views import ViewPlan
+from softdistill.registry import Registry
+from softdistill.types import Batch
+
+__all__ = ["SourceConfig", "SoftLabelSource", "SourceSetup", "Dependency", "register_source", "source_registry"]
+
+
+class SourceConfig(BaseModel):
+    """Base of every source's recipe section; subclasses fix ``source`` and add fields."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    source: str
+
+    def dependencies(self) -> list["Dependency"]:
+        """Other recipes or files whose product this source needs (trained once, checked for staleness)."""
+        return []
+
+
+@dataclass(frozen=True)
+class Dependency:
+    """A path field of a recipe section that names another recipe's product or a file.
+
+    ``field`` is its dotted key (for messages), ``path`` its value (relative to the recipe's
+    folder), ``kind`` what it must be (``model``: a training recipe or checkpoint; ``vae``: a VAE
+    recipe or vae.pt) and ``select`` which checkpoint of a training recipe's run is the product.
+    """
+
+    field: str
+    path: str
+    kind: str = "model"
+    select: str = "best"
+
+
+@dataclass
+class SourceSetup:
+    """What a source may use to build itself for a run.
+
+    ``product(dependency)`` returns the file a dependency names (training its recipe first if
+    needed); ``plan`` is the training views' plan; ``train_loader(plan, batch_size)`` makes a loader
+    over the training split that shows the given plan's views in order; ``seed`` is the run's seed.
+    """
+
+    data: DataBundle
+    device: torch.device
+    plan: ViewPlan
+    seed: int
+    product: Callable[[Dependency], Path]
+    train_loader: Callable[..., Any]
+
+
+class SoftLabelSource(nn.Module):
+    """Base class of soft-label sources: ``forward(batch) -> B x K logits`` (see the module docstring)."""
+
+    Config: ClassVar[type[SourceConfig]] = SourceConfig
+    serves: ClassVar[frozenset[str]] = frozenset()
+
+    @classmethod
+    def build(cls, config: SourceConfig, setup: SourceSetup) -> "SoftLabelSource":  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def forward(self, batch: Batch) -> Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def report(self) -> dict[str, Any] | None:
+        """What the run folder should record about the built source (e.g. measured indicators), or None."""
+        return None
+
+
+source_registry = Registry("soft-label source", "source", "softdistill.targets")
+register_source = source_registry.register

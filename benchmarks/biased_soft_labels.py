@@ -62,7 +62,7 @@ def log(text: str) -> None:
 
 
 def weak_reports(out: Path, name: str, seeds) -> list[dict]:
-    return [json.loads((out / name / f"seed{s}" / "weak.json").read_text()) for s in seeds]
+    return [json.loads((out / name / f"seed{s}" / "soft_labels.json").read_text()) for s in seeds]
 
 
 def run_sbt(out: Path, seeds: list[int], rec: Path) -> dict:
@@ -77,7 +77,7 @@ def run_sbt(out: Path, seeds: list[int], rec: Path) -> dict:
                        for split in ("train", "test")}
         log(f"SBT seed {s}: train top-1 {teachers[s]['train']['soft_labels']['accuracy']:.2f}%, "
             f"test top-1 {teachers[s]['test']['soft_labels']['accuracy']:.2f}%")
-        teacher = f"teacher={{checkpoint: {ckpt}, cache: true}}"
+        teacher = f"soft_labels={{source: cache, checkpoint: {ckpt}}}"
         compare([rec / "sbt-candidate-set.yaml", rec / "sbt-soft-ce.yaml"], seeds=[s], output_dir=out,
                 overrides=THREADS + [teacher], quiet=True, report_dir=out / "reports" / "scratch")
         compare([rec / "sbt-candidate-set.yaml"], seeds=[s], output_dir=out, quiet=True,
@@ -98,7 +98,7 @@ def run_grid(out: Path, seeds: list[int], rec: Path) -> dict:
             name = f"fmnist-partial-d{delta:g}-g{gamma:g}"
             log(f"partial labels {name}")
             compare([rec / "partial.yaml"], seeds=seeds, output_dir=out, quiet=True, report_dir=out / "reports" / "scratch",
-                    overrides=THREADS + [f"name={name}", f"weak.unreliability={delta}", f"weak.ambiguity={gamma}"])
+                    overrides=THREADS + [f"name={name}", f"soft_labels.unreliability={delta}", f"soft_labels.ambiguity={gamma}"])
             result = aggregate_runs(out, [name])[0]
             reports = weak_reports(out, name, seeds)
             cells[(delta, gamma)] = {"name": name, "acc": result.last, "selected": result.selected,
@@ -115,7 +115,7 @@ def run_noise(out: Path, seeds: list[int], rec: Path) -> dict:
         name = f"fmnist-noise-s{scale:g}"
         log(f"additive noise {name}")
         compare([rec / "noise.yaml"], seeds=seeds, output_dir=out, quiet=True, report_dir=out / "reports" / "scratch",
-                overrides=THREADS + [f"name={name}", f"weak.scale={scale}"])
+                overrides=THREADS + [f"name={name}", f"soft_labels.scale={scale}"])
         result = aggregate_runs(out, [name])[0]
         reports = weak_reports(out, name, seeds)
         # indicators at k = 1 and 2 of the built tables (recomputed, cheap and deterministic)

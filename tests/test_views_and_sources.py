@@ -1,8 +1,6 @@
 """Addressable views, one soft-label source interface, the compatibility rules, plugins, wrapping."""
 
 import json
-import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -310,3 +308,24 @@ def test_a_compiled_student_checkpoints_with_clean_keys_and_reloads(tmp_path, mo
     assert not any(k.startswith(("_orig_mod.", "module.")) for k in payload["state_dict"])
     model_from_checkpoint(payload)  # loads into a plain model
     assert unwrap(wrap(torch.nn.Linear(2, 2), DistContext())).__class__ is torch.nn.Linear
+
+
+def test_a_run_on_mixed_views_resumes_exactly(tmp_path, run_until_interrupted):
+    """IDA on cutmix views with crop and flip, interrupted after epoch 1, resumes to the same weights."""
+    def recipe(folder):
+        raw = {"name": "ida-resume", "student": "mlp", "epochs": 2, "seed": 1,
+               "data": {**DATA, "augment": {"crop_padding": 1, "hflip": True, "mix": "cutmix"}},
+               "method": {"name": "ida", "correction": "replace"},
+               "soft_labels": {"source": "teacher", "recipe": "teacher.yaml"},
+               "output_dir": str(folder / "runs"), "train": {"device": "cpu"}}
+        (folder / "teacher.yaml").parent.mkdir(parents=True, exist_ok=True)
+        (folder / "teacher.yaml").write_text(yaml.safe_dump({"name": "t", "student": "mlp", "epochs": 1, "data": DATA}))
+        return recipe_from_dict(raw, source=str(folder / "ida.yaml"))
+
+    full = recipe(tmp_path / "full")
+    run_recipe(full, quiet=True)
+    cut = recipe(tmp_path / "cut")
+    run_until_interrupted(cut, 2)
+    run_recipe(cut, resume=True, quiet=True)
+    a, b = (load_checkpoint(r.run_dir / "last.pt")["state_dict"] for r in (full, cut))
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -1,14 +1,18 @@
 """The softdistill command: quickstart --tiny end to end, train/eval/compare, and error messages."""
 
 import csv
+import errno
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
+from softdistill.checkpoint import load_checkpoint
 from softdistill.cli import build_parser, main
 from softdistill.experiments import write_report
 
@@ -160,3 +164,67 @@ def test_help_explains_every_command():
         assert command in text
     result = subprocess.run([sys.executable, "-m", "softdistill", "train", "--help"], capture_output=True, text=True)
     assert result.returncode == 0 and "--resume" in result.stdout and "-o KEY=VALUE" in result.stdout
+
+
+# ------------------------------------------------------------------------- file system and machine errors
+
+def one_paragraph_error(capsys, command: str) -> str:
+    """The stderr of a failed command: one 'softdistill COMMAND: error:' paragraph, no traceback."""
+    err = capsys.readouterr().err
+    assert err.startswith(f"softdistill {command}: error: ") and "Traceback" not in err
+    return err
+
+
+def test_an_output_dir_that_is_a_file_is_named(tmp_path, capsys):
+    blocker = tmp_path / "runs"
+    blocker.write_text("not a folder")
+    assert main(["train", str(write_recipe(tmp_path, output_dir=str(blocker))), "--quiet"]) == 2
+    err = one_paragraph_error(capsys, "train")
+    assert f"{blocker} is a file, not a folder" in err
+
+
+def test_a_read_only_output_folder_is_a_clear_error(tmp_path, capsys, monkeypatch):
+    out = tmp_path / "readonly"
+    out.mkdir()
+    real_mkdir, real_open = os.mkdir, os.open
+
+    def refuse(path) -> None:  # what a read-only mount answers (also under root, which chmod cannot stop)
+        if Path(path).is_relative_to(out):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+
+    def mkdir(path, *args, **kwargs):
+        refuse(path)
+        return real_mkdir(path, *args, **kwargs)
+
+    def open_(path, flags, *args, **kwargs):
+        if flags & os.O_CREAT:
+            refuse(path)
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "mkdir", mkdir)
+    monkeypatch.setattr(os, "open", open_)
+    assert main(["train", str(write_recipe(tmp_path, output_dir=str(out))), "--quiet"]) == 2
+    err = one_paragraph_error(capsys, "train")
+    assert f"cannot create the folder {out / 'syn' / 'seed0'}: Read-only file system" in err
+
+
+def test_a_full_disk_mid_run_keeps_the_run_resumable(tmp_path, capsys, monkeypatch):
+    recipe = write_recipe(tmp_path, epochs=3, output_dir=str(tmp_path / "runs"))
+    run = tmp_path / "runs" / "syn" / "seed0"
+    real_save = torch.save
+
+    def disk_full_at_epoch_2(obj, handle):
+        if obj.get("epoch") == 2:
+            handle.write(b"PK\x03\x04 partial")
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 64 vs 0")
+        real_save(obj, handle)
+
+    monkeypatch.setattr(torch, "save", disk_full_at_epoch_2)
+    assert main(["train", str(recipe), "--quiet"]) == 2
+    err = one_paragraph_error(capsys, "train")
+    assert f"could not write {run / 'last.pt'}" in err and "intact" in err and "--resume" in err
+    assert not [p.name for p in run.iterdir() if p.name.endswith(".tmp")]
+    monkeypatch.undo()
+    assert load_checkpoint(run / "last.pt")["epoch"] == 1
+    assert main(["train", str(recipe), "--quiet", "--resume"]) == 0
+    assert json.loads((run / "summary.json").read_text())["epochs"] == 3

@@ -1,12 +1,17 @@
 """End-to-end behaviour of the trainer through recipes: outputs, determinism, resume, DDP, errors."""
 
+import errno
 import json
 import os
+import stat
+import subprocess
+import sys
 
 import pytest
 import torch
 import torch.multiprocessing as mp
 
+from softdistill.atomic import FileWriteError
 from softdistill.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from softdistill.config import ConfigError, recipe_from_dict
 from softdistill.engine import NonFiniteLossError, RunStateError
@@ -147,14 +152,31 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
 
     def broken_save(obj, handle):
         handle.write(b"partial")
-        raise OSError("disk full")
+        raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(torch, "save", broken_save)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(FileWriteError, match=r"c\.pt: No space left on device\. The previous version of c\.pt"):
         save_checkpoint({"x": 2}, path)
     monkeypatch.undo()
     assert load_checkpoint(path)["x"] == 1  # the old file is intact
     assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]  # no temporary left behind
+
+
+def test_run_files_follow_the_umask_and_a_resume_removes_stale_temporaries(tmp_path, run_until_interrupted):
+    recipe = make_recipe(tmp_path, epochs=3)
+    old = os.umask(0o022)
+    try:
+        run_until_interrupted(recipe, 2)
+        dead = subprocess.Popen([sys.executable, "-c", "pass"])
+        dead.wait()
+        stale = recipe.run_dir / f".last.pt.{dead.pid}.0123456789abcdef.tmp"  # what a kill mid-write leaves
+        stale.write_bytes(b"PK partial")
+        run_recipe(recipe, resume=True, quiet=True)
+    finally:
+        os.umask(old)
+    files = sorted(p.name for p in recipe.run_dir.iterdir())
+    assert files == ["best.pt", "config.yaml", "last.pt", "metrics.jsonl", "summary.json"]
+    assert {stat.S_IMODE((recipe.run_dir / name).stat().st_mode) for name in files} == {0o644}
 
 
 def test_nan_loss_stops_with_epoch_step_and_term(tmp_path):

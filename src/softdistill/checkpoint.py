@@ -8,13 +8,13 @@ input shape) and the input normalisation, so a checkpoint alone rebuilds a worki
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from softdistill.atomic import torch_save_atomic
 from softdistill.models import build_model
 
 __all__ = ["CheckpointError", "FORMAT", "save_checkpoint", "load_checkpoint", "model_from_checkpoint"]
@@ -27,27 +27,11 @@ class CheckpointError(RuntimeError):
 
 
 def save_checkpoint(payload: dict[str, Any], path: str | os.PathLike) -> None:
-    """Write ``payload`` to ``path`` atomically: a temporary file in the same folder, fsync, rename.
+    """Write ``payload`` to ``path`` atomically (:func:`softdistill.atomic.write_atomic`).
 
     A crash at any point leaves either the old file or the new one, never a truncated file.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save({"format": FORMAT, **payload}, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    torch_save_atomic(path, {"format": FORMAT, **payload})
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:

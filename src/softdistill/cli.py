@@ -195,13 +195,14 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
+    from softdistill.atomic import FileWriteError
     from softdistill.checkpoint import CheckpointError
     from softdistill.config import ConfigError
     from softdistill.data.sources import DatasetFormatError, DatasetNotFoundError
     from softdistill.engine import NonFiniteLossError, RunStateError
 
     return (ConfigError, CheckpointError, DatasetNotFoundError, DatasetFormatError, RunStateError,
-            NonFiniteLossError, ValueError, ImportError)
+            NonFiniteLossError, FileWriteError, ValueError, ImportError)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from softdistill.atomic import write_text_atomic
 from softdistill.config import Recipe, load_recipe
 from softdistill.report import (aggregate_runs, format_final_markdown, format_markdown, plot_curves, plot_diagnostics,
                                 write_csv)
@@ -84,7 +85,6 @@ def write_report(output_dir: str | Path, names: Sequence[str], baseline: str | N
     output_dir = Path(output_dir)
     results = aggregate_runs(output_dir, names)
     report_dir = Path(report_dir) if report_dir is not None else output_dir / "report"
-    report_dir.mkdir(parents=True, exist_ok=True)
     table = format_markdown(results, baseline)
     final = format_final_markdown(results)
     if final:
@@ -102,8 +102,8 @@ def write_report(output_dir: str | Path, names: Sequence[str], baseline: str | N
                      "samples); *w*: WSL weight 1 - exp(-CE_s/CE_t), batch means averaged over the epoch; HARD panels: the "
                      "augmentor's objective term T^2 KL(p_t || p_s) on its inputs x~ (before its step) and the "
                      "teacher's accuracy on x~ (low = the augmentations no longer show the true class).\n")
-    (report_dir / "table.md").write_text(markdown)
-    (report_dir / "results.json").write_text(json.dumps(
+    write_text_atomic(report_dir / "table.md", markdown)
+    write_text_atomic(report_dir / "results.json", json.dumps(
         [{"name": r.name, "method": r.method, "student": r.student, "seeds": r.seeds, "last": r.last, "best": r.best,
           "selected": r.selected, "seconds": r.seconds} for r in results], indent=2))
     return CompareResult(results, baseline, report_dir, table, seconds)

@@ -144,10 +144,8 @@ def run_recipe(recipe: RunRecipe, *, resume: bool = False, quiet: bool = False) 
                       config_check=lambda saved: recipe_differences(saved, recipe),
                       eval_every=recipe.train.eval_every, final_loaders=parts["finals"])
     if ctx.is_main and run_dir_state(run_dir) == "new":
-        run_dir.mkdir(parents=True, exist_ok=True)
         write_text_atomic(run_dir / "config.yaml", yaml.safe_dump(recipe.to_dict(), sort_keys=False))
     if ctx.is_main and parts["report"] is not None:
-        run_dir.mkdir(parents=True, exist_ok=True)
         write_text_atomic(run_dir / "soft_labels.json", json.dumps(parts["report"], indent=2, default=str))
     if not quiet and ctx.is_main:
         print(f"[softdistill] {recipe.name} seed {recipe.seed}: {parts['what']} -> {run_dir}"

@@ -10,7 +10,6 @@ the data folder or thread count, which do not change what a run computes).
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ from typing import Any
 import torch
 import yaml
 
+from softdistill.atomic import write_text_atomic  # re-exported: the run folder's text files
 from softdistill.checkpoint import load_checkpoint
 
 __all__ = ["RunStateError", "NOT_IDENTITY", "write_text_atomic", "config_differences", "resume_checkpoint",
@@ -30,13 +30,6 @@ NOT_IDENTITY = ("description", "output_dir", "plugins", "data.root", "data.downl
 
 class RunStateError(RuntimeError):
     """The run folder does not allow the requested start (exists, finished, nothing to resume)."""
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
 
 
 def config_differences(old: Any, new: Any, ignore: Sequence[str] = (), prefix: str = "") -> list[str]:

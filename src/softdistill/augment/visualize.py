@@ -8,6 +8,8 @@ from pathlib import Path
 
 from torch import Tensor
 
+from softdistill.atomic import save_figure_atomic
+
 __all__ = ["save_image_grid"]
 
 
@@ -19,8 +21,6 @@ def save_image_grid(rows: Sequence[tuple[str, Tensor]], path: str | os.PathLike,
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     columns = max(images.shape[0] for _, images in rows)
     fig, axes = plt.subplots(len(rows), columns, figsize=(1.1 * columns + 1.2, 1.1 * len(rows) + 0.4),
                              squeeze=False)
@@ -42,8 +42,6 @@ def save_image_grid(rows: Sequence[tuple[str, Tensor]], path: str | os.PathLike,
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, dpi=100, format="png")
+    save_figure_atomic(fig, path, dpi=100)
     plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    return Path(path)

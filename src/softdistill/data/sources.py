@@ -31,13 +31,16 @@ import tarfile
 import tempfile
 import urllib.request
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from math import prod
 from pathlib import Path, PurePosixPath
+from typing import IO
 
 import numpy as np
 import torch
 
+from softdistill.atomic import write_atomic
 from softdistill.data.splits import stratified_split
 
 __all__ = ["RawSplit", "DatasetNotFoundError", "DatasetFormatError", "DATASETS", "SPLITS", "load_split"]
@@ -241,27 +244,29 @@ def _download(name: str, target: Path) -> None:
 
 
 def _fetch(url: str, md5: str, path: Path) -> None:
-    """Download ``url`` to ``path`` through a temporary file renamed into place once its md5 matches."""
+    """Download ``url`` to ``path`` atomically (:func:`softdistill.atomic.write_atomic`): the file
+    appears only once the whole download has the published md5."""
     print(f"[softdistill] downloading {url} -> {path}", file=sys.stderr)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    tmp = Path(tmp_name)
-    try:
+
+    def download(out: IO[bytes]) -> None:
         digest = hashlib.md5(usedforsecurity=False)
-        with os.fdopen(fd, "wb") as out:
-            try:
-                with urllib.request.urlopen(url, timeout=60) as response:
-                    for chunk in iter(lambda: response.read(1 << 20), b""):
-                        digest.update(chunk)
-                        out.write(chunk)
-            except (OSError, http.client.HTTPException) as exc:
-                raise DatasetNotFoundError(f"could not download {url}: {exc}") from exc
+        for chunk in _chunks(url):
+            digest.update(chunk)
+            out.write(chunk)
         if digest.hexdigest() != md5:
             raise DatasetFormatError(f"download of {url} has md5 {digest.hexdigest()}, expected {md5} "
                                      "(interrupted or altered); the file was deleted, try again or fetch it by hand")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+
+    write_atomic(path, download)
+
+
+def _chunks(url: str) -> Iterator[bytes]:
+    """The body of ``url`` in pieces of 1 MiB; a network failure is a :class:`DatasetNotFoundError`."""
+    try:
+        with urllib.request.urlopen(url, timeout=60) as response:
+            yield from iter(lambda: response.read(1 << 20), b"")
+    except (OSError, http.client.HTTPException) as exc:
+        raise DatasetNotFoundError(f"could not download {url}: {exc}") from exc
 
 
 def _extract(archive: Path, scratch: Path, folder: str, target: Path) -> None:

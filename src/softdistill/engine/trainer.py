@@ -34,6 +34,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from softdistill.atomic import ensure_folder, remove_stale_temporaries
 from softdistill.checkpoint import CheckpointError, save_checkpoint
 from softdistill.data.loader import BatchLoader
 from softdistill.engine.distributed import DistContext, all_reduce_sum, barrier
@@ -131,7 +132,7 @@ class Trainer:
         """Run the remaining epochs; return the summary (also written to summary.json)."""
         self._start(resume)
         if self.ctx.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
+            remove_stale_temporaries(ensure_folder(self.run_dir))  # left by a process killed mid-write
         while self.epoch < self.epochs:
             self.epoch += 1
             record = self._train_epoch()

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from softdistill.atomic import save_figure_atomic, write_text_atomic
 from softdistill.checkpoint import FORMAT as CHECKPOINT_FORMAT
 from softdistill.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
 from softdistill.data.loader import BatchLoader, BatchTransform, TensorSet
@@ -255,7 +256,7 @@ def _plot_reliability(basic: dict[str, Any], path: Path, title: str) -> None:
     axh.set_xlabel("confidence (top-1 probability)")
     axh.set_ylabel("share")
     fig.tight_layout()
-    fig.savefig(path)
+    save_figure_atomic(fig, path)
     plt.close(fig)
 
 
@@ -277,7 +278,7 @@ def _plot_entropy(basic: dict[str, Any], path: Path, title: str) -> None:
     ax.set_title(f"{title}: mean entropy {basic['mean_entropy']:.3f} nats")
     ax.legend(framealpha=0.9, edgecolor="none")
     fig.tight_layout()
-    fig.savefig(path)
+    save_figure_atomic(fig, path)
     plt.close(fig)
 
 
@@ -299,7 +300,7 @@ def _plot_indicators(indicators: list[dict[str, Any]], path: Path, title: str) -
     ax.set_title(title)
     ax.legend(frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
-    fig.savefig(path)
+    save_figure_atomic(fig, path)
     plt.close(fig)
 
 
@@ -332,7 +333,7 @@ def _plot_ambiguity(matrices: dict[int, Tensor], class_names: tuple[str, ...], p
     axes[0][0].set_ylabel("true class a")
     fig.suptitle(f"P(j in Top$_k$ | y = a): {title}")
     fig.colorbar(image, ax=axes[0].tolist(), shrink=0.8)
-    fig.savefig(path)
+    save_figure_atomic(fig, path)
     plt.close(fig)
 
 
@@ -360,7 +361,7 @@ def _plot_mixup(mix: dict[str, Any], path: Path, title: str) -> None:
         ax.legend(frameon=False, fontsize=7)
     fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path)
+    save_figure_atomic(fig, path)
     plt.close(fig)
 
 
@@ -458,7 +459,6 @@ def inspect_soft_labels(source: str | os.PathLike, *, data: str | None = None, s
     src = _read_source(path, data, split, root, dev, batch_size)
     split = src.data.get("split", split)
     out = Path(output_dir) if output_dir is not None else path.parent / f"inspect-{split}"
-    out.mkdir(parents=True, exist_ok=True)
     rows = len(src.labels)
     keep = src.probs.sum(dim=1) > 0
     probs, labels = src.probs[keep], src.labels[keep]
@@ -508,6 +508,6 @@ def inspect_soft_labels(source: str | os.PathLike, *, data: str | None = None, s
     if "teacher" in summary["mixup"]:
         _plot_mixup(summary["mixup"], out / "mixup.png", f"Mixed samples: {title}")
         files.append("mixup.png")
-    (out / "report.json").write_text(json.dumps(summary, indent=2))
-    (out / "report.md").write_text(_markdown(summary, src.class_names, files))
+    write_text_atomic(out / "report.json", json.dumps(summary, indent=2))
+    write_text_atomic(out / "report.md", _markdown(summary, src.class_names, files))
     return InspectResult(out, summary, files)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from softdistill.atomic import save_figure_atomic
 from softdistill.report.tables import RecipeResult
 
 __all__ = ["plot_curves", "plot_diagnostics", "DIAGNOSTIC_KEYS"]
@@ -54,7 +55,7 @@ def plot_curves(results: Sequence[RecipeResult], path: str | Path, title: str = 
     ax.set_title(title)
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
-    fig.savefig(path)
+    save_figure_atomic(fig, path)
     plt.close(fig)
 
 
@@ -72,6 +73,6 @@ def plot_diagnostics(results: Sequence[RecipeResult], path: str | Path, title: s
         ax.legend(fontsize=8)
     fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path)
+    save_figure_atomic(fig, path)
     plt.close(fig)
     return True

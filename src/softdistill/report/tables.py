@@ -10,6 +10,7 @@ seed the deviation is reported as n/a.  "last" is the test accuracy after the fi
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import statistics
@@ -18,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
+
+from softdistill.atomic import write_text_atomic
 
 __all__ = ["RecipeResult", "aggregate_runs", "format_markdown", "format_final_markdown", "final_names", "write_csv",
            "mean_std"]
@@ -149,14 +152,15 @@ def write_csv(results: Sequence[RecipeResult], path: str | Path, baseline: str |
     """Numeric CSV: means and stds as separate columns, plus the per-seed values."""
     base = next((r for r in results if r.name == baseline), None)
     finals = final_names(results)
-    with open(path, "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["recipe", "method", "student", "seeds", "last_mean", "last_std", "best_mean", "best_std",
-                         "selected_mean", "selected_std", "gain_last", "gain_best", "seconds_mean", "last_per_seed",
-                         *(f"{n}_{stat}" for n in finals for stat in ("mean", "std"))])
-        for r in results:
-            last, best, sel, secs = r.stat("last"), r.stat("best"), r.stat("selected"), r.stat("seconds")
-            gains = (last[0] - base.stat("last")[0], best[0] - base.stat("best")[0]) if base and base.last else (math.nan, math.nan)
-            writer.writerow([r.name, r.method, r.student, len(r.seeds), *last, *best, *sel, *gains, secs[0],
-                             " ".join(f"{v:.2f}" for v in r.last),
-                             *(x for n in finals for x in mean_std(r.final.get(n, [])))])
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["recipe", "method", "student", "seeds", "last_mean", "last_std", "best_mean", "best_std",
+                     "selected_mean", "selected_std", "gain_last", "gain_best", "seconds_mean", "last_per_seed",
+                     *(f"{n}_{stat}" for n in finals for stat in ("mean", "std"))])
+    for r in results:
+        last, best, sel, secs = r.stat("last"), r.stat("best"), r.stat("selected"), r.stat("seconds")
+        gains = (last[0] - base.stat("last")[0], best[0] - base.stat("best")[0]) if base and base.last else (math.nan, math.nan)
+        writer.writerow([r.name, r.method, r.student, len(r.seeds), *last, *best, *sel, *gains, secs[0],
+                         " ".join(f"{v:.2f}" for v in r.last),
+                         *(x for n in finals for x in mean_std(r.final.get(n, [])))])
+    write_text_atomic(path, buffer.getvalue())

@@ -20,13 +20,13 @@ With ``sample_ids``, row i belongs to the sample with id ``sample_ids[i]``; a fi
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from softdistill.atomic import torch_save_atomic
 from softdistill.compatibility import ANY_VIEW
 from softdistill.data.loader import TensorSet
 from softdistill.targets.base import SoftLabelSource
@@ -88,16 +88,7 @@ def save_soft_labels(path: str | os.PathLike, soft_labels: Tensor, labels: Tenso
         if sample_ids.shape != labels.shape:
             raise ValueError(f"sample_ids must have the shape of labels {tuple(labels.shape)}, got {tuple(sample_ids.shape)}")
         payload["sample_ids"] = sample_ids.detach().long().cpu()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(payload, handle)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    torch_save_atomic(path, payload)
 
 
 def load_soft_labels(path: str | os.PathLike) -> dict[str, Any]:

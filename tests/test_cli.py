@@ -14,6 +14,7 @@ import yaml
 
 from softdistill.checkpoint import load_checkpoint
 from softdistill.cli import build_parser, main
+from softdistill.engine.distributed import resolve_device
 from softdistill.experiments import write_report
 
 SYNTHETIC = {"name": "syn", "student": "mlp", "epochs": 2, "data": {"name": "synthetic", "val_size": 100, "batch_size": 50},
@@ -228,3 +229,31 @@ def test_a_full_disk_mid_run_keeps_the_run_resumable(tmp_path, capsys, monkeypat
     assert load_checkpoint(run / "last.pt")["epoch"] == 1
     assert main(["train", str(recipe), "--quiet", "--resume"]) == 0
     assert json.loads((run / "summary.json").read_text())["epochs"] == 3
+
+
+@pytest.mark.parametrize("device, message", [
+    ("cuda", "CUDA is not available on this machine"),
+    ("cuda:1", "CUDA is not available on this machine"),
+    ("gpu", "unknown device 'gpu': use auto, cpu, cuda or cuda:N"),
+])
+def test_device_errors(tmp_path, capsys, monkeypatch, device, message):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert main(["train", str(write_recipe(tmp_path, output_dir=str(tmp_path / "o"))), "-o", f"train.device={device}"]) == 2
+    assert message in one_paragraph_error(capsys, "train")
+
+
+def test_a_cuda_index_beyond_the_machine_is_named(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(ValueError, match=r"'cuda:3' does not exist: this machine has 1 CUDA device"):
+        resolve_device("cuda:3")
+    assert resolve_device("cuda", local_rank=0) == torch.device("cuda:0")
+
+
+@pytest.mark.parametrize("argv", [["compare", "RECIPE", "--seeds", "0"], ["compare", "RECIPE", "--seeds", "-2"],
+                                  ["quickstart", "--tiny", "--seeds", "0"]])
+def test_seed_counts_below_one_are_refused(tmp_path, capsys, argv):
+    argv = [str(write_recipe(tmp_path)) if a == "RECIPE" else a for a in argv]
+    assert main([*argv, "--output", str(tmp_path / "out"), "--quiet"]) == 2
+    assert "needs at least one seed" in one_paragraph_error(capsys, argv[0])
+    assert not (tmp_path / "out").exists()  # refused before anything ran

@@ -48,6 +48,8 @@ def compare(recipe_paths: Sequence[str | Path], *, seeds: int | Sequence[int] = 
     start = time.perf_counter()
     output_dir = Path(output_dir)
     seed_list = list(range(seeds)) if isinstance(seeds, int) else list(seeds)
+    if not seed_list:
+        raise ValueError(f"a comparison needs at least one seed (seeds = N runs seeds 0..N-1), got {seeds!r}")
     recipes_by_seed = {s: _resolve(recipe_paths, s, output_dir, overrides, epochs) for s in seed_list}
     names = [r.name for r in recipes_by_seed[seed_list[0]]]
     if len(set(names)) != len(names):

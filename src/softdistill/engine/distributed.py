@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 
 import torch
@@ -27,14 +28,24 @@ class DistContext:
 
 
 def resolve_device(preference: str = "auto", local_rank: int = 0) -> torch.device:
-    """``auto`` -> the process's CUDA device when there is one, else the CPU."""
+    """``auto`` -> the process's CUDA device when there is one, else the CPU; ``cpu``, ``cuda`` (the
+    process's device) and ``cuda:N`` as named.  :class:`ValueError` for any other string or a CUDA
+    device this machine does not have."""
     if preference == "auto":
         return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", preference):
+        raise ValueError(f"unknown device {preference!r}: use auto, cpu, cuda or cuda:N (e.g. -o train.device=cpu)")
     device = torch.device(preference)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device {preference!r} was requested but CUDA is not available; use device: cpu")
-    if device.type == "cuda" and device.index is None:
+    if device.type == "cpu":
+        return device
+    if not torch.cuda.is_available():
+        raise ValueError(f"device {preference!r} was requested but CUDA is not available on this machine "
+                         f"(torch {torch.__version__}); use device cpu or auto")
+    if device.index is None:
         device = torch.device(f"cuda:{local_rank}")
+    if device.index >= torch.cuda.device_count():
+        raise ValueError(f"device {str(device)!r} does not exist: this machine has {torch.cuda.device_count()} CUDA "
+                         "device(s), cuda:0 and up")
     return device
 
 

@@ -6,6 +6,7 @@ import os
 import stat
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -15,6 +16,7 @@ from softdistill.atomic import FileWriteError
 from softdistill.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from softdistill.config import ConfigError, recipe_from_dict
 from softdistill.engine import NonFiniteLossError, RunStateError
+from softdistill.engine.distributed import DEFAULT_DIST_TIMEOUT, dist_timeout
 from softdistill.runner import run_recipe
 
 
@@ -237,3 +239,65 @@ def test_two_process_ddp_matches_single_process(tmp_path, free_port):
     assert_same_weights(weights(single.run_dir), weights(ddp_dir), rtol=1e-4, atol=1e-5)
     ddp_summary = json.loads((ddp_dir / "summary.json").read_text())
     assert ddp_summary["test_acc_last"] == pytest.approx(single_summary["test_acc_last"], abs=0.51)
+
+
+def _rank_that_dies_worker(rank, port, tmp):
+    """Rank 1 dies as epoch 2 starts; every rank records its exit code and stderr."""
+    import contextlib
+    import io
+
+    from softdistill.cli import main
+    from softdistill.engine.trainer import Trainer
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2", RANK=str(rank),
+                      LOCAL_RANK=str(rank), SOFTDISTILL_DIST_TIMEOUT="20")
+    torch.set_num_threads(1)
+    original = Trainer._train_epoch
+
+    def train_epoch(self):
+        if rank == 1 and self.epoch == 2:
+            os._exit(1)
+        return original(self)
+
+    Trainer._train_epoch = train_epoch
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        code = main(["train", str(tmp / "syn.yaml"), "--quiet"])
+    (tmp / f"rank{rank}.json").write_text(json.dumps({"code": code, "err": err.getvalue()}))
+
+
+def test_a_lost_rank_ends_the_others_with_a_clear_error(tmp_path, free_port):
+    (tmp_path / "syn.yaml").write_text(json.dumps(make_recipe(tmp_path, epochs=3).to_dict()))
+    started = time.monotonic()
+    procs = mp.start_processes(_rank_that_dies_worker, args=(free_port, tmp_path), nprocs=2, join=False,
+                               start_method="spawn")
+    for process in procs.processes:
+        process.join(120)
+    assert time.monotonic() - started < 120 and [p.exitcode for p in procs.processes] == [0, 1]
+    survivor = json.loads((tmp_path / "rank0.json").read_text())
+    assert survivor["code"] == 2
+    assert "process 0 of 2 lost contact with the others" in survivor["err"] and "--resume" in survivor["err"]
+    assert "Traceback" not in survivor["err"]
+
+
+def test_a_missing_rank_zero_ends_the_rendezvous_after_the_timeout(tmp_path, free_port):
+    recipe = tmp_path / "syn.yaml"
+    recipe.write_text(json.dumps(make_recipe(tmp_path).to_dict()))
+    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port), "WORLD_SIZE": "2", "RANK": "1",
+           "LOCAL_RANK": "1", "SOFTDISTILL_DIST_TIMEOUT": "2"}
+    result = subprocess.run([sys.executable, "-m", "softdistill", "train", str(recipe), "--quiet"], env=env,
+                            capture_output=True, text=True, timeout=120)  # without a timeout: blocks for 30 min
+    assert result.returncode == 2
+    assert "process 1 of 2 lost contact with the others" in result.stderr
+    assert "SOFTDISTILL_DIST_TIMEOUT = 2 s" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_the_distributed_timeout_is_checked(monkeypatch):
+    monkeypatch.setenv("SOFTDISTILL_DIST_TIMEOUT", "90")
+    assert dist_timeout().total_seconds() == 90
+    monkeypatch.delenv("SOFTDISTILL_DIST_TIMEOUT")
+    assert dist_timeout().total_seconds() == DEFAULT_DIST_TIMEOUT
+    for bad in ("0", "-5", "soon", "inf"):
+        monkeypatch.setenv("SOFTDISTILL_DIST_TIMEOUT", bad)
+        with pytest.raises(ValueError, match="SOFTDISTILL_DIST_TIMEOUT must be a positive number of seconds"):
+            dist_timeout()

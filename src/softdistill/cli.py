@@ -108,6 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _cmd_train(args: argparse.Namespace) -> int:
     from softdistill.config import ConfigError, load_recipe, read_recipe_file
     from softdistill.engine import shutdown_distributed
+    from softdistill.engine.distributed import lost_rank_errors
     from softdistill.runner import run_recipe
 
     overrides = args.override + ([f"seed={args.seed}"] if args.seed is not None else [])
@@ -119,7 +120,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
                               f"'softdistill train-vae {args.recipe}'") from None
         raise
     try:
-        summary = run_recipe(recipe, resume=args.resume, quiet=args.quiet)
+        with lost_rank_errors():
+            summary = run_recipe(recipe, resume=args.resume, quiet=args.quiet)
     finally:
         shutdown_distributed()
     if int(os.environ.get("RANK", "0")) == 0:
@@ -200,9 +202,10 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from softdistill.config import ConfigError
     from softdistill.data.sources import DatasetFormatError, DatasetNotFoundError
     from softdistill.engine import NonFiniteLossError, RunStateError
+    from softdistill.engine.distributed import DistributedError
 
     return (ConfigError, CheckpointError, DatasetNotFoundError, DatasetFormatError, RunStateError,
-            NonFiniteLossError, FileWriteError, ValueError, ImportError)
+            NonFiniteLossError, FileWriteError, DistributedError, ValueError, ImportError)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

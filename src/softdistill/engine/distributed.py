@@ -2,14 +2,27 @@
 
 from __future__ import annotations
 
+import contextlib
+import math
 import os
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistContext", "init_distributed", "resolve_device", "all_reduce_sum", "barrier", "shutdown_distributed"]
+__all__ = ["DistContext", "DistributedError", "init_distributed", "resolve_device", "dist_timeout", "lost_rank_errors",
+           "all_reduce_sum", "barrier", "shutdown_distributed", "TIMEOUT_ENV", "DEFAULT_DIST_TIMEOUT"]
+
+#: Environment variable: seconds a process waits for the others (rendezvous and collectives).
+TIMEOUT_ENV = "SOFTDISTILL_DIST_TIMEOUT"
+DEFAULT_DIST_TIMEOUT = 600
+
+
+class DistributedError(RuntimeError):
+    """The process group could not form, or a collective failed: another process died or hangs."""
 
 
 @dataclass(frozen=True)
@@ -49,10 +62,24 @@ def resolve_device(preference: str = "auto", local_rank: int = 0) -> torch.devic
     return device
 
 
+def dist_timeout() -> timedelta:
+    """How long a process waits for the others, at the rendezvous and in every collective:
+    ``$SOFTDISTILL_DIST_TIMEOUT`` seconds, default :data:`DEFAULT_DIST_TIMEOUT`."""
+    text = os.environ.get(TIMEOUT_ENV, str(DEFAULT_DIST_TIMEOUT))
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = math.nan
+    if not 0 < seconds < math.inf:
+        raise ValueError(f"{TIMEOUT_ENV} must be a positive number of seconds, got {text!r}")
+    return timedelta(seconds=seconds)
+
+
 def init_distributed(preference: str = "auto") -> DistContext:
     """Join the process group torchrun describes in the environment (WORLD_SIZE > 1), else run alone.
 
-    Backend: NCCL for CUDA devices, gloo for the CPU.
+    Backend: NCCL for CUDA devices, gloo for the CPU.  A process waits at most :func:`dist_timeout`
+    for the others, so that a rank that died or hangs ends the rest instead of blocking them.
     """
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -62,8 +89,34 @@ def init_distributed(preference: str = "auto") -> DistContext:
     if device.type == "cuda":
         torch.cuda.set_device(device)
     if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+        timeout = dist_timeout()
+        with lost_rank_errors():
+            dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo", timeout=timeout)
     return DistContext(rank=dist.get_rank(), world_size=dist.get_world_size(), device=device)
+
+
+def _is_collective_failure(exc: RuntimeError) -> bool:
+    """A rendezvous or collective that failed: torch's DistError, or the RuntimeError gloo/NCCL raise."""
+    return isinstance(exc, dist.DistError) or any(word in str(exc) for word in ("gloo", "NCCL", "c10d"))
+
+
+@contextlib.contextmanager
+def lost_rank_errors() -> Iterator[None]:
+    """Turn a failed rendezvous or collective (another process died or stopped responding) into a
+    :class:`DistributedError` that says so in one paragraph; other errors pass unchanged."""
+    try:
+        yield
+    except DistributedError:
+        raise
+    except RuntimeError as exc:
+        if not _is_collective_failure(exc):
+            raise
+        rank, world = os.environ.get("RANK", "?"), os.environ.get("WORLD_SIZE", "?")
+        cause = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DistributedError(
+            f"process {rank} of {world} lost contact with the others ({cause}). Another process died, never "
+            f"started or stopped responding; each gives up after {TIMEOUT_ENV} = {dist_timeout().total_seconds():g} s. "
+            "Restart every process (a run continues with --resume).") from exc
 
 
 def all_reduce_sum(tensor: torch.Tensor, ctx: DistContext) -> torch.Tensor:

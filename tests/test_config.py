@@ -1,5 +1,6 @@
 """Recipe schema: loading, overrides, and the messages a user sees for mistakes."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -7,7 +8,7 @@ import yaml
 
 from softdistill.config import ConfigError, apply_overrides, load_recipe, parse_override, recipe_from_dict
 from softdistill.experiments import packaged_recipes
-from softdistill.config import load_vae_recipe
+from softdistill.config import VAERecipe, load_vae_recipe
 
 BASE = {"name": "r", "student": "mlp", "epochs": 2}
 
@@ -107,3 +108,39 @@ def test_every_shipped_recipe_validates():
             recipe_from_dict(yaml.safe_load(path.read_text()), str(path))  # the recipe itself is valid
         else:
             (load_vae_recipe if path.stem.startswith("vae") else load_recipe)(path)
+
+
+def test_a_key_written_twice_is_an_error_naming_key_file_and_lines(tmp_path):
+    path = tmp_path / "twice.yaml"
+    path.write_text("name: r\nstudent: mlp\nepochs: 2\noptim:\n  lr: 0.1\n  momentum: 0.9\n  lr: 0.5\n")
+    with pytest.raises(ConfigError) as info:
+        load_recipe(path)
+    message = str(info.value)
+    assert str(path) in message and "duplicate key 'lr' (first on line 5)" in message and "line 7" in message
+    path.write_text("name: r\nstudent: mlp\nepochs: 2\nepochs: 3\n")
+    with pytest.raises(ConfigError, match="duplicate key 'epochs'"):
+        load_recipe(path)
+    # the same key in different sections, and merge keys that an explicit key overrides, are fine
+    path.write_text("name: r\nstudent: mlp\nepochs: 2\nbase: &b {lr: 0.1, momentum: 0.5}\n"
+                    "optim: {<<: *b, lr: 0.2}\nschedule: {name: constant}\n")
+    raw = yaml.safe_load(path.read_text())
+    raw.pop("base")
+    assert recipe_from_dict(raw).optim.lr == 0.2
+
+
+@pytest.mark.parametrize("name", [".", ".."])
+def test_names_that_leave_the_output_folder_are_refused(tmp_path, name):
+    with pytest.raises(ConfigError, match=rf"name: .*would put the run folder outside output_dir.*got '{re.escape(name)}'"):
+        recipe_from_dict({**BASE, "name": name})
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(BASE))
+    with pytest.raises(ConfigError, match="outside output_dir"):
+        load_recipe(path, [f"name={name}"])
+    with pytest.raises(ConfigError, match="outside output_dir"):
+        VAERecipe.from_dict({"name": name, "epochs": 1})
+
+
+@pytest.mark.parametrize("name", ["...", "kd.t4", "a..b", "-x"])
+def test_accepted_names_keep_the_run_folder_inside_output_dir(tmp_path, name):
+    recipe = recipe_from_dict({**BASE, "name": name, "output_dir": str(tmp_path / "runs"), "seed": 3})
+    assert recipe.run_dir.resolve().parent.parent == (tmp_path / "runs").resolve()

@@ -159,6 +159,14 @@ class RunRecipe(StrictModel):
                                                                  "(methods or sources of your own)")
     source: str | None = Field(None, exclude=True, description="file the recipe was read from (set by the loader)")
 
+    @field_validator("name")
+    @classmethod
+    def _name_stays_in_output_dir(cls, name: str) -> str:
+        if name in (".", ".."):
+            raise ValueError("a name of dots only would put the run folder outside output_dir (use a word such as "
+                             "'kd-t4')")
+        return name
+
     @property
     def run_dir(self) -> Path:
         return Path(self.output_dir) / self.name / f"seed{self.seed}"
@@ -404,13 +412,33 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return result
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a mapping holding a key twice (PyYAML would keep the last)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        first_line: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # '<<: *anchor' merges; its keys may be overridden
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            if key in first_line:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (first on line {first_line[key] + 1}); YAML would "
+                    "silently keep the last value: remove one", key_node.start_mark)
+            first_line[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep)
+
+
 def read_recipe_file(path: str | Path, overrides: Sequence[str] = ()) -> dict[str, Any]:
-    """The YAML mapping in ``path`` with dotted ``key=value`` overrides applied (not yet validated)."""
+    """The YAML mapping in ``path`` with dotted ``key=value`` overrides applied (not yet validated).
+
+    A key written twice in one mapping is an error naming the key and both lines."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"recipe file not found: {path}")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        with path.open() as stream:
+            raw = yaml.load(stream, Loader=_UniqueKeyLoader) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML:\n{exc}") from None
     if not isinstance(raw, dict):

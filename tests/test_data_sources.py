@@ -233,6 +233,21 @@ def test_env_var_lookup_and_root_priority(tmp_path, monkeypatch):
     assert torch.equal(got.images[:, 0], torch.from_numpy(root_truth["test"][0]))
 
 
+def test_an_explicit_root_without_the_data_never_falls_back(tmp_path, monkeypatch):
+    truth = write_idx_set(tmp_path / "usr-share" / "fashion-mnist")
+    monkeypatch.setattr(sources, "SYSTEM_PLACES", {"fashion-mnist": (str(tmp_path / "usr-share" / "fashion-mnist"),)})
+    write_idx_set(tmp_path / "env" / "fashion-mnist", seed=1)
+    monkeypatch.setenv("SOFTDISTILL_DATA", str(tmp_path / "env"))
+    root = tmp_path / "mine"
+    with pytest.raises(DatasetNotFoundError) as info:
+        load_split("fashion-mnist", root=root)
+    message = str(info.value)
+    assert f"{root} (does not exist)" in message and f"{root / 'fashion-mnist'} (does not exist)" in message
+    assert "only place searched" in message and str(tmp_path / "usr-share") not in message
+    assert torch.equal(load_split("fashion-mnist", root=tmp_path / "usr-share").labels,
+                       torch.from_numpy(truth["train"][1]).long())
+
+
 def test_system_place_lookup(tmp_path, monkeypatch):
     truth = write_idx_set(tmp_path / "usr-share" / "fashion-mnist")
     monkeypatch.setattr(sources, "SYSTEM_PLACES", {"fashion-mnist": (str(tmp_path / "usr-share" / "fashion-mnist"),)})
@@ -243,12 +258,11 @@ def test_not_found_lists_every_place_in_order(tmp_path, monkeypatch):
     system = tmp_path / "system" / "fashion-mnist"
     monkeypatch.setattr(sources, "SYSTEM_PLACES", {"fashion-mnist": (str(system),)})
     monkeypatch.setenv("SOFTDISTILL_DATA", str(tmp_path / "env"))
-    write_file(tmp_path / "root" / "train-images-idx3-ubyte", b"")  # an incomplete set is reported as such
+    write_file(tmp_path / "env" / "train-images-idx3-ubyte", b"")  # an incomplete set is reported as such
     with pytest.raises(DatasetNotFoundError) as info:
-        load_split("fashion-mnist", root=tmp_path / "root")
+        load_split("fashion-mnist")
     message = str(info.value)
-    places = [tmp_path / "root", tmp_path / "root" / "fashion-mnist", tmp_path / "env",
-              tmp_path / "env" / "fashion-mnist", system, tmp_path / "cache" / "fashion-mnist"]
+    places = [tmp_path / "env", tmp_path / "env" / "fashion-mnist", system, tmp_path / "cache" / "fashion-mnist"]
     positions = [message.index(f"{p} (") for p in places]
     assert positions == sorted(positions)
     assert "missing train-labels-idx1-ubyte[.gz]" in message

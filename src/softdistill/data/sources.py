@@ -1,12 +1,13 @@
 """Dataset readers: from a dataset name to one split in memory (:class:`RawSplit`).
 
-File-based sets (``fashion-mnist``, ``mnist``, ``cifar10``, ``cifar100``) are looked up, in order, in
+File-based sets (``fashion-mnist``, ``mnist``, ``cifar10``, ``cifar100``) are looked up in ``root``
+when it is given: the dataset folder itself or a parent holding it (``root/fashion-mnist``,
+``root/cifar-10-batches-py``, ...), and nowhere else, so that the data a run reads is the data its
+recipe names.  Without ``root``, in order, in
 
-1. ``root``, either the dataset folder itself or a parent holding it (``root/fashion-mnist``,
-   ``root/cifar-10-batches-py``, ...);
-2. ``$SOFTDISTILL_DATA``, in the same two forms;
-3. the system places of :data:`SYSTEM_PLACES` (``/usr/share/datasets/fashion-mnist``, ...);
-4. the download cache, ``~/.cache/softdistill/<folder>`` (:data:`CACHE_DIR`).
+1. ``$SOFTDISTILL_DATA``, in the same two forms;
+2. the system places of :data:`SYSTEM_PLACES` (``/usr/share/datasets/fashion-mnist``, ...);
+3. the download cache, ``~/.cache/softdistill/<folder>`` (:data:`CACHE_DIR`).
 
 A folder counts only if it holds every file of the set (both splits).  When none does and
 ``download=True``, the official files (:data:`DOWNLOADS`, md5-checked) are fetched into the dataset
@@ -179,8 +180,12 @@ def _bases(root: str | os.PathLike | None) -> list[Path]:
 
 
 def _candidates(name: str, root: str | os.PathLike | None) -> list[Path]:
+    """The folders searched for ``name``: an explicit ``root`` only, else the environment, system and cache."""
     folder = FOLDERS[name]
-    places = [p for base in _bases(root) for p in (base, base / folder)]
+    if root:  # the data a run reads must be the data its recipe names
+        base = Path(root).expanduser()
+        return [base, base / folder]
+    places = [p for base in _bases(None) for p in (base, base / folder)]
     places += [Path(p) for p in SYSTEM_PLACES.get(name, ())]
     places.append(Path(CACHE_DIR).expanduser() / folder)
     return list(dict.fromkeys(places))
@@ -221,8 +226,13 @@ def _locate(name: str, root: str | os.PathLike | None, download: bool) -> Path:
         if missing := _missing(target, name):
             raise DatasetFormatError(f"downloaded {name} into {target}, but it lacks {', '.join(missing)}")
         return target
-    env = "" if os.environ.get(ENV_VAR) else f" (${ENV_VAR} is not set)"
     listing = "\n".join(f"  {i}. {entry}" for i, entry in enumerate(tried, 1))
+    if root:
+        raise DatasetNotFoundError(
+            f"dataset {name!r} not found in the given root. Searched:\n{listing}\nAn explicit root is the only "
+            f"place searched: put the files there, set `download: true` to fetch them into {target}, or leave root "
+            f"unset to search ${ENV_VAR}, the system places and {CACHE_DIR}.")
+    env = "" if os.environ.get(ENV_VAR) else f" (${ENV_VAR} is not set)"
     raise DatasetNotFoundError(f"dataset {name!r} not found. Searched, in order{env}:\n{listing}\n"
                                f"To get it: {_how_to_get(name, target)}.")
 

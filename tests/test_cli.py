@@ -12,7 +12,7 @@ import pytest
 import torch
 import yaml
 
-from softdistill.checkpoint import load_checkpoint
+from softdistill.checkpoint import load_checkpoint, save_checkpoint
 from softdistill.cli import build_parser, main
 from softdistill.engine.distributed import resolve_device
 from softdistill.experiments import write_report
@@ -257,3 +257,15 @@ def test_seed_counts_below_one_are_refused(tmp_path, capsys, argv):
     assert main([*argv, "--output", str(tmp_path / "out"), "--quiet"]) == 2
     assert "needs at least one seed" in one_paragraph_error(capsys, argv[0])
     assert not (tmp_path / "out").exists()  # refused before anything ran
+
+
+def test_eval_refuses_images_of_another_shape_than_the_model_was_trained_on(tmp_path, capsys):
+    recipe = write_recipe(tmp_path, student="cnn-small", epochs=1, output_dir=str(tmp_path / "runs"))
+    assert main(["train", str(recipe), "--quiet"]) == 0
+    payload = load_checkpoint(tmp_path / "runs" / "syn" / "seed0" / "last.pt")
+    payload["model"]["image_size"] = 12  # a CNN for 12x12 images: its weights fit any size, its accuracy would not
+    save_checkpoint(payload, tmp_path / "wide.pt")
+    capsys.readouterr()
+    assert main(["eval", str(tmp_path / "wide.pt"), "--data", "synthetic"]) == 2
+    err = one_paragraph_error(capsys, "eval")
+    assert "holds a model for 10 classes and 1x12x12 images; synthetic has 10 classes and 1x8x8 images" in err

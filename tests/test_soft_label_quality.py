@@ -194,6 +194,24 @@ def test_soft_label_file_roundtrip(tmp_path, many_labels):
         table.probs(batch.with_(sample_id=torch.tensor([5, 7])))
 
 
+def test_soft_label_rows_must_sum_to_one_or_zero(tmp_path):
+    labels = torch.tensor([0, 1, 2, 0])
+    good = torch.tensor([[0.5, 0.5, 0.0], [0.0, 0.0, 0.0], [0.2, 0.3, 0.5], [1.0, 0.0, 0.0]])
+    save_soft_labels(tmp_path / "good.pt", good, labels)  # an all-zero row is "no supervision", allowed
+    assert torch.equal(load_soft_labels(tmp_path / "good.pt")["soft_labels"], good)
+    torch.save({"probs": good.half(), "labels": labels}, tmp_path / "half.pt")  # float16 rounding is tolerated
+    load_soft_labels(tmp_path / "half.pt")
+    scaled = good.clone()
+    scaled[2] *= 7  # a row summing to 7 would scale its loss 7x
+    scaled[3] *= 0.9
+    torch.save({"soft_labels": scaled, "labels": labels}, tmp_path / "seven.pt")
+    with pytest.raises(ValueError) as info:
+        load_soft_labels(tmp_path / "seven.pt")
+    message = str(info.value)
+    assert str(tmp_path / "seven.pt") in message and "2 of 4 rows" in message
+    assert "the worst is row 2, summing to 7" in message
+
+
 # ------------------------------------------------------------------------------------ SBT
 
 def test_sbt_distractors_are_fixed_distinct_and_wrong():

@@ -17,7 +17,7 @@ from torch import nn
 from softdistill.atomic import torch_save_atomic
 from softdistill.models import build_model
 
-__all__ = ["CheckpointError", "FORMAT", "save_checkpoint", "load_checkpoint", "model_from_checkpoint"]
+__all__ = ["CheckpointError", "FORMAT", "save_checkpoint", "load_checkpoint", "model_from_checkpoint", "check_model_fits"]
 
 FORMAT = "softdistill-checkpoint-v1"
 
@@ -48,6 +48,22 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path} is a PyTorch file but not a softdistill checkpoint (format {FORMAT})")
     return payload
+
+
+def check_model_fits(payload: dict[str, Any], source: str | os.PathLike, data_name: str, num_classes: int,
+                     in_channels: int, image_size: int) -> None:
+    """:class:`CheckpointError` unless the checkpoint's model predicts the data's classes and was trained on
+    images of its shape (a CNN with global pooling would run on any size, and silently be wrong)."""
+    spec = payload["model"]
+    expected = (spec["num_classes"], spec["in_channels"], spec["image_size"])
+    if (num_classes, in_channels, image_size) != expected:
+        raise CheckpointError(f"{source} holds a model for {spec['num_classes']} classes and "
+                              f"{_shape(*expected[1:])} images; {data_name} has {num_classes} classes and "
+                              f"{_shape(in_channels, image_size)} images")
+
+
+def _shape(channels: int, size: int) -> str:
+    return f"{channels}x{size}x{size}"
 
 
 def model_from_checkpoint(payload: dict[str, Any], source: str | os.PathLike = "checkpoint") -> nn.Module:

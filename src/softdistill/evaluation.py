@@ -1,4 +1,4 @@
-"""Evaluate a checkpoint on the data it was trained on (or another data set of the same shape)."""
+"""Evaluate a checkpoint on the data it was trained on (or another data set of the same classes and shape)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-from softdistill.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
+from softdistill.checkpoint import check_model_fits, load_checkpoint, model_from_checkpoint
 from softdistill.data.loader import BatchLoader, BatchTransform, TensorSet
 from softdistill.data.prepare import prepare_from_spec
 from softdistill.data.shifts import ood_set, parse_ood_specs
@@ -33,9 +33,7 @@ def evaluate_checkpoint(path: str | os.PathLike, *, split: str = "test", data: s
     name = data or cfg["name"]
     bundle = prepare_from_spec({**cfg, "name": name}, root=root)
     spec = payload["model"]
-    if bundle.num_classes != spec["num_classes"] or bundle.in_channels != spec["in_channels"]:
-        raise CheckpointError(f"{path} holds a model for {spec['num_classes']} classes and {spec['in_channels']} "
-                              f"channel(s); {name} has {bundle.num_classes} and {bundle.in_channels}")
+    check_model_fits(payload, path, name, bundle.num_classes, bundle.in_channels, bundle.image_size)
     chosen = {"train": bundle.train, "val": bundle.val, "test": bundle.test}[split]
     if chosen is None:
         raise ValueError(f"{path}: the recipe held out no validation set (data.val_size = 0)")

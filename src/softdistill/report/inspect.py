@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from softdistill.atomic import save_figure_atomic, write_text_atomic
 from softdistill.checkpoint import FORMAT as CHECKPOINT_FORMAT
-from softdistill.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
+from softdistill.checkpoint import CheckpointError, check_model_fits, load_checkpoint, model_from_checkpoint
 from softdistill.data.loader import BatchLoader, BatchTransform, TensorSet
 from softdistill.data.prepare import DataBundle, prepare_from_spec
 from softdistill.engine.distributed import resolve_device
@@ -117,10 +117,7 @@ def _read_source(path: Path, data: str | None, split: str, root: str | None, dev
             spec = {"name": data, "val_size": spec.get("val_size", 0.1), "split_seed": spec.get("split_seed", 0)}
         bundle = prepare_from_spec(spec, root=root)
         model_spec = payload["model"]
-        if bundle.num_classes != model_spec["num_classes"] or bundle.in_channels != model_spec["in_channels"]:
-            raise CheckpointError(f"{path} holds a model for {model_spec['num_classes']} classes and "
-                                  f"{model_spec['in_channels']} channel(s); {spec['name']} has {bundle.num_classes} "
-                                  f"and {bundle.in_channels}")
+        check_model_fits(payload, path, spec["name"], bundle.num_classes, bundle.in_channels, bundle.image_size)
         images = _split(bundle, split, str(path))
         model = model_from_checkpoint(payload, path)
         logits = _logits(model, images, payload["normalization"], device, batch_size)

@@ -4,7 +4,7 @@ A **soft-label file** is a ``torch.save`` dict read with ``weights_only=True``::
 
     {
       "format": "softdistill-soft-labels-v1",
-      "soft_labels": float tensor N x K,  # probabilities; a row may be all zero = no supervision
+      "soft_labels": float tensor N x K,  # probabilities: each row sums to 1, or is all zero = no supervision
       "labels": int64 tensor N,           # the true classes (for measuring; never used for training)
       "sample_ids": int64 tensor N (optional), # the sample id of each row (softdistill.data: stable ids)
       "data": {"name": ..., "split": ..., "val_size": ..., "per_class": ..., "split_seed": ...} or None,
@@ -35,6 +35,8 @@ from softdistill.types import Batch
 __all__ = ["SOFT_LABEL_FORMAT", "SoftLabelTable", "save_soft_labels", "load_soft_labels", "rows_for_split"]
 
 SOFT_LABEL_FORMAT = "softdistill-soft-labels-v1"
+#: How far from 1 a row sum may be (float16 rounding of a 100-class row stays well inside).
+ROW_SUM_TOLERANCE = 1e-3
 
 
 class SoftLabelTable(SoftLabelSource):
@@ -91,6 +93,18 @@ def save_soft_labels(path: str | os.PathLike, soft_labels: Tensor, labels: Tenso
     torch_save_atomic(path, payload)
 
 
+def _check_row_sums(soft: Tensor, path: Path) -> None:
+    """Every row sums to 1 within :data:`ROW_SUM_TOLERANCE`, or is all zero (no supervision)."""
+    sums = soft.double().sum(dim=1)
+    error = torch.where(sums == 0, 0.0, (sums - 1).abs())
+    bad = int((error > ROW_SUM_TOLERANCE).sum())
+    if bad:
+        worst = int(error.argmax())
+        raise ValueError(f"{path}: soft-label rows must sum to 1 (or be all zero: no supervision); {bad} of "
+                         f"{len(soft)} rows do not, the worst is row {worst}, summing to {sums[worst].item():.6g}. "
+                         "A row that sums to s scales its loss by s: normalise the rows (p / p.sum(1, keepdim=True))")
+
+
 def load_soft_labels(path: str | os.PathLike) -> dict[str, Any]:
     """Read a soft-label file; returns the dict with ``soft_labels`` (float32 probabilities, N x K)
     and ``labels`` (int64, N) checked, plus ``data``, ``class_names`` and ``meta`` (possibly None)."""
@@ -118,6 +132,7 @@ def load_soft_labels(path: str | os.PathLike) -> dict[str, Any]:
         raise ValueError(f"{path}: labels must be integers in [0, {soft.shape[1]})")
     if not bool(torch.isfinite(soft).all()) or bool((soft < 0).any()):
         raise ValueError(f"{path}: soft labels must be finite, non-negative probabilities")
+    _check_row_sums(soft, path)
     ids = blob.get("sample_ids")
     if ids is not None:
         ids = torch.as_tensor(ids)

@@ -83,6 +83,18 @@ def test_uniform_candidate_sets_measure_exactly_at_the_set_size():
     assert unreliability_degree(soft, labels, k=1) == pytest.approx(2 / 3)  # ties -> lower index: 0, 1, 0
 
 
+def test_one_hot_labels_are_perfect_at_every_k():
+    labels = torch.tensor([0, 1, 2, 3, 3, 1])
+    one_hot = F.one_hot(labels, 5).float()
+    for row in soft_label_indicators(one_hot, labels, range(1, 5)):
+        assert (row["unreliability"], row["ambiguity"], row["condition"]) == (0.0, 0.0, True), row
+    # a label with support 2 has a top-3 of those 2 classes, not a third class of zero mass
+    two = torch.tensor([[0.7, 0.3, 0.0, 0.0], [0.0, 0.0, 0.4, 0.6]])
+    member = ambiguity_matrix(two, torch.tensor([0, 3]), k=3)
+    assert member[0].tolist() == [1.0, 1.0, 0.0, 0.0] and member[3].tolist() == [0.0, 0.0, 1.0, 1.0]
+    assert unreliability_degree(torch.zeros(2, 3), torch.tensor([0, 1]), k=2) == 1.0  # no supervision: no set
+
+
 def test_indicator_errors():
     with pytest.raises(ValueError, match="B x K"):
         unreliability_degree(torch.ones(4), torch.zeros(4, dtype=torch.long))

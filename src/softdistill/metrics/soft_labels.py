@@ -1,7 +1,8 @@
 """Quality indicators of a set of soft labels (Yuan et al., NeurIPS 2023, "Learning From Biased Soft Labels").
 
 Notation: ``d_x`` is the soft label of sample x (a row of a B x K tensor), ``y`` its true class,
-``Top_k(d)`` the k classes with the largest entries of ``d``.
+``Top_k(d)`` the k classes with the largest entries of ``d``, leaving out classes of zero mass:
+a soft label with fewer than k non-zero entries has a smaller top-k, its support.
 
 - unreliability degree  ``Delta_k = P(y not in Top_k(d_x))``;
 - ambiguity degree      ``gamma_k = max over a, j != a of P(j in Top_k(d_x) | y = a)``;
@@ -13,7 +14,15 @@ Every function takes the soft labels as probabilities (default) or as logits
 **Ties.** ``Top_k`` is taken with a *stable* descending sort: among equal entries the lower class
 index ranks first, identically on every device (``torch.topk`` leaves the order of ties
 unspecified).  Soft labels that are uniform over a candidate set of size m are therefore measured
-exactly at k = m (the candidate set), and with the lower-index convention for k < m.
+exactly at k >= m (the candidate set), and with the lower-index convention for k < m.
+
+**Zero mass.** A class a soft label gives no mass is no candidate, whatever k: the tie rule would
+otherwise fill the top-k of a one-hot label with the lowest-index wrong classes, so that perfect
+one-hot labels would read gamma_k = 1 ("condition fails") at every k >= 2, an artefact of the tie
+rule rather than a property of the labels.  With zero mass left out, one-hot labels measure
+Delta_k = gamma_k = 0 at every k, and the sets are those the ``soft-label`` method's
+candidate-set loss trains on (``Top_k(d)`` minus classes of zero mass).  An all-zero row (no
+supervision) has an empty top-k: leave such rows out, as ``inspect`` and the weak tables do.
 """
 
 from __future__ import annotations
@@ -85,9 +94,9 @@ def top_k_indices(scores: Tensor, k: int) -> Tensor:
 
 
 def _membership(probs: Tensor, k: int) -> Tensor:
-    """B x K boolean: is class j in Top_k of row b."""
+    """B x K boolean: is class j in Top_k of row b (classes of zero mass never are)."""
     member = torch.zeros_like(probs, dtype=torch.bool)
-    return member.scatter_(1, top_k_indices(probs, k), True)
+    return member.scatter_(1, top_k_indices(probs, k), True) & (probs > 0)
 
 
 def unreliability_degree(soft_labels: Tensor, labels: Tensor, k: int = 1, *, from_logits: bool = False) -> float:

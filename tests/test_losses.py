@@ -28,7 +28,7 @@ def test_kd_loss_is_t2_times_batchmean_kl_not_default_mean():
     torch.manual_seed(0)
     student, teacher = torch.randn(8, 10), torch.randn(8, 10)
     t = 4.0
-    log_s, log_t = F.log_softmax(student / t, 1), F.log_softmax(teacher / t, 1)
+    log_s, log_t = F.log_softmax(student.double() / t, 1), F.log_softmax(teacher.double() / t, 1)
     batchmean = F.kl_div(log_s, log_t, reduction="batchmean", log_target=True)
     assert kd_loss(student, teacher, t).item() == pytest.approx(t * t * batchmean.item(), rel=1e-6)
     # architecture trap 1: nn.KLDivLoss() 'mean' divides by B x K, i.e. K times too small
@@ -95,6 +95,49 @@ def test_losses_are_float32_and_finite_under_bfloat16_and_extreme_logits():
     loss = kd_loss(student, teacher, 1.0)
     assert loss.dtype == torch.float32 and torch.isfinite(loss)
     assert loss.item() == pytest.approx(2000.0, rel=1e-2)  # log_softmax, not log(softmax): no inf
+
+
+def _float64_reference(student, teacher, t):
+    log_s, log_t = F.log_softmax(student.double() / t, 1), F.log_softmax(teacher.double() / t, 1)
+    return t * t * F.kl_div(log_s, log_t, reduction="batchmean", log_target=True).item()
+
+
+def test_kd_loss_at_a_huge_temperature_is_the_float64_value():
+    torch.manual_seed(4)
+    student, teacher = torch.randn(64, 10) * 3, torch.randn(64, 10) * 3
+    t = 1e5
+    loss = kd_loss(student, teacher, t)
+    assert loss.dtype == torch.float32 and loss.item() >= 0  # float32 arithmetic gave -163 here
+    assert loss.item() == pytest.approx(_float64_reference(student, teacher, t), rel=1e-5)
+    # T^2 KL tends to logit matching: mean_b sum_k (d_k - mean d)^2 / (2K), d = z_t - z_s
+    d = (teacher - student).double()
+    limit = ((d - d.mean(1, keepdim=True)) ** 2).sum(1).mean().item() / (2 * 10)
+    assert loss.item() == pytest.approx(limit, rel=1e-3)
+
+
+@pytest.mark.parametrize("t", [1.0, 4.0, 20.0])
+def test_kd_loss_at_usual_temperatures_keeps_its_float32_values_and_gradients(t):
+    torch.manual_seed(5)
+    student, teacher = (torch.randn(32, 100) * 4).requires_grad_(), torch.randn(32, 100) * 4
+    loss = kd_loss(student, teacher, t)
+    assert loss.item() == pytest.approx(_float64_reference(student, teacher, t), rel=1e-7)
+    log_s, log_t = F.log_softmax(student / t, 1), F.log_softmax(teacher / t, 1)
+    float32 = t * t * (log_t.exp() * (log_t - log_s)).sum(1).mean()  # the float32 formula it replaces
+    assert loss.item() == pytest.approx(float32.item(), rel=1e-6 * t * t)  # its rounding grows with T^2
+    torch.testing.assert_close(torch.autograd.grad(loss, student)[0], torch.autograd.grad(float32, student)[0],
+                               rtol=1e-5, atol=1e-8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert kd_loss(student.bfloat16(), teacher.bfloat16(), t).dtype == torch.float32
+
+
+def test_absurd_temperatures_are_refused_by_name():
+    z = torch.randn(2, 3)
+    with pytest.raises(ValueError, match=r"temperature 1e\+30 is absurdly large.*T <= 1e\+06"):
+        kd_loss(z, z, 1e30)
+    with pytest.raises(ValueError, match="absurdly large"):
+        soft_cross_entropy(z, z.softmax(1), float("inf"))
+    with pytest.raises(ValueError, match="must be > 0"):
+        kd_loss(z, z, float("nan"))
 
 
 def test_label_smoothing_uniform_convention():

@@ -1,5 +1,6 @@
 """End-to-end behaviour of the trainer through recipes: outputs, determinism, resume, DDP, errors."""
 
+import dataclasses
 import errno
 import json
 import os
@@ -183,7 +184,44 @@ def test_run_files_follow_the_umask_and_a_resume_removes_stale_temporaries(tmp_p
 
 def test_nan_loss_stops_with_epoch_step_and_term(tmp_path):
     recipe = make_recipe(tmp_path, epochs=3, optim__lr=1.0e6, optim__momentum=0.0, schedule={"name": "constant"})
-    with pytest.raises(NonFiniteLossError, match=r"non-finite loss at epoch \d+, step \d+: term ce"):
+    with pytest.raises(NonFiniteLossError, match=r"non-finite loss at epoch \d+, step \d+: term ce.*"
+                                                 r"outputs are non-finite: training diverged. Lower the learning rate"):
+        run_recipe(recipe, quiet=True)
+
+
+def test_non_finite_inputs_are_named_as_the_cause(tmp_path, monkeypatch):
+    import softdistill.runner as runner
+
+    real_load = runner.load_data
+    monkeypatch.setattr(runner, "load_data", lambda recipe: dataclasses.replace(real_load(recipe), std=(0.0,)))
+    with pytest.raises(NonFiniteLossError, match="The input batch itself holds NaN or infinite values"):
+        run_recipe(make_recipe(tmp_path, epochs=1), quiet=True)
+
+
+@pytest.fixture(scope="module")
+def broken_teacher(tmp_path_factory):
+    """A teacher checkpoint whose weights hold NaN (what a diverged run may have saved)."""
+    tmp = tmp_path_factory.mktemp("teacher")
+    teacher = make_recipe(tmp, name="teacher", epochs=1)
+    run_recipe(teacher, quiet=True)
+    payload = load_checkpoint(teacher.run_dir / "last.pt")
+    next(iter(payload["state_dict"].values())).fill_(float("nan"))
+    save_checkpoint(payload, tmp / "nan-teacher.pt")
+    return tmp / "nan-teacher.pt"
+
+
+def test_a_non_finite_teacher_is_named_not_the_learning_rate(tmp_path, broken_teacher):
+    recipe = make_recipe(tmp_path, epochs=1, method={"name": "kd", "alpha": 0.5},
+                         soft_labels={"source": "teacher", "checkpoint": str(broken_teacher)})
+    with pytest.raises(NonFiniteLossError) as info:
+        run_recipe(recipe, quiet=True)
+    message = str(info.value)
+    assert "term kd" in message and "check the soft-label source" in message and "learning rate" not in message
+
+
+def test_an_absurd_temperature_is_named_before_any_nan(tmp_path):
+    recipe = make_recipe(tmp_path, epochs=1, method={"name": "tfkd-reg", "temperature": 1e30})
+    with pytest.raises(ValueError, match=r"temperature 1e\+30 is absurdly large"):
         run_recipe(recipe, quiet=True)
 
 

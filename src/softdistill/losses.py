@@ -1,9 +1,10 @@
 """Functional distillation losses, each with a thin ``nn.Module`` wrapper.
 
 Every loss is computed in at least float32 (float16/bfloat16 logits from autocast are upcast,
-float64 stays float64),
+float64 stays float64), the KL divergence of KD in float64 (see :func:`kd_loss`),
 and always through ``log_softmax`` (never ``log(softmax)``), so that confident logits cannot give
-``log(0)``.  Notation: z_s, z_t student/teacher logits (B x K), p^T = softmax(z / T).
+``log(0)``.  Temperatures lie in (0, :data:`MAX_TEMPERATURE`].  Notation: z_s, z_t student/teacher
+logits (B x K), p^T = softmax(z / T).
 """
 
 from __future__ import annotations
@@ -29,9 +30,13 @@ __all__ = [
     "wsl_weights",
     "wsl_loss",
     "weighted_soft_cross_entropy",
+    "MAX_TEMPERATURE",
 ]
 
 SMOOTHING_CONVENTIONS = ("uniform", "others")
+#: The largest temperature a loss accepts: far beyond any useful one (KD approaches logit matching
+#: long before), and where float64 still computes T^2 KL to about 1e-4.
+MAX_TEMPERATURE = 1e6
 
 
 def _check_pair(student_logits: Tensor, other: Tensor, what: str) -> None:
@@ -52,6 +57,10 @@ def at_least_float32(x: Tensor) -> Tensor:
 def _check_temperature(temperature: float) -> None:
     if not temperature > 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
+    if not temperature <= MAX_TEMPERATURE:
+        raise ValueError(f"temperature {temperature:g} is absurdly large: the softened probabilities of teacher and "
+                         f"student agree to more digits than floating point holds, so T^2 KL is rounding noise. Use "
+                         f"T <= {MAX_TEMPERATURE:g}; a KD term approaches logit matching long before")
 
 
 def kd_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float = 4.0) -> Tensor:
@@ -59,6 +68,9 @@ def kd_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float =
 
     ``T^2 * mean_b sum_k p_t^T(k) (log p_t^T(k) - log p_s^T(k))``.  The T^2 factor keeps the
     gradient magnitude independent of T.  No gradient flows into ``teacher_logits``.
+    The divergence is computed in float64 and returned in the logits' precision (at least
+    float32): at large T the two log-probabilities agree to many digits, and their float32
+    difference times T^2 would be rounding noise (at T = 1e5 about 1e3, often negative).
     Equals ``T**2 * F.kl_div(log p_s, log p_t, reduction="batchmean", log_target=True)``; note that
     ``nn.KLDivLoss()``'s default 'mean' reduction would also divide by K.
     """
@@ -73,10 +85,10 @@ def teacher_student_divergence(student_logits: Tensor, teacher_logits: Tensor, t
     """
     _check_pair(student_logits, teacher_logits, "teacher_logits")
     _check_temperature(temperature)
-    log_p_s = F.log_softmax(at_least_float32(student_logits) / temperature, dim=1)
-    log_p_t = F.log_softmax(at_least_float32(teacher_logits) / temperature, dim=1)
+    log_p_s = F.log_softmax(student_logits.double() / temperature, dim=1)
+    log_p_t = F.log_softmax(teacher_logits.double() / temperature, dim=1)
     per_sample = (log_p_t.exp() * (log_p_t - log_p_s)).sum(dim=1)
-    return temperature**2 * per_sample.mean()
+    return (temperature**2 * per_sample.mean()).to(at_least_float32(student_logits).dtype)
 
 
 def cross_entropy(student_logits: Tensor, labels: Tensor) -> Tensor:

@@ -42,12 +42,27 @@ from softdistill.engine.optim import LRSchedule
 from softdistill.engine.predict import autocast, classification_sums, evaluate
 from softdistill.engine.wrap import unwrap
 from softdistill.runs import RunStateError, config_differences, resume_checkpoint, write_text_atomic
+from softdistill.types import Batch, StepOutput
 
 __all__ = ["Trainer", "evaluate", "NonFiniteLossError", "RunStateError"]
 
 
 class NonFiniteLossError(FloatingPointError):
     """A loss term became NaN or infinite; the message names the epoch, step and term."""
+
+
+def _non_finite_cause(inputs: torch.Tensor, logits: torch.Tensor | None) -> str:
+    """The likeliest cause of a non-finite loss, from the batch's inputs and the student's outputs
+    (``None`` for a model without class logits, e.g. the VAE)."""
+    if not bool(torch.isfinite(inputs).all()):
+        return "The input batch itself holds NaN or infinite values: check the data and its transform."
+    if logits is None:
+        return "Lower the learning rate, or check the data."
+    if not bool(torch.isfinite(logits.float()).all()):
+        return ("The student's outputs are non-finite: training diverged. Lower the learning rate "
+                "(soft-label terms scale their gradients by alpha * T^2).")
+    return ("The student's outputs are finite, so another input of the loss is not: check the soft-label source "
+            "(a teacher checkpoint or label table with non-finite values) and the method's weights.")
 
 
 class Trainer:
@@ -176,7 +191,7 @@ class Trainer:
                 out = self.method(batch)
             loss = sum(term.float() for term in out.losses.values())
             self.loss_names.update(out.losses)
-            self._check_finite(loss, out.losses, step)
+            self._check_finite(loss, out, batch, step)
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
             self.scaler.step(self.optimizer)
@@ -205,18 +220,20 @@ class Trainer:
             record["train/acc"] = 100.0 * packed[-2].item() / total
         return record
 
-    def _check_finite(self, loss: torch.Tensor, terms: Mapping[str, torch.Tensor], step: int) -> None:
-        bad = torch.zeros((), device=self.ctx.device) if torch.isfinite(loss) else torch.ones((), device=self.ctx.device)
+    def _check_finite(self, loss: torch.Tensor, out: StepOutput, batch: Batch, step: int) -> None:
+        finite = bool(torch.isfinite(loss))
+        bad = torch.zeros((), device=self.ctx.device) if finite else torch.ones((), device=self.ctx.device)
         all_reduce_sum(bad, self.ctx)
         if bad.item() == 0:
             return
+        terms = out.losses
         values = ", ".join(f"{k}={v.item():.4g}" for k, v in terms.items())
         culprits = [k for k, v in terms.items() if not math.isfinite(v.item())] or ["(on another rank)"]
         kept = f"epoch {self.epoch - 1}" if self.epoch > 1 else "none yet"
+        cause = "That rank's message names the cause." if finite else _non_finite_cause(batch.x, out.logits)
         raise NonFiniteLossError(
             f"non-finite loss at epoch {self.epoch}, step {step + 1}: term {', '.join(culprits)} ({values}). "
-            f"The run folder keeps its last good checkpoint ({kept}). Lower the learning rate "
-            "(alpha * T^2 scales soft-label gradients), or check the data and the teacher.")
+            f"The run folder keeps its last good checkpoint ({kept}). {cause}")
 
     # ---------------------------------------------------------------- outputs
     def _save_epoch(self) -> None:

@@ -128,13 +128,14 @@ class BatchLoader:
     def __iter__(self) -> Iterator[Batch]:
         n = len(self.data)
         order = torch.randperm(n, generator=epoch_generator(self.seed, self.epoch)) if self.shuffle else torch.arange(n)
-        view = self.plan.view_in_epoch(self.epoch) if self.plan is not None else 0
         for b in range(len(self)):
             global_rows = order[b * self.batch_size:(b + 1) * self.batch_size]
             rows = torch.tensor_split(global_rows, self.world_size)[self.rank]
             if len(rows) == 0:
                 continue
-            yield self.batch_of(rows, torch.full((len(rows),), view, dtype=torch.long))
+            views = (self.plan.views_in_epoch(self.data.ids[rows], self.epoch) if self.plan is not None
+                     else torch.zeros(len(rows), dtype=torch.long))
+            yield self.batch_of(rows, views)
 
     def in_order(self, view: int) -> Iterator[Batch]:
         """Every sample of the split in row order, each as its view ``view`` (this process alone)."""

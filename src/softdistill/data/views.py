@@ -7,7 +7,9 @@ partner sample, lambda and the cutmix box -- come from :mod:`softdistill.hashing
 view of any sample in any order, which is what exact resume, a cache or a store of soft labels
 and a worker-based loader stand on.
 
-``views: V`` gives each sample V distinct views; epoch e shows view ``(e - 1) mod V``.
+``views: V`` gives each sample V distinct views; epoch e shows view ``(e - 1) mod V``
+(``replay: cycle``), or with ``replay: random`` a view drawn per (sample, epoch), uniformly among
+the V, as ``hash(seed, sample_id, epoch) mod V``.
 ``views: 0`` draws a fresh view every epoch (view ``e - 1``), so the first V epochs of a
 ``views: 0`` run show exactly the views of a ``views: V`` plan.  A plan that does not augment has
 one view per sample, the clean image (view 0).
@@ -39,7 +41,8 @@ __all__ = ["ViewPlan", "ViewParams", "crop", "hflip", "MIX_KINDS"]
 MIX_KINDS = ("none", "mixup", "cutmix")
 
 # component numbers of the hashed draws (never reuse one for another meaning)
-_CROP_ROW, _CROP_COL, _FLIP, _PARTNER, _LAM, _BOX_ROW, _BOX_COL = range(1, 8)
+_CROP_ROW, _CROP_COL, _FLIP, _PARTNER, _LAM, _BOX_ROW, _BOX_COL, _REPLAY = range(1, 9)
+REPLAYS = ("cycle", "random")
 
 
 def crop(x: Tensor, offsets: Tensor, padding: int) -> Tensor:
@@ -85,6 +88,7 @@ class ViewPlan:
     hflip: bool = False
     mix: Literal["none", "mixup", "cutmix"] = "none"
     mix_alpha: float = 1.0
+    replay: Literal["cycle", "random"] = "cycle"
 
     def __post_init__(self) -> None:
         if self.views < 0 or self.crop_padding < 0:
@@ -93,6 +97,10 @@ class ViewPlan:
             raise ValueError(f"mix must be one of {MIX_KINDS}, got {self.mix!r}")
         if self.mix != "none" and self.mix_alpha <= 0:
             raise ValueError(f"mix_alpha (the Beta parameter) must be > 0, got {self.mix_alpha}")
+        if self.replay not in REPLAYS:
+            raise ValueError(f"replay must be one of {REPLAYS}, got {self.replay!r}")
+        if self.replay == "random" and self.is_random and self.views == 0:
+            raise ValueError("replay: random chooses among a fixed number of views per sample: set data.views")
 
     @property
     def mixes(self) -> bool:
@@ -116,9 +124,19 @@ class ViewPlan:
             return 0
         return epoch - 1 if self.views == 0 else (epoch - 1) % self.views
 
+    def views_in_epoch(self, sample_ids: Tensor, epoch: int) -> Tensor:
+        """The view (CPU int64) each of ``sample_ids`` shows in (1-based) epoch ``epoch``: the
+        epoch's view for ``replay: cycle``, a hashed uniform choice among the V views for ``random``."""
+        ids = sample_ids.cpu().long()
+        if self.replay == "random" and self.is_random:
+            return hash_below(self.views, self.seed, ids, epoch, _REPLAY)
+        return torch.full_like(ids, self.view_in_epoch(epoch))
+
     def fingerprint(self) -> str:
-        """A short hash of everything that defines the views (for manifests and cache keys)."""
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
+        """A short hash of everything that defines the views (for manifests and cache keys); the
+        order they are replayed in (``replay``) is not part of it."""
+        fields = {k: v for k, v in asdict(self).items() if k != "replay"}
+        return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 
     # ------------------------------------------------------------------ parameters
     def geometry(self, sample_ids: Tensor, views: Tensor) -> ViewParams:

@@ -1,0 +1,223 @@
+"""The store's folder layout, its manifest, hashes and the writer's lock (see docs/store.md).
+
+A store is a folder::
+
+    manifest.json        format, data (fingerprint), teacher identity, view plan, encoding, shard table
+    samples.npy          (id, label) of every sample, int64, in store order (the training split's row order)
+    shard-00000-HASH.npy records of samples [0, S), shape S x V, ordered by (sample, view);
+                         HASH: the first 16 hex digits of the file's sha256
+    shard-00001-HASH.npy ...
+    config.yaml          the label recipe that made it (run-folder rules)
+    summary.json         written when labelling finished (size, seconds, throughput)
+    label.lock           only while a writer runs: {pid, host, started}
+
+Every ``.npy`` file is a plain numpy array (fixed-size records, structured dtype, no object
+fields) read with ``allow_pickle=False`` and memory-mapped.  Files are written under a temporary
+name, fsynced and renamed; the manifest says ``complete: true`` only once every shard is there
+and hashed.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import socket
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import numpy as np
+import torch
+from torch import Tensor
+
+__all__ = ["FORMAT", "MANIFEST", "SAMPLES", "LOCK", "StoreError", "shard_name", "data_fingerprint", "sha256_of",
+           "write_atomic", "write_array_atomic", "read_manifest", "write_manifest", "WriterLock", "DISK_FULL",
+           "shard_files", "read_samples", "samples_array"]
+
+FORMAT = "softdistill-store-v1"
+MANIFEST = "manifest.json"
+SAMPLES = "samples.npy"
+LOCK = "label.lock"
+SAMPLE_DTYPE = np.dtype([("id", "<i8"), ("label", "<i8")])
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+class StoreError(ValueError):
+    """A store that cannot be written or read as asked; the message names the file and what to do."""
+
+
+def shard_name(index: int, digest: str) -> str:
+    """A shard's file name: its index and the first 16 hex digits of its sha256, so that a shard
+    file and its hash appear together, in one rename."""
+    return f"shard-{index:05d}-{digest[:16]}.npy"
+
+
+def shard_files(folder: Path, index: int) -> list[Path]:
+    return sorted(folder.glob(f"shard-{index:05d}-*.npy"))
+
+
+def data_fingerprint(ids: Tensor, labels: Tensor) -> str:
+    """sha256 over the sample ids and labels (int64, little-endian) in row order."""
+    h = hashlib.sha256()
+    h.update(ids.cpu().long().numpy().astype("<i8").tobytes())
+    h.update(labels.cpu().long().numpy().astype("<i8").tobytes())
+    return h.hexdigest()
+
+
+def sha256_of(path: Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class _HashingWriter:
+    """A binary handle that hashes what passes through it."""
+
+    def __init__(self, handle: BinaryIO) -> None:
+        self.handle, self.sha = handle, hashlib.sha256()
+
+    def write(self, data: bytes) -> int:
+        self.sha.update(data)
+        return self.handle.write(data)
+
+
+def write_atomic(folder: Path, name: str | Callable[[str], str], write: Callable[[Any], None]) -> Path:
+    """``write(handle)`` into a temporary file in ``folder``, fsync, rename to ``name`` (or to
+    ``name(sha256 of the bytes)``): the file is either absent or complete, never half-written.
+    The temporary file is removed on any error; returns the final path."""
+    fd, tmp = tempfile.mkstemp(prefix=".writing.", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            os.fchmod(handle.fileno(), 0o644)  # readable like any written file (mkstemp makes it private)
+            hashing = _HashingWriter(handle)
+            write(hashing)
+            handle.flush()
+            os.fsync(handle.fileno())
+        path = folder / (name if isinstance(name, str) else name(hashing.sha.hexdigest()))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(folder)
+    return path
+
+
+def write_array_atomic(folder: Path, name: str | Callable[[str], str], array: np.ndarray) -> Path:
+    """An ``.npy`` file (format 1.0 header, no pickle), written atomically (:func:`write_atomic`)."""
+    return write_atomic(folder, name, lambda handle: np.lib.format.write_array(handle, array, version=(1, 0),
+                                                                               allow_pickle=False))
+
+
+def read_manifest(folder: Path) -> dict[str, Any]:
+    """The manifest of the store in ``folder``; :class:`StoreError` for a folder that is not a store."""
+    path = folder / MANIFEST
+    if not folder.is_dir():
+        raise StoreError(f"{folder} is not a store: no such folder (a store is a folder written by 'softdistill label')")
+    if not path.is_file():
+        raise StoreError(f"{folder} is not a store: it has no {MANIFEST} (a store is a folder written by "
+                         "'softdistill label')")
+    try:
+        manifest = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise StoreError(f"{path} is not a readable store manifest ({exc})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        found = manifest.get("format") if isinstance(manifest, dict) else None
+        raise StoreError(f"{path} is not a softdistill store manifest: format {found!r}, expected {FORMAT!r}")
+    return manifest
+
+
+def write_manifest(folder: Path, manifest: dict[str, Any]) -> None:
+    text = json.dumps(manifest, indent=1, sort_keys=True).encode()
+    write_atomic(folder, MANIFEST, lambda handle: handle.write(text))
+
+
+class WriterLock:
+    """``label.lock`` held by the one process that writes a store (its pid and host inside).
+
+    A second writer is refused.  A lock left by a process that is no longer running on this host
+    (a crash, a kill) is stale and taken over, with a message; a lock of another host cannot be
+    checked and is refused (delete the file when that writer is known to be gone).
+    """
+
+    def __init__(self, folder: Path, quiet: bool = False) -> None:
+        self.path = folder / LOCK
+        self.quiet = quiet
+        self.held = False
+
+    def _create(self) -> bool:
+        try:
+            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "w") as handle:
+            json.dump({"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}, handle)
+        return True
+
+    def _holder(self) -> dict[str, Any]:
+        try:
+            return json.loads(self.path.read_text())
+        except (OSError, json.JSONDecodeError):
+            return {}
+
+    def acquire(self) -> None:
+        if self._create():
+            self.held = True
+            return
+        holder = self._holder()
+        pid, host = holder.get("pid"), holder.get("host")
+        if host == socket.gethostname() and isinstance(pid, int) and not _running(pid):
+            self.path.unlink(missing_ok=True)
+            if self._create():
+                if not self.quiet:
+                    print(f"[softdistill] {self.path}: took over the stale lock of pid {pid}, which is no longer running")
+                self.held = True
+                return
+            holder = self._holder()
+        since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(holder["started"])) if "started" in holder else "?"
+        raise StoreError(f"{self.path.parent} is being written by another labelling process (pid {holder.get('pid')} "
+                         f"on {holder.get('host')}, since {since}): two writers on one store are refused. Wait for it "
+                         f"to finish; if that process is gone (e.g. it ran on another machine), delete {self.path}.")
+
+    def release(self) -> None:
+        if self.held:
+            self.path.unlink(missing_ok=True)
+            self.held = False
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def read_samples(path: Path) -> tuple[Tensor, Tensor]:
+    """Sample ids and labels (int64) of a ``samples.npy`` file."""
+    array = np.load(path, allow_pickle=False)
+    if array.dtype != SAMPLE_DTYPE or array.ndim != 1:
+        raise StoreError(f"{path}: expected a 1-D array of (id, label) int64 records, got {array.dtype} {array.shape}")
+    return torch.from_numpy(array["id"].copy()), torch.from_numpy(array["label"].copy())
+
+
+def samples_array(ids: Tensor, labels: Tensor) -> np.ndarray:
+    out = np.empty(len(ids), dtype=SAMPLE_DTYPE)
+    out["id"] = ids.cpu().long().numpy()
+    out["label"] = labels.cpu().long().numpy()
+    return out

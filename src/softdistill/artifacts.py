@@ -1,11 +1,13 @@
 """The one artifact resolver: a recipe names another recipe whose product it needs.
 
-A teacher checkpoint (``soft_labels.recipe``), a VAE (``method.vae.path``), later a store: the
+A teacher checkpoint (``soft_labels.recipe``), a VAE (``method.vae.path``), a store (a label
+recipe's run folder, ``soft_labels.recipe`` of ``source: store``): the
 dependency's recipe is loaded with the machine settings of the recipe that asks for it
 (:data:`softdistill.config.INHERITED_BY_DEPENDENCIES`), refused if its run folder was made by
 another version of it, trained (or finished) once when its run is not finished, and the path of
 its product returned.  A dependency that names a file (a checkpoint, a vae.pt, a soft-label file)
-is returned as it is.  Paths are relative to the folder of the recipe that names them.
+(or a store folder) is returned as it is.  Paths are relative to the folder of the recipe that
+names them.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ __all__ = ["resolve_product", "PRODUCTS"]
 PRODUCTS: dict[str, Callable[[Dependency], str]] = {
     "model": lambda dependency: f"{dependency.select}.pt",
     "vae": lambda dependency: "vae.pt",
+    "store": lambda dependency: ".",  # the store is the label recipe's run folder itself
 }
 
 
@@ -37,10 +40,11 @@ def resolve_product(recipe: RunRecipe, dependency: Dependency, run: Callable[...
     state = run_dir_state(needed.run_dir)
     if state != "finished":
         if not quiet:
-            print(f"[softdistill] {dependency.field}: training {needed.kind} {needed.name!r} into {needed.run_dir}")
+            verb = "labelling with" if dependency.kind == "store" else "training"
+            print(f"[softdistill] {dependency.field}: {verb} {needed.kind} {needed.name!r} into {needed.run_dir}")
         run(needed, resume=(state == "partial"), quiet=quiet)
     product = needed.run_dir / PRODUCTS[dependency.kind](dependency)
-    if not product.is_file():
+    if not product.exists():
         hint = (f" (the recipe keeps epoch checkpoints only for train.keep_epochs = {needed.train.keep_epochs})"
                 if dependency.select.startswith("epoch_") else "")
         raise CheckpointError(f"{dependency.field}: {product} does not exist{hint}")

@@ -1,4 +1,4 @@
-"""The ``softdistill`` command: train, train-vae, eval, compare, quickstart, inspect.
+"""The ``softdistill`` command: train, train-vae, label, store, eval, compare, quickstart, inspect.
 
 Also reachable as ``python -m softdistill`` (which is what torchrun needs:
 ``torchrun --nproc_per_node=2 -m softdistill train RECIPE``).
@@ -48,6 +48,23 @@ def build_parser() -> argparse.ArgumentParser:
                      help="continue the run in its folder from last.pt; the result equals an uninterrupted run")
     vae.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
 
+    lab = sub.add_parser("label", help="label a store: a teacher's soft labels of every view, written once",
+                         description="Write the store RECIPE describes into OUTPUT_DIR/NAME/seedSEED: the soft labels "
+                                     "of every (sample, view) of its view plan, in memory-mapped shards with a "
+                                     "manifest (docs/store.md). An interrupted run continues where it stopped. Run "
+                                     "under torchrun to label disjoint shards per process.")
+    lab.add_argument("recipe", help="path of a YAML label recipe")
+    lab.add_argument("-o", "--override", action="append", default=[], metavar="KEY=VALUE", help=OVERRIDE_HELP)
+    lab.add_argument("--seed", type=int, help="shortcut for -o seed=N (the view seed unless data.view_seed is set)")
+    lab.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    st = sub.add_parser("store", help="check a store", description="Commands on a store folder.")
+    st_sub = st.add_subparsers(dest="store_command", required=True, metavar="STORE_COMMAND")
+    verify = st_sub.add_parser("verify", help="check every shard of a store against its manifest's sha256",
+                               description="Hash every file of STORE and compare with the manifest; exit status 2 "
+                                           "and the damaged shards named when one differs.")
+    verify.add_argument("store", help="a store folder")
+
     ev = sub.add_parser("eval", help="evaluate a checkpoint on a data split",
                         description="Top-1 accuracy and cross-entropy of a checkpoint. The data set, validation split "
                                     "and normalisation are taken from the checkpoint unless given.")
@@ -91,8 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
                                      "unreliability / ambiguity indicators for k = 1..5 (Yuan et al., NeurIPS 2023), "
                                      "mixed-sample order diagnostics, and with --student the teacher-student "
                                      "agreement and regularization-sample share.")
-    ins.add_argument("source", help="a teacher checkpoint (.pt written by softdistill) or a soft-label file "
-                                    "({'soft_labels': N x K, 'labels': N, ...}; see docs/inspect.md)")
+    ins.add_argument("source", help="a teacher checkpoint (.pt written by softdistill), a soft-label file "
+                                    "({'soft_labels': N x K, 'labels': N, ...}; see docs/inspect.md) or a store folder")
     ins.add_argument("--data", help="dataset name (default: the one the checkpoint was trained on)")
     ins.add_argument("--split", choices=["train", "val", "test"], default="train",
                      help="which split's soft labels (default: train, what a student learns from)")
@@ -139,6 +156,39 @@ def _cmd_train_vae(args: argparse.Namespace) -> int:
     summary = run_recipe(recipe, resume=args.resume, quiet=args.quiet)
     print(f"done: test recon {summary['test_recon']:.2f}, negative ELBO {summary['test_nelbo_last']:.2f} nats per image; "
           f"{summary['seconds']:.1f}s -> {recipe.run_dir / 'vae.pt'}")
+    return 0
+
+
+def _cmd_label(args: argparse.Namespace) -> int:
+    from softdistill.config import load_label_recipe
+    from softdistill.engine import shutdown_distributed
+    from softdistill.runner import label_store
+
+    recipe = load_label_recipe(args.recipe, args.override + ([f"seed={args.seed}"] if args.seed is not None else []))
+    try:
+        label_store(recipe, quiet=args.quiet)
+    finally:
+        shutdown_distributed()
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"done: store {recipe.run_dir}")
+    return 0
+
+
+def _cmd_store(args: argparse.Namespace) -> int:
+    from softdistill.store import Store, StoreError
+    from softdistill.store.writer import human_bytes
+
+    store = Store(args.store)
+    problems = store.verify()
+    if problems:
+        raise StoreError(f"{args.store}: {len(problems)} damaged file(s):\n  " + "\n  ".join(problems)
+                         + "\nLabel the store again (delete the named shards and run the label recipe: only they are "
+                           "labelled again).")
+    m = store.manifest
+    e = m["encoding"]
+    encoding = e["kind"] + (f" k={e['k']}" if e["k"] else "") + f" {e['dtype']}"
+    print(f"{args.store}: intact; {m['samples']} samples x {store.views} views, {encoding}, "
+          f"{len(m['shards'])} shard(s), {human_bytes(m['bytes'])}")
     return 0
 
 
@@ -210,7 +260,8 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handlers = {"train": _cmd_train, "train-vae": _cmd_train_vae, "eval": _cmd_eval,
+    handlers = {"train": _cmd_train, "train-vae": _cmd_train_vae, "label": _cmd_label, "store": _cmd_store,
+                "eval": _cmd_eval,
                 "compare": _cmd_compare, "quickstart": _cmd_quickstart, "inspect": _cmd_inspect}
     try:
         return handlers[args.command](args)

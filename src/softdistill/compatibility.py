@@ -4,14 +4,16 @@ A soft-label source declares what it ``serves`` (the capabilities below); a meth
 whether it learns from soft labels at all (``uses_soft_labels``), whether it learns from mixed
 views (``mixed_views``: such a method needs a plan that mixes, every other method refuses one),
 and what else it needs from its source (``source_needs``).  :func:`compatibility_problems` is
-called when a recipe is validated, before any teacher, VAE or store is made.
+called when a recipe is validated, before any teacher, VAE or store is made;
+:func:`stored_view_problems` decides whether a store's views are the ones a recipe asks for
+(when the recipe loads, for a store named by its label recipe; when the store opens, otherwise).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["ONLINE", "INPUT_GRAD", "MIXED", "ANY_VIEW", "CAPABILITIES", "compatibility_problems"]
+__all__ = ["ONLINE", "INPUT_GRAD", "MIXED", "ANY_VIEW", "CAPABILITIES", "compatibility_problems", "stored_view_problems"]
 
 ONLINE = "online"          # soft labels of any input, computed when asked (e.g. new, learned augmentations)
 INPUT_GRAD = "input_grad"  # soft labels differentiable with respect to the input
@@ -56,3 +58,31 @@ def compatibility_problems(method: Any, source: Any | None, plan: Any) -> list[s
                         "augmentation draws a fresh view every epoch: set data.views to the number of views per "
                         "sample to label (each is labelled once), or turn data.augment off")
     return problems
+
+
+# what defines the views themselves (``views`` is how many; ``replay`` only their order)
+VIEW_DEFINITION = ("seed", "crop_padding", "hflip", "mix", "mix_alpha")
+
+
+def stored_view_problems(stored: Any, wanted: Any, where: str) -> list[str]:
+    """What stops soft labels stored for the views of plan ``stored`` from serving a run whose
+    plan is ``wanted`` (both ViewPlans); ``where`` names the store in messages.
+
+    View v of a sample is the same image under any number of views, so a store of V views serves
+    a recipe that asks for V or fewer; the parameters that define the views must be equal.
+    """
+    if stored.is_random or wanted.is_random:
+        differ = [f"{key} {getattr(stored, key)!r} in the store, {getattr(wanted, key)!r} in the recipe"
+                  for key in VIEW_DEFINITION if getattr(stored, key) != getattr(wanted, key)]
+        if not stored.is_random or not wanted.is_random:
+            differ.insert(0, "the store's views are " + ("augmented" if stored.is_random else "the clean images")
+                          + ", the recipe's " + ("augmented" if wanted.is_random else "the clean images"))
+        if differ:
+            return [f"{where} holds the views of another view plan ({'; '.join(differ)}): the student would see images "
+                    "the teacher did not label. Give the recipe the store's data.augment and data.view_seed (the "
+                    "view seed is data.view_seed, else the run seed), or label a store for the recipe's views"]
+    have, want = stored.distinct_views, wanted.distinct_views
+    if want is not None and have is not None and want > have:
+        return [f"{where} holds {have} view(s) per sample, the recipe asks for {want} (data.views): set data.views to "
+                f"at most {have}, or label a store with more views"]
+    return []

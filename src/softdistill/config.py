@@ -34,7 +34,7 @@ from typing import Any, ClassVar, Literal, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, field_validator, model_validator
 
-from softdistill.compatibility import compatibility_problems
+from softdistill.compatibility import CAPABILITIES, MIXED, compatibility_problems
 from softdistill.data.shifts import parse_ood_specs
 from softdistill.data.views import ViewPlan
 from softdistill.methods import MethodConfig, method_class, method_config_class
@@ -54,7 +54,10 @@ __all__ = [
     "RunRecipe",
     "Recipe",
     "VAERecipe",
+    "LabelRecipe",
+    "EncodingConfig",
     "load_recipe",
+    "load_label_recipe",
     "load_vae_recipe",
     "import_plugins",
     "read_recipe_file",
@@ -99,6 +102,9 @@ class DataConfig(StrictModel):
     views: int = Field(0, ge=0, description="distinct augmented views per sample (epoch e shows view (e-1) mod V); "
                                             "0 = a fresh view every epoch")
     view_seed: int | None = Field(None, description="seed of the views' parameters; None = the run seed")
+    replay: Literal["cycle", "random"] = Field("cycle", description="which of the V views epoch e shows: cycle = "
+                                                                   "(e-1) mod V; random = a hashed choice per sample "
+                                                                   "and epoch")
     canvas: int | None = Field(None, ge=4, description="place every image at the centre of a black canvas of this "
                                                        "size (before the normalisation statistics); None = off")
     ood: list[str] = Field(default_factory=list, description="out-of-domain test sets kind:amount, e.g. shift:4, "
@@ -110,11 +116,17 @@ class DataConfig(StrictModel):
         parse_ood_specs(specs)
         return specs
 
+    @model_validator(mode="after")
+    def _valid_plan(self) -> "DataConfig":
+        self.view_plan(0)  # ViewPlan's own checks (e.g. replay: random needs data.views)
+        return self
+
     def view_plan(self, run_seed: int) -> ViewPlan:
         """The views of the training split (``view_seed``, else ``run_seed``)."""
         a = self.augment
         return ViewPlan(seed=self.view_seed if self.view_seed is not None else run_seed, views=self.views,
-                        crop_padding=a.crop_padding, hflip=a.hflip, mix=a.mix, mix_alpha=a.mix_alpha)
+                        crop_padding=a.crop_padding, hflip=a.hflip, mix=a.mix, mix_alpha=a.mix_alpha,
+                        replay=self.replay)
 
 
 class OptimConfig(StrictModel):
@@ -151,7 +163,6 @@ class RunRecipe(StrictModel):
     name: str = Field(..., pattern=r"^[A-Za-z0-9_.\-]+$")
     description: str = ""
     seed: int = 0
-    epochs: int = Field(..., ge=1)
     data: DataConfig = Field(default_factory=DataConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     output_dir: str = Field("runs", description="runs are written to OUTPUT_DIR/NAME/seedSEED")
@@ -195,6 +206,10 @@ class RunRecipe(StrictModel):
         """The other recipes and files this recipe names (their paths relative to its folder)."""
         return []
 
+    def dependency_problems(self, dependency: Dependency, needed: "RunRecipe") -> list[str]:
+        """What stops the product of ``needed`` (the recipe ``dependency`` names) from serving this recipe."""
+        return []
+
     @classmethod
     def _check_mapping(cls, raw: Any, source: str | None) -> None:
         if not isinstance(raw, dict):
@@ -217,6 +232,7 @@ RETIRED_SECTIONS = {
 class Recipe(RunRecipe):
     """A training recipe: a student, where its soft labels come from, its method, optimiser and schedule."""
 
+    epochs: int = Field(..., ge=1)
     student: str = Field(..., description="model name, see softdistill.models.available_models()")
     soft_labels: SerializeAsAny[SourceConfig] | None = Field(
         None, description="where soft labels come from: {source: teacher | cache | weak | ..., ...}")
@@ -231,6 +247,9 @@ class Recipe(RunRecipe):
     def dependencies(self) -> list[Dependency]:
         own = self.soft_labels.dependencies() if self.soft_labels is not None else []
         return own + self.method.dependencies()
+
+    def dependency_problems(self, dependency: Dependency, needed: RunRecipe) -> list[str]:
+        return self.soft_labels.dependency_problems(dependency, needed, self) if self.soft_labels is not None else []
 
     @classmethod
     def from_dict(cls, raw: Any, source: str | None = None) -> "Recipe":
@@ -265,6 +284,7 @@ class VAERecipe(RunRecipe):
 
     kind: ClassVar[str] = "VAE recipe"
 
+    epochs: int = Field(..., ge=1)
     latent_dim: int = Field(16, ge=1, description="dimension of z")
     width: int = Field(32, ge=1, description="channels of the first convolution (the second has twice as many)")
     beta: float = Field(1.0, ge=0, description="weight of the KL term (1 = the ELBO)")
@@ -279,6 +299,80 @@ class VAERecipe(RunRecipe):
         if self.data.augment.mix != "none":
             raise ValueError("data.augment.mix is not used by train-vae (a VAE learns single images)")
         return self
+
+
+class EncodingConfig(StrictModel):
+    """How a store encodes each soft label (softdistill.store.encoding)."""
+
+    kind: Literal["full", "topk"] = Field("full", description="full: every logit; topk: the k largest + the tail's mass")
+    dtype: Literal["float32", "float16"] = Field("float32", description="of the logits (full) or top-k values")
+    k: int | None = Field(None, ge=1, description="topk: how many classes are kept")
+
+    @model_validator(mode="after")
+    def _k_for_topk(self) -> "EncodingConfig":
+        if (self.kind == "topk") != (self.k is not None):
+            raise ValueError("encoding.k is needed for kind: topk and only there")
+        return self
+
+
+class LabelRecipe(RunRecipe):
+    """What ``softdistill label`` writes: the store of a soft-label source's logits for every
+    (sample, view) of the data section's view plan (data.augment, data.views, data.view_seed).
+
+    The store is the run folder ``OUTPUT_DIR/NAME/seedSEED``; ``data.eval_batch_size`` is the
+    labelling batch; ``train`` gives the device, threads and ``amp`` of the teacher's forward.
+    """
+
+    kind: ClassVar[str] = "label recipe"
+
+    soft_labels: SerializeAsAny[SourceConfig] | None = Field(None, description="what labels: {source: teacher, "
+                                                                               "recipe: ...} (required)")
+    encoding: EncodingConfig = Field(default_factory=EncodingConfig)
+    shard_samples: int = Field(4096, ge=1, description="samples per shard (each shard holds all their views)")
+
+    @property
+    def view_plan(self) -> ViewPlan:
+        return self.data.view_plan(self.seed)
+
+    def dependencies(self) -> list[Dependency]:
+        return self.soft_labels.dependencies() if self.soft_labels is not None else []
+
+    @classmethod
+    def from_dict(cls, raw: Any, source: str | None = None) -> "LabelRecipe":
+        """As :meth:`RunRecipe.from_dict`; ``soft_labels`` is validated by the source it names, which
+        must serve the plan's views (mixed ones too, when the plan mixes), for a fixed number of views."""
+        cls._check_mapping(raw, source)
+        import_plugins(raw.get("plugins"), source)
+        raw = dict(raw)
+        soft_labels, problems = _validate_source(raw.pop("soft_labels", None))
+        if soft_labels is None and not problems:
+            problems = ["soft_labels: required: the source that labels, e.g. {source: teacher, recipe: teacher.yaml}"]
+        try:
+            recipe = cls.model_validate({**raw, "source": source})
+        except ValidationError as exc:
+            problems = describe_errors(exc.errors(), cls) + problems
+            recipe = None
+        if recipe is not None and soft_labels is not None:
+            problems += _label_problems(recipe, source_class(soft_labels.source))
+        if problems or recipe is None:
+            raise cls._invalid(source, problems)
+        recipe.soft_labels = soft_labels
+        return recipe
+
+
+def _label_problems(recipe: LabelRecipe, source: Any) -> list[str]:
+    plan, name = recipe.view_plan, source.Config.model_fields["source"].default
+    problems = []
+    if name == "store":
+        problems.append("soft_labels.source: a label recipe labels from a teacher (or another source), not from a store")
+    if plan.mixes and MIXED not in source.serves:
+        problems.append(f"soft_labels.source {name!r} cannot label {CAPABILITIES[MIXED]}; use source: teacher")
+    if plan.distinct_views is None:
+        problems.append("data.views: a store holds a fixed number of views per sample; set data.views to how many "
+                        "views of each sample to label (the augmentation draws a fresh view otherwise)")
+    if recipe.train.keep_epochs:
+        problems.append("train.keep_epochs is not used by a label recipe")
+    return problems
 
 
 # --------------------------------------------------------------------------------------------
@@ -451,7 +545,8 @@ def read_recipe_file(path: str | Path, overrides: Sequence[str] = ()) -> dict[st
 # reach the teacher (or VAE) too.
 INHERITED_BY_DEPENDENCIES = ("data.root", "data.download", "train.device", "train.threads", "train.eval_every",
                              "output_dir")
-RECIPE_KINDS: dict[str, type[RunRecipe]] = {"model": Recipe, "vae": VAERecipe}
+RECIPE_KINDS: dict[str, type[RunRecipe]] = {"model": Recipe, "vae": VAERecipe, "store": LabelRecipe}
+FOLDER_KINDS = ("store",)  # dependencies whose product is a folder (a store), not a file
 
 
 def inherited_overrides(recipe: RunRecipe) -> list[str]:
@@ -472,9 +567,10 @@ def dependency_recipe(recipe: RunRecipe, dependency: Dependency) -> tuple[Path, 
     names the field and where it was looked for."""
     path = recipe.resolve_path(dependency.path)
     is_recipe = dependency.kind in RECIPE_KINDS and path.suffix in (".yaml", ".yml")
-    if not path.is_file():
+    if not (path.is_file() or (dependency.kind in FOLDER_KINDS and path.is_dir() and not is_recipe)):
         where = f"{recipe.source}: " if recipe.source else ""
-        raise ConfigError(f"{where}{dependency.field}: no file {path} (paths in a recipe are relative to the "
+        what = "file or folder" if dependency.kind in FOLDER_KINDS else "file"
+        raise ConfigError(f"{where}{dependency.field}: no {what} {path} (paths in a recipe are relative to the "
                           "recipe's folder)")
     if not is_recipe:
         return path, None
@@ -491,12 +587,22 @@ def check_dependencies(recipe: RunRecipe, _chain: tuple[Path, ...] = ()) -> None
         if path.resolve() in _chain:
             raise ConfigError(f"{recipe.source}: {dependency.field} makes a cycle of recipes: "
                               + " -> ".join(str(p) for p in (*_chain, path.resolve())))
+        problems = recipe.dependency_problems(dependency, loaded)
+        if problems:
+            raise ConfigError(f"{recipe.source}: {dependency.field}:\n  " + "\n  ".join(problems))
         check_dependencies(loaded, (*_chain, path.resolve()))
 
 
 def load_recipe(path: str | Path, overrides: Sequence[str] | None = None) -> Recipe:
     """Read a YAML training recipe, apply dotted overrides, validate it and every recipe it depends on."""
     recipe = recipe_from_dict(read_recipe_file(path, list(overrides or [])), source=str(path))
+    check_dependencies(recipe, (Path(path).resolve(),))
+    return recipe
+
+
+def load_label_recipe(path: str | Path, overrides: Sequence[str] = ()) -> LabelRecipe:
+    """Read a YAML label recipe, apply dotted overrides, validate it and the recipes it depends on."""
+    recipe = LabelRecipe.from_dict(read_recipe_file(path, overrides), str(path))
     check_dependencies(recipe, (Path(path).resolve(),))
     return recipe
 

@@ -16,23 +16,29 @@ import yaml
 
 from softdistill.artifacts import resolve_product
 from softdistill.augment.vae import ConvVAE
-from softdistill.config import Recipe, RunRecipe, VAERecipe
+from softdistill.checkpoint import load_checkpoint
+from softdistill.compatibility import VIEW_DEFINITION
+from softdistill.config import LabelRecipe, Recipe, RunRecipe, VAERecipe
 from softdistill.data.loader import BatchLoader, BatchTransform
 from softdistill.data.prepare import DataBundle, prepare_from_spec
 from softdistill.data.shifts import ood_sets
 from softdistill.data.views import ViewPlan
 from softdistill.engine import DistContext, LRSchedule, Trainer, build_optimizer, init_distributed
 from softdistill.engine.distributed import resolve_device
+from softdistill.engine.predict import autocast
 from softdistill.engine.wrap import wrap
 from softdistill.methods import method_class
 from softdistill.models import build_model
 from softdistill.runs import recipe_differences, run_dir_state, write_text_atomic
+from softdistill.store import Encoding, write_store
+from softdistill.store.format import sha256_of
 from softdistill.targets import SoftLabelSource, SourceSetup, source_class
 from softdistill.targets.base import Dependency
-from softdistill.types import InputSpec, MethodContext
+from softdistill.targets.store import DATA_IDENTITY
+from softdistill.types import Batch, InputSpec, MethodContext
 from softdistill.vae_training import VAETask
 
-__all__ = ["run_recipe", "load_data", "resolve_dependencies", "product_of"]
+__all__ = ["run_recipe", "label_store", "load_data", "resolve_dependencies", "product_of"]
 
 
 def load_data(recipe: RunRecipe) -> DataBundle:
@@ -64,7 +70,7 @@ def _loaders(recipe: RunRecipe, data: DataBundle, ctx: DistContext, transform: B
     return train, evals, finals
 
 
-def _source(recipe: Recipe, data: DataBundle, ctx: DistContext, train: BatchLoader, quiet: bool
+def _source(recipe: Recipe | LabelRecipe, data: DataBundle, ctx: DistContext, train: BatchLoader, quiet: bool
             ) -> SoftLabelSource | None:
     spec = recipe.soft_labels
     if spec is None:
@@ -72,7 +78,8 @@ def _source(recipe: Recipe, data: DataBundle, ctx: DistContext, train: BatchLoad
     setup = SourceSetup(data=data, device=ctx.device, plan=recipe.view_plan, seed=recipe.seed,
                         product=lambda dependency: product_of(recipe, dependency, quiet),
                         train_loader=lambda: BatchLoader(train.data, recipe.data.eval_batch_size, train.transform,
-                                                         plan=recipe.view_plan))
+                                                         plan=recipe.view_plan),
+                        data_spec=recipe.data.model_dump())
     return source_class(spec.source).build(spec, setup).to(ctx.device)
 
 
@@ -129,8 +136,59 @@ def _vae_parts(recipe: VAERecipe, ctx: DistContext) -> dict[str, Any]:
                 report=None, what=what, samples=len(data.train))
 
 
-def run_recipe(recipe: RunRecipe, *, resume: bool = False, quiet: bool = False) -> dict[str, Any]:
-    """Train what the recipe describes into ``recipe.run_dir``; return the run summary."""
+def _labeller_identity(recipe: LabelRecipe, quiet: bool) -> dict[str, Any]:
+    """Who labels: the source section, the sha256 of every file it names, and for a model its spec and
+    normalisation (read from the checkpoint)."""
+    files, model, normalization = [], None, None
+    for dependency in recipe.dependencies():
+        path = product_of(recipe, dependency, quiet)
+        files.append({"field": dependency.field, "path": str(path), "sha256": sha256_of(path)})
+        if dependency.kind == "model":
+            payload = load_checkpoint(path)
+            model, normalization = payload["model"], payload["normalization"]
+    return {"soft_labels": recipe.soft_labels.model_dump(mode="json"), "files": files, "model": model,
+            "normalization": normalization, "amp": recipe.train.amp}
+
+
+def label_store(recipe: LabelRecipe, *, quiet: bool = False) -> dict[str, Any] | None:
+    """Write (or continue) the store of ``recipe`` into ``recipe.run_dir``; the summary on rank 0
+    (None on other ranks or when the store was complete already)."""
+    ctx = init_distributed(recipe.train.device)
+    if recipe.train.threads:
+        torch.set_num_threads(recipe.train.threads)
+    resolve_dependencies(recipe, quiet)
+    data = load_data(recipe)
+    plan, batch_size = recipe.view_plan, recipe.data.eval_batch_size
+    loader = BatchLoader(data.train.to(ctx.device), batch_size, BatchTransform(data.mean, data.std), plan=plan)
+    source = _source(recipe, data, ctx, loader, quiet)
+    assert source is not None and plan.distinct_views is not None  # the label recipe's rules
+
+    def label(rows: torch.Tensor, views: torch.Tensor) -> torch.Tensor:
+        batch: Batch = loader.batch_of(rows, views)
+        with torch.inference_mode(), autocast(ctx.device, recipe.train.amp):
+            return source(batch).float()
+
+    run_dir = recipe.run_dir
+    if ctx.is_main and run_dir_state(run_dir) == "new" and not (run_dir / "config.yaml").exists():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(run_dir / "config.yaml", yaml.safe_dump(recipe.to_dict(), sort_keys=False))
+    header = {"data": {**{key: getattr(recipe.data, key) for key in DATA_IDENTITY}, "class_names": list(data.class_names),
+                       "image_shape": list(data.train.images.shape[1:])},
+              # not part of the store's identity: the statistics' last bits depend on the thread count
+              "normalization": {"mean": list(data.mean), "std": list(data.std)},
+              "teacher": _labeller_identity(recipe, quiet),
+              "views": {**{k: getattr(plan, k) for k in (*VIEW_DEFINITION, "views")}, "fingerprint": plan.fingerprint()}}
+    e = recipe.encoding
+    return write_store(run_dir, header, data.train.ids, data.train.labels, label,
+                       encoding=Encoding(e.kind, data.num_classes, e.dtype, e.k), views=plan.distinct_views,
+                       shard_samples=recipe.shard_samples, batch_size=batch_size, ctx=ctx, quiet=quiet)
+
+
+def run_recipe(recipe: RunRecipe, *, resume: bool = False, quiet: bool = False) -> dict[str, Any] | None:
+    """Train what the recipe describes into ``recipe.run_dir`` (a label recipe: label its store,
+    which always continues where it stopped); return the run summary."""
+    if isinstance(recipe, LabelRecipe):
+        return label_store(recipe, quiet=quiet)
     is_vae = isinstance(recipe, VAERecipe)
     ctx = init_distributed(recipe.train.device) if not is_vae else DistContext(device=resolve_device(recipe.train.device))
     if recipe.train.threads:

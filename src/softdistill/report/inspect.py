@@ -10,7 +10,8 @@ The report folder holds ``report.md`` (tables), ``report.json`` (every number) a
 - ``ambiguity.png``: ``P(j in Top_k | y = a)`` for k = 1 and 2, the matrices whose largest
   off-diagonal entry is the ambiguity;
 - ``mixup.png`` (teacher checkpoints): order concordance and top-2 hit rates of the teacher on mixed
-  samples ``lam x_a + (1 - lam) x_b``, ``lam ~ Beta(1, 1)``, against lam.
+  samples ``lam x_a + (1 - lam) x_b``, ``lam ~ Beta(1, 1)``, against lam; for a store of mixed views,
+  the same on the stored views and their soft labels.
 
 With a student checkpoint: teacher-student top-1 agreement and the share of WSL regularization
 samples (teacher less sure of the truth than the student; :func:`regularization_stats`).
@@ -40,6 +41,7 @@ from softdistill.metrics.bias_variance import regularization_stats
 from softdistill.metrics.ordering import order_concordance, top2_hit_rate
 from softdistill.metrics.soft_labels import (ambiguity_matrix, calibration_bins, expected_calibration_error,
                                             soft_label_indicators)
+from softdistill.store import Store
 from softdistill.targets.table import SOFT_LABEL_FORMAT, load_soft_labels, rows_for_split
 
 __all__ = ["InspectResult", "inspect_soft_labels", "REPORT_FILES"]
@@ -59,7 +61,7 @@ class InspectResult:
 
 @dataclass
 class _Source:
-    kind: str  # "checkpoint" or "file"
+    kind: str  # "checkpoint", "file" or "store"
     path: Path
     probs: Tensor  # N x K (rows of a file may be all zero: no supervision)
     labels: Tensor
@@ -172,8 +174,36 @@ def _basic(probs: Tensor, labels: Tensor, n_bins: int) -> dict[str, Any]:
     }
 
 
+def _order_diagnostics(logits: dict[str, Tensor], labels_a: Tensor, labels_b: Tensor, lam: Tensor,
+                       lam_bins: int = 10) -> dict[str, Any]:
+    """Order concordance and top-2 hit rates of each model's logits on mixed samples, overall and by lam."""
+    result: dict[str, Any] = {}
+    edges = np.linspace(0.0, 1.0, lam_bins + 1)
+    which = np.clip(np.digitize(lam.numpy(), edges[1:-1]), 0, lam_bins - 1)
+    for name, model_logits in logits.items():
+        row = {"order_concordance": order_concordance(model_logits, labels_a, labels_b, lam),
+               "top2_hit_either": top2_hit_rate(model_logits, labels_a, labels_b),
+               "top2_hit_both": top2_hit_rate(model_logits, labels_a, labels_b, both=True)}
+        per_bin: dict[str, list[float | None]] = {k: [] for k in row}
+        for b in range(lam_bins):
+            sel = torch.from_numpy(which == b)
+            if int(sel.sum()) == 0:
+                for k in per_bin:
+                    per_bin[k].append(None)
+                continue
+            args = (model_logits[sel], labels_a[sel], labels_b[sel])
+            conc = order_concordance(*args, lam[sel])
+            per_bin["order_concordance"].append(None if math.isnan(conc) else conc)
+            per_bin["top2_hit_either"].append(top2_hit_rate(*args))
+            per_bin["top2_hit_both"].append(top2_hit_rate(*args, both=True))
+        row["by_lam"] = per_bin
+        result[name] = row
+    result["lam_bin_centers"] = ((edges[:-1] + edges[1:]) / 2).tolist()
+    return result
+
+
 def _mixup(source: _Source, student: tuple[nn.Module, dict] | None, device: torch.device, batch_size: int,
-           seed: int, alpha: float = 1.0, lam_bins: int = 10) -> dict[str, Any]:
+           seed: int, alpha: float = 1.0) -> dict[str, Any]:
     assert source.images is not None and source.model is not None and source.normalization is not None
     n = len(source.images)
     rng = np.random.default_rng(seed)
@@ -183,30 +213,38 @@ def _mixup(source: _Source, student: tuple[nn.Module, dict] | None, device: torc
     models = {"teacher": (source.model, source.normalization)}
     if student is not None:
         models["student"] = student
-    result: dict[str, Any] = {"alpha": alpha, "samples": n, "seed": seed, "same_class_pairs": int((labels_a == labels_b).sum())}
-    edges = np.linspace(0.0, 1.0, lam_bins + 1)
-    which = np.clip(np.digitize(lam.numpy(), edges[1:-1]), 0, lam_bins - 1)
-    for name, (model, norm) in models.items():
-        logits = _mixed_logits(model, source.images, norm, partner, lam, device, batch_size)
-        row = {"order_concordance": order_concordance(logits, labels_a, labels_b, lam),
-               "top2_hit_either": top2_hit_rate(logits, labels_a, labels_b),
-               "top2_hit_both": top2_hit_rate(logits, labels_a, labels_b, both=True)}
-        per_bin: dict[str, list[float | None]] = {k: [] for k in row}
-        for b in range(lam_bins):
-            sel = torch.from_numpy(which == b)
-            if int(sel.sum()) == 0:
-                for k in per_bin:
-                    per_bin[k].append(None)
-                continue
-            args = (logits[sel], labels_a[sel], labels_b[sel])
-            conc = order_concordance(*args, lam[sel])
-            per_bin["order_concordance"].append(None if math.isnan(conc) else conc)
-            per_bin["top2_hit_either"].append(top2_hit_rate(*args))
-            per_bin["top2_hit_both"].append(top2_hit_rate(*args, both=True))
-        row["by_lam"] = per_bin
-        result[name] = row
-    result["lam_bin_centers"] = ((edges[:-1] + edges[1:]) / 2).tolist()
-    return result
+    logits = {name: _mixed_logits(model, source.images, norm, partner, lam, device, batch_size)
+              for name, (model, norm) in models.items()}
+    what = (f"{n} mixed samples λ·x_a + (1 − λ)·x_b of the split, partner b a random permutation, "
+            f"λ ~ Beta({alpha:g}, {alpha:g}), seed {seed}")
+    return {"alpha": alpha, "samples": n, "seed": seed, "same_class_pairs": int((labels_a == labels_b).sum()),
+            "what": what, **_order_diagnostics(logits, labels_a, labels_b, lam)}
+
+
+def _store_source(path: Path) -> tuple[_Source, dict[str, Any] | None]:
+    """The soft labels of every stored (sample, view) of a store (rows ordered by sample, then view),
+    and for a store of mixed views the order diagnostics of its teacher on them."""
+    store = Store(path)
+    m, plan = store.manifest, store.plan
+    n, views = len(store), store.views
+    logits = store.all_logits().reshape(n * views, -1)
+    labels = store.labels.repeat_interleave(views)
+    spec = {**{k: m["data"].get(k) for k in ("name", "val_size", "per_class", "split_seed")}, "split": "train"}
+    teacher = m["teacher"].get("model") or {}
+    source = _Source("store", path, torch.softmax(logits, dim=1), labels, tuple(m["data"]["class_names"]), None, None,
+                     None, spec, logits, teacher.get("name"))
+    if not plan.mixes:
+        return source, None
+    rows = torch.arange(n).repeat_interleave(views)
+    view_ids = torch.arange(views).repeat(n)
+    mixing = plan.mixing(store.sample_ids[rows], view_ids, rows, n, tuple(m["data"]["image_shape"][1:]))
+    labels_b = store.labels[mixing.partner]
+    what = (f"The {n * views} stored {plan.mix} views ({views} per sample) the teacher labelled, "
+            f"λ ~ Beta({plan.mix_alpha:g}, {plan.mix_alpha:g}) per view, view seed {plan.seed}")
+    mix = {"alpha": plan.mix_alpha, "samples": n * views, "seed": plan.seed,
+           "same_class_pairs": int((labels == labels_b).sum()), "what": what,
+           **_order_diagnostics({"teacher": logits}, labels, labels_b, mixing.lam)}
+    return source, mix
 
 
 # ------------------------------------------------------------------------------------------ figures
@@ -378,8 +416,9 @@ def _markdown(summary: dict[str, Any], names: tuple[str, ...], files: list[str])
     head = (f"{src['model']} on {data_name} ({s['data'].get('split')})" if src["kind"] == "checkpoint"
             else f"`{Path(src['path']).name}`")
     lines = [f"# Soft-label report: {head}", ""]
-    what = (f"teacher checkpoint `{src['path']}` ({src['model']})" if src["kind"] == "checkpoint"
-            else f"soft-label file `{src['path']}`")
+    what = {"checkpoint": f"teacher checkpoint `{src['path']}` ({src['model']})",
+            "store": f"store `{src['path']}` (labelled by {src['model']}; every stored view is a row)",
+            "file": f"soft-label file `{src['path']}`"}[src["kind"]]
     data = s["data"]
     where = (f"{data.get('name')} / {data.get('split')} split" if data.get("name") else "rows of the file")
     lines += [f"Source: {what}; samples: {where}, {b['samples']} with soft labels"
@@ -419,9 +458,7 @@ def _markdown(summary: dict[str, Any], names: tuple[str, ...], files: list[str])
     mix = s.get("mixup")
     lines += ["## Mixed samples", ""]
     if mix and "teacher" in mix:
-        lines += [f"{mix['samples']} mixed samples λ·x_a + (1 − λ)·x_b of the split, partner b a random "
-                  f"permutation, λ ~ Beta({mix['alpha']:g}, {mix['alpha']:g}), seed {mix['seed']} "
-                  f"({mix['same_class_pairs']} same-class pairs). Order concordance: Kendall-tau-style agreement "
+        lines += [f"{mix['what']} ({mix['same_class_pairs']} same-class pairs). Order concordance: Kendall-tau-style agreement "
                   "with the known order (heavier label > lighter label > every other class), 1 = perfect; top-2 "
                   "hit: one (either) or both original labels among the two largest entries.", "",
                   "| model | order concordance | top-2 hit, either label | top-2 hit, both labels |",
@@ -442,20 +479,30 @@ def inspect_soft_labels(source: str | os.PathLike, *, data: str | None = None, s
                         student: str | os.PathLike | None = None, output_dir: str | os.PathLike | None = None,
                         root: str | None = None, device: str = "auto", batch_size: int = 1024, seed: int = 0,
                         n_bins: int = 15, max_k: int = 5) -> InspectResult:
-    """Write the soft-label report of ``source`` (a teacher checkpoint or a soft-label file) to
-    ``output_dir`` (default: ``SOURCE_FOLDER/inspect-SPLIT``) and return its summary.
+    """Write the soft-label report of ``source`` (a teacher checkpoint, a soft-label file or a store
+    folder) to ``output_dir`` (default: ``SOURCE_FOLDER/inspect-SPLIT``, a store's own folder for a
+    store) and return its summary.
 
     A checkpoint is run over ``split`` of its data set (``data`` overrides the data set's name),
-    rebuilt from its recipe; a soft-label file brings its own rows (``split`` is then the file's).
+    rebuilt from its recipe; a soft-label file brings its own rows (``split`` is then the file's); a
+    store's rows are its stored views (the training split), with order diagnostics on mixed views.
     ``student`` must be a checkpoint for the same classes; it is run over the same images.
     """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     path = Path(source)
     dev = resolve_device(device)
-    src = _read_source(path, data, split, root, dev, batch_size)
+    store_mix = None
+    if path.is_dir():
+        if student is not None:
+            raise ValueError(f"{path}: --student is not supported for a store (it holds soft labels, not the images "
+                             "of its views); inspect the teacher checkpoint with --student instead")
+        src, store_mix = _store_source(path)
+    else:
+        src = _read_source(path, data, split, root, dev, batch_size)
     split = src.data.get("split", split)
-    out = Path(output_dir) if output_dir is not None else path.parent / f"inspect-{split}"
+    beside = path if src.kind == "store" else path.parent
+    out = Path(output_dir) if output_dir is not None else beside / f"inspect-{split}"
     rows = len(src.labels)
     keep = src.probs.sum(dim=1) > 0
     probs, labels = src.probs[keep], src.labels[keep]
@@ -494,6 +541,10 @@ def inspect_soft_labels(source: str | os.PathLike, *, data: str | None = None, s
         student_pair = (s_model, payload["normalization"])
     if src.model is not None and src.images is not None:
         summary["mixup"] = _mixup(src, student_pair, dev, batch_size, seed)
+    elif store_mix is not None:
+        summary["mixup"] = store_mix
+    elif src.kind == "store":
+        summary["mixup"] = {"skipped": "the store's views are not mixed"}
     else:
         summary["mixup"] = {"skipped": "a soft-label table gives no soft labels for new (mixed) images"}
 

@@ -10,8 +10,9 @@ source for a run.  A new source is one module that defines such a class and deco
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -24,7 +25,8 @@ from softdistill.data.views import ViewPlan
 from softdistill.registry import Registry
 from softdistill.types import Batch
 
-__all__ = ["SourceConfig", "SoftLabelSource", "SourceSetup", "Dependency", "register_source", "source_registry"]
+__all__ = ["SourceConfig", "SoftLabelSource", "SourceSetup", "Dependency", "register_source", "source_registry",
+           "check_origin"]
 
 
 class SourceConfig(BaseModel):
@@ -37,6 +39,20 @@ class SourceConfig(BaseModel):
         """Other recipes or files whose product this source needs (trained once, checked for staleness)."""
         return []
 
+    def dependency_problems(self, dependency: "Dependency", needed: Any, recipe: Any) -> list[str]:
+        """What stops the product of ``needed`` (the recipe ``dependency`` names) from serving
+        ``recipe``: checked when the recipe loads, before anything is trained; none by default."""
+        return []
+
+
+def check_origin(given: dict[str, Any], select: str) -> None:
+    """Exactly one of the ``given`` fields (name -> value) is set, and ``select`` names a checkpoint
+    of a run (best | last | epoch_N); ValueError otherwise."""
+    if sum(value is not None for value in given.values()) != 1:
+        raise ValueError("give exactly one of " + " or ".join(f"soft_labels.{name}" for name in given))
+    if not re.fullmatch(r"best|last|epoch_\d+", select):
+        raise ValueError(f"soft_labels.select must be best, last or epoch_N, got {select!r}")
+
 
 @dataclass(frozen=True)
 class Dependency:
@@ -44,7 +60,8 @@ class Dependency:
 
     ``field`` is its dotted key (for messages), ``path`` its value (relative to the recipe's
     folder), ``kind`` what it must be (``model``: a training recipe or checkpoint; ``vae``: a VAE
-    recipe or vae.pt) and ``select`` which checkpoint of a training recipe's run is the product.
+    recipe or vae.pt; ``store``: a label recipe or a store folder) and ``select`` which checkpoint
+    of a training recipe's run is the product.
     """
 
     field: str
@@ -59,7 +76,8 @@ class SourceSetup:
 
     ``product(dependency)`` returns the file a dependency names (training its recipe first if
     needed); ``plan`` is the training views' plan; ``train_loader(plan, batch_size)`` makes a loader
-    over the training split that shows the given plan's views in order; ``seed`` is the run's seed.
+    over the training split that shows the given plan's views in order; ``seed`` is the run's seed;
+    ``data_spec`` the recipe's data section (for messages that say what differs).
     """
 
     data: DataBundle
@@ -68,6 +86,7 @@ class SourceSetup:
     seed: int
     product: Callable[[Dependency], Path]
     train_loader: Callable[..., Any]
+    data_spec: dict[str, Any] = field(default_factory=dict)
 
 
 class SoftLabelSource(nn.Module):

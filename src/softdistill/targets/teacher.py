@@ -4,7 +4,6 @@ per view (``source: cache``)."""
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Sequence
 from typing import Literal
 
@@ -15,7 +14,8 @@ from torch import Tensor, nn
 from softdistill.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
 from softdistill.compatibility import ANY_VIEW, INPUT_GRAD, MIXED, ONLINE
 from softdistill.engine.predict import predict
-from softdistill.targets.base import Dependency, SoftLabelSource, SourceConfig, SourceSetup, register_source
+from softdistill.targets.base import (Dependency, SoftLabelSource, SourceConfig, SourceSetup, check_origin,
+                                      register_source)
 from softdistill.types import Batch
 
 __all__ = ["TeacherConfig", "FrozenTeacher", "CachedTeacher", "load_teacher"]
@@ -35,10 +35,7 @@ class TeacherConfig(SourceConfig):
 
     @model_validator(mode="after")
     def _one_origin(self) -> "TeacherConfig":
-        if (self.checkpoint is None) == (self.recipe is None):
-            raise ValueError("give exactly one of soft_labels.checkpoint or soft_labels.recipe")
-        if not re.fullmatch(r"best|last|epoch_\d+", self.select):
-            raise ValueError(f"soft_labels.select must be best, last or epoch_N, got {self.select!r}")
+        check_origin({"checkpoint": self.checkpoint, "recipe": self.recipe}, self.select)
         return self
 
     def dependencies(self) -> list[Dependency]:

@@ -1,0 +1,148 @@
+"""Soft labels read from a store (``source: store``): the teacher's logits of every stored view,
+labelled once by ``softdistill label``, looked up by ``(batch.sample_id, batch.view)``.
+
+The loader shows each sample's view of the epoch (:mod:`softdistill.data.views`), the same
+image the teacher labelled, so no teacher runs during training.  A store serves mixed views
+(the teacher labelled the mixed image; partner and lambda are part of the view), but not new
+inputs or gradients through the teacher.  Opening checks the store against the run: its data
+(fingerprint), class count, view plan, and, when ``teacher`` is given, the teacher that labelled it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from pydantic import Field, model_validator
+from torch import Tensor
+
+from softdistill.compatibility import MIXED, stored_view_problems
+from softdistill.data.loader import TensorSet
+from softdistill.data.views import ViewPlan
+from softdistill.store import Store, StoreError
+from softdistill.store.format import data_fingerprint, sha256_of
+from softdistill.targets.base import (Dependency, SoftLabelSource, SourceConfig, SourceSetup, check_origin,
+                                      register_source)
+from softdistill.types import Batch
+
+__all__ = ["StoreConfig", "StoredSoftLabels", "DATA_IDENTITY", "data_problems"]
+
+# the data-section keys that decide which samples a split holds, and their pixels
+DATA_IDENTITY = ("name", "image_size", "val_size", "per_class", "split_seed", "normalize", "canvas")
+
+
+class StoreConfig(SourceConfig):
+    """A store named by its folder (``path``) or by its label recipe (``recipe``, labelled once if
+    missing); ``teacher`` optionally names the checkpoint or teacher recipe that must have labelled it."""
+
+    source: Literal["store"] = "store"
+    path: str | None = Field(None, description="a store folder (written by softdistill label)")
+    recipe: str | None = Field(None, description="a label recipe; its store is labelled once, then reused")
+    teacher: str | None = Field(None, description="checkpoint or teacher recipe the store must have been labelled by")
+    select: str = Field("best", description="with a teacher recipe: which checkpoint of its run (best | last | epoch_N)")
+    verify: bool = Field(False, description="hash every shard when the run opens the store (else sizes and headers)")
+
+    @model_validator(mode="after")
+    def _one_origin(self) -> "StoreConfig":
+        check_origin({"path": self.path, "recipe": self.recipe}, self.select)
+        return self
+
+    def dependencies(self) -> list[Dependency]:
+        store = (Dependency("soft_labels.path", self.path, "store") if self.path is not None
+                 else Dependency("soft_labels.recipe", self.recipe, "store"))
+        teacher = [Dependency("soft_labels.teacher", self.teacher, "model", self.select)] if self.teacher else []
+        return [store, *teacher]
+
+    def dependency_problems(self, dependency: Dependency, needed: Any, recipe: Any) -> list[str]:
+        """A label recipe's store must hold the training recipe's data and views: checked when the
+        recipe loads, before anything is labelled."""
+        if dependency.kind != "store":
+            return []
+        where = f"the store of label recipe {dependency.path}"
+        differ = [f"data.{key}: {getattr(needed.data, key)!r} in the label recipe, {getattr(recipe.data, key)!r} here"
+                  for key in DATA_IDENTITY if getattr(needed.data, key) != getattr(recipe.data, key)]
+        problems = [f"{where} is made for other data ({'; '.join(differ)})"] if differ else []
+        return problems + stored_view_problems(needed.view_plan, recipe.view_plan, where)
+
+
+def data_problems(store: Store, train: TensorSet, num_classes: int, plan: ViewPlan, where: str,
+                  spec: dict[str, Any] | None = None) -> list[str]:
+    """What differs between a store's data and a run's training split (empty: the store fits).
+
+    The same fingerprint (ids and labels in row order) always fits; otherwise a plan that does not
+    mix is served when every sample of the split is in the store with the same label (a subset);
+    mixed views pair rows of the labelled split, so they need the very same split.
+    """
+    data = store.manifest["data"]
+    if store.num_classes != num_classes:
+        return [f"{where} holds soft labels of {store.num_classes} classes, the data has {num_classes}"]
+    if data["fingerprint"] == data_fingerprint(train.ids, train.labels):
+        return []
+    differ = [f"data.{key}: {data.get(key)!r} in the store, {spec.get(key)!r} here" for key in DATA_IDENTITY
+              if spec is not None and data.get(key) != spec.get(key)]
+    said = f" ({'; '.join(differ)})" if differ else ""
+    store_ids, store_labels = store.sample_ids, store.labels
+    order = torch.argsort(store_ids)
+    pos = torch.searchsorted(store_ids[order], train.ids).clamp_max(len(store_ids) - 1)
+    missing = store_ids[order][pos] != train.ids
+    if bool(missing.any()):
+        return [f"{where} was labelled on other data{said}: {int(missing.sum())} of the {len(train)} samples of this "
+                f"recipe's training split are not in it (e.g. sample id {int(train.ids[missing][0])}); the store has "
+                f"{len(store_ids)} samples"]
+    relabelled = store_labels[order][pos] != train.labels.cpu()
+    if bool(relabelled.any()):
+        return [f"{where} was labelled on other data{said}: {int(relabelled.sum())} samples have another label in the "
+                f"store (e.g. sample id {int(train.ids[relabelled][0])})"]
+    if plan.mixes:
+        return [f"{where} was labelled on another split{said} ({len(store_ids)} samples, this recipe's split "
+                f"{len(train)} or another order): mixed views pair rows of the labelled split, so they need the "
+                "same data section"]
+    return []
+
+
+@register_source
+class StoredSoftLabels(SoftLabelSource):
+    """The logits a store holds for ``(batch.sample_id, batch.view)`` (see the module docstring)."""
+
+    Config = StoreConfig
+    serves = frozenset({MIXED})
+
+    def __init__(self, store: Store) -> None:
+        super().__init__()
+        self.store = store
+
+    @classmethod
+    def build(cls, config: StoreConfig, setup: SourceSetup) -> "StoredSoftLabels":
+        dependencies = config.dependencies()
+        store = Store(setup.product(dependencies[0]))
+        where = f"store {store.folder}"
+        problems = data_problems(store, setup.data.train, setup.data.num_classes, setup.plan, where,
+                                 setup.data_spec)
+        problems += stored_view_problems(store.plan, setup.plan, where)
+        if config.teacher is not None:
+            problems += _teacher_problems(store, setup.product(dependencies[1]), config.teacher, where)
+        if config.verify:
+            problems += store.verify()
+        if problems:
+            raise StoreError("\n".join(problems))
+        return cls(store)
+
+    def forward(self, batch: Batch) -> Tensor:
+        rows = self.store.rows_of(batch.sample_id)
+        return self.store.logits(rows, batch.view).to(batch.x.device, non_blocking=True)
+
+    def report(self) -> dict[str, Any]:
+        m = self.store.manifest
+        return {"store": str(self.store.folder), "encoding": m["encoding"], "views": m["views"],
+                "teacher": m["teacher"], "samples": m["samples"], "bytes": m["bytes"]}
+
+
+def _teacher_problems(store: Store, checkpoint: Path, named: str, where: str) -> list[str]:
+    digest = sha256_of(checkpoint)
+    files = store.manifest["teacher"]["files"]
+    if any(f["sha256"] == digest for f in files):
+        return []
+    labelled_by = ", ".join(f"{f['path']} (sha256 {f['sha256'][:12]}...)" for f in files) or "no recorded file"
+    return [f"{where} was labelled by another teacher: {labelled_by}; soft_labels.teacher names {named} -> "
+            f"{checkpoint} (sha256 {digest[:12]}...)"]

@@ -1,0 +1,368 @@
+"""The soft-label store: encodings, labelling (resumable, distributed, locked), training from a
+store (bit-identical to the online teacher), inspection, and every bad input."""
+
+import errno
+import json
+import math
+import os
+import re
+import shutil
+
+import numpy as np
+import pytest
+import torch
+import torch.multiprocessing as mp
+import yaml
+
+import softdistill.store.writer as writer
+from softdistill.checkpoint import load_checkpoint
+from softdistill.cli import main
+from softdistill.config import ConfigError, load_label_recipe, load_recipe, recipe_from_dict
+from softdistill.data.loader import BatchLoader, BatchTransform
+from softdistill.data.prepare import prepare_data
+from softdistill.data.views import ViewPlan
+from softdistill.report.inspect import inspect_soft_labels
+from softdistill.runner import label_store, run_recipe
+from softdistill.store import Encoding, Store, StoreError, topk_encode, topk_logits
+from softdistill.store.format import LOCK
+from softdistill.targets.store import data_problems
+
+DATA = {"name": "synthetic", "val_size": 100, "batch_size": 50, "eval_batch_size": 50}
+CROP_FLIP = {"crop_padding": 1, "hflip": True}
+
+
+# ------------------------------------------------------------------------------------------ encodings
+
+def test_full_encodings_round_trip():
+    logits = torch.randn(6, 3, 11, generator=torch.Generator().manual_seed(0)) * 5
+    exact = Encoding("full", 11)
+    assert torch.equal(exact.decode(exact.encode(logits)), logits)
+    half = Encoding("full", 11, "float16")
+    assert half.record_bytes == 22 and exact.record_bytes == 44
+    torch.testing.assert_close(half.decode(half.encode(logits)), logits, rtol=1e-3, atol=1e-3)
+
+
+def test_the_topk_rule_keeps_the_top_k_and_the_tail_mass_at_t1():
+    """z_hat_j = z_j on the top k, tail - log(K - k) elsewhere, tail = logsumexp of the others."""
+    z = torch.tensor([[3.0, 1.0, -2.0, 0.5, -1.0]])
+    values, indices, tail = topk_encode(z, 2)
+    assert indices.tolist() == [[0, 1]] and values.tolist() == [[3.0, 1.0]]
+    assert tail.item() == pytest.approx(math.log(math.exp(-2) + math.exp(0.5) + math.exp(-1)))
+    rebuilt = topk_logits(values, indices, tail, 5)
+    spread = tail.item() - math.log(3)
+    torch.testing.assert_close(rebuilt, torch.tensor([[3.0, 1.0, spread, spread, spread]]))
+    many = torch.randn(200, 10, generator=torch.Generator().manual_seed(1)) * 3
+    enc = Encoding("topk", 10, k=3)
+    p, q = torch.softmax(many, 1), torch.softmax(enc.decode(enc.encode(many)), 1)
+    top = many.topk(3, dim=1).indices
+    torch.testing.assert_close(q.gather(1, top), p.gather(1, top))  # top-k probabilities exact at T = 1
+    torch.testing.assert_close(1 - q.gather(1, top).sum(1), 1 - p.gather(1, top).sum(1))  # so is the tail's mass
+    kl = lambda a, b: (a * (a.log() - b.log())).sum(1).mean().item()  # noqa: E731
+    assert kl(torch.softmax(many / 4, 1), torch.softmax(enc.decode(enc.encode(many)) / 4, 1)) > 1e-4  # T != 1: approximate
+    for k in (9, 10):  # one class left out, or none: exact at every temperature
+        enc = Encoding("topk", 10, k=k)
+        torch.testing.assert_close(torch.softmax(enc.decode(enc.encode(many)) / 4, 1), torch.softmax(many / 4, 1))
+
+
+def test_encoding_records_and_bad_settings():
+    assert Encoding("topk", 100, k=10).record_dtype["indices"].base == np.int16
+    assert Encoding("topk", 40000, k=10).record_dtype["indices"].base == np.int32
+    assert Encoding("topk", 100, "float16", k=10).record_bytes == 10 * 2 + 10 * 2 + 4
+    with pytest.raises(ValueError, match=r"a topk encoding needs 1 <= k <= 10"):
+        Encoding("topk", 10, k=11)
+    with pytest.raises(ValueError, match="k belongs to the topk encoding only"):
+        Encoding("full", 10, k=3)
+
+
+# ------------------------------------------------------------------------------------------ helpers
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory):
+    """A trained teacher checkpoint on the synthetic data (shared by the tests of this module)."""
+    folder = tmp_path_factory.mktemp("teacher")
+    raw = {"name": "t", "student": "mlp", "epochs": 2, "data": DATA, "output_dir": str(folder / "runs"),
+           "train": {"device": "cpu"}}
+    run_recipe(recipe_from_dict(raw), quiet=True)
+    return folder / "runs" / "t" / "seed0" / "best.pt"
+
+
+def write_yaml(path, raw):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def label_recipe(folder, teacher, name="store", augment=CROP_FLIP, views=2, **extra):
+    raw = {"name": name, "data": {**DATA, "augment": augment, "views": views}, "output_dir": str(folder / "runs"),
+           "soft_labels": {"source": "teacher", "checkpoint": str(teacher)}, "shard_samples": 128,
+           "train": {"device": "cpu"}, **extra}
+    return write_yaml(folder / f"{name}.yaml", raw)
+
+
+def student_recipe(folder, soft_labels, name, augment=CROP_FLIP, views=2, method=None, **data):
+    raw = {"name": name, "student": "mlp", "epochs": 2, "seed": 3, "data": {**DATA, "augment": augment,
+                                                                             "views": views, "view_seed": 0, **data},
+           "method": method or {"name": "kd", "alpha": 0.7}, "soft_labels": soft_labels,
+           "output_dir": str(folder / "runs"), "train": {"device": "cpu"}}
+    return write_yaml(folder / f"{name}.yaml", raw)
+
+
+def store_folder(folder, name="store"):
+    return folder / "runs" / name / "seed0"
+
+
+def weights(run_dir):
+    return load_checkpoint(run_dir / "last.pt")["state_dict"]
+
+
+def shard_hashes(folder):
+    return [s["sha256"] for s in json.loads((folder / "manifest.json").read_text())["shards"]]
+
+
+# ------------------------------------------------------------------------------------------ training from a store
+
+@pytest.mark.parametrize("augment,method", [(CROP_FLIP, {"name": "kd", "alpha": 0.7}),
+                                            ({**CROP_FLIP, "mix": "cutmix"}, {"name": "ida", "correction": "replace"})])
+def test_a_student_from_a_float32_store_has_the_online_teachers_weights_bit_for_bit(tmp_path, teacher, augment,
+                                                                                    method):
+    """As many views as epochs: every epoch shows each sample the view the teacher labelled.
+
+    Bit-identity needs the teacher's logits of a sample not to depend on its batch companions:
+    the store labels 50 consecutive rows at a time, training shows 50 shuffled rows.  The premise
+    is asserted first, so that a BLAS that rounds by batch composition fails here, named.
+    """
+    label_recipe(tmp_path, teacher, augment=augment)
+    online = run_recipe(load_recipe(student_recipe(tmp_path, {"source": "teacher", "checkpoint": str(teacher)},
+                                                   "online", augment, method=method)), quiet=True)
+    stored = load_recipe(student_recipe(tmp_path, {"source": "store", "recipe": "store.yaml"}, "stored", augment,
+                                        method=method))
+    from_store = run_recipe(stored, quiet=True)
+    store = Store(store_folder(tmp_path))
+    data = prepare_data("synthetic", val_size=100)
+    loader = BatchLoader(data.train, 50, BatchTransform(data.mean, data.std), shuffle=True, plan=stored.view_plan,
+                         seed=3)
+    model = load_teacher_model(teacher)
+    for epoch in (1, 2):
+        loader.set_epoch(epoch)
+        for batch in loader:
+            with torch.inference_mode():
+                assert torch.equal(model(batch.x), store.logits(store.rows_of(batch.sample_id), batch.view))
+    a, b = weights(tmp_path / "runs" / "online" / "seed3"), weights(tmp_path / "runs" / "stored" / "seed3")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert online["test_acc_last"] == from_store["test_acc_last"]
+
+
+def load_teacher_model(path):
+    from softdistill.checkpoint import model_from_checkpoint
+
+    return model_from_checkpoint(load_checkpoint(path)).eval()
+
+
+def test_fewer_views_than_epochs_replay_periodically_or_at_random(tmp_path, teacher):
+    plan = ViewPlan(seed=2, views=3, crop_padding=1, replay="random")
+    ids = torch.arange(400)
+    first, again = plan.views_in_epoch(ids, 5), plan.views_in_epoch(ids, 5)
+    assert torch.equal(first, again) and set(first.tolist()) == {0, 1, 2}
+    assert not torch.equal(first, plan.views_in_epoch(ids, 6))  # a fresh choice each epoch
+    counts = torch.bincount(first, minlength=3).double() / len(ids)
+    assert counts.sub(1 / 3).abs().max() < 0.08
+    assert plan.fingerprint() == ViewPlan(seed=2, views=3, crop_padding=1).fingerprint()  # same views, other order
+    with pytest.raises(ValueError, match="replay: random chooses among a fixed number of views"):
+        ViewPlan(seed=2, views=0, crop_padding=1, replay="random")
+    # a 4-view store serves a 2-view recipe (views 0 and 1 are the same images) over 3 epochs, at random
+    label_recipe(tmp_path, teacher, views=4)
+    recipe = load_recipe(student_recipe(tmp_path, {"source": "store", "recipe": "store.yaml"}, "few", views=2,
+                                        replay="random"))
+    assert run_recipe(recipe, quiet=True)["finished"]
+
+
+def test_hard_refuses_a_store_and_the_compatibility_rules_hold(tmp_path):
+    base = {"name": "c", "student": "mlp", "epochs": 1, "data": {**DATA, "views": 2, "augment": CROP_FLIP},
+            "soft_labels": {"source": "store", "path": "store"}}
+    with pytest.raises(ConfigError, match="method 'hard' needs soft labels of new inputs, computed when asked, which "
+                                          "soft_labels.source 'store' cannot serve"):
+        recipe_from_dict({**base, "method": {"name": "hard"}})
+    for method in ("kd", "wsl", "soft-label"):
+        recipe_from_dict({**base, "method": {"name": method}})
+    recipe_from_dict({**base, "method": {"name": "ida"}, "data": {**base["data"], "augment": {"mix": "mixup"}}})
+    with pytest.raises(ConfigError, match="source 'store' holds the soft labels of a fixed set of views"):
+        recipe_from_dict({**base, "method": {"name": "kd"}, "data": {**base["data"], "views": 0}})
+
+
+# ------------------------------------------------------------------------------------------ labelling
+
+def test_an_interrupted_label_run_continues_and_never_accepts_a_damaged_shard(tmp_path, teacher, monkeypatch, capsys):
+    whole = load_label_recipe(label_recipe(tmp_path / "whole", teacher))
+    label_store(whole, quiet=True)
+    cut = load_label_recipe(label_recipe(tmp_path / "cut", teacher))
+    original = writer.write_array_atomic
+    written = []
+
+    def crash_after_two(folder, name, array):
+        if callable(name) and len(written) == 2:  # a shard (named by its hash), not the sample table
+            raise KeyboardInterrupt
+        path = original(folder, name, array)
+        written.extend([path] if callable(name) else [])
+        return path
+
+    monkeypatch.setattr(writer, "write_array_atomic", crash_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        label_store(cut, quiet=True)
+    folder = store_folder(tmp_path / "cut")
+    assert not (folder / LOCK).exists() and not list(folder.glob(".writing.*"))  # lock released, no stray file
+    with pytest.raises(StoreError, match="is an incomplete store: labelling stopped"):
+        Store(folder)
+    damaged = written[1]
+    damaged.write_bytes(damaged.read_bytes()[:-8] + b"\0" * 8)  # the bytes no longer match the hash in the name
+    (folder / "shard-00003-0123456789abcdef.npy").write_bytes(b"half")  # a file that is no shard
+    labelled = []
+    monkeypatch.setattr(writer, "write_array_atomic",
+                        lambda f, n, a: (labelled.append(a) if callable(n) else None) or original(f, n, a))
+    summary = label_store(cut, quiet=True)
+    assert len(labelled) == 3 and summary["labelled_records"] == (128 + 128 + 116) * 2  # shards 1, 2, 3 again
+    assert shard_hashes(folder) == shard_hashes(store_folder(tmp_path / "whole"))
+    assert label_store(cut, quiet=False) is None and "the store is complete; nothing to label" in capsys.readouterr().out
+
+
+def _label_worker(rank, world_size, port, recipe_path):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world_size), RANK=str(rank),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    from softdistill.engine import shutdown_distributed
+
+    try:
+        label_store(load_label_recipe(recipe_path), quiet=True)
+    finally:
+        shutdown_distributed()
+
+
+def test_two_ranks_label_the_same_store_as_one(tmp_path, teacher, free_port):
+    mix = {**CROP_FLIP, "mix": "mixup"}
+    label_store(load_label_recipe(label_recipe(tmp_path / "one", teacher, augment=mix)), quiet=True)
+    two = label_recipe(tmp_path / "two", teacher, augment=mix)
+    mp.start_processes(_label_worker, args=(2, free_port, two), nprocs=2, join=True, start_method="spawn")
+    a, b = (json.loads((store_folder(tmp_path / part) / "manifest.json").read_text()) for part in ("one", "two"))
+    assert [s["sha256"] for s in a["shards"]] == [s["sha256"] for s in b["shards"]] and len(a["shards"]) == 4
+    assert a["samples_file"] == b["samples_file"] and a["data"] == b["data"]
+
+
+def test_two_writers_are_refused_and_a_stale_lock_is_taken_over(tmp_path, teacher, capsys):
+    recipe = load_label_recipe(label_recipe(tmp_path, teacher))
+    folder = store_folder(tmp_path)
+    folder.mkdir(parents=True)
+    (folder / LOCK).write_text(json.dumps({"pid": os.getppid(), "host": os.uname().nodename, "started": 0}))
+    with pytest.raises(StoreError, match=r"is being written by another labelling process \(pid \d+ .*two writers on "
+                                         "one store are refused"):
+        label_store(recipe, quiet=True)
+    dead = mp.get_context("spawn").Process(target=int)
+    dead.start()
+    dead.join()
+    (folder / LOCK).write_text(json.dumps({"pid": dead.pid, "host": os.uname().nodename, "started": 0}))
+    label_store(recipe, quiet=False)
+    assert f"took over the stale lock of pid {dead.pid}" in capsys.readouterr().out
+    assert not (folder / LOCK).exists() and Store(folder).views == 2
+
+
+def test_a_full_disk_stops_labelling_with_the_store_resumable(tmp_path, teacher, monkeypatch):
+    recipe = load_label_recipe(label_recipe(tmp_path, teacher))
+    original = writer.write_array_atomic
+    calls = []
+
+    def disk_fills(folder, name, array):
+        calls.extend([name] if callable(name) else [])
+        if len(calls) == 3:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return original(folder, name, array)
+
+    monkeypatch.setattr(writer, "write_array_atomic", disk_fills)
+    with pytest.raises(StoreError, match=r"the disk is full while writing shard 2 .*shards written so far are complete "
+                                         "and kept .*run the same command again to continue"):
+        label_store(recipe, quiet=True)
+    monkeypatch.setattr(writer, "write_array_atomic", original)
+    assert label_store(recipe, quiet=True)["labelled_records"] == (128 + 116) * 2
+    assert Store(store_folder(tmp_path)).verify() == []
+
+
+# ------------------------------------------------------------------------------------------ bad input
+
+def test_a_store_for_another_view_plan_is_refused_before_anything_is_labelled(tmp_path, teacher):
+    label_recipe(tmp_path, teacher, augment={"hflip": True})
+    with pytest.raises(ConfigError, match=r"holds the views of another view plan \(crop_padding 0 in the store, 1 in "
+                                          r"the recipe\): the student would see images the teacher did not label"):
+        load_recipe(student_recipe(tmp_path, {"source": "store", "recipe": "store.yaml"}, "s"))
+    label_recipe(tmp_path, teacher, name="few", views=2)
+    with pytest.raises(ConfigError, match=r"holds 2 view\(s\) per sample, the recipe asks for 3 \(data.views\)"):
+        load_recipe(student_recipe(tmp_path, {"source": "store", "recipe": "few.yaml"}, "s", views=3))
+    with pytest.raises(ConfigError, match=r"is made for other data \(data.per_class: None in the label recipe, 20 here\)"):
+        load_recipe(student_recipe(tmp_path, {"source": "store", "recipe": "few.yaml"}, "s", per_class=20))
+    assert not (tmp_path / "runs").exists()  # refused when the recipe loaded: nothing labelled or trained
+
+
+def test_stores_named_by_path_are_checked_against_the_run(tmp_path, teacher):
+    label_store(load_label_recipe(label_recipe(tmp_path, teacher)), quiet=True)
+    folder = store_folder(tmp_path)
+    other_seed = student_recipe(tmp_path, {"source": "store", "path": str(folder)}, "seed", view_seed=9)
+    with pytest.raises(StoreError, match=r"holds the views of another view plan \(seed 0 in the store, 9 in the recipe"):
+        run_recipe(load_recipe(other_seed), quiet=True)
+    other_teacher = tmp_path / "other.pt"
+    shutil.copy(teacher, other_teacher)
+    with open(other_teacher, "ab") as handle:
+        handle.write(b"\0")  # another file: another sha256
+    named = student_recipe(tmp_path, {"source": "store", "path": str(folder), "teacher": str(other_teacher)}, "who")
+    with pytest.raises(StoreError, match=r"was labelled by another teacher: .*best.pt \(sha256 [0-9a-f]{12}\.\.\.\); "
+                                         r"soft_labels.teacher names .*other.pt"):
+        run_recipe(load_recipe(named), quiet=True)
+    same = student_recipe(tmp_path, {"source": "store", "path": str(folder), "teacher": str(teacher)}, "same")
+    assert run_recipe(load_recipe(same), quiet=True)["finished"]
+    subset = student_recipe(tmp_path, {"source": "store", "path": str(folder)}, "subset", per_class=20)
+    assert run_recipe(load_recipe(subset), quiet=True)["finished"]  # every sample of a subset is in the store
+    store = Store(folder)
+    digits = prepare_data("digits", val_size=100)
+    spec = {**DATA, "name": "digits", "split_seed": 0, "normalize": True}
+    [message] = data_problems(store, digits.train, 10, ViewPlan(), "store S", spec)
+    assert re.fullmatch(r"store S was labelled on other data \(data.name: 'synthetic' in the store, 'digits' here\): "
+                        r"\d+ of the 1337 samples of this recipe's training split are not in it \(e.g. sample id \d+\); "
+                        "the store has 500 samples", message)
+    assert data_problems(store, digits.train, 7, ViewPlan(), "store S") == [
+        "store S holds soft labels of 10 classes, the data has 7"]
+
+
+def test_damaged_and_foreign_folders_are_named(tmp_path, teacher, capsys):
+    recipe = load_label_recipe(label_recipe(tmp_path, teacher))
+    label_store(recipe, quiet=True)
+    folder = store_folder(tmp_path)
+    assert main(["store", "verify", str(folder)]) == 0 and "intact; 500 samples x 2 views" in capsys.readouterr().out
+    shards = sorted(folder.glob("shard-*.npy"))
+    data = bytearray(shards[1].read_bytes())
+    data[-1] ^= 0xFF
+    shards[1].write_bytes(bytes(data))
+    assert main(["store", "verify", str(folder)]) == 2
+    err = capsys.readouterr().err
+    assert f"shard 1 {shards[1].name}: its sha256 differs from the manifest's (the file is corrupted)" in err
+    shards[2].write_bytes(shards[2].read_bytes()[:100])
+    with pytest.raises(StoreError, match=rf"shard 2 {shards[2].name} is truncated \(100 bytes, the manifest says"):
+        Store(folder)
+    with pytest.raises(StoreError, match=r"is not a store: it has no manifest.json"):
+        Store(tmp_path)
+    another = load_label_recipe(label_recipe(tmp_path, teacher, views=3))
+    with pytest.raises(StoreError, match=r"holds another store \(labelled with other settings\):(.|\n)*  views.views: 2 -> 3"):
+        label_store(another, quiet=True)
+    shards[1].unlink()
+    shards[2].unlink()
+    assert label_store(recipe, quiet=True)["labelled_records"] == 2 * 128 * 2  # only the deleted shards again
+    assert Store(folder).verify() == []
+
+
+# ------------------------------------------------------------------------------------------ inspect, CLI
+
+def test_inspect_reports_on_a_store_with_order_diagnostics_on_mixed_views(tmp_path, teacher):
+    recipe = load_label_recipe(label_recipe(tmp_path, teacher, augment={"mix": "mixup"}, encoding={"kind": "topk", "k": 3}))
+    assert main(["label", str(recipe.source), "--quiet"]) == 0
+    result = inspect_soft_labels(store_folder(tmp_path))
+    s = result.summary
+    assert s["source"]["kind"] == "store" and s["rows"] == 1000 and s["mixup"]["samples"] == 1000
+    assert 0 <= s["mixup"]["teacher"]["top2_hit_either"] <= 1 and "mixup.png" in result.files
+    store = Store(store_folder(tmp_path))
+    probs = torch.softmax(store.all_logits().reshape(1000, 10), 1)
+    expected = 100 * (probs.argmax(1) == store.labels.repeat_interleave(2)).double().mean().item()
+    assert s["soft_labels"]["accuracy"] == pytest.approx(expected)

@@ -1,0 +1,181 @@
+"""Costs of the soft-label store (issue 13): training from a store, labelling, bytes, opening.
+
+Workload: ResNet-20 teacher -> ResNet-8 student, 100 classes, 3x32x32 random images (throughput
+does not depend on the pixels), batch 128, ``--threads`` threads; the three training modes are
+alternated round by round in one process (fixed order, ``--rounds`` rounds, median reported):
+
+1. student steps per second: plain cross-entropy (the limit) | KD with the teacher online | KD
+   from a float32 store (the same ``KnowledgeDistillation`` method, the source swapped);
+   goals: store >= 0.9x plain CE and >= 1.6x online KD;
+2. labelling throughput (``softdistill.store.write_store``, full float32) against plain teacher
+   inference over the same batches; goal >= 0.9x;
+3. bytes per (sample, view) of each encoding at K = 10, 100, 1000 (exact, from the record
+   layout) and the projected store size for ImageNet-1k (1.28 M samples) at V = 10 and 100;
+4. opening a store and reading one batch, at two store sizes (should not grow with the size).
+
+Run (results go to benchmarks/results/store.md; the allocator setting steadies timings)::
+
+    GLIBC_TUNABLES=glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=4294967296 \\
+        python benchmarks/store_benchmark.py --threads 2
+    python benchmarks/store_benchmark.py --tiny      # seconds: proves the script runs, numbers mean nothing
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from softdistill.data.loader import BatchLoader, BatchTransform, TensorSet
+from softdistill.data.views import ViewPlan
+from softdistill.engine.predict import predict
+from softdistill.methods import method_class
+from softdistill.models import build_model
+from softdistill.store import Encoding, Store, write_store
+from softdistill.store.writer import human_bytes
+from softdistill.targets.store import StoredSoftLabels
+from softdistill.targets.teacher import FrozenTeacher
+
+CLASSES, SIZE = 100, 32
+IMAGENET = 1_281_167
+
+
+def random_split(n: int, seed: int = 0) -> TensorSet:
+    gen = torch.Generator().manual_seed(seed)
+    return TensorSet(torch.randint(0, 256, (n, 3, SIZE, SIZE), generator=gen, dtype=torch.uint8),
+                     torch.randint(0, CLASSES, (n,), generator=gen))
+
+
+def label_into(folder: Path, teacher: FrozenTeacher, loader: BatchLoader, views: int, shard_samples: int) -> None:
+    data = loader.data
+    header = {"data": {"name": "random"}, "teacher": {"files": []},
+              "views": {"seed": 0, "views": views, "crop_padding": 4, "hflip": True, "mix": "none", "mix_alpha": 1.0}}
+    write_store(folder, header, data.ids, data.labels, lambda rows, v: teacher(loader.batch_of(rows, v)),
+                encoding=Encoding("full", CLASSES), views=views, shard_samples=shard_samples,
+                batch_size=loader.batch_size, quiet=True)
+
+
+def steps_per_second(step: Callable[[], None], steps: int) -> float:
+    step()  # warm-up
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return steps / (time.perf_counter() - start)
+
+
+def training_modes(teacher: FrozenTeacher, store: Store, loader: BatchLoader) -> dict[str, Callable[[], None]]:
+    """One optimiser step of each mode on the next batch of ``loader`` (cycled)."""
+    kd = method_class("kd")
+    batches = iter(())
+
+    def next_batch():
+        nonlocal batches
+        try:
+            return next(batches)
+        except StopIteration:
+            batches = iter(loader)
+            return next(batches)
+
+    def make(name: str, source: torch.nn.Module | None) -> Callable[[], None]:
+        torch.manual_seed(0)
+        student = build_model("resnet8", CLASSES, 3, SIZE)
+        config = kd.Config() if source is not None else method_class("ce").Config()
+        method = (kd if source is not None else method_class("ce"))(config, student, CLASSES, source)
+        optimizer = torch.optim.SGD(student.parameters(), lr=0.05, momentum=0.9)
+
+        def step() -> None:
+            out = method(next_batch())
+            loss = sum(out.losses.values())
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+
+        return step
+
+    return {"plain CE": make("ce", None), "online KD": make("kd", teacher), "store KD": make("kd", StoredSoftLabels(store))}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--samples", type=int, default=10_000, help="training samples of the workload")
+    parser.add_argument("--steps", type=int, default=30, help="student steps per mode and round")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--tiny", action="store_true", help="a few samples and steps: checks that the script runs")
+    args = parser.parse_args()
+    if args.tiny:
+        args.samples, args.steps, args.rounds = 512, 2, 1
+    torch.set_num_threads(args.threads)
+    batch = 128
+    plan = ViewPlan(seed=0, views=1, crop_padding=4, hflip=True)
+    data = random_split(args.samples)
+    transform = BatchTransform([0.5] * 3, [0.25] * 3)
+    train = BatchLoader(data, batch, transform, shuffle=True, drop_last=True, plan=plan)
+    in_order = BatchLoader(data, batch, transform, plan=plan)
+    torch.manual_seed(1)
+    teacher = FrozenTeacher(build_model("resnet20", CLASSES, 3, SIZE))
+
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "store"
+        # 2. labelling vs plain inference, alternated
+        label_rates, infer_rates = [], []
+        for r in range(args.rounds):
+            start = time.perf_counter()
+            predict(teacher, in_order.in_order(0))
+            infer_rates.append(args.samples / (time.perf_counter() - start))
+            target = Path(tmp) / f"label{r}"
+            start = time.perf_counter()
+            label_into(target, teacher, in_order, 1, 4096)
+            label_rates.append(args.samples / (time.perf_counter() - start))
+            if r == 0:
+                target.rename(folder)
+        store = Store(folder)
+        # 1. training modes, alternated
+        modes = training_modes(teacher, store, train)
+        rates: dict[str, list[float]] = {name: [] for name in modes}
+        for _ in range(args.rounds):
+            for name, step in modes.items():
+                rates[name].append(steps_per_second(step, args.steps))
+        # 4. open + read a batch at two sizes
+        small, large = Path(tmp) / "small", Path(tmp) / "large"
+        label_into(small, teacher, in_order, 1, 1024)
+        label_into(large, teacher, in_order, 8, 1024)
+        opening = {}
+        for name, path in (("small", small), ("large", large)):
+            times = []
+            for _ in range(max(args.rounds, 3)):
+                start = time.perf_counter()
+                opened = Store(path)
+                rows = torch.randperm(len(opened))[:batch]
+                opened.logits(rows, torch.zeros(batch, dtype=torch.long))
+                times.append(time.perf_counter() - start)
+            opening[name] = (opened.manifest["bytes"], statistics.median(times))
+
+    med = {name: statistics.median(values) for name, values in rates.items()}
+    print(f"## Student steps per second (batch {batch}, {args.threads} threads, median of {args.rounds} rounds)\n")
+    print("| mode | steps/s | vs plain CE | vs online KD |\n|---|---:|---:|---:|")
+    for name, value in med.items():
+        print(f"| {name} | {value:.2f} | {value / med['plain CE']:.2f}x | {value / med['online KD']:.2f}x |")
+    label_rate, infer_rate = statistics.median(label_rates), statistics.median(infer_rates)
+    print(f"\n## Labelling\n\nlabelling {label_rate:.0f} samples/s, plain inference {infer_rate:.0f} samples/s: "
+          f"{label_rate / infer_rate:.2f}x\n")
+    print("## Bytes per (sample, view)\n\n| encoding | K = 10 | K = 100 | K = 1000 | ImageNet, K = 1000, V = 10 | V = 100 |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for kind, dtype, k in (("full", "float32", None), ("full", "float16", None), ("topk", "float16", 5),
+                           ("topk", "float16", 10), ("topk", "float32", 10)):
+        sizes = [Encoding(kind, c, dtype, min(k, c) if k else None).record_bytes for c in (10, 100, 1000)]
+        name = f"{kind}{f' k={k}' if k else ''} {dtype}"
+        print(f"| {name} | " + " | ".join(map(str, sizes)) + f" | {human_bytes(IMAGENET * 10 * sizes[2])} | "
+              f"{human_bytes(IMAGENET * 100 * sizes[2])} |")
+    print("\n## Opening a store and reading one batch\n\n| store | bytes | seconds |\n|---|---:|---:|")
+    for name, (size, seconds) in opening.items():
+        print(f"| {name} | {human_bytes(size)} | {seconds:.4f} |")
+
+
+if __name__ == "__main__":
+    main()

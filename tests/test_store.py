@@ -14,6 +14,7 @@ import torch
 import torch.multiprocessing as mp
 import yaml
 
+import softdistill.store.format as store_format
 import softdistill.store.writer as writer
 from softdistill.checkpoint import load_checkpoint
 from softdistill.cli import main
@@ -195,31 +196,29 @@ def test_an_interrupted_label_run_continues_and_never_accepts_a_damaged_shard(tm
     whole = load_label_recipe(label_recipe(tmp_path / "whole", teacher))
     label_store(whole, quiet=True)
     cut = load_label_recipe(label_recipe(tmp_path / "cut", teacher))
-    original = writer.write_array_atomic
+    original = writer.write_shard
     written = []
 
-    def crash_after_two(folder, name, array):
-        if callable(name) and len(written) == 2:  # a shard (named by its hash), not the sample table
+    def crash_after_two(folder, index, records):
+        if len(written) == 2:
             raise KeyboardInterrupt
-        path = original(folder, name, array)
-        written.extend([path] if callable(name) else [])
-        return path
+        written.append(original(folder, index, records))
+        return written[-1]
 
-    monkeypatch.setattr(writer, "write_array_atomic", crash_after_two)
+    monkeypatch.setattr(writer, "write_shard", crash_after_two)
     with pytest.raises(KeyboardInterrupt):
         label_store(cut, quiet=True)
     folder = store_folder(tmp_path / "cut")
-    assert not (folder / LOCK).exists() and not list(folder.glob(".writing.*"))  # lock released, no stray file
+    assert not (folder / LOCK).exists() and not list(folder.glob("*.tmp"))  # lock released, no stray file
     with pytest.raises(StoreError, match="is an incomplete store: labelling stopped"):
         Store(folder)
     damaged = written[1]
     damaged.write_bytes(damaged.read_bytes()[:-8] + b"\0" * 8)  # the bytes no longer match the hash in the name
     (folder / "shard-00003-0123456789abcdef.npy").write_bytes(b"half")  # a file that is no shard
     labelled = []
-    monkeypatch.setattr(writer, "write_array_atomic",
-                        lambda f, n, a: (labelled.append(a) if callable(n) else None) or original(f, n, a))
+    monkeypatch.setattr(writer, "write_shard", lambda f, i, records: labelled.append(i) or original(f, i, records))
     summary = label_store(cut, quiet=True)
-    assert len(labelled) == 3 and summary["labelled_records"] == (128 + 128 + 116) * 2  # shards 1, 2, 3 again
+    assert labelled == [1, 2, 3] and summary["labelled_records"] == (128 + 128 + 116) * 2  # shards 1, 2, 3 again
     assert shard_hashes(folder) == shard_hashes(store_folder(tmp_path / "whole"))
     assert label_store(cut, quiet=False) is None and "the store is complete; nothing to label" in capsys.readouterr().out
 
@@ -265,21 +264,23 @@ def test_two_writers_are_refused_and_a_stale_lock_is_taken_over(tmp_path, teache
 
 def test_a_full_disk_stops_labelling_with_the_store_resumable(tmp_path, teacher, monkeypatch):
     recipe = load_label_recipe(label_recipe(tmp_path, teacher))
-    original = writer.write_array_atomic
+    real_write = store_format.write_atomic
     calls = []
 
-    def disk_fills(folder, name, array):
-        calls.extend([name] if callable(name) else [])
-        if len(calls) == 3:
-            raise OSError(errno.ENOSPC, "No space left on device")
-        return original(folder, name, array)
+    def full_disk(handle):
+        raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(writer, "write_array_atomic", disk_fills)
-    with pytest.raises(StoreError, match=r"the disk is full while writing shard 2 .*shards written so far are complete "
+    def disk_fills(path, write):
+        calls.append(path)
+        return real_write(path, full_disk if len(calls) == 3 else write)  # the sample table, shard 0, then shard 1
+
+    monkeypatch.setattr(store_format, "write_atomic", disk_fills)
+    with pytest.raises(StoreError, match=r"the disk is full while writing shard 1 .*shards written so far are complete "
                                          "and kept .*run the same command again to continue"):
         label_store(recipe, quiet=True)
-    monkeypatch.setattr(writer, "write_array_atomic", original)
-    assert label_store(recipe, quiet=True)["labelled_records"] == (128 + 116) * 2
+    assert not list(store_folder(tmp_path).glob("*.tmp"))  # the half-written shard was removed
+    monkeypatch.setattr(store_format, "write_atomic", real_write)
+    assert label_store(recipe, quiet=True)["labelled_records"] == (128 + 128 + 116) * 2
     assert Store(store_folder(tmp_path)).verify() == []
 
 

@@ -12,9 +12,9 @@ A store is a folder::
     label.lock           only while a writer runs: {pid, host, started}
 
 Every ``.npy`` file is a plain numpy array (fixed-size records, structured dtype, no object
-fields) read with ``allow_pickle=False`` and memory-mapped.  Files are written under a temporary
-name, fsynced and renamed; the manifest says ``complete: true`` only once every shard is there
-and hashed.
+fields) read with ``allow_pickle=False`` and memory-mapped.  Files are written by
+:mod:`softdistill.atomic` (a temporary name, fsync, rename); the manifest says ``complete:
+true`` only once every shard is there and hashed.
 """
 
 from __future__ import annotations
@@ -24,18 +24,18 @@ import hashlib
 import json
 import os
 import socket
-import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from softdistill.atomic import _process_alive, write_atomic, write_text_atomic
+
 __all__ = ["FORMAT", "MANIFEST", "SAMPLES", "LOCK", "StoreError", "shard_name", "data_fingerprint", "sha256_of",
-           "write_atomic", "write_array_atomic", "read_manifest", "write_manifest", "WriterLock", "DISK_FULL",
+           "write_shard", "write_array_atomic", "read_manifest", "write_manifest", "WriterLock", "DISK_FULL",
            "shard_files", "read_samples", "samples_array"]
 
 FORMAT = "softdistill-store-v1"
@@ -76,50 +76,32 @@ def sha256_of(path: Path, chunk: int = 1 << 22) -> str:
     return h.hexdigest()
 
 
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+class _HashSink:
+    """A write-only binary handle that only hashes what it is given."""
 
-
-class _HashingWriter:
-    """A binary handle that hashes what passes through it."""
-
-    def __init__(self, handle: BinaryIO) -> None:
-        self.handle, self.sha = handle, hashlib.sha256()
+    def __init__(self) -> None:
+        self.sha = hashlib.sha256()
 
     def write(self, data: bytes) -> int:
         self.sha.update(data)
-        return self.handle.write(data)
+        return len(data)
 
 
-def write_atomic(folder: Path, name: str | Callable[[str], str], write: Callable[[Any], None]) -> Path:
-    """``write(handle)`` into a temporary file in ``folder``, fsync, rename to ``name`` (or to
-    ``name(sha256 of the bytes)``): the file is either absent or complete, never half-written.
-    The temporary file is removed on any error; returns the final path."""
-    fd, tmp = tempfile.mkstemp(prefix=".writing.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            os.fchmod(handle.fileno(), 0o644)  # readable like any written file (mkstemp makes it private)
-            hashing = _HashingWriter(handle)
-            write(hashing)
-            handle.flush()
-            os.fsync(handle.fileno())
-        path = folder / (name if isinstance(name, str) else name(hashing.sha.hexdigest()))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(folder)
-    return path
+def _write_npy(handle: Any, array: np.ndarray) -> None:
+    np.lib.format.write_array(handle, array, version=(1, 0), allow_pickle=False)
 
 
-def write_array_atomic(folder: Path, name: str | Callable[[str], str], array: np.ndarray) -> Path:
-    """An ``.npy`` file (format 1.0 header, no pickle), written atomically (:func:`write_atomic`)."""
-    return write_atomic(folder, name, lambda handle: np.lib.format.write_array(handle, array, version=(1, 0),
-                                                                               allow_pickle=False))
+def write_array_atomic(path: Path, array: np.ndarray) -> Path:
+    """An ``.npy`` file (format 1.0 header, no pickle), written atomically (:mod:`softdistill.atomic`)."""
+    return write_atomic(path, lambda handle: _write_npy(handle, array))
+
+
+def write_shard(folder: Path, index: int, records: np.ndarray) -> Path:
+    """Shard ``index`` as ``shard-IIIII-HASH.npy``: the bytes are hashed first, then written under a
+    temporary name, fsynced and renamed, so that the file and its hash appear in one rename."""
+    sink = _HashSink()
+    _write_npy(sink, records)
+    return write_array_atomic(folder / shard_name(index, sink.sha.hexdigest()), records)
 
 
 def read_manifest(folder: Path) -> dict[str, Any]:
@@ -141,8 +123,7 @@ def read_manifest(folder: Path) -> dict[str, Any]:
 
 
 def write_manifest(folder: Path, manifest: dict[str, Any]) -> None:
-    text = json.dumps(manifest, indent=1, sort_keys=True).encode()
-    write_atomic(folder, MANIFEST, lambda handle: handle.write(text))
+    write_text_atomic(folder / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True))
 
 
 class WriterLock:
@@ -179,7 +160,7 @@ class WriterLock:
             return
         holder = self._holder()
         pid, host = holder.get("pid"), holder.get("host")
-        if host == socket.gethostname() and isinstance(pid, int) and not _running(pid):
+        if host == socket.gethostname() and isinstance(pid, int) and not _process_alive(pid):
             self.path.unlink(missing_ok=True)
             if self._create():
                 if not self.quiet:
@@ -196,16 +177,6 @@ class WriterLock:
         if self.held:
             self.path.unlink(missing_ok=True)
             self.held = False
-
-
-def _running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def read_samples(path: Path) -> tuple[Tensor, Tensor]:

@@ -24,12 +24,13 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from softdistill.atomic import FileWriteError, remove_stale_temporaries, write_text_atomic
 from softdistill.engine.distributed import DistContext, all_reduce_sum, barrier
-from softdistill.runs import config_differences, write_text_atomic
+from softdistill.runs import config_differences
 from softdistill.store.encoding import Encoding
 from softdistill.store.format import (DISK_FULL, FORMAT, MANIFEST, SAMPLES, StoreError, WriterLock, data_fingerprint,
-                                      read_manifest, samples_array, sha256_of, shard_files, shard_name,
-                                      write_array_atomic, write_manifest)
+                                      read_manifest, samples_array, sha256_of, shard_files, write_array_atomic,
+                                      write_manifest, write_shard)
 
 __all__ = ["write_store", "human_bytes", "IDENTITY_KEYS"]
 
@@ -94,9 +95,8 @@ def _prepare(folder: Path, header: dict[str, Any], ids: Tensor, labels: Tensor, 
             raise StoreError(f"{folder} holds a training run ({', '.join(held)}), not a store: choose another "
                              "output folder or name for the label recipe")
     lock.acquire()
-    for stray in folder.glob(".writing.*.tmp"):  # left by a crash: never part of the store
-        stray.unlink()
-    write_array_atomic(folder, SAMPLES, samples_array(ids, labels))
+    remove_stale_temporaries(folder)  # left by a killed writer: never part of the store
+    write_array_atomic(folder / SAMPLES, samples_array(ids, labels))
     write_manifest(folder, {**header, "complete": False, "shards": []})
     return False
 
@@ -140,7 +140,10 @@ def _label_shards(folder: Path, header: dict[str, Any], label: Callable[[Tensor,
                   quiet: bool) -> dict[str, Any] | None:
     n = header["samples"]
     count = -(-n // shard_samples)
-    shape = lambda i: (min(shard_samples, n - i * shard_samples), views)  # noqa: E731
+
+    def shape(i: int) -> tuple[int, int]:
+        return min(shard_samples, n - i * shard_samples), views
+
     mine = [i for i in range(count) if i % ctx.world_size == ctx.rank]
     todo = [i for i in mine if _valid_shard(folder, i, shape(i), encoding.record_dtype) is None]
     total = n * views * encoding.record_bytes
@@ -162,11 +165,12 @@ def _label_shards(folder: Path, header: dict[str, Any], label: Callable[[Tensor,
                     logits[chunk - rows_of_shard[0], v] = label(chunk, torch.full_like(chunk, v)).float().cpu()
                     bar.update(len(chunk))
             try:
-                write_array_atomic(folder, lambda digest, i=i: shard_name(i, digest), encoding.encode(logits))
-            except OSError as exc:
-                if exc.errno not in DISK_FULL:
+                write_shard(folder, i, encoding.encode(logits))
+            except FileWriteError as exc:
+                cause = exc.__cause__
+                if not isinstance(cause, OSError) or cause.errno not in DISK_FULL:
                     raise
-                raise StoreError(f"the disk is full while writing shard {i} of {folder} ({exc.strerror}): the shards "
+                raise StoreError(f"the disk is full while writing shard {i} of {folder} ({cause.strerror}): the shards "
                                  "written so far are complete and kept (the half-written one was removed); free "
                                  f"{human_bytes(total)} at most and run the same command again to continue") from None
     except (StoreError, OSError) as exc:

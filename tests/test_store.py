@@ -18,7 +18,7 @@ import softdistill.store.format as store_format
 import softdistill.store.writer as writer
 from softdistill.checkpoint import load_checkpoint
 from softdistill.cli import main
-from softdistill.config import ConfigError, load_label_recipe, load_recipe, recipe_from_dict
+from softdistill.config import ConfigError, LabelRecipe, load_label_recipe, load_recipe, recipe_from_dict
 from softdistill.data.loader import BatchLoader, BatchTransform
 from softdistill.data.prepare import prepare_data
 from softdistill.data.views import ViewPlan
@@ -367,3 +367,23 @@ def test_inspect_reports_on_a_store_with_order_diagnostics_on_mixed_views(tmp_pa
     probs = torch.softmax(store.all_logits().reshape(1000, 10), 1)
     expected = 100 * (probs.argmax(1) == store.labels.repeat_interleave(2)).double().mean().item()
     assert s["soft_labels"]["accuracy"] == pytest.approx(expected)
+
+
+def test_label_recipes_are_checked_when_they_load():
+    base = {"name": "l", "data": {**DATA, "augment": CROP_FLIP, "views": 2},
+            "soft_labels": {"source": "teacher", "checkpoint": "t.pt"}}
+    assert LabelRecipe.from_dict(base).view_plan.distinct_views == 2
+    cases = [
+        ({"data": {**DATA, "augment": CROP_FLIP}}, r"data.views: a store holds a fixed number of views per sample"),
+        ({"data": {**DATA, "augment": {"mix": "mixup"}, "views": 2}, "soft_labels": {"source": "cache",
+                                                                                      "checkpoint": "t.pt"}},
+         r"soft_labels.source 'cache' cannot label soft labels of mixed \(mixup / cutmix\) views; use source: teacher"),
+        ({"soft_labels": {"source": "store", "path": "s"}}, "a label recipe labels from a teacher .*not from a store"),
+        ({"soft_labels": None}, "soft_labels: required: the source that labels"),
+        ({"encoding": {"kind": "topk"}}, "encoding.k is needed for kind: topk and only there"),
+        ({"epochs": 3}, r"epochs: unknown key"),
+    ]
+    for change, message in cases:
+        raw = {k: v for k, v in {**base, **change}.items() if v is not None}
+        with pytest.raises(ConfigError, match=message):
+            LabelRecipe.from_dict(raw)

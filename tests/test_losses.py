@@ -156,6 +156,15 @@ def test_label_smoothing_others_convention():
     assert targets.sum().item() == pytest.approx(1.0)
 
 
+@pytest.mark.parametrize("dtype, expected", [(torch.float64, torch.float64), (torch.float32, torch.float32),
+                                             (torch.bfloat16, torch.float32)])
+def test_label_smoothing_targets_keep_at_least_float32(dtype, expected):
+    targets = label_smoothing_targets(torch.tensor([2]), num_classes=1000, epsilon=0.1, convention="others", dtype=dtype)
+    assert targets.dtype == expected
+    if expected == torch.float64:  # the exact double of 0.1 / 999, not a float32 rounding of it
+        assert targets[0, 0].item() == 0.1 / 999 and targets[0, 2].item() == 1 - 0.1
+
+
 @pytest.mark.parametrize("kwargs, message", [
     ({"convention": "paper"}, "convention must be one of"),
     ({"epsilon": 1.0}, "epsilon must be in"),

@@ -15,7 +15,10 @@ from softdistill.losses import (
     wsl_loss,
     wsl_weights,
 )
+from softdistill.methods import method_class
 from softdistill.metrics.bias_variance import regularization_stats
+from softdistill.models import build_model
+from softdistill.types import Batch
 
 
 # ----------------------------------------------------------------------------- Tf-KD reg
@@ -61,6 +64,29 @@ def test_tfkd_reference_mode_reproduces_the_almost_uniform_target():
     expected = 0.9 * F.cross_entropy(logits, labels) + 0.1 * 50 * kl_mean
     got = tfkd_reg_loss(logits, labels, 20.0, 0.1, 0.99, "reference", multiplier=50)
     assert got.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_tfkd_paper_mode_keeps_float64_precision_at_many_classes():
+    """K = 1000, T = 40, alpha = 1 (the soft term alone): a float32 virtual teacher was off by ~3 %."""
+    k, t, a = 1000, 40.0, 0.9
+    p_dt = [v ** (1 / t) for v in [a] + [(1 - a) / (k - 1)] * (k - 1)]
+    p_dt = [v / sum(p_dt) for v in p_dt]
+    expected = t * t * sum(p * math.log(p * k) for p in p_dt)  # zero logits: the student is uniform
+    got = tfkd_reg_loss(torch.zeros(1, k, dtype=torch.float64), torch.tensor([0]), t, 1.0, a, "paper")
+    assert got.dtype == torch.float64
+    assert got.item() == pytest.approx(expected, rel=1e-8)  # float32 targets: 3e-2
+    probs = virtual_teacher_probs(torch.tensor([0]), k, a, dtype=torch.float64)
+    assert probs.dtype == torch.float64 and probs[0, 1].item() == (1 - a) / (k - 1)
+
+
+@pytest.mark.parametrize("mode, default", [("paper", 0.9), ("reference", 0.99)])
+def test_tfkd_correct_prob_defaults_per_mode(mode, default):
+    logits, labels = torch.randn(3, 10), torch.tensor([0, 4, 9])
+    extra = {"multiplier": 50.0} if mode == "reference" else {}
+    implicit = tfkd_reg_loss(logits, labels, 20.0, 0.1, mode=mode, **extra)
+    assert implicit.item() == tfkd_reg_loss(logits, labels, 20.0, 0.1, default, mode, **extra).item()
+    other = 0.99 if default == 0.9 else 0.9
+    assert implicit.item() != tfkd_reg_loss(logits, labels, 20.0, 0.1, other, mode, **extra).item()
 
 
 def test_tfkd_errors():
@@ -139,3 +165,16 @@ def test_regularization_stats_counts_samples_where_teacher_is_worse():
     w = wsl_weights(student, teacher, labels)
     assert stats["w_mean"].item() == pytest.approx(w.mean().item())
     assert stats["w_median"].item() == pytest.approx(torch.quantile(w, 0.5).item())
+
+
+@pytest.mark.parametrize("mode, default", [("paper", 0.9), ("reference", 0.99)])
+def test_tfkd_reg_method_takes_the_mode_default_when_the_recipe_gives_no_correct_prob(mode, default):
+    cls = method_class("tfkd-reg")
+    extra = {"multiplier": 50.0} if mode == "reference" else {}
+    torch.manual_seed(0)
+    method = cls(cls.Config(mode=mode, **extra), build_model("mlp", 10, 1, 4), 10, None)
+    batch = Batch(torch.randn(6, 1, 4, 4), torch.tensor([0, 1, 2, 3, 4, 9]), sample_id=torch.arange(6),
+                  view=torch.zeros(6, dtype=torch.long))
+    out = method(batch)
+    expected = tfkd_reg_loss(out.logits, batch.y, 20.0, 0.1, default, mode, **extra)
+    assert out.losses["tfkd_reg"].item() == pytest.approx(expected.item(), rel=1e-6)

@@ -27,6 +27,7 @@ __all__ = [
     "virtual_teacher_probs",
     "tfkd_reg_loss",
     "TFKD_MODES",
+    "TFKD_DEFAULT_CORRECT_PROB",
     "wsl_weights",
     "wsl_loss",
     "weighted_soft_cross_entropy",
@@ -118,9 +119,12 @@ def soft_cross_entropy(student_logits: Tensor, target_probs: Tensor, temperature
 
 
 def label_smoothing_targets(
-    labels: Tensor, num_classes: int, epsilon: float, convention: str = "uniform"
+    labels: Tensor, num_classes: int, epsilon: float, convention: str = "uniform", *,
+    dtype: torch.dtype = torch.float32,
 ) -> Tensor:
-    """Smoothed one-hot targets (Szegedy et al., 2016), B x K float32.
+    """Smoothed one-hot targets (Szegedy et al., 2016), B x K in ``dtype`` (at least float32).
+
+    Pass the logits' dtype so that a float64 loss keeps float64 targets.
 
     - ``"uniform"``: ``(1 - eps) * onehot + eps / K`` on every class (PyTorch's ``label_smoothing``).
     - ``"others"``:  ``1 - eps`` on the true class, ``eps / (K - 1)`` on each other class
@@ -138,16 +142,21 @@ def label_smoothing_targets(
         raise ValueError(f"labels must lie in [0, {num_classes}), got range [{labels.min()}, {labels.max()}]")
     off_value = epsilon / num_classes if convention == "uniform" else epsilon / (num_classes - 1)
     on_value = 1.0 - epsilon + off_value if convention == "uniform" else 1.0 - epsilon
-    targets = torch.full((labels.shape[0], num_classes), off_value, dtype=torch.float32, device=labels.device)
+    dtype = torch.promote_types(dtype, torch.float32)
+    targets = torch.full((labels.shape[0], num_classes), off_value, dtype=dtype, device=labels.device)
     targets.scatter_(1, labels.long().unsqueeze(1), on_value)
     return targets
 
 
 TFKD_MODES = ("paper", "reference")
+# The virtual teacher's probability of the truth when none is given: the paper's 0.9, and the
+# 0.99 that the authors' code hard-codes for the reference mode.
+TFKD_DEFAULT_CORRECT_PROB = {"paper": 0.9, "reference": 0.99}
 
 
-def virtual_teacher_probs(labels: Tensor, num_classes: int, correct_prob: float = 0.9) -> Tensor:
-    """Tf-KD's designed "virtual teacher" (Yuan et al., CVPR 2020), B x K float32.
+def virtual_teacher_probs(labels: Tensor, num_classes: int, correct_prob: float = 0.9, *,
+                          dtype: torch.dtype = torch.float32) -> Tensor:
+    """Tf-KD's designed "virtual teacher" (Yuan et al., CVPR 2020), B x K in ``dtype`` (at least float32).
 
     ``p_d(k) = a`` if k = y else ``(1 - a) / (K - 1)``: a 100 %-accurate teacher whose confidence
     ``a = correct_prob`` is chosen by hand (the same vector as the "others" label smoothing with
@@ -155,12 +164,15 @@ def virtual_teacher_probs(labels: Tensor, num_classes: int, correct_prob: float 
     """
     if not 0.0 < correct_prob < 1.0:
         raise ValueError(f"correct_prob must be in (0, 1), got {correct_prob}")
-    return label_smoothing_targets(labels, num_classes, 1.0 - correct_prob, convention="others")
+    return label_smoothing_targets(labels, num_classes, 1.0 - correct_prob, convention="others", dtype=dtype)
 
 
 def tfkd_reg_loss(student_logits: Tensor, labels: Tensor, temperature: float = 20.0, alpha: float = 0.1,
-                  correct_prob: float = 0.9, mode: str = "paper", *, multiplier: float = 1.0) -> Tensor:
+                  correct_prob: float | None = None, mode: str = "paper", *, multiplier: float = 1.0) -> Tensor:
     """Teacher-free KD with a virtual teacher (Tf-KD reg), including the hard-label CE term.
+
+    ``correct_prob`` (a) defaults per mode (TFKD_DEFAULT_CORRECT_PROB): 0.9 in paper mode, 0.99 in
+    reference mode.  The virtual teacher is built in the logits' dtype (at least float32).
 
     - ``paper``: ``(1 - alpha) CE(z_s, y) + alpha T^2 KL(p_d^T || p_s^T)`` (batchmean), where the
       virtual teacher is softened in log space, ``p_d^T = softmax(log(p_d) / T)``, and the student
@@ -179,7 +191,9 @@ def tfkd_reg_loss(student_logits: Tensor, labels: Tensor, temperature: float = 2
         raise ValueError(f"student_logits must be B x K, got shape {tuple(student_logits.shape)}")
     if labels.shape != student_logits.shape[:1]:
         raise ValueError(f"labels must have shape ({student_logits.shape[0]},), got {tuple(labels.shape)}")
-    probs = virtual_teacher_probs(labels, student_logits.shape[1], correct_prob)
+    if correct_prob is None:
+        correct_prob = TFKD_DEFAULT_CORRECT_PROB[mode]
+    probs = virtual_teacher_probs(labels, student_logits.shape[1], correct_prob, dtype=student_logits.dtype)
     ce = cross_entropy(student_logits, labels)
     if mode == "paper":
         if multiplier != 1.0:

@@ -26,7 +26,8 @@ class VirtualTeacher(Method):
         name: Literal["tfkd-reg"] = "tfkd-reg"
         alpha: float = Field(0.1, ge=0, le=1)
         temperature: float = Field(20.0, gt=0)
-        correct_prob: float = Field(0.9, gt=0, lt=1, description="a: the virtual teacher's probability of the truth")
+        correct_prob: float | None = Field(None, gt=0, lt=1, description="a: the virtual teacher's probability of "
+                                           "the truth (default 0.9 in paper mode, 0.99 in reference mode)")
         mode: Literal["paper", "reference"] = "paper"
         multiplier: float = Field(1.0, gt=0, description="reference mode only: the authors' per-model factor (50-100)")
 

@@ -31,7 +31,7 @@ def test_kd_loss_is_t2_times_batchmean_kl_not_default_mean():
     log_s, log_t = F.log_softmax(student.double() / t, 1), F.log_softmax(teacher.double() / t, 1)
     batchmean = F.kl_div(log_s, log_t, reduction="batchmean", log_target=True)
     assert kd_loss(student, teacher, t).item() == pytest.approx(t * t * batchmean.item(), rel=1e-6)
-    # architecture trap 1: nn.KLDivLoss() 'mean' divides by B x K, i.e. K times too small
+    # the trap this avoids: nn.KLDivLoss() 'mean' divides by B x K, i.e. K times too small
     with pytest.warns(UserWarning):
         mean_reduced = torch.nn.KLDivLoss(log_target=True)(log_s, log_t)
     assert batchmean.item() == pytest.approx(10 * mean_reduced.item(), rel=1e-6)

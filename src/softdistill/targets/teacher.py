@@ -115,7 +115,7 @@ class CachedTeacher(SoftLabelSource):
 
     A plan that does not augment has one view per sample, the clean image; an augmenting plan
     needs a fixed number of views (``data.views: V``), each labelled once, in V passes of the
-    teacher over the training split (architecture trap 8: a soft label belongs to its view).
+    teacher over the training split (a soft label belongs to its view).
     Mixed views are not cached (they need a store or the teacher online).
     """
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from softdistill.checkpoint import check_model_fits, load_checkpoint, model_from_checkpoint
@@ -13,7 +13,30 @@ from softdistill.data.shifts import ood_set, parse_ood_specs
 from softdistill.engine import DistContext, evaluate
 from softdistill.engine.distributed import resolve_device
 
-__all__ = ["evaluate_checkpoint"]
+__all__ = ["evaluate_checkpoint", "evaluate_on_sets"]
+
+
+def _evaluator(payload: dict[str, Any], path: str | os.PathLike, batch_size: int, device: str,
+               amp: str = "off") -> Callable[[TensorSet], dict[str, float]]:
+    """The checkpoint's model as a function of an image set, normalised as in training."""
+    ctx = DistContext(device=resolve_device(device))
+    model = model_from_checkpoint(payload, path).to(ctx.device)
+    norm = payload["normalization"]
+    transform = BatchTransform(norm["mean"], norm["std"])
+
+    def evaluate_on(images: TensorSet) -> dict[str, float]:
+        return evaluate(model, BatchLoader(images.to(ctx.device), batch_size, transform), ctx, amp)
+
+    return evaluate_on
+
+
+def evaluate_on_sets(path: str | os.PathLike, sets: Mapping[str, TensorSet], *, batch_size: int = 1024,
+                     device: str = "auto", amp: str = "off") -> dict[str, dict[str, float]]:
+    """Accuracy (%) and cross-entropy of a checkpoint on each of ``sets`` (images of the shape it was
+    trained on, e.g. out-of-domain versions of its test split), under ``amp`` as in training."""
+    payload = load_checkpoint(path)
+    evaluate_on = _evaluator(payload, path, batch_size, device, amp)
+    return {name: evaluate_on(images) for name, images in sets.items()}
 
 
 def evaluate_checkpoint(path: str | os.PathLike, *, split: str = "test", data: str | None = None,
@@ -37,14 +60,7 @@ def evaluate_checkpoint(path: str | os.PathLike, *, split: str = "test", data: s
     chosen = {"train": bundle.train, "val": bundle.val, "test": bundle.test}[split]
     if chosen is None:
         raise ValueError(f"{path}: the recipe held out no validation set (data.val_size = 0)")
-    ctx = DistContext(device=resolve_device(device))
-    model = model_from_checkpoint(payload, path).to(ctx.device)
-    norm = payload["normalization"]
-    transform = BatchTransform(norm["mean"], norm["std"])
-
-    def evaluate_on(images: TensorSet) -> dict[str, float]:
-        return evaluate(model, BatchLoader(images.to(ctx.device), batch_size, transform), ctx)
-
+    evaluate_on = _evaluator(payload, path, batch_size, device)
     result = evaluate_on(chosen)
     shifted = {s.name: evaluate_on(ood_set(chosen, s, ood_seed)) for s in ood_specs}  # one shifted copy at a time
     return {"checkpoint": str(path), "model": spec["name"], "data": name, "split": split, "samples": len(chosen),

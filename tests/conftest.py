@@ -5,7 +5,16 @@ import socket
 import pytest
 
 from softdistill.engine.trainer import Trainer
+from softdistill.experiments import quickstart
 from softdistill.runner import run_recipe
+
+
+@pytest.fixture(scope="session")
+def tiny_quickstart(tmp_path_factory):
+    """The output folder of ``softdistill quickstart --tiny --seeds 2`` (digits), trained once per session."""
+    out = tmp_path_factory.mktemp("quickstart") / "qs"
+    quickstart(tiny=True, seeds=2, output_dir=out, quiet=True)
+    return out
 
 
 @pytest.fixture

@@ -28,25 +28,37 @@ def write_recipe(folder: Path, **changes) -> Path:
     return path
 
 
-def test_quickstart_tiny_end_to_end(tmp_path, capsys):
-    out = tmp_path / "qs"
+def test_quickstart_tiny_end_to_end(tiny_quickstart, capsys):
+    out = tiny_quickstart
+    teacher = out / "digits-teacher" / "seed0" / "summary.json"
+    stamp = teacher.stat().st_mtime_ns
+    # a second call finds every run finished and only rewrites the report
     assert main(["quickstart", "--tiny", "--output", str(out), "--seeds", "2", "--quiet"]) == 0
+    assert teacher.stat().st_mtime_ns == stamp
     printed = capsys.readouterr().out
     for name in ("digits-baseline", "digits-ls", "digits-kd", "(baseline)", "test acc last (%)"):
         assert name in printed
     report = out / "report"
-    for name in ("table.md", "table.csv", "curves.png", "diagnostics.png", "results.json"):
+    for name in ("table.md", "table.csv", "curves.png", "diagnostics.png", "results.json",
+                 "digits-hard-affine-hard-augmentations.png"):
         assert (report / name).stat().st_size > 0, name
-    assert "![diagnostics](diagnostics.png)" in (report / "table.md").read_text()  # KD logs reg_share
+    table = (report / "table.md").read_text()
+    assert "![diagnostics](diagnostics.png)" in table  # KD logs reg_share
+    assert "![digits-hard-affine](digits-hard-affine-hard-augmentations.png)" in table
     assert (report / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     rows = {r["recipe"]: r for r in csv.DictReader((report / "table.csv").open())}
     assert rows["digits-kd"]["seeds"] == "2"
-    teacher = out / "digits-teacher" / "seed0" / "summary.json"
-    assert json.loads(teacher.read_text())["test_acc_last"] > 80.0  # a real teacher, trained once
-    # a second call finds every run finished and only rewrites the report
-    stamp = teacher.stat().st_mtime_ns
-    assert main(["quickstart", "--tiny", "--output", str(out), "--seeds", "2", "--quiet"]) == 0
-    assert teacher.stat().st_mtime_ns == stamp
+    assert rows["digits-hard-affine"]["label"] == "hard (affine)"
+    summary = json.loads(teacher.read_text())
+    assert summary["test_acc_last"] > 80.0  # a real teacher, trained once
+    # the teacher line: the accuracy of best.pt, the epoch with the best validation accuracy
+    assert (f"| digits-teacher | cnn | `{out}/digits-teacher/seed0/best.pt` (epoch {summary['selected_epoch']} of 8) | "
+            f"{summary['test_acc_selected']:.2f} | digits-kd, digits-hard-affine |") in table
+    assert float(rows["digits-kd"]["teacher_test_acc"]) == pytest.approx(summary["test_acc_selected"])
+    # every row of the out-of-domain table has numbers: HARD's recipe names the sets, the others are evaluated
+    finals = {r["name"]: r["final"] for r in json.loads((report / "results.json").read_text())}
+    assert {name: sorted(f) for name, f in finals.items()} == {name: ["rotate15", "shift1"] for name in finals}
+    assert all(len(seeds) == 2 for f in finals.values() for seeds in f.values())
 
 
 def test_train_then_eval_then_resume_finished(tmp_path, capsys):

@@ -3,19 +3,25 @@
 from __future__ import annotations
 
 import json
+import math
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from softdistill.atomic import write_text_atomic
+from softdistill.atomic import write_bytes_atomic, write_text_atomic
 from softdistill.config import Recipe, load_recipe
+from softdistill.data.loader import TensorSet
+from softdistill.data.prepare import prepare_from_spec
+from softdistill.data.shifts import ood_set, parse_ood_spec
+from softdistill.evaluation import evaluate_on_sets
 from softdistill.report import (aggregate_runs, format_final_markdown, format_markdown, plot_curves, plot_diagnostics,
                                 write_csv)
-from softdistill.report.tables import RecipeResult
+from softdistill.report.plots import BAND_NOTE
+from softdistill.report.tables import RecipeResult, TeacherResult, format_teachers_markdown
 from softdistill.runner import resolve_dependencies, run_recipe
 from softdistill.runs import check_same_recipe, run_dir_state
 
@@ -58,8 +64,11 @@ def compare(recipe_paths: Sequence[str | Path], *, seeds: int | Sequence[int] = 
         baseline = next((r.name for r in recipes_by_seed[seed_list[0]] if r.method.name == "ce"), names[0])
     elif baseline not in names:
         raise ValueError(f"baseline {baseline!r} is not among the recipes {names}")
+    teachers = {}  # recipe name -> the teacher checkpoint its soft labels come from
     for recipe in recipes_by_seed[seed_list[0]]:  # teachers (and VAEs) first, with their own progress output
-        resolve_dependencies(recipe, quiet=quiet)
+        for dependency, path in zip(recipe.dependencies(), resolve_dependencies(recipe, quiet=quiet)):
+            if dependency.kind == "model" and dependency.field.startswith("soft_labels."):
+                teachers[recipe.name] = path
     jobs = [recipe for seed in seed_list for recipe in recipes_by_seed[seed]]
     bar = tqdm(jobs, desc="compare", unit="run", disable=quiet, dynamic_ncols=True)
     for recipe in bar:
@@ -77,37 +86,116 @@ def compare(recipe_paths: Sequence[str | Path], *, seeds: int | Sequence[int] = 
                       f"best, {summary['test_acc_selected']:.2f}% at best {summary['selection']} "
                       f"({summary['seconds']:.1f}s)")
     return write_report(output_dir, names, baseline, title=title, seconds=time.perf_counter() - start,
-                        report_dir=report_dir)
+                        report_dir=report_dir, teachers=teachers)
+
+
+def _evaluate_missing_final_sets(results: Sequence[RecipeResult]) -> list[str]:
+    """Evaluate each run on the final (out-of-domain) sets that other recipes of the report name in
+    ``data.ood`` and its own recipe does not, as training evaluates them: the model after the last
+    epoch (last.pt), the shifted copy of its test split drawn with its ``data.split_seed``, under its
+    ``train.amp``.  Fills ``finals`` in place; returns the names of the recipes evaluated here."""
+    specs = {parse_ood_spec(text).name: text for r in results for text in (r.config.get("data") or {}).get("ood", [])}
+    test_sets: dict[str, TensorSet] = {}
+    shifted: dict[tuple[str, str], TensorSet] = {}
+    evaluated = []
+    for r in results:
+        data = r.config.get("data") or {}
+        key = json.dumps(data, sort_keys=True)
+        for run, finals in zip(r.runs, r.finals):
+            missing = [n for n in specs if n not in finals]
+            if not missing or not data or not (run / "last.pt").is_file():
+                continue
+            if key not in test_sets:
+                test_sets[key] = prepare_from_spec(data).test
+            for name in missing:
+                if (key, name) not in shifted:
+                    shifted[key, name] = ood_set(test_sets[key], specs[name], data.get("split_seed", 0))
+            scores = evaluate_on_sets(run / "last.pt", {n: shifted[key, n] for n in missing},
+                                      amp=(r.config.get("train") or {}).get("amp", "off"))
+            finals.update({n: score["acc"] for n, score in scores.items()})
+            evaluated.append(r.name)
+    return list(dict.fromkeys(evaluated))
+
+
+def _copy_method_figures(results: Sequence[RecipeResult], report_dir: Path) -> list[tuple[str, str]]:
+    """Copy the figures that methods draw into a run's ``report/`` folder (HARD: hard-augmentations.png)
+    from each recipe's first seed to ``report_dir/RECIPE-FIGURE``; returns (recipe, file name) pairs."""
+    copied = []
+    for r in results:
+        if not r.runs:
+            continue
+        for figure in sorted((r.runs[0] / "report").glob("*.png")):
+            target = f"{r.name}-{figure.name}"
+            write_bytes_atomic(report_dir / target, figure.read_bytes())
+            copied.append((r.name, target))
+    return copied
+
+
+def _final_caption(evaluated_here: Sequence[str]) -> str:
+    where = ("during training for the recipes that name a set in `data.ood`, and when this report was written "
+             f"for the others ({', '.join(evaluated_here)}: their last.pt on the same shifted test images)"
+             if evaluated_here else "during training")
+    return (f"Out-of-domain test sets: test accuracy (%) of the model after the last epoch, mean ± sample std, "
+            f"evaluated {where}; n/a: a run without last.pt. The sets are described in docs/data.md.")
+
+
+DIAGNOSTICS_CAPTION = (
+    "*regularization samples*: share of training samples per epoch on which the teacher's cross-entropy on the "
+    "true label exceeds the student's (WSL's regularization samples); *w*: WSL weight 1 - exp(-CE_s/CE_t), batch "
+    "means averaged over the epoch; HARD panels: the augmentor's objective term T^2 KL(p_t || p_s) on its inputs "
+    "x~ (before its step) and the teacher's accuracy on x~ (low = the augmentations no longer show the true "
+    f"class). Shares and accuracies in %. {BAND_NOTE}.")
+
+
+def _teacher_json(teacher: TeacherResult | None) -> dict | None:
+    if teacher is None:
+        return None
+    return {**asdict(teacher), "checkpoint": str(teacher.checkpoint),
+            "test_acc": None if math.isnan(teacher.test_acc) else teacher.test_acc}
 
 
 def write_report(output_dir: str | Path, names: Sequence[str], baseline: str | None, *, title: str,
-                 seconds: float = float("nan"), report_dir: str | Path | None = None) -> CompareResult:
-    """Aggregate the run folders and write {table.md, table.csv, curves.png, results.json} to
-    ``report_dir`` (default ``output_dir/report``)."""
+                 seconds: float = float("nan"), report_dir: str | Path | None = None,
+                 teachers: Mapping[str, str | Path] | None = None) -> CompareResult:
+    """Aggregate the run folders and write {table.md, table.csv, curves.png, diagnostics.png, results.json}
+    and the methods' figures of each recipe's first seed to ``report_dir`` (default ``output_dir/report``).
+
+    ``teachers`` maps a recipe name to the teacher checkpoint its runs distilled from (what
+    :func:`compare` resolved); the report lists each with its test accuracy.  Runs whose recipe names
+    no out-of-domain set that another recipe names are evaluated on it here, so that the
+    out-of-domain table compares every row on the same sets.
+    """
     output_dir = Path(output_dir)
-    results = aggregate_runs(output_dir, names)
+    results = aggregate_runs(output_dir, names, teachers)
     report_dir = Path(report_dir) if report_dir is not None else output_dir / "report"
+    evaluated_here = _evaluate_missing_final_sets(results)
     table = format_markdown(results, baseline)
     final = format_final_markdown(results)
     if final:
-        table += ("\nOut-of-domain test sets, evaluated after the last epoch (test accuracy %, mean ± sample std; "
-                  "see docs/data.md):\n\n" + final)
+        table += f"\n{_final_caption(evaluated_here)}\n\n{final}"
+    teacher_table = format_teachers_markdown(results)
+    if teacher_table:
+        table += ("\nTeachers: the checkpoint each student recipe distilled from, with its test accuracy at that "
+                  f"epoch:\n\n{teacher_table}")
     seeds = sorted({s for r in results for s in r.seeds})
     markdown = (f"# {title}\n\nTest accuracy over seeds {seeds} (mean ± sample std). *last*: after the final epoch; "
                 "*best*: best epoch (optimistic); *@best val*: at the epoch with the best validation accuracy. "
-                f"Gains are differences of means against `{baseline}`.\n\n{table}\n![test accuracy](curves.png)\n")
+                f"Gains are differences of means against `{baseline}`.\n\n{table}\n![test accuracy](curves.png)\n\n"
+                f"Test accuracy per epoch, every epoch (left) and zoomed on the second half of each run (right). "
+                f"{BAND_NOTE}.\n")
     write_csv(results, report_dir / "table.csv", baseline)
     plot_curves(results, report_dir / "curves.png", title=title)
     if plot_diagnostics(results, report_dir / "diagnostics.png", title=f"{title}: soft-label diagnostics"):
-        markdown += ("\n![diagnostics](diagnostics.png)\n\n*reg_share*: share of training samples per epoch on which "
-                     "the teacher's cross-entropy on the true label exceeds the student's (WSL's regularization "
-                     "samples); *w*: WSL weight 1 - exp(-CE_s/CE_t), batch means averaged over the epoch; HARD panels: the "
-                     "augmentor's objective term T^2 KL(p_t || p_s) on its inputs x~ (before its step) and the "
-                     "teacher's accuracy on x~ (low = the augmentations no longer show the true class).\n")
+        markdown += f"\n![diagnostics](diagnostics.png)\n\n{DIAGNOSTICS_CAPTION}\n"
+    figures = _copy_method_figures(results, report_dir)
+    if figures:
+        markdown += "\n## Figures the methods drew (first seed)\n"
+        markdown += "".join(f"\n{name}:\n\n![{name}]({file})\n" for name, file in figures)
     write_text_atomic(report_dir / "table.md", markdown)
     write_text_atomic(report_dir / "results.json", json.dumps(
-        [{"name": r.name, "method": r.method, "student": r.student, "seeds": r.seeds, "last": r.last, "best": r.best,
-          "selected": r.selected, "seconds": r.seconds} for r in results], indent=2))
+        [{"name": r.name, "method": r.method, "label": r.label, "student": r.student, "seeds": r.seeds,
+          "last": r.last, "best": r.best, "selected": r.selected, "seconds": r.seconds, "final": r.final,
+          "teacher": _teacher_json(r.teacher)} for r in results], indent=2))
     return CompareResult(results, baseline, report_dir, table, seconds)
 
 

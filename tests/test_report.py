@@ -1,0 +1,62 @@
+"""Report tables: method labels from saved configs, teachers with their accuracy, comparable out-of-domain rows."""
+
+import json
+import shutil
+
+import pytest
+
+from softdistill.config import load_recipe
+from softdistill.experiments import packaged_recipes, write_report
+from softdistill.report.tables import method_label
+
+
+@pytest.mark.parametrize("config, teacher_model, label", [
+    ({"student": "mlp", "method": {"name": "ce"}}, None, "ce"),
+    ({"student": "mlp", "method": {"name": "kd"}}, "mlp", "kd (self)"),
+    ({"student": "mlp", "method": {"name": "kd"}}, "resnet8", "kd"),
+    ({"student": "mlp", "method": {"name": "kd"}, "soft_labels": {"source": "cache", "select": "epoch_1"}}, "resnet8",
+     "kd (teacher epoch_1)"),
+    ({"student": "mlp", "method": {"name": "ida", "correction": "replace"}}, "cnn", "ida (KD-i)"),
+    ({"student": "mlp", "method": {"name": "ida", "correction": "none", "order_penalty": 2}}, "cnn", "ida (KD-p)"),
+    ({"student": "mlp", "method": {"name": "ida", "correction": "none", "order_penalty": 0}}, "cnn", "ida (KD-aug)"),
+    ({"student": "mlp", "method": {"name": "ida", "mix": "cutmix", "correction": "add"}}, "cnn", "ida (KD-i add, cutmix)"),
+    ({"student": "mlp", "method": {"name": "hard", "augmentor": "vae", "strength": "random"}}, "cnn",
+     "hard (vae, random strength)"),
+    ({"student": "mlp", "method": {"name": "tfkd-reg", "mode": "reference"}}, None, "tfkd-reg (reference)"),
+    ({"student": "mlp", "method": {"name": "ls", "convention": "others"}}, None, "ls (others)"),
+    ({"student": "mlp", "method": {"name": "soft-label"}, "soft_labels": {"source": "weak", "kind": "partial"}}, None,
+     "soft-label (weak: partial)"),
+])
+def test_method_label_says_what_sets_a_run_apart(config, teacher_model, label):
+    assert method_label(config, teacher_model) == label
+
+
+def test_quickstart_recipes_get_one_label_each():
+    labels = {}
+    for path in sorted(packaged_recipes("quickstart").glob("*.yaml")):
+        recipe = load_recipe(path)
+        teacher = (load_recipe(recipe.resolve_path(recipe.soft_labels.recipe)).student
+                   if recipe.soft_labels is not None else None)
+        labels[recipe.name] = method_label(recipe.to_dict(), teacher)
+    assert labels == {
+        "fmnist-baseline": "ce", "fmnist-teacher": "ce", "fmnist-ls": "ls", "fmnist-kd": "kd",
+        "fmnist-tfkd-self": "kd (self)", "fmnist-tfkd-reg": "tfkd-reg (paper)",
+        "fmnist-tfkd-reg-reference": "tfkd-reg (reference)", "fmnist-wsl": "wsl", "fmnist-ida-mixup-kdi": "ida (KD-i)",
+        "fmnist-ida-mixup-kdp": "ida (KD-p)", "fmnist-hard-affine": "hard (affine)"}
+
+
+def test_report_evaluates_missing_out_of_domain_sets_as_training_does(tiny_quickstart, tmp_path):
+    """A copy of the HARD runs without their final_acc: the report evaluates last.pt on the sets its
+    config names and finds what training found."""
+    source = tiny_quickstart / "digits-hard-affine"
+    shutil.copytree(source, tmp_path / "digits-hard-affine")
+    trained = {}
+    for summary_path in sorted((tmp_path / "digits-hard-affine").glob("seed*/summary.json")):
+        summary = json.loads(summary_path.read_text())
+        trained[summary["seed"]] = summary.pop("final_acc")
+        summary_path.write_text(json.dumps(summary))
+    result = write_report(tmp_path, ["digits-hard-affine"], None, title="t")
+    hard = result.results[0]
+    assert set(trained) == set(hard.seeds) == {0, 1}
+    assert hard.finals == [trained[seed] for seed in hard.seeds]
+    assert "(digits-hard-affine: their last.pt on the same shifted test images)" in result.markdown

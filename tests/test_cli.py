@@ -179,6 +179,15 @@ def test_help_explains_every_command():
     assert result.returncode == 0 and "--resume" in result.stdout and "-o KEY=VALUE" in result.stdout
 
 
+def test_compare_help_names_every_report_file(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "1000")  # argparse wraps at the terminal width, also at hyphens
+    with pytest.raises(SystemExit):
+        main(["compare", "--help"])
+    text = capsys.readouterr().out
+    for name in ("table.md", "table.csv", "results.json", "curves.png", "diagnostics.png", "hard-augmentations.png"):
+        assert name in text, name
+
+
 # ------------------------------------------------------------------------- file system and machine errors
 
 def one_paragraph_error(capsys, command: str) -> str:

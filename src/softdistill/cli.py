@@ -83,7 +83,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     cmp = sub.add_parser("compare", help="run recipes over seeds and tabulate mean ± std",
                          description="Run every RECIPE for every seed (skipping finished runs and resuming "
-                                     "interrupted ones), then write OUTPUT/report/table.md, table.csv, curves.png.")
+                                     "interrupted ones), then write the report to OUTPUT/report: table.md (the "
+                                     "tables, the teachers' accuracy and the figures), table.csv, results.json "
+                                     "(every number), curves.png (test accuracy per epoch), diagnostics.png (the "
+                                     "per-epoch soft-label diagnostics, when a method logs any) and the figures "
+                                     "that methods draw in seed 0's run folder (HARD: hard-augmentations.png).")
     cmp.add_argument("recipes", nargs="+", help="YAML recipes to compare")
     cmp.add_argument("--seeds", type=int, default=3, help="number of seeds, 0..N-1 (default 3)")
     cmp.add_argument("--epochs", type=int, help="override the epochs of every recipe")
@@ -91,16 +95,19 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("--output", default="runs/compare", help="output folder (default runs/compare)")
     cmp.add_argument("--baseline", help="recipe name gains are measured against (default: first 'ce' recipe)")
     cmp.add_argument("--report", help="report folder (default OUTPUT/report)")
-    cmp.add_argument("--quiet", action="store_true")
+    cmp.add_argument("--quiet", action="store_true", help="no progress bars or per-run lines")
 
-    qs = sub.add_parser("quickstart", help="teacher + baseline/LS/KD students on Fashion-MNIST, over seeds",
-                        description="Train a teacher on Fashion-MNIST once, distil small students with every "
-                                    "quickstart method over several seeds, print the table and write a report folder.")
-    qs.add_argument("--tiny", action="store_true", help="the same on scikit-learn's digits, in under a minute")
-    qs.add_argument("--seeds", type=int, default=3)
+    qs = sub.add_parser("quickstart", help="a teacher, then a student per method on Fashion-MNIST, over seeds",
+                        description="Train a teacher on Fashion-MNIST once, then run every recipe of "
+                                    "recipes/quickstart over several seeds (a cross-entropy baseline, label "
+                                    "smoothing, KD, Tf-KD self and reg in both modes, WSL, IDA KD-i and KD-p, "
+                                    "HARD), print the table and write the report folder that compare writes.")
+    qs.add_argument("--tiny", action="store_true",
+                    help="recipes/tiny instead: digits, baseline, label smoothing, KD and HARD, in under a minute")
+    qs.add_argument("--seeds", type=int, default=3, help="number of seeds, 0..N-1 (default 3)")
     qs.add_argument("--output", help="output folder (default runs/quickstart or runs/tiny)")
     qs.add_argument("-o", "--override", action="append", default=[], metavar="KEY=VALUE", help=OVERRIDE_HELP)
-    qs.add_argument("--quiet", action="store_true")
+    qs.add_argument("--quiet", action="store_true", help="no progress bars or per-run lines")
 
     ins = sub.add_parser("inspect", help="report on the quality of a teacher's soft labels",
                          description="Write a report folder (report.md, report.json, PNG figures) on the soft labels of "

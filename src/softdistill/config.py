@@ -109,6 +109,15 @@ class DataConfig(StrictModel):
                                                        "size (before the normalisation statistics); None = off")
     ood: list[str] = Field(default_factory=list, description="out-of-domain test sets kind:amount, e.g. shift:4, "
                                                              "rotate:20, noise:0.2, blur:1 (see softdistill.data.shifts)")
+    loader: Literal["memory", "stream", "auto"] = Field(
+        "memory", description="memory: every split decoded onto the device; stream: an image folder decoded batch by "
+                              "batch in worker processes; auto: stream an image folder larger than 2 GiB decoded")
+    workers: int = Field(4, ge=0, description="stream loader: decoding processes (0 = in the training process)")
+    mean: list[float] | None = Field(None, description="per-channel normalisation mean in [0, 1] units (with std); "
+                                                       "None = computed from the training split")
+    std: list[float] | None = Field(None, description="per-channel normalisation std (with mean)")
+    stats_samples: int = Field(1000, ge=2, description="stream loader: training images the statistics are "
+                                                       "estimated from, when mean/std are not given")
 
     @field_validator("ood")
     @classmethod
@@ -119,6 +128,18 @@ class DataConfig(StrictModel):
     @model_validator(mode="after")
     def _valid_plan(self) -> "DataConfig":
         self.view_plan(0)  # ViewPlan's own checks (e.g. replay: random needs data.views)
+        return self
+
+    @model_validator(mode="after")
+    def _streamable(self) -> "DataConfig":
+        if self.loader == "stream":
+            if self.name != "imagefolder":
+                raise ValueError(f"loader: stream reads image folders (name: imagefolder), not {self.name}; "
+                                 "the built-in sets fit in memory (loader: memory)")
+            if self.image_size is None:
+                raise ValueError("loader: stream needs image_size, the side of the images a batch holds")
+        if self.loader != "memory" and (self.canvas is not None or self.ood):
+            raise ValueError("canvas and ood are made from images in memory: use loader: memory")
         return self
 
     def view_plan(self, run_seed: int) -> ViewPlan:
@@ -298,6 +319,8 @@ class VAERecipe(RunRecipe):
                              "(it trains in float32 and keeps last.pt and vae.pt)")
         if self.data.augment.mix != "none":
             raise ValueError("data.augment.mix is not used by train-vae (a VAE learns single images)")
+        if self.data.loader != "memory":
+            raise ValueError("train-vae reads its data in memory: data.loader must be memory")
         return self
 
 

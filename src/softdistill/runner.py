@@ -19,9 +19,10 @@ from softdistill.augment.vae import ConvVAE
 from softdistill.checkpoint import load_checkpoint
 from softdistill.compatibility import VIEW_DEFINITION
 from softdistill.config import LabelRecipe, Recipe, RunRecipe, VAERecipe
-from softdistill.data.loader import BatchLoader, BatchTransform
+from softdistill.data.loader import BatchLoader, BatchTransform, EpochBatches, TensorSet
 from softdistill.data.prepare import DataBundle, prepare_from_spec
 from softdistill.data.shifts import ood_sets
+from softdistill.data.stream import FileSet, StreamLoader
 from softdistill.data.views import ViewPlan
 from softdistill.engine import DistContext, LRSchedule, Trainer, build_optimizer, init_distributed
 from softdistill.engine.distributed import resolve_device
@@ -56,29 +57,37 @@ def resolve_dependencies(recipe: RunRecipe, quiet: bool = False) -> list[Path]:
     return [product_of(recipe, dependency, quiet) for dependency in recipe.dependencies()]
 
 
+def _loader(split: TensorSet | FileSet, batch_size: int, transform: BatchTransform, recipe: RunRecipe,
+            device: torch.device, **rules: Any) -> BatchLoader | StreamLoader:
+    """A loader over ``split``: on the device for a split in memory, decoding in workers for files."""
+    if isinstance(split, FileSet):
+        return StreamLoader(split, batch_size, transform, device=device, workers=recipe.data.workers, **rules)
+    return BatchLoader(split.to(device), batch_size, transform, **rules)
+
+
 def _loaders(recipe: RunRecipe, data: DataBundle, ctx: DistContext, transform: BatchTransform, plan: ViewPlan
-             ) -> tuple[BatchLoader, dict[str, BatchLoader], dict[str, BatchLoader]]:
-    """Training, per-epoch evaluation (val, test) and final evaluation (out-of-domain test sets) loaders, on the device."""
+             ) -> tuple[BatchLoader | StreamLoader, dict[str, EpochBatches], dict[str, EpochBatches]]:
+    """Training, per-epoch evaluation (val, test) and final evaluation (out-of-domain test sets) loaders."""
     d = recipe.data
     common = dict(rank=ctx.rank, world_size=ctx.world_size)
-    train = BatchLoader(data.train.to(ctx.device), d.batch_size, transform, shuffle=True, drop_last=d.drop_last,
-                        plan=plan, seed=recipe.seed, **common)
-    evals = {name: BatchLoader(split.to(ctx.device), d.eval_batch_size, transform, **common)
+    train = _loader(data.train, d.batch_size, transform, recipe, ctx.device, shuffle=True, drop_last=d.drop_last,
+                    plan=plan, seed=recipe.seed, **common)
+    evals = {name: _loader(split, d.eval_batch_size, transform, recipe, ctx.device, **common)
              for name, split in (("val", data.val), ("test", data.test)) if split is not None}
-    finals = {name: BatchLoader(split.to(ctx.device), d.eval_batch_size, transform, **common)
+    finals = {name: _loader(split, d.eval_batch_size, transform, recipe, ctx.device, **common)
               for name, split in ood_sets(data.test, d.ood, seed=d.split_seed).items()}
     return train, evals, finals
 
 
-def _source(recipe: Recipe | LabelRecipe, data: DataBundle, ctx: DistContext, train: BatchLoader, quiet: bool
+def _source(recipe: Recipe | LabelRecipe, data: DataBundle, ctx: DistContext, train: BatchLoader | StreamLoader, quiet: bool
             ) -> SoftLabelSource | None:
     spec = recipe.soft_labels
     if spec is None:
         return None
     setup = SourceSetup(data=data, device=ctx.device, plan=recipe.view_plan, seed=recipe.seed,
                         product=lambda dependency: product_of(recipe, dependency, quiet),
-                        train_loader=lambda: BatchLoader(train.data, recipe.data.eval_batch_size, train.transform,
-                                                         plan=recipe.view_plan),
+                        train_loader=lambda: _loader(train.data, recipe.data.eval_batch_size, train.transform, recipe,
+                                                     ctx.device, plan=recipe.view_plan),
                         data_spec=recipe.data.model_dump())
     return source_class(spec.source).build(spec, setup).to(ctx.device)
 
@@ -159,7 +168,7 @@ def label_store(recipe: LabelRecipe, *, quiet: bool = False) -> dict[str, Any] |
     resolve_dependencies(recipe, quiet)
     data = load_data(recipe)
     plan, batch_size = recipe.view_plan, recipe.data.eval_batch_size
-    loader = BatchLoader(data.train.to(ctx.device), batch_size, BatchTransform(data.mean, data.std), plan=plan)
+    loader = _loader(data.train, batch_size, BatchTransform(data.mean, data.std), recipe, ctx.device, plan=plan)
     source = _source(recipe, data, ctx, loader, quiet)
     assert source is not None and plan.distinct_views is not None  # the label recipe's rules
 
@@ -173,7 +182,7 @@ def label_store(recipe: LabelRecipe, *, quiet: bool = False) -> dict[str, Any] |
         run_dir.mkdir(parents=True, exist_ok=True)
         write_text_atomic(run_dir / "config.yaml", yaml.safe_dump(recipe.to_dict(), sort_keys=False))
     header = {"data": {**{key: getattr(recipe.data, key) for key in DATA_IDENTITY}, "class_names": list(data.class_names),
-                       "image_shape": list(data.train.images.shape[1:])},
+                       "image_shape": list(data.train.image_shape)},
               # not part of the store's identity: the statistics' last bits depend on the thread count
               "normalization": {"mean": list(data.mean), "std": list(data.std)},
               "teacher": _labeller_identity(recipe, quiet),

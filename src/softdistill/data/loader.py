@@ -10,16 +10,30 @@ identical across DDP ranks (each rank takes its slice of the global batch).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+import math
+
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field, fields
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from softdistill.data.views import ViewPlan
+from softdistill.data.views import ViewParams, ViewPlan
 from softdistill.types import Batch
 
-__all__ = ["TensorSet", "BatchTransform", "BatchLoader", "epoch_generator"]
+__all__ = ["TensorSet", "BatchTransform", "BatchLoader", "EpochBatches", "Fetched", "fetch", "assemble",
+           "epoch_generator", "pixel_stats"]
+
+
+def checked_ids(n: int, labels: Tensor, ids: Tensor | None) -> Tensor:
+    """The sample ids (CPU int64, default ``0..n-1``) of a split of ``n`` samples, checked against its labels."""
+    if labels.shape != (n,):
+        raise ValueError(f"{n} images but labels of shape {tuple(labels.shape)}")
+    ids = torch.arange(n) if ids is None else ids
+    if ids.shape != labels.shape:
+        raise ValueError(f"{n} samples but sample ids of shape {tuple(ids.shape)}")
+    return ids.cpu().long()
 
 
 @dataclass
@@ -37,16 +51,15 @@ class TensorSet:
     def __post_init__(self) -> None:
         if self.images.dim() != 4 or self.images.dtype != torch.uint8:
             raise ValueError(f"images must be uint8 N x C x H x W, got {self.images.dtype} {tuple(self.images.shape)}")
-        if self.labels.shape != (self.images.shape[0],):
-            raise ValueError(f"{self.images.shape[0]} images but labels of shape {tuple(self.labels.shape)}")
-        if self.ids is None:
-            self.ids = torch.arange(len(self.labels))
-        if self.ids.shape != self.labels.shape:
-            raise ValueError(f"{len(self.labels)} samples but sample ids of shape {tuple(self.ids.shape)}")
-        self.ids = self.ids.cpu().long()
+        self.ids = checked_ids(self.images.shape[0], self.labels, self.ids)
 
     def __len__(self) -> int:
         return self.labels.shape[0]
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """(channels, height, width) of every image."""
+        return tuple(self.images.shape[1:])  # type: ignore[return-value]
 
     def subset(self, index: Tensor) -> "TensorSet":
         return TensorSet(self.images[index], self.labels[index], self.ids[index.cpu()])
@@ -70,6 +83,24 @@ def epoch_generator(seed: int, epoch: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
 
 
+def pixel_stats(chunks: Iterable[Tensor]) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and standard deviation (unbiased) of uint8 image chunks (B x C x H x W), in [0, 1]
+    units: exact integer sums, one chunk in memory at a time, one rounding at the end."""
+    count, total, squares = 0, None, None
+    for chunk in chunks:
+        x = chunk.transpose(0, 1).reshape(chunk.shape[1], -1).long()
+        sums, sq = x.sum(1).tolist(), (x * x).sum(1).tolist()
+        total = sums if total is None else [a + b for a, b in zip(total, sums)]
+        squares = sq if squares is None else [a + b for a, b in zip(squares, sq)]
+        count += x.shape[1]
+    if total is None or squares is None or count < 2:
+        raise ValueError("normalisation statistics need at least two pixels")
+    mean = tuple(s / (255 * count) for s in total)
+    std = tuple(max(math.sqrt((count * q - s * s) / (count * (count - 1) * 255**2)), 1e-6)
+                for s, q in zip(total, squares))
+    return mean, std
+
+
 class BatchTransform:
     """uint8 images -> float in [0, 1] -> standardised per channel: ``x = (u8 / 255 - mean) / std``."""
 
@@ -88,24 +119,90 @@ class BatchTransform:
         return self.normalize(self.to_unit(images))
 
 
-class BatchLoader:
-    """Iterate over a :class:`TensorSet` in batches of :class:`~softdistill.types.Batch`.
+@dataclass
+class Fetched:
+    """The raw material of one batch, before the device-side steps: uint8 images of the samples (and,
+    for a mixing plan, of their partners with the mixing parameters), labels, sample ids, views.
+
+    The memory loader gathers it on the device; the stream loader decodes it in a worker and moves
+    it (pinned, non-blocking on CUDA).  :func:`assemble` turns it into the same Batch either way.
+    """
+
+    images: Tensor
+    labels: Tensor
+    ids: Tensor
+    views: Tensor
+    partner_images: Tensor | None = None
+    partner_labels: Tensor | None = None
+    partner_ids: Tensor | None = None
+    mixing: ViewParams | None = None
+
+    def _map(self, fn: Callable[[Tensor], Tensor]) -> "Fetched":
+        return Fetched(**{f.name: None if getattr(self, f.name) is None else
+                          (getattr(self, f.name) if f.name == "mixing" else fn(getattr(self, f.name)))
+                          for f in fields(self)})
+
+    def pin_memory(self) -> "Fetched":
+        """Page-locked copies (called by DataLoader's pinning thread)."""
+        return self._map(Tensor.pin_memory)
+
+    def to(self, device: torch.device, non_blocking: bool = False) -> "Fetched":
+        return self._map(lambda t: t.to(device, non_blocking=non_blocking))
+
+
+def fetch(rows: Tensor, views: Tensor, labels: Tensor, ids: Tensor, images_of: Callable[[Tensor, Tensor], Tensor],
+          plan: ViewPlan | None) -> Fetched:
+    """What the batch of views ``views`` of the samples at ``rows`` needs: ``images_of(rows, views)``
+    gives uint8 images; a mixing plan adds the partners' images, labels, ids and mixing parameters."""
+    images = images_of(rows, views)
+    batch_ids = ids[rows]
+    fetched = Fetched(images, labels[rows.to(labels.device)], batch_ids, views)
+    if plan is None or not plan.mixes:
+        return fetched
+    mixing = plan.mixing(batch_ids, views, rows, len(ids), tuple(images.shape[-2:]))
+    partner = mixing.partner
+    fetched.partner_images = images_of(partner, views)
+    fetched.partner_labels = labels[partner.to(labels.device)]
+    fetched.partner_ids = ids[partner]
+    fetched.mixing = mixing
+    return fetched
+
+
+def assemble(fetched: Fetched, transform: BatchTransform, plan: ViewPlan | None) -> Batch:
+    """The batch of ``fetched`` (on its device): to [0, 1], the views' crop, flip and mix, standardisation."""
+    f = fetched
+    x = transform.to_unit(f.images)
+    y_b = lam = None
+    if plan is not None:
+        x = plan.apply_geometry(x, plan.geometry(f.ids, f.views))
+        if f.mixing is not None:
+            assert f.partner_images is not None and f.partner_ids is not None
+            partner_x = plan.apply_geometry(transform.to_unit(f.partner_images), plan.geometry(f.partner_ids, f.views))
+            x = plan.combine(x, partner_x, f.mixing)
+            y_b = f.partner_labels
+            lam = f.mixing.lam.to(x.device)
+    return Batch(x=transform.normalize(x), y=f.labels, sample_id=f.ids.to(x.device), view=f.views.to(x.device),
+                 y_b=y_b, lam=lam)
+
+
+class EpochBatches:
+    """Which samples each batch of an epoch holds, for this process: the rules every loader shares.
 
     ``batch_size`` is the global batch.  Under DDP (``world_size > 1``) rank r receives the r-th
     of ``world_size`` near-equal slices of every global batch, so the ranks together see exactly
     the batches a single process would.  ``plan`` (training only) augments every sample as its
     view of the epoch; without one every batch shows the clean images (view 0).  ``seed`` seeds the
-    shuffled order.  Call :meth:`set_epoch` before each epoch.
+    shuffled order.  ``ids`` are the split's sample ids (a plan may choose views per sample).  Call
+    :meth:`set_epoch` before each epoch.
     """
 
-    def __init__(self, data: TensorSet, batch_size: int, transform: BatchTransform, *, shuffle: bool = False,
-                 drop_last: bool = False, plan: ViewPlan | None = None, seed: int = 0, rank: int = 0,
-                 world_size: int = 1) -> None:
+    def __init__(self, ids: Tensor, batch_size: int, *, shuffle: bool = False, drop_last: bool = False,
+                 plan: ViewPlan | None = None, seed: int = 0, rank: int = 0, world_size: int = 1) -> None:
         if batch_size < world_size:
             raise ValueError(f"batch size {batch_size} is smaller than the number of processes {world_size}")
-        self.data = data
+        self.ids = ids
+        self.size = len(ids)
         self.batch_size = batch_size
-        self.transform = transform
         self.shuffle = shuffle
         self.drop_last = drop_last
         self.plan = plan if plan is not None and plan.is_random else None
@@ -113,53 +210,60 @@ class BatchLoader:
         self.rank = rank
         self.world_size = world_size
         self.epoch = 0
+        self.skip = 0
 
-    def set_epoch(self, epoch: int) -> None:
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        """Show epoch ``epoch`` next, from its batch ``skip`` on (a resume in the middle of the epoch)."""
+        if not 0 <= skip <= len(self):
+            raise ValueError(f"cannot skip {skip} of the {len(self)} batches of an epoch")
         self.epoch = epoch
+        self.skip = skip
 
     def __len__(self) -> int:
-        n = len(self.data)
-        full, rest = divmod(n, self.batch_size)
+        full, rest = divmod(self.size, self.batch_size)
         # A training tail smaller than the number of ranks would leave a rank without samples
         # (DDP needs every rank to step): drop it.  Evaluation keeps it; empty slices are skipped.
         keep_rest = rest > 0 and not self.drop_last and (rest >= self.world_size or not self.shuffle)
         return full + int(keep_rest)
 
-    def __iter__(self) -> Iterator[Batch]:
-        n = len(self.data)
+    def epoch_batches(self) -> Iterator[tuple[Tensor, Tensor]]:
+        """(rows, views) of this process's batches of the epoch, from batch ``skip`` on (CPU int64)."""
+        n = self.size
         order = torch.randperm(n, generator=epoch_generator(self.seed, self.epoch)) if self.shuffle else torch.arange(n)
-        for b in range(len(self)):
+        for b in range(self.skip, len(self)):
             global_rows = order[b * self.batch_size:(b + 1) * self.batch_size]
             rows = torch.tensor_split(global_rows, self.world_size)[self.rank]
-            if len(rows) == 0:
-                continue
-            views = (self.plan.views_in_epoch(self.data.ids[rows], self.epoch) if self.plan is not None
-                     else torch.zeros(len(rows), dtype=torch.long))
+            if len(rows):
+                yield rows, (self.plan.views_in_epoch(self.ids[rows], self.epoch) if self.plan is not None
+                             else torch.zeros(len(rows), dtype=torch.long))
+
+    def ordered_batches(self, view: int) -> Iterator[tuple[Tensor, Tensor]]:
+        """(rows, views): every sample of the split in row order, each as its view ``view`` (this process alone)."""
+        for start in range(0, self.size, self.batch_size):
+            rows = torch.arange(start, min(start + self.batch_size, self.size))
+            yield rows, torch.full((len(rows),), view, dtype=torch.long)
+
+
+class BatchLoader(EpochBatches):
+    """Iterate over a :class:`TensorSet` held on its device in batches of :class:`~softdistill.types.Batch`
+    (the rules of :class:`EpochBatches`)."""
+
+    def __init__(self, data: TensorSet, batch_size: int, transform: BatchTransform, **rules: Any) -> None:
+        super().__init__(data.ids, batch_size, **rules)
+        self.data = data
+        self.transform = transform
+
+    def __iter__(self) -> Iterator[Batch]:
+        for rows, views in self.epoch_batches():
             yield self.batch_of(rows, views)
 
     def in_order(self, view: int) -> Iterator[Batch]:
         """Every sample of the split in row order, each as its view ``view`` (this process alone)."""
-        n = len(self.data)
-        for start in range(0, n, self.batch_size):
-            rows = torch.arange(start, min(start + self.batch_size, n))
-            yield self.batch_of(rows, torch.full((len(rows),), view, dtype=torch.long))
+        for rows, views in self.ordered_batches(view):
+            yield self.batch_of(rows, views)
 
     def batch_of(self, rows: Tensor, views: Tensor) -> Batch:
         """The batch of the views ``views`` of the samples at ``rows`` (CPU int64)."""
-        data, plan = self.data, self.plan
-        device = data.images.device
-        ids = data.ids[rows]
-        x = self.transform.to_unit(data.images[rows.to(device)])
-        y_b = lam = None
-        if plan is not None:
-            x = plan.apply_geometry(x, plan.geometry(ids, views))
-            if plan.mixes:
-                mixing = plan.mixing(ids, views, rows, len(data), tuple(x.shape[-2:]))
-                partner = mixing.partner
-                partner_x = self.transform.to_unit(data.images[partner.to(device)])
-                partner_x = plan.apply_geometry(partner_x, plan.geometry(data.ids[partner], views))
-                x = plan.combine(x, partner_x, mixing)
-                y_b = data.labels[partner.to(device)]
-                lam = mixing.lam.to(device)
-        return Batch(x=self.transform.normalize(x), y=data.labels[rows.to(device)], sample_id=ids.to(device),
-                     view=views.to(device), y_b=y_b, lam=lam)
+        images = self.data.images
+        fetched = fetch(rows, views, self.data.labels, self.data.ids, lambda r, _: images[r.to(images.device)], self.plan)
+        return assemble(fetched, self.transform, self.plan)

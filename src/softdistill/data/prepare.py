@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -10,26 +10,32 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from softdistill.data.loader import TensorSet
-from softdistill.data.sources import load_split
+from softdistill.data.loader import TensorSet, pixel_stats
+from softdistill.data.sources import list_imagefolder, load_split
+from softdistill.data.stream import FileSet, sample_stats
 from softdistill.data.splits import per_class_subset, stratified_split
 
-__all__ = ["DataBundle", "prepare_data", "prepare_from_spec", "channel_stats"]
+__all__ = ["DataBundle", "prepare_data", "prepare_stream", "prepare_from_spec", "channel_stats", "choose_loader",
+           "AUTO_STREAM_BYTES"]
+
+#: ``data.loader: auto`` streams an image folder whose decoded training images would exceed this.
+AUTO_STREAM_BYTES = 2 * 2**30
 
 
 @dataclass
 class DataBundle:
     """The three splits of one experiment and what models need to know about them.
 
-    ``mean``/``std`` are per-channel statistics
-    of the full official training split in [0, 1] units, so that every experiment on a dataset
-    (teacher on all data, student on a subset) feeds models identically scaled inputs.
+    ``mean``/``std`` are per-channel statistics of the full official training split in [0, 1] units
+    (or the recipe's, or a bounded sample's for a streamed folder), so that every experiment on a
+    dataset (teacher on all data, student on a subset) feeds models identically scaled inputs.  The
+    splits are in memory (:class:`TensorSet`) or streamed from files (:class:`FileSet`).
     """
 
     name: str
-    train: TensorSet
-    val: TensorSet | None
-    test: TensorSet
+    train: TensorSet | FileSet
+    val: TensorSet | FileSet | None
+    test: TensorSet | FileSet
     class_names: tuple[str, ...]
     mean: tuple[float, ...]
     std: tuple[float, ...]
@@ -40,18 +46,16 @@ class DataBundle:
 
     @property
     def in_channels(self) -> int:
-        return self.train.images.shape[1]
+        return self.train.image_shape[0]
 
     @property
     def image_size(self) -> int:
-        return self.train.images.shape[-1]
+        return self.train.image_shape[-1]
 
 
-def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Per-channel mean and standard deviation of uint8 images, in [0, 1] units (float64 sums)."""
-    x = images.double().div_(255).transpose(0, 1).reshape(images.shape[1], -1)
-    std = x.std(dim=1).clamp_min(1e-6)
-    return tuple(x.mean(dim=1).tolist()), tuple(std.tolist())
+def channel_stats(images: torch.Tensor, chunk: int = 1024) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and standard deviation of uint8 images, in [0, 1] units (:func:`pixel_stats`)."""
+    return pixel_stats(images.split(chunk))
 
 
 def _on_canvas(images: Tensor, size: int) -> Tensor:
@@ -61,18 +65,44 @@ def _on_canvas(images: Tensor, size: int) -> Tensor:
     return F.pad(images, (left, size - w - left, top, size - h - top))
 
 
+def _train_val(labels: Tensor, val_size: int | float, per_class: int | None, split_seed: int) -> tuple[Tensor, Tensor]:
+    """Rows of the official training split kept for training and held out for validation."""
+    keep, val_index = stratified_split(labels, val_size, split_seed)
+    if per_class is not None:
+        keep = keep[per_class_subset(labels[keep], per_class, split_seed)]
+    return keep, val_index
+
+
+def choose_loader(loader: str, name: str, root: str | None, image_size: int | None) -> str:
+    """``memory`` or ``stream`` for a data section's ``loader``; ``auto`` streams an image folder whose
+    training images, decoded at ``image_size``, would take more than :data:`AUTO_STREAM_BYTES`."""
+    if loader != "auto":
+        return loader
+    if name != "imagefolder" or image_size is None:
+        return "memory"
+    decoded = len(list_imagefolder(root, "train")) * 3 * image_size**2
+    return "stream" if decoded > AUTO_STREAM_BYTES else "memory"
+
+
 def prepare_data(name: str, *, root: str | None = None, download: bool = False, image_size: int | None = None,
                  val_size: int | float = 0.1, per_class: int | None = None, split_seed: int = 0,
-                 normalize: bool = True, canvas: int | None = None) -> DataBundle:
+                 normalize: bool = True, canvas: int | None = None, loader: str = "memory",
+                 mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
+                 stats_samples: int = 1000, workers: int = 0) -> DataBundle:
     """Load a dataset, hold out a stratified validation set, optionally keep ``per_class`` images
     of each class for training (the small-data regime), and compute the normalisation.
 
     With ``canvas``, every image is first placed at the centre of a black ``canvas`` x ``canvas``
     image (room for shifted or rotated content); the normalisation is that of the canvas images.
+    ``mean``/``std`` given replace the computed statistics.  ``loader: stream`` (an image folder,
+    at ``image_size``) lists the files without decoding them (:func:`prepare_stream`).
 
     Both the validation split and the subset depend on ``split_seed`` only, not on the run's seed,
     so that runs with different seeds (and the teacher) share the same held-out data.
     """
+    if choose_loader(loader, name, root, image_size) == "stream":
+        return prepare_stream(root, image_size, val_size=val_size, per_class=per_class, split_seed=split_seed,
+                              normalize=normalize, mean=mean, std=std, stats_samples=stats_samples, workers=workers)
     full = load_split(name, "train", root=root, download=download, image_size=image_size)
     test = load_split(name, "test", root=root, download=download, image_size=image_size)
     if full.images.shape[1:] != test.images.shape[1:]:
@@ -84,18 +114,46 @@ def prepare_data(name: str, *, root: str | None = None, download: bool = False, 
             raise ValueError(f"{name}: canvas {canvas}x{canvas} is smaller than the {h}x{w} images")
         full = replace(full, images=_on_canvas(full.images, canvas))
         test = replace(test, images=_on_canvas(test.images, canvas))
-    if normalize:
-        mean, std = channel_stats(full.images)
-    else:
-        mean, std = (0.0,) * full.images.shape[1], (1.0,) * full.images.shape[1]
-    keep, val_index = stratified_split(full.labels, val_size, split_seed)
-    if per_class is not None:
-        keep = keep[per_class_subset(full.labels[keep], per_class, split_seed)]
+    mean, std = _normalisation(full.images.shape[1], normalize, mean, std, lambda: channel_stats(full.images))
+    keep, val_index = _train_val(full.labels, val_size, per_class, split_seed)
     # sample ids are rows of the official split: the same sample keeps its id under any val_size,
     # per_class or split_seed
-    train = TensorSet(full.images[keep], full.labels[keep], keep)
-    val = TensorSet(full.images[val_index], full.labels[val_index], val_index) if len(val_index) else None
-    return DataBundle(name, train, val, TensorSet(test.images, test.labels), full.class_names, mean, std)
+    official = TensorSet(full.images, full.labels)
+    val = official.subset(val_index) if len(val_index) else None
+    return DataBundle(name, official.subset(keep), val, TensorSet(test.images, test.labels), full.class_names, mean, std)
+
+
+def prepare_stream(root: str | None, image_size: int | None, *, val_size: int | float = 0.1,
+                   per_class: int | None = None, split_seed: int = 0, normalize: bool = True,
+                   mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
+                   stats_samples: int = 1000, workers: int = 0) -> DataBundle:
+    """The splits of an image folder as :class:`~softdistill.data.stream.FileSet` (nothing decoded but at
+    most ``stats_samples`` training images for the statistics, unless ``mean``/``std`` are given)."""
+    if image_size is None:
+        raise ValueError("data.loader: stream needs data.image_size, the side of the images a batch holds")
+    full, test = list_imagefolder(root, "train"), list_imagefolder(root, "test")
+    official = FileSet(full.files, full.labels, image_size)
+    mean, std = _normalisation(3, normalize, mean, std, lambda: sample_stats(official, stats_samples, workers))
+    keep, val_index = _train_val(full.labels, val_size, per_class, split_seed)
+    val = official.subset(val_index) if len(val_index) else None
+    return DataBundle("imagefolder", official.subset(keep), val, FileSet(test.files, test.labels, image_size),
+                      full.class_names, mean, std)
+
+
+def _normalisation(channels: int, normalize: bool, mean: Sequence[float] | None, std: Sequence[float] | None,
+                   estimate: Callable[[], tuple[tuple[float, ...], tuple[float, ...]]]
+                   ) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The given ``mean``/``std`` (checked), else ``estimate()``, else (``normalize`` off) 0 and 1."""
+    if (mean is None) != (std is None):
+        raise ValueError("data.mean and data.std go together: give both or neither")
+    if mean is not None and std is not None:
+        if len(mean) != channels or len(std) != channels or min(std) <= 0:
+            raise ValueError(f"data.mean and data.std need {channels} values each (std > 0), got {list(mean)} "
+                             f"and {list(std)}")
+        return tuple(map(float, mean)), tuple(map(float, std))
+    if not normalize:
+        return (0.0,) * channels, (1.0,) * channels
+    return estimate()
 
 
 def prepare_from_spec(spec: Mapping[str, Any], *, root: str | None = None, download: bool = False) -> DataBundle:
@@ -107,4 +165,6 @@ def prepare_from_spec(spec: Mapping[str, Any], *, root: str | None = None, downl
     return prepare_data(spec["name"], root=root or spec.get("root"), download=download, image_size=spec.get("image_size"),
                         val_size=spec.get("val_size", 0.1), per_class=spec.get("per_class"),
                         split_seed=spec.get("split_seed", 0), normalize=spec.get("normalize", True),
-                        canvas=spec.get("canvas"))
+                        canvas=spec.get("canvas"), loader=spec.get("loader", "memory"), mean=spec.get("mean"),
+                        std=spec.get("std"), stats_samples=spec.get("stats_samples", 1000),
+                        workers=spec.get("workers", 0))

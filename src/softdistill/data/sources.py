@@ -44,7 +44,8 @@ import torch
 from softdistill.atomic import write_atomic
 from softdistill.data.splits import stratified_split
 
-__all__ = ["RawSplit", "DatasetNotFoundError", "DatasetFormatError", "DATASETS", "SPLITS", "load_split"]
+__all__ = ["RawSplit", "DatasetNotFoundError", "DatasetFormatError", "DATASETS", "SPLITS", "load_split", "FileList",
+           "list_imagefolder", "open_rgb", "read_image"]
 
 DATASETS: tuple[str, ...] = ("digits", "fashion-mnist", "mnist", "cifar10", "cifar100", "synthetic", "imagefolder")
 SPLITS: tuple[str, ...] = ("train", "test")
@@ -427,16 +428,36 @@ def _synthetic(split: str) -> RawSplit:
     return sets[split]
 
 
-def _imagefolder(root: str | os.PathLike | None, split: str, image_size: int | None) -> RawSplit:
-    """All images of ``root/<split>/<class>/`` as RGB, classes named by the sorted folders of ``root/train``."""
+@dataclass(frozen=True)
+class FileList:
+    """The image files of one ``imagefolder`` split, in sample-id order, with their labels and the class names.
+
+    The order is that of the sorted class folders of ``root/train``, then of the sorted file names in
+    each: a file's position is its stable sample id (the row :func:`load_split` gives it).
+    """
+
+    files: tuple[Path, ...]
+    labels: torch.Tensor
+    class_names: tuple[str, ...]
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+
+def _pillow():
     try:
         from PIL import Image
     except ImportError as exc:
         raise ImportError("the imagefolder dataset needs Pillow: pip install 'softdistill[vision]'") from exc
+    return Image
+
+
+def list_imagefolder(root: str | os.PathLike | None, split: str) -> FileList:
+    """The files of ``root/<split>/<class>/`` (``split`` "test" reads ``root/test``, else ``root/val``),
+    classes named by the sorted folders of ``root/train``; nothing is decoded."""
+    _pillow()
     if root is None:
         raise ValueError("imagefolder needs root: a folder holding train/<class>/ and test/<class>/ (or val/<class>/)")
-    if image_size is not None and (isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1):
-        raise ValueError(f"image_size must be a positive int, got {image_size!r}")
     base = Path(root).expanduser()
     train_dir = base / "train"
     split_dirs = [train_dir] if split == "train" else [base / "test", base / "val"]
@@ -463,19 +484,40 @@ def _imagefolder(root: str | os.PathLike | None, split: str, image_size: int | N
             labels += [k] * len(found)
     if not files:
         raise DatasetFormatError(f"{split_dir}: no images ({', '.join(sorted(_IMAGE_SUFFIXES))}) in its class folders")
+    return FileList(tuple(files), torch.tensor(labels, dtype=torch.int64), classes)
+
+
+def open_rgb(path: Path):
+    """The decoded image at ``path`` as an RGB ``PIL.Image`` (grey, palette and RGBA images are converted);
+    a file Pillow cannot read is a :class:`DatasetFormatError` naming it."""
+    image_module = _pillow()
+    try:
+        with image_module.open(path) as img:
+            return img.convert("RGB")
+    except OSError as exc:  # includes PIL.UnidentifiedImageError and truncated files
+        raise DatasetFormatError(f"{path}: cannot read image ({exc})") from exc
+
+
+def read_image(path: Path, image_size: int | None = None) -> np.ndarray:
+    """The image at ``path`` as uint8 H x W x 3, resized (bilinear) to ``image_size`` squared when given."""
+    img = open_rgb(path)
+    if image_size is not None:
+        img = img.resize((image_size, image_size), _pillow().BILINEAR)
+    return np.asarray(img, dtype=np.uint8)
+
+
+def _imagefolder(root: str | os.PathLike | None, split: str, image_size: int | None) -> RawSplit:
+    """All images of ``root/<split>/<class>/`` (:func:`list_imagefolder`) decoded into memory."""
+    if image_size is not None and (isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1):
+        raise ValueError(f"image_size must be a positive int, got {image_size!r}")
+    listing = list_imagefolder(root, split)
     arrays = []
-    for f in files:
-        try:
-            with Image.open(f) as img:
-                img = img.convert("RGB")
-                if image_size is not None:
-                    img = img.resize((image_size, image_size), Image.BILINEAR)
-                array = np.asarray(img, dtype=np.uint8)
-        except OSError as exc:  # includes PIL.UnidentifiedImageError
-            raise DatasetFormatError(f"{f}: cannot read image ({exc})") from exc
+    for f in listing.files:
+        array = read_image(f, image_size)
         if arrays and array.shape != arrays[0].shape:
             raise ValueError(f"imagefolder images differ in size: {f} is {array.shape[1]}x{array.shape[0]}, "
-                             f"{files[0]} is {arrays[0].shape[1]}x{arrays[0].shape[0]}; set image_size to resize all")
+                             f"{listing.files[0]} is {arrays[0].shape[1]}x{arrays[0].shape[0]}; "
+                             "set image_size to resize all")
         arrays.append(array)
     images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
-    return RawSplit(images, torch.tensor(labels, dtype=torch.int64), classes)
+    return RawSplit(images, listing.labels, listing.class_names)

@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 
 from softdistill.atomic import ensure_folder, remove_stale_temporaries
 from softdistill.checkpoint import CheckpointError, save_checkpoint
-from softdistill.data.loader import BatchLoader
+from softdistill.data.loader import EpochBatches
 from softdistill.engine.distributed import DistContext, all_reduce_sum, barrier
 from softdistill.engine.optim import LRSchedule
 from softdistill.engine.predict import autocast, classification_sums, evaluate
@@ -76,11 +76,11 @@ class Trainer:
     """
 
     def __init__(self, method: nn.Module, optimizer: torch.optim.Optimizer, schedule: LRSchedule,
-                 train_loader: BatchLoader, eval_loaders: Mapping[str, BatchLoader], run_dir: str | os.PathLike, *,
+                 train_loader: EpochBatches, eval_loaders: Mapping[str, EpochBatches], run_dir: str | os.PathLike, *,
                  epochs: int, seed: int, checkpoint_meta: Mapping[str, Any], ctx: DistContext = DistContext(),
                  amp: str = "off", keep_epochs: Sequence[int] = (), quiet: bool = False,
                  config_check: Callable[[Any], list[str]] | None = None, eval_every: int = 1,
-                 final_loaders: Mapping[str, BatchLoader] | None = None) -> None:
+                 final_loaders: Mapping[str, EpochBatches] | None = None) -> None:
         if amp == "fp16" and ctx.device.type != "cuda":
             raise ValueError("amp: fp16 needs a CUDA device; on the CPU use amp: bf16")
         if "test" not in eval_loaders:

@@ -1,0 +1,169 @@
+"""A worker-based streaming loader for image folders of any size.
+
+A split is a :class:`FileSet`: file paths, labels and sample ids, nothing decoded.  The batches of
+an epoch are those of the memory loader (:class:`~softdistill.data.loader.EpochBatches`: the same
+global order from (seed, epoch), the same DDP slices, the same views); each batch is decoded by a
+``torch.utils.data.DataLoader`` worker process into uint8 images of one size (a :class:`Decoder`),
+pinned and copied without blocking to a CUDA device, where the crop, flip, mix and the
+normalisation run exactly as in the memory loader (:func:`~softdistill.data.loader.assemble`).
+So a stream loader and a memory loader over the same images yield identical batches, and
+workers, ranks and a resumed run agree on every one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from softdistill.data.loader import BatchTransform, EpochBatches, Fetched, assemble, checked_ids, fetch, pixel_stats
+from softdistill.data.sources import open_rgb
+from softdistill.data.views import ViewPlan
+from softdistill.hashing import hash_keys
+from softdistill.types import Batch
+
+__all__ = ["FileSet", "Decoder", "StreamLoader", "sample_stats"]
+
+
+@dataclass
+class FileSet:
+    """Image files (decoded on demand to 3 x ``image_size`` x ``image_size``), labels (int64, N) and
+    sample ids (int64, N; default ``0..N-1``, the file's position in its sorted split)."""
+
+    files: tuple[Path, ...]
+    labels: Tensor
+    image_size: int
+    ids: Tensor = field(default=None)  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        self.files = tuple(self.files)
+        self.ids = checked_ids(len(self.files), self.labels, self.ids)
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return (3, self.image_size, self.image_size)
+
+    def subset(self, index: Tensor) -> "FileSet":
+        return FileSet(tuple(self.files[i] for i in index.tolist()), self.labels[index], self.image_size,
+                       self.ids[index])
+
+
+@dataclass(frozen=True)
+class Decoder:
+    """Decode files to uint8 images of ``size`` x ``size``: resized to ``resize`` on the shorter side and
+    centre-cropped when ``resize`` is given, else resized to the square (as the memory loader does)."""
+
+    size: int
+    plan: ViewPlan | None = None
+    resize: int | None = None
+
+    def image(self, path: Path, sample_id: int, view: int) -> np.ndarray:
+        img = open_rgb(path)
+        if self.resize is not None:
+            img = _centre_crop(_shorter_side(img, self.resize), self.size)
+        else:
+            img = img.resize((self.size, self.size), _bilinear())
+        return np.asarray(img, dtype=np.uint8)
+
+    def batch(self, files: tuple[Path, ...], ids: Tensor, rows: Tensor, views: Tensor) -> Tensor:
+        """uint8 B x 3 x size x size images of the views ``views`` of the files at ``rows``."""
+        arrays = [self.image(files[r], int(ids[r]), int(v)) for r, v in zip(rows.tolist(), views.tolist())]
+        return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+
+
+def _bilinear() -> Any:
+    from PIL import Image
+
+    return Image.BILINEAR
+
+
+def _shorter_side(img: Any, side: int) -> Any:
+    """``img`` resized (bilinear) so that its shorter side is ``side``, the aspect ratio kept."""
+    w, h = img.size
+    scale = side / min(w, h)
+    return img.resize((max(side, round(w * scale)), max(side, round(h * scale))), _bilinear())
+
+
+def _centre_crop(img: Any, size: int) -> Any:
+    w, h = img.size
+    if min(w, h) < size:
+        raise ValueError(f"cannot centre-crop {size}x{size} out of a {w}x{h} image: data.eval_resize must be "
+                         f">= data.image_size")
+    left, top = (w - size) // 2, (h - size) // 2
+    return img.crop((left, top, left + size, top + size))
+
+
+class _Batches(Dataset):
+    """A map-style dataset whose keys are whole batches ``(rows, views)``: one key, one :class:`Fetched`."""
+
+    def __init__(self, data: FileSet, decoder: Decoder, plan: ViewPlan | None) -> None:
+        self.data, self.decoder, self.plan = data, decoder, plan
+
+    def __getitem__(self, key: tuple[Tensor, Tensor]) -> Fetched:
+        rows, views = key
+        d = self.data
+        return fetch(rows, views, d.labels, d.ids, lambda r, v: self.decoder.batch(d.files, d.ids, r, v), self.plan)
+
+
+def _as_is(item: Fetched) -> Fetched:
+    return item
+
+
+def decoded(data: FileSet, decoder: Decoder, plan: ViewPlan | None, batches: Iterable[tuple[Tensor, Tensor]],
+            workers: int, pin: bool) -> Iterator[Fetched]:
+    """The :class:`Fetched` of each ``(rows, views)`` of ``batches``, decoded by ``workers`` processes (0: here).
+
+    An error in a worker (a corrupt file, a worker killed) ends the iteration with that error."""
+    loader = DataLoader(_Batches(data, decoder, plan), batch_size=None, sampler=list(batches), num_workers=workers,
+                        collate_fn=_as_is, pin_memory=pin)
+    yield from loader
+
+
+class StreamLoader(EpochBatches):
+    """Iterate over a :class:`FileSet` in batches of :class:`~softdistill.types.Batch`, decoding in
+    ``workers`` DataLoader processes; the batching rules are :class:`EpochBatches`'."""
+
+    def __init__(self, data: FileSet, batch_size: int, transform: BatchTransform, *, device: torch.device,
+                 workers: int = 0, resize: int | None = None, **rules: Any) -> None:
+        super().__init__(data.ids, batch_size, **rules)
+        self.data = data
+        self.transform = transform
+        self.device = torch.device(device)
+        self.workers = workers
+        self.decoder = Decoder(data.image_size, self.plan, resize)
+
+    def __iter__(self) -> Iterator[Batch]:
+        return self._load(self.epoch_batches())
+
+    def in_order(self, view: int) -> Iterator[Batch]:
+        """Every sample of the split in row order, each as its view ``view`` (this process alone)."""
+        return self._load(self.ordered_batches(view))
+
+    def batch_of(self, rows: Tensor, views: Tensor) -> Batch:
+        """The batch of the views ``views`` of the samples at ``rows`` (CPU int64), decoded in this process."""
+        fetched = _Batches(self.data, self.decoder, self.plan)[rows, views]
+        return assemble(fetched.to(self.device), self.transform, self.plan)
+
+    def _load(self, batches: Iterable[tuple[Tensor, Tensor]]) -> Iterator[Batch]:
+        cuda = self.device.type == "cuda"
+        for fetched in decoded(self.data, self.decoder, self.plan, batches, self.workers, pin=cuda):
+            yield assemble(fetched.to(self.device, non_blocking=cuda), self.transform, self.plan)
+
+
+def sample_stats(data: FileSet, samples: int, workers: int = 0, batch_size: int = 64
+                 ) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std (in [0, 1] units) of at most ``samples`` images of ``data``, resized as
+    for evaluation: the samples of smallest ``hash(sample_id)``, the same for every run on the split."""
+    chosen = torch.argsort(hash_keys(data.ids, 0))[:samples].sort().values
+    batches = ((rows, torch.zeros_like(rows)) for rows in chosen.split(batch_size))
+    images = (f.images for f in decoded(data, Decoder(data.image_size), None, batches, workers, pin=False))
+    return pixel_stats(images)

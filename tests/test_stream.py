@@ -145,3 +145,95 @@ def test_stream_settings_are_checked(tmp_path):
         recipe(tmp_path, tmp_path, "stream", image_size=None)
     with pytest.raises(ConfigError, match="canvas and ood are made from images in memory"):
         recipe(tmp_path, tmp_path, "stream", ood=["shift:2"])
+
+
+# ------------------------------------------------------------------------------ ImageNet-style views
+
+def boxes(plan, n, height, width, view=0):
+    return plan.crop_box(torch.arange(n), torch.full((n,), view), torch.full((n,), height), torch.full((n,), width))
+
+
+def test_a_crop_box_is_a_pure_function_of_the_view():
+    plan = ViewPlan(seed=7, resized_crop=(0.08, 1.0))
+    ids, views = torch.arange(50) * 13, torch.arange(50) % 4
+    sizes = (torch.full((50,), 40), torch.full((50,), 60))
+    whole = plan.crop_box(ids, views, *sizes)
+    order = torch.randperm(50, generator=torch.Generator().manual_seed(0))
+    shuffled = plan.crop_box(ids[order], views[order], sizes[0][order], sizes[1][order])
+    assert torch.equal(shuffled, whole[order])
+    assert torch.equal(torch.cat([plan.crop_box(ids[i:i + 7], views[i:i + 7], sizes[0][i:i + 7], sizes[1][i:i + 7])
+                                  for i in range(0, 50, 7)]), whole)
+    assert not torch.equal(plan.crop_box(ids, views + 1, *sizes), whole)
+    assert not torch.equal(ViewPlan(seed=8, resized_crop=(0.08, 1.0)).crop_box(ids, views, *sizes), whole)
+
+
+def test_crop_boxes_are_spread_as_drawn():
+    n, side = 20000, 100
+    by_area = boxes(ViewPlan(seed=1, resized_crop=(0.25, 0.5), crop_ratio=(1.0, 1.0)), n, side, side)
+    h, w = by_area[:, 2] - by_area[:, 0], by_area[:, 3] - by_area[:, 1]
+    share = (h * w).double() / side**2
+    assert torch.equal(h, w) and share.min() >= 0.24 and share.max() <= 0.51
+    assert share.mean().item() == pytest.approx(0.375, abs=0.005)  # uniform share of the area
+    position = by_area[:, 0].double() / (side - h + 1).double()  # uniform placement
+    assert torch.histc(position, bins=4, min=0, max=1).div(n).tolist() == pytest.approx([0.25] * 4, abs=0.02)
+    by_ratio = boxes(ViewPlan(seed=2, resized_crop=(0.1, 0.2), crop_ratio=(0.5, 2.0)), n, side, side)
+    log_ratio = ((by_ratio[:, 3] - by_ratio[:, 1]).double() / (by_ratio[:, 2] - by_ratio[:, 0]).double()).log()
+    assert log_ratio.mean().item() == pytest.approx(0.0, abs=0.01)  # log-uniform in [log 1/2, log 2]
+    assert log_ratio.std().item() == pytest.approx(2 * np.log(2) / np.sqrt(12), rel=0.05)
+    wide = boxes(ViewPlan(seed=3, resized_crop=(0.5, 1.0)), 20, 10, 200)  # no draw fits: the centred fall-back
+    assert wide.unique(dim=0).tolist() == [[0, 93, 10, 106]]  # 10 high, 10 * 4/3 wide, centred
+    inside = boxes(ViewPlan(seed=4, resized_crop=(0.08, 1.0)), n, 30, 70)
+    assert bool((inside[:, :2] >= 0).all() and (inside[:, 2] <= 30).all() and (inside[:, 3] <= 70).all())
+    assert bool(((inside[:, 2:] - inside[:, :2]) >= 1).all())
+
+
+def test_resized_crops_are_the_same_in_any_worker_and_change_with_the_epoch(tmp_path):
+    _, stream = bundles(write_folder(tmp_path))
+    plan = ViewPlan(seed=5, resized_crop=(0.3, 1.0), hflip=True)
+    transform = BatchTransform(stream.mean, stream.std)
+
+    def epoch(e, workers):
+        loader = StreamLoader(stream.train, 4, transform, device=torch.device("cpu"), workers=workers, shuffle=True,
+                              plan=plan, seed=1)
+        loader.set_epoch(e)
+        return list(loader), loader
+
+    first, loader = epoch(1, 0)
+    assert_same_batches(first, epoch(1, 2)[0])
+    ids = torch.cat([b.sample_id for b in first])
+    xs = torch.cat([b.x for b in first])[torch.argsort(ids)]
+    assert torch.equal(torch.cat([b.x for b in loader.in_order(0)]), xs)  # epoch 1 shows view 0
+    assert not torch.equal(torch.cat([b.x for b in loader.in_order(1)]), xs)
+
+
+def test_evaluation_resizes_the_shorter_side_and_crops_the_centre(tmp_path):
+    image = np.zeros((10, 20, 3), dtype=np.uint8)
+    image[:, 7:13] = 255  # a white band across the middle 6 of 20 columns
+    for split in ("train", "val"):
+        (tmp_path / split / "a").mkdir(parents=True)
+        Image.fromarray(image).save(tmp_path / split / "a" / "0.png")
+    data = prepare_data("imagefolder", root=str(tmp_path), image_size=4, val_size=0, loader="stream",
+                        mean=[0, 0, 0], std=[1, 1, 1])
+    plain = BatchTransform((0, 0, 0), (1, 1, 1))
+    squashed = next(iter(StreamLoader(data.test, 1, plain, device=torch.device("cpu")))).x
+    cropped = next(iter(StreamLoader(data.test, 1, plain, device=torch.device("cpu"), resize=5))).x
+    # 10x20 -> 5x10, centre 4x4 = columns 3..6 of 10, the band (columns 3.5..6.5) fills the middle two
+    assert cropped[0, :, :, 1:3].min() > 0.9 and squashed[0, :, :, 1:3].max() < 0.9
+    with pytest.raises(ValueError, match="eval_resize must be >= data.image_size"):
+        StreamLoader(data.test, 1, plain, device=torch.device("cpu"), resize=3)
+    with pytest.raises(ConfigError, match="they need loader: stream"):
+        recipe(tmp_path, tmp_path, "memory", augment={"resized_crop": [0.08, 1]})
+    with pytest.raises(ConfigError, match="0 < low <= high <= 1"):
+        recipe(tmp_path, tmp_path, "stream", augment={"resized_crop": [0.5, 2]})
+
+
+def test_a_store_of_other_resized_crops_is_refused_and_older_manifests_have_none():
+    from softdistill.compatibility import stored_view_problems
+    from softdistill.store.reader import plan_of
+
+    stored = ViewPlan(seed=1, views=2, resized_crop=(0.08, 1.0))
+    assert stored_view_problems(stored, ViewPlan(seed=1, views=2, resized_crop=(0.08, 1.0)), "s") == []
+    assert "resized_crop" in stored_view_problems(stored, ViewPlan(seed=1, views=2, resized_crop=(0.5, 1.0)), "s")[0]
+    old = {"views": {"seed": 1, "views": 2, "crop_padding": 1, "hflip": True, "mix": "none", "mix_alpha": 1.0}}
+    assert plan_of(old) == ViewPlan(seed=1, views=2, crop_padding=1, hflip=True)
+    assert plan_of(old).fingerprint() == "76d4c08b0199ca3a"  # as before resized crops existed

@@ -61,7 +61,7 @@ def compatibility_problems(method: Any, source: Any | None, plan: Any) -> list[s
 
 
 # what defines the views themselves (``views`` is how many; ``replay`` only their order)
-VIEW_DEFINITION = ("seed", "crop_padding", "hflip", "mix", "mix_alpha")
+VIEW_DEFINITION = ("seed", "crop_padding", "hflip", "mix", "mix_alpha", "resized_crop", "crop_ratio")
 
 
 def stored_view_problems(stored: Any, wanted: Any, where: str) -> list[str]:

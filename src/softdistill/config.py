@@ -36,7 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationErr
 
 from softdistill.compatibility import CAPABILITIES, MIXED, compatibility_problems
 from softdistill.data.shifts import parse_ood_specs
-from softdistill.data.views import ViewPlan
+from softdistill.data.views import ViewPlan, check_resized_crop
 from softdistill.methods import MethodConfig, method_class, method_config_class
 from softdistill.methods.base import registry as method_registry
 from softdistill.registry import Registry
@@ -84,6 +84,15 @@ class AugmentConfig(StrictModel):
     mix: Literal["none", "mixup", "cutmix"] = Field("none", description="mix every view with a partner's view "
                                                                        "(for methods that learn from mixed views)")
     mix_alpha: float = Field(1.0, gt=0, description="lambda ~ Beta(mix_alpha, mix_alpha), drawn per sample")
+    resized_crop: tuple[float, float] | None = Field(
+        None, description="ImageNet-style random resized crop to data.image_size: the range of the crop's share of "
+                          "the image area, e.g. [0.08, 1] (stream loader only); None = off")
+    crop_ratio: tuple[float, float] = Field((3 / 4, 4 / 3), description="range of the resized crop's width / height")
+
+    @model_validator(mode="after")
+    def _valid_ranges(self) -> "AugmentConfig":
+        check_resized_crop(self.resized_crop, self.crop_ratio)
+        return self
 
 
 class DataConfig(StrictModel):
@@ -116,6 +125,9 @@ class DataConfig(StrictModel):
     mean: list[float] | None = Field(None, description="per-channel normalisation mean in [0, 1] units (with std); "
                                                        "None = computed from the training split")
     std: list[float] | None = Field(None, description="per-channel normalisation std (with mean)")
+    eval_resize: int | None = Field(None, ge=4, description="stream loader: evaluation images resized to this "
+                                                            "shorter side, then centre-cropped to image_size "
+                                                            "(e.g. 256 for 224); None = resized to image_size")
     stats_samples: int = Field(1000, ge=2, description="stream loader: training images the statistics are "
                                                        "estimated from, when mean/std are not given")
 
@@ -140,6 +152,12 @@ class DataConfig(StrictModel):
                 raise ValueError("loader: stream needs image_size, the side of the images a batch holds")
         if self.loader != "memory" and (self.canvas is not None or self.ood):
             raise ValueError("canvas and ood are made from images in memory: use loader: memory")
+        if self.loader != "stream" and (self.augment.resized_crop is not None or self.eval_resize is not None):
+            raise ValueError("augment.resized_crop and eval_resize resize each decoded file: they need loader: stream "
+                             "(images in memory have one size; crop them with augment.crop_padding)")
+        if self.eval_resize is not None and self.image_size is not None and self.eval_resize < self.image_size:
+            raise ValueError(f"eval_resize {self.eval_resize} is smaller than image_size {self.image_size}: the centre "
+                             "crop must fit")
         return self
 
     def view_plan(self, run_seed: int) -> ViewPlan:
@@ -147,7 +165,7 @@ class DataConfig(StrictModel):
         a = self.augment
         return ViewPlan(seed=self.view_seed if self.view_seed is not None else run_seed, views=self.views,
                         crop_padding=a.crop_padding, hflip=a.hflip, mix=a.mix, mix_alpha=a.mix_alpha,
-                        replay=self.replay)
+                        replay=self.replay, resized_crop=a.resized_crop, crop_ratio=a.crop_ratio)
 
 
 class OptimConfig(StrictModel):

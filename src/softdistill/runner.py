@@ -61,7 +61,8 @@ def _loader(split: TensorSet | FileSet, batch_size: int, transform: BatchTransfo
             device: torch.device, **rules: Any) -> BatchLoader | StreamLoader:
     """A loader over ``split``: on the device for a split in memory, decoding in workers for files."""
     if isinstance(split, FileSet):
-        return StreamLoader(split, batch_size, transform, device=device, workers=recipe.data.workers, **rules)
+        return StreamLoader(split, batch_size, transform, device=device, workers=recipe.data.workers,
+                            resize=recipe.data.eval_resize, **rules)
     return BatchLoader(split.to(device), batch_size, transform, **rules)
 
 
@@ -186,7 +187,9 @@ def label_store(recipe: LabelRecipe, *, quiet: bool = False) -> dict[str, Any] |
               # not part of the store's identity: the statistics' last bits depend on the thread count
               "normalization": {"mean": list(data.mean), "std": list(data.std)},
               "teacher": _labeller_identity(recipe, quiet),
-              "views": {**{k: getattr(plan, k) for k in (*VIEW_DEFINITION, "views")}, "fingerprint": plan.fingerprint()}}
+              # as JSON holds it (tuples as lists), so that a continued run compares equal
+              "views": json.loads(json.dumps({**{k: getattr(plan, k) for k in (*VIEW_DEFINITION, "views")},
+                                              "fingerprint": plan.fingerprint()}))}
     e = recipe.encoding
     return write_store(run_dir, header, data.train.ids, data.train.labels, label,
                        encoding=Encoding(e.kind, data.num_classes, e.dtype, e.k), views=plan.distinct_views,

@@ -59,16 +59,26 @@ class FileSet:
 
 @dataclass(frozen=True)
 class Decoder:
-    """Decode files to uint8 images of ``size`` x ``size``: resized to ``resize`` on the shorter side and
+    """Decode files to uint8 images of ``size`` x ``size``: a view's random resized crop when ``plan``
+    has one (its box a pure function of the view), else resized to ``resize`` on the shorter side and
     centre-cropped when ``resize`` is given, else resized to the square (as the memory loader does)."""
 
     size: int
     plan: ViewPlan | None = None
     resize: int | None = None
 
+    def __post_init__(self) -> None:
+        if self.resize is not None and self.resize < self.size:
+            raise ValueError(f"cannot centre-crop {self.size} pixels out of a shorter side of {self.resize}: "
+                             "data.eval_resize must be >= data.image_size")
+
     def image(self, path: Path, sample_id: int, view: int) -> np.ndarray:
         img = open_rgb(path)
-        if self.resize is not None:
+        if self.plan is not None and self.plan.resized_crop is not None:
+            top, left, bottom, right = self.plan.crop_box(torch.tensor([sample_id]), torch.tensor([view]),
+                                                          torch.tensor([img.height]), torch.tensor([img.width]))[0]
+            img = img.resize((self.size, self.size), _bilinear(), box=(int(left), int(top), int(right), int(bottom)))
+        elif self.resize is not None:
             img = _centre_crop(_shorter_side(img, self.resize), self.size)
         else:
             img = img.resize((self.size, self.size), _bilinear())
@@ -89,15 +99,13 @@ def _bilinear() -> Any:
 def _shorter_side(img: Any, side: int) -> Any:
     """``img`` resized (bilinear) so that its shorter side is ``side``, the aspect ratio kept."""
     w, h = img.size
-    scale = side / min(w, h)
-    return img.resize((max(side, round(w * scale)), max(side, round(h * scale))), _bilinear())
+    if w <= h:
+        return img.resize((side, int(side * h / w)), _bilinear())
+    return img.resize((int(side * w / h), side), _bilinear())
 
 
 def _centre_crop(img: Any, size: int) -> Any:
     w, h = img.size
-    if min(w, h) < size:
-        raise ValueError(f"cannot centre-crop {size}x{size} out of a {w}x{h} image: data.eval_resize must be "
-                         f">= data.image_size")
     left, top = (w - size) // 2, (h - size) // 2
     return img.crop((left, top, left + size, top + size))
 
@@ -161,8 +169,8 @@ class StreamLoader(EpochBatches):
 
 def sample_stats(data: FileSet, samples: int, workers: int = 0, batch_size: int = 64
                  ) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Per-channel mean and std (in [0, 1] units) of at most ``samples`` images of ``data``, resized as
-    for evaluation: the samples of smallest ``hash(sample_id)``, the same for every run on the split."""
+    """Per-channel mean and std (in [0, 1] units) of at most ``samples`` images of ``data``, each resized
+    to the square: the samples of smallest ``hash(sample_id)``, the same for every run on the split."""
     chosen = torch.argsort(hash_keys(data.ids, 0))[:samples].sort().values
     batches = ((rows, torch.zeros_like(rows)) for rows in chosen.split(batch_size))
     images = (f.images for f in decoded(data, Decoder(data.image_size), None, batches, workers, pin=False))

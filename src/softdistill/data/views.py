@@ -7,6 +7,11 @@ partner sample, lambda and the cutmix box -- come from :mod:`softdistill.hashing
 view of any sample in any order, which is what exact resume, a cache or a store of soft labels
 and a worker-based loader stand on.
 
+A plan with ``resized_crop`` (the ImageNet-style random resized crop) gives every view a crop box
+(:meth:`ViewPlan.crop_box`) that the stream loader's workers cut out of the decoded file and resize
+to the training size; the pad-and-crop (``crop_padding``), flip and mix then run on the device as
+for images held in memory.
+
 ``views: V`` gives each sample V distinct views; epoch e shows view ``(e - 1) mod V``
 (``replay: cycle``), or with ``replay: random`` a view drawn per (sample, epoch), uniformly among
 the V, as ``hash(seed, sample_id, epoch) mod V``.
@@ -25,6 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import asdict, dataclass
 from typing import Literal
 
@@ -36,13 +42,15 @@ from torch import Tensor
 
 from softdistill.hashing import hash_below, hash_uniform
 
-__all__ = ["ViewPlan", "ViewParams", "crop", "hflip", "MIX_KINDS"]
+__all__ = ["ViewPlan", "ViewParams", "crop", "hflip", "check_resized_crop", "MIX_KINDS", "RESIZED_CROP_ATTEMPTS"]
 
 MIX_KINDS = ("none", "mixup", "cutmix")
 
-# component numbers of the hashed draws (never reuse one for another meaning)
-_CROP_ROW, _CROP_COL, _FLIP, _PARTNER, _LAM, _BOX_ROW, _BOX_COL, _REPLAY = range(1, 9)
+# component numbers of the hashed draws (never reuse one for another meaning); the random resized
+# crop's attempt a draws its scale, ratio, top and left at _RESIZED_CROP + 4 a + (0, 1, 2, 3)
+_CROP_ROW, _CROP_COL, _FLIP, _PARTNER, _LAM, _BOX_ROW, _BOX_COL, _REPLAY, _RESIZED_CROP = range(1, 10)
 REPLAYS = ("cycle", "random")
+RESIZED_CROP_ATTEMPTS = 10
 
 
 def crop(x: Tensor, offsets: Tensor, padding: int) -> Tensor:
@@ -60,6 +68,15 @@ def crop(x: Tensor, offsets: Tensor, padding: int) -> Tensor:
 def hflip(x: Tensor, flip: Tensor) -> Tensor:
     """Mirror the samples of ``x`` where ``flip`` (B, bool) is true."""
     return torch.where(flip.to(x.device).view(-1, 1, 1, 1), x.flip(3), x)
+
+
+def check_resized_crop(scale: tuple[float, float] | None, ratio: tuple[float, float]) -> None:
+    """ValueError unless ``scale`` (the crop's share of the area) is [low, high] in (0, 1] and ``ratio``
+    (width / height) [low, high] positive."""
+    if scale is not None and not 0 < scale[0] <= scale[1] <= 1:
+        raise ValueError(f"resized_crop must be [low, high] with 0 < low <= high <= 1, got {list(scale)}")
+    if not 0 < ratio[0] <= ratio[1]:
+        raise ValueError(f"crop_ratio must be [low, high] with 0 < low <= high, got {list(ratio)}")
 
 
 @dataclass(frozen=True)
@@ -89,10 +106,13 @@ class ViewPlan:
     mix: Literal["none", "mixup", "cutmix"] = "none"
     mix_alpha: float = 1.0
     replay: Literal["cycle", "random"] = "cycle"
+    resized_crop: tuple[float, float] | None = None
+    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
 
     def __post_init__(self) -> None:
         if self.views < 0 or self.crop_padding < 0:
             raise ValueError(f"views and crop_padding must be >= 0, got {self.views} and {self.crop_padding}")
+        check_resized_crop(self.resized_crop, self.crop_ratio)
         if self.mix not in MIX_KINDS:
             raise ValueError(f"mix must be one of {MIX_KINDS}, got {self.mix!r}")
         if self.mix != "none" and self.mix_alpha <= 0:
@@ -109,7 +129,7 @@ class ViewPlan:
     @property
     def is_random(self) -> bool:
         """Whether views differ from the clean image at all."""
-        return self.crop_padding > 0 or self.hflip or self.mixes
+        return self.crop_padding > 0 or self.hflip or self.mixes or self.resized_crop is not None
 
     @property
     def distinct_views(self) -> int | None:
@@ -134,8 +154,10 @@ class ViewPlan:
 
     def fingerprint(self) -> str:
         """A short hash of everything that defines the views (for manifests and cache keys); the
-        order they are replayed in (``replay``) is not part of it."""
-        fields = {k: v for k, v in asdict(self).items() if k != "replay"}
+        order they are replayed in (``replay``) is not part of it, nor, without a resized crop, its
+        settings (so plans of earlier versions keep their fingerprints)."""
+        left_out = {"replay"} | ({"resized_crop", "crop_ratio"} if self.resized_crop is None else set())
+        fields = {k: v for k, v in asdict(self).items() if k not in left_out}
         return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 
     # ------------------------------------------------------------------ parameters
@@ -150,6 +172,46 @@ class ViewPlan:
         if self.hflip:
             flip = hash_uniform(self.seed, ids, views, _FLIP) < 0.5
         return ViewParams(offsets=offsets, flip=flip)
+
+    def crop_box(self, sample_ids: Tensor, views: Tensor, heights: Tensor, widths: Tensor) -> Tensor:
+        """The random resized crop boxes (B x 4: top, left, bottom, right; half-open) of the views
+        ``(sample_ids[b], views[b])`` of images of ``heights[b]`` x ``widths[b]`` pixels.
+
+        As Szegedy et al. (2015) and torchvision's RandomResizedCrop: up to ten attempts, each a
+        share of the area uniform in ``resized_crop`` and a log-uniform width / height ratio in
+        ``crop_ratio``, the box placed uniformly; the first that fits is taken, else the centred
+        box of the whole image clamped to the ratio range.
+        """
+        assert self.resized_crop is not None
+        ids, views = sample_ids.cpu().long(), views.cpu().long()
+        h_img, w_img = heights.cpu().long(), widths.cpu().long()
+        attempts = torch.arange(RESIZED_CROP_ATTEMPTS).view(-1, 1)
+        first = _RESIZED_CROP + 4 * attempts
+
+        def uniform(k: int) -> Tensor:
+            return hash_uniform(self.seed, ids, views, first + k)  # attempts x B
+
+        (s_lo, s_hi), (r_lo, r_hi) = self.resized_crop, self.crop_ratio
+        area = (h_img * w_img).double() * (s_lo + (s_hi - s_lo) * uniform(0))
+        ratio = torch.exp(math.log(r_lo) + (math.log(r_hi) - math.log(r_lo)) * uniform(1))
+        w = torch.sqrt(area * ratio).round().long()
+        h = torch.sqrt(area / ratio).round().long()
+        fits = (w > 0) & (w <= w_img) & (h > 0) & (h <= h_img)
+        top = (uniform(2) * (h_img - h + 1).clamp_min(1)).floor().long()
+        left = (uniform(3) * (w_img - w + 1).clamp_min(1)).floor().long()
+        found = fits.any(0)
+        first_fit = fits.double().argmax(0).view(1, -1)
+        # the fall-back: the whole image, its ratio clamped into the range, centred
+        in_ratio = w_img.double() / h_img.double()
+        whole_w = torch.where(in_ratio > r_hi, (h_img * r_hi).round().long(), w_img)
+        whole_h = torch.where(in_ratio < r_lo, (w_img / r_lo).round().long(), h_img)
+
+        def take(drawn: Tensor, fallback: Tensor) -> Tensor:
+            return torch.where(found, drawn.gather(0, first_fit)[0], fallback)
+
+        box_h, box_w = take(h, whole_h), take(w, whole_w)
+        box_top, box_left = take(top, (h_img - whole_h) // 2), take(left, (w_img - whole_w) // 2)
+        return torch.stack([box_top, box_left, box_top + box_h, box_left + box_w], dim=1)
 
     def mixing(self, sample_ids: Tensor, views: Tensor, rows: Tensor, population: int,
                image_size: tuple[int, int]) -> ViewParams:

@@ -25,8 +25,10 @@ __all__ = ["Store", "plan_of"]
 def plan_of(manifest: dict[str, Any]) -> ViewPlan:
     """The view plan a manifest records."""
     v = manifest["views"]
+    resized = v.get("resized_crop")  # absent from stores of earlier versions: no resized crop
     return ViewPlan(seed=v["seed"], views=v["views"], crop_padding=v["crop_padding"], hflip=v["hflip"], mix=v["mix"],
-                    mix_alpha=v["mix_alpha"])
+                    mix_alpha=v["mix_alpha"], resized_crop=tuple(resized) if resized is not None else None,
+                    crop_ratio=tuple(v.get("crop_ratio", ViewPlan.crop_ratio)))
 
 
 class Store:

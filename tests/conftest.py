@@ -4,6 +4,7 @@ import socket
 
 import pytest
 
+from softdistill.engine.optim import LRSchedule
 from softdistill.engine.trainer import Trainer
 from softdistill.experiments import quickstart
 from softdistill.runner import run_recipe
@@ -43,3 +44,24 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@pytest.fixture
+def run_until_step(monkeypatch):
+    """``run(recipe, step)``: train ``recipe`` and interrupt it (KeyboardInterrupt) as its global
+    optimiser step ``step`` (0-based, counted over epochs) begins."""
+
+    def run(recipe, step: int) -> None:
+        original = LRSchedule.lr_at
+
+        def crash(self, at):
+            if at == step:
+                raise KeyboardInterrupt
+            return original(self, at)
+
+        with monkeypatch.context() as patch:
+            patch.setattr(LRSchedule, "lr_at", crash)
+            with pytest.raises(KeyboardInterrupt):
+                run_recipe(recipe, quiet=True)
+
+    return run

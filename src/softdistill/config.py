@@ -191,6 +191,8 @@ class TrainConfig(StrictModel):
     threads: int | None = Field(None, ge=1, description="torch CPU threads (None = PyTorch default)")
     keep_epochs: list[int] = Field(default_factory=list, description="also keep epoch_N.pt for these epochs")
     eval_every: int = Field(1, ge=1, description="evaluate every N epochs (and after the last one)")
+    checkpoint_every: int = Field(0, ge=0, description="also write last.pt every N optimiser steps inside an epoch, "
+                                                       "for an exact resume mid-epoch; 0 = at epoch ends only")
 
 
 class RunRecipe(StrictModel):

@@ -212,7 +212,8 @@ def run_recipe(recipe: RunRecipe, *, resume: bool = False, quiet: bool = False) 
                       epochs=recipe.epochs, seed=recipe.seed, checkpoint_meta=parts["meta"], ctx=ctx,
                       amp=recipe.train.amp, keep_epochs=recipe.train.keep_epochs, quiet=quiet,
                       config_check=lambda saved: recipe_differences(saved, recipe),
-                      eval_every=recipe.train.eval_every, final_loaders=parts["finals"])
+                      eval_every=recipe.train.eval_every, final_loaders=parts["finals"],
+                      checkpoint_every=recipe.train.checkpoint_every)
     if ctx.is_main and run_dir_state(run_dir) == "new":
         write_text_atomic(run_dir / "config.yaml", yaml.safe_dump(recipe.to_dict(), sort_keys=False))
     if ctx.is_main and parts["report"] is not None:

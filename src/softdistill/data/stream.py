@@ -130,9 +130,11 @@ def decoded(data: FileSet, decoder: Decoder, plan: ViewPlan | None, batches: Ite
             workers: int, pin: bool) -> Iterator[Fetched]:
     """The :class:`Fetched` of each ``(rows, views)`` of ``batches``, decoded by ``workers`` processes (0: here).
 
-    An error in a worker (a corrupt file, a worker killed) ends the iteration with that error."""
+    An error in a worker (a corrupt file, a worker killed) ends the iteration with that error.  The
+    DataLoader draws its workers' seeds from a generator of its own, never from torch's global RNG,
+    which belongs to the model (a mid-epoch resume restores it; decoding draws no random number)."""
     loader = DataLoader(_Batches(data, decoder, plan), batch_size=None, sampler=list(batches), num_workers=workers,
-                        collate_fn=_as_is, pin_memory=pin)
+                        collate_fn=_as_is, pin_memory=pin, generator=torch.Generator())
     yield from loader
 
 

@@ -4,7 +4,7 @@ The trainer calls ``method(batch)`` for a :class:`~softdistill.types.StepOutput`
 terms, steps the optimiser and logs every term; it evaluates ``method.student`` on the
 evaluation sets after each epoch and writes the run folder (rank 0 only):
 
-- ``last.pt`` every epoch (model, optimiser, history: enough to resume exactly),
+- ``last.pt`` every epoch, and every ``checkpoint_every`` steps (model, optimiser, history: enough to resume exactly),
   ``best.pt`` at the best value of the selection metric, ``epoch_N.pt`` for requested epochs;
 - ``metrics.jsonl``: one record per epoch; ``summary.json`` when the run has finished.
 
@@ -17,7 +17,10 @@ sums, averaged over the set) and ``selection_metric`` (name, "max" or "min"); ``
 may then be None.
 
 Every write is atomic.  Exact resume: all randomness of an epoch is seeded by (seed, epoch),
-so continuing from the end of epoch e reproduces the weights of an uninterrupted run.
+so continuing from the end of epoch e reproduces the weights of an uninterrupted run.  With
+``checkpoint_every=N``, ``last.pt`` is also written every N optimiser steps inside an epoch, with
+the epoch's running sums and the RNG state of every rank: a resume skips the batches done and
+continues bit-identically.
 """
 
 from __future__ import annotations
@@ -65,6 +68,30 @@ def _non_finite_cause(inputs: torch.Tensor, logits: torch.Tensor | None) -> str:
             "(a teacher checkpoint or label table with non-finite values) and the method's weights.")
 
 
+def _rng_state() -> dict[str, Any]:
+    """This process's torch RNG states (CPU, and CUDA when available)."""
+    state: dict[str, Any] = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    """Restore :func:`_rng_state` (its tensors may have been loaded onto the training device)."""
+    torch.set_rng_state(state["cpu"].cpu())
+    if "cuda" in state:
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+
+
+def _gather_objects(obj: Any, ctx: DistContext) -> list[Any]:
+    """``obj`` of every rank, in rank order (a list of one in a single process)."""
+    if not ctx.distributed:
+        return [obj]
+    gathered: list[Any] = [None] * ctx.world_size
+    torch.distributed.all_gather_object(gathered, obj)
+    return gathered
+
+
 class Trainer:
     """Train ``method`` (an ``nn.Module`` returning StepOutput) and write the run folder.
 
@@ -80,7 +107,7 @@ class Trainer:
                  epochs: int, seed: int, checkpoint_meta: Mapping[str, Any], ctx: DistContext = DistContext(),
                  amp: str = "off", keep_epochs: Sequence[int] = (), quiet: bool = False,
                  config_check: Callable[[Any], list[str]] | None = None, eval_every: int = 1,
-                 final_loaders: Mapping[str, EpochBatches] | None = None) -> None:
+                 final_loaders: Mapping[str, EpochBatches] | None = None, checkpoint_every: int = 0) -> None:
         if amp == "fp16" and ctx.device.type != "cuda":
             raise ValueError("amp: fp16 needs a CUDA device; on the CPU use amp: bf16")
         if "test" not in eval_loaders:
@@ -101,6 +128,8 @@ class Trainer:
         self.quiet = quiet or not ctx.is_main
         self.config_check = config_check or (lambda saved: config_differences(saved, self.meta.get("config")))
         self.eval_every = eval_every
+        self.checkpoint_every = checkpoint_every
+        self.resume_step: dict[str, Any] | None = None  # where a mid-epoch checkpoint left the current epoch
         self.scaler = torch.amp.GradScaler(ctx.device.type, enabled=(amp == "fp16"))
         self.selection = "val" if "val" in self.eval_loaders else "test"
         # what "best" means: the method's (metric, max | min), top-1 accuracy by default
@@ -141,6 +170,10 @@ class Trainer:
         self.scaler.load_state_dict(state["scaler"])
         self.history = list(state["history"])
         self.epoch = state["epoch"]
+        self.resume_step = state.get("step")
+        if self.resume_step is not None and len(self.resume_step["ranks"]) != self.ctx.world_size:
+            raise RunStateError(f"{self.run_dir / 'last.pt'} was written in the middle of epoch {self.epoch + 1} by "
+                                f"{len(self.resume_step['ranks'])} process(es): resume it with as many")
 
     # ---------------------------------------------------------------- loop
     def fit(self, resume: bool = False) -> dict[str, Any]:
@@ -172,18 +205,28 @@ class Trainer:
 
     def _train_epoch(self) -> dict[str, Any]:
         ctx, epoch = self.ctx, self.epoch
-        torch.manual_seed(self.seed * 1_000_003 + epoch + 500_000)  # model-side randomness of this epoch
-        self.train_loader.set_epoch(epoch)
+        first, resumed = (0, None) if self.resume_step is None else (self.resume_step["step"],
+                                                                     self.resume_step["ranks"][ctx.rank])
+        self.resume_step = None
+        if resumed is None:
+            torch.manual_seed(self.seed * 1_000_003 + epoch + 500_000)  # model-side randomness of this epoch
+        else:
+            _set_rng_state(resumed["rng"])
+        self.train_loader.set_epoch(epoch, skip=first)
         self.method.train()
         self._hook("start_epoch", epoch, self.epochs)
         steps = len(self.train_loader)
-        sums: dict[str, torch.Tensor] = {}
+        sums: dict[str, torch.Tensor] = {k: v.to(ctx.device) for k, v in (resumed or {}).get("sums", {}).items()}
         correct = torch.zeros((), dtype=torch.float64, device=ctx.device)
         seen = torch.zeros((), dtype=torch.float64, device=ctx.device)
+        if resumed is not None:
+            correct += resumed["correct"]
+            seen += resumed["seen"]
         start = time.perf_counter()
-        bar = tqdm(total=steps, desc=f"epoch {epoch}/{self.epochs}", leave=False, disable=self.quiet, dynamic_ncols=True)
+        bar = tqdm(total=steps, initial=first, desc=f"epoch {epoch}/{self.epochs}", leave=False, disable=self.quiet,
+                   dynamic_ncols=True)
         lr = 0.0
-        for step, batch in enumerate(self.train_loader):
+        for step, batch in enumerate(self.train_loader, start=first):
             lr = self.schedule.lr_at((epoch - 1) * steps + step)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
@@ -209,6 +252,9 @@ class Trainer:
                     shown["acc"] = f"{100 * correct.item() / seen.item():.1f}%"
                 bar.set_postfix(shown, refresh=False)
             bar.update(1)
+            done = (epoch - 1) * steps + step + 1
+            if self.checkpoint_every and done % self.checkpoint_every == 0 and step + 1 < steps:
+                self._save_step(step + 1, sums, correct, seen)
         bar.close()
         names = list(sums)
         packed = torch.stack([sums[k] for k in names] + [correct, seen]) if names else torch.stack([correct, seen])
@@ -236,6 +282,20 @@ class Trainer:
             f"The run folder keeps its last good checkpoint ({kept}). {cause}")
 
     # ---------------------------------------------------------------- outputs
+    def _save_step(self, step: int, sums: dict[str, torch.Tensor], correct: torch.Tensor, seen: torch.Tensor) -> None:
+        """``last.pt`` after ``step`` steps of the current epoch: what an epoch checkpoint holds, plus the
+        epoch's running sums and RNG state of every rank, so that a resume continues at step ``step``
+        exactly (the loader skips the batches done; their order and views are stateless)."""
+        own = {"rng": _rng_state(), "sums": {k: v.cpu() for k, v in sums.items()}, "correct": correct.cpu(),
+               "seen": seen.cpu()}
+        ranks = _gather_objects(own, self.ctx)
+        if not self.ctx.is_main:
+            return
+        payload = self._payload(with_optimizer=True)
+        payload["epoch"] = self.epoch - 1  # epochs complete
+        payload["step"] = {"step": step, "ranks": ranks}
+        save_checkpoint(payload, self.run_dir / "last.pt")
+
     def _save_epoch(self) -> None:
         save_checkpoint(self._payload(with_optimizer=True), self.run_dir / "last.pt")
         key = f"{self.selection}/{self.metric}"

@@ -339,3 +339,17 @@ def test_the_distributed_timeout_is_checked(monkeypatch):
         monkeypatch.setenv("SOFTDISTILL_DIST_TIMEOUT", bad)
         with pytest.raises(ValueError, match="SOFTDISTILL_DIST_TIMEOUT must be a positive number of seconds"):
             dist_timeout()
+
+
+def test_evaluation_reports_top5_from_ten_classes(tmp_path):
+    from softdistill.engine.predict import classification_sums
+    from softdistill.types import Batch
+
+    logits = torch.tensor([[9.0, 8, 7, 6, 5, 4, 3, 2, 1, 0]] * 3)
+    batch = Batch(x=logits, y=torch.tensor([0, 4, 5]), sample_id=torch.arange(3), view=torch.zeros(3, dtype=torch.long))
+    sums = classification_sums(torch.nn.Identity(), batch)
+    assert sums["acc"].item() == 100.0 and sums["top5"].item() == 200.0  # top-1: sample 0; top-5: samples 0 and 1
+    few = Batch(x=logits[:, :4], y=torch.tensor([0, 1, 2]), sample_id=torch.arange(3), view=torch.zeros(3, dtype=torch.long))
+    assert "top5" not in classification_sums(torch.nn.Identity(), few)
+    summary = run_recipe(make_recipe(tmp_path, epochs=1), quiet=True)  # synthetic: 10 classes
+    assert summary["test_acc_last"] <= summary["test_top5"] <= 100.0 and "val_top5" in summary

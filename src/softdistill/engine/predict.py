@@ -59,10 +59,17 @@ def predict(model: Callable[[Tensor], Tensor], loader, *, device: torch.device |
     return Predictions(torch.cat(logits).clone(), torch.cat(labels).clone(), torch.cat(ids).clone())
 
 
+TOP5_MIN_CLASSES = 10  # below, top-5 is (nearly) always right and says nothing
+
+
 def classification_sums(model: nn.Module, batch: Batch) -> dict[str, Tensor]:
-    """Per-batch sums of top-1 accuracy (in %) and cross-entropy: the default evaluation."""
+    """Per-batch sums of top-1 accuracy (in %) and cross-entropy: the default evaluation; with at
+    least :data:`TOP5_MIN_CLASSES` classes also top-5 accuracy (``top5``, in %)."""
     logits = model(batch.x).float()
-    return {"acc": 100.0 * (logits.argmax(1) == batch.y).sum(), "loss": F.cross_entropy(logits, batch.y, reduction="sum")}
+    sums = {"acc": 100.0 * (logits.argmax(1) == batch.y).sum(), "loss": F.cross_entropy(logits, batch.y, reduction="sum")}
+    if logits.shape[1] >= TOP5_MIN_CLASSES:
+        sums["top5"] = 100.0 * (logits.topk(5, dim=1).indices == batch.y.unsqueeze(1)).any(1).sum()
+    return sums
 
 
 @torch.no_grad()

@@ -200,7 +200,7 @@ def test_evaluate_checkpoint_with_ood(checkpoint):
     result = evaluate_checkpoint(path, device="cpu", ood=["shift:0", "shift:3", "noise:0.3"], ood_seed=1)
     assert result["acc"] == pytest.approx(summary["test_acc_selected"])
     assert list(result["ood"]) == ["shift0", "shift3", "noise0.3"]
-    assert result["ood"]["shift0"] == {"acc": result["acc"], "loss": result["loss"]}
+    assert result["ood"]["shift0"] == {"acc": result["acc"], "loss": result["loss"], "top5": result["top5"]}
     assert result["ood"]["noise0.3"] == evaluate_checkpoint(path, device="cpu", ood=["noise:0.3"], ood_seed=1)["ood"][
         "noise0.3"]
     assert evaluate_checkpoint(path, device="cpu")["ood"] == {}
@@ -214,6 +214,6 @@ def test_eval_command_prints_ood_lines(checkpoint, capsys):
     assert lines[1].startswith(f"  shift0: accuracy {in_domain}% (in-domain {in_domain}%)")
     assert lines[2].startswith("  blur1: accuracy ") and len(lines) == 3
     assert main(["eval", str(path), "--device", "cpu", "--ood", "rotate:30", "--json"]) == 0
-    assert set(json.loads(capsys.readouterr().out)["ood"]["rotate30"]) == {"acc", "loss"}
+    assert set(json.loads(capsys.readouterr().out)["ood"]["rotate30"]) == {"acc", "loss", "top5"}
     assert main(["eval", str(path), "--ood", "shfit:3"]) == 2
     assert "did you mean 'shift'?" in capsys.readouterr().err

@@ -49,11 +49,11 @@ def main() -> None:
                 n = len(a)
                 row = rows[name]
                 row["n"] += n
-                row["conc"] += n * order_concordance(logits, a, b, lam)
-                row["top2"] += n * top2_hit_rate(logits, a, b)
-                row["both"] += n * top2_hit_rate(logits, a, b, both=True)
-                row["conc_ir"] += n * order_concordance(corrected, a, b, lam)
-                row["top2_ir"] += n * top2_hit_rate(corrected, a, b)
+                row["conc"] += n * float(order_concordance(logits, a, b, lam))
+                row["top2"] += n * float(top2_hit_rate(logits, a, b))
+                row["both"] += n * float(top2_hit_rate(logits, a, b, both=True))
+                row["conc_ir"] += n * float(order_concordance(corrected, a, b, lam))
+                row["top2_ir"] += n * float(top2_hit_rate(corrected, a, b))
     print(f"Teacher {args.checkpoint} ({payload['model']['name']}), {cfg['name']} test split, "
           f"{rows['clean']['n']} images, lam ~ Beta(1,1) per batch, seed {args.seed}\n")
     print("| input | order concordance | a or b in top-2 (%) | neither in top-2 (%) | both a and b in top-2 (%) "

@@ -23,7 +23,7 @@ def run_until_interrupted(monkeypatch):
     """``run(recipe, epoch)``: train ``recipe`` and interrupt it (KeyboardInterrupt) as epoch ``epoch`` starts."""
 
     def run(recipe, epoch: int) -> None:
-        original = Trainer._train_epoch
+        original = Trainer.train_epoch
 
         def crash(self):
             if self.epoch == epoch:
@@ -31,7 +31,7 @@ def run_until_interrupted(monkeypatch):
             return original(self)
 
         with monkeypatch.context() as patch:
-            patch.setattr(Trainer, "_train_epoch", crash)
+            patch.setattr(Trainer, "train_epoch", crash)
             with pytest.raises(KeyboardInterrupt):
                 run_recipe(recipe, quiet=True)
 

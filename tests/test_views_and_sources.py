@@ -294,14 +294,14 @@ def test_a_method_registered_by_a_plugin_trains(tmp_path, monkeypatch):
 def test_a_compiled_student_checkpoints_with_clean_keys_and_reloads(tmp_path, monkeypatch):
     compiled = []
 
-    def compile_then_wrap(module, ctx):
-        out = wrap(module, ctx, compile={"backend": "eager"})
+    def recording_wrap(module, ctx, **options):
+        out = wrap(module, ctx, **options)
         compiled.append(out)
         return out
 
-    monkeypatch.setattr(runner, "wrap", compile_then_wrap)
+    monkeypatch.setattr(runner, "wrap", recording_wrap)
     raw = {"name": "w", "student": "mlp", "epochs": 1, "data": DATA, "output_dir": str(tmp_path / "runs"),
-           "train": {"device": "cpu"}}
+           "train": {"device": "cpu", "compile": {"backend": "eager"}}}
     run_recipe(recipe_from_dict(raw), quiet=True)
     assert compiled and hasattr(compiled[0], "_orig_mod") and unwrap(compiled[0]) is compiled[0]._orig_mod
     payload = load_checkpoint(tmp_path / "runs" / "w" / "seed0" / "best.pt")

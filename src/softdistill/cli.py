@@ -260,9 +260,10 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from softdistill.data.sources import DatasetFormatError, DatasetNotFoundError
     from softdistill.engine import NonFiniteLossError, RunStateError
     from softdistill.engine.distributed import DistributedError
+    from softdistill.engine.wrap import CompileError
 
     return (ConfigError, CheckpointError, DatasetNotFoundError, DatasetFormatError, RunStateError,
-            NonFiniteLossError, FileWriteError, DistributedError, ValueError, ImportError)
+            NonFiniteLossError, FileWriteError, DistributedError, CompileError, ValueError, ImportError)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -34,9 +34,10 @@ from typing import Any, ClassVar, Literal, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, field_validator, model_validator
 
-from softdistill.compatibility import CAPABILITIES, MIXED, compatibility_problems
+from softdistill.compatibility import CAPABILITIES, MIXED, ONLINE, compatibility_problems
 from softdistill.data.shifts import parse_ood_specs
 from softdistill.data.views import ViewPlan, check_resized_crop
+from softdistill.engine.wrap import COMPILE_KEYS
 from softdistill.methods import MethodConfig, method_class, method_config_class
 from softdistill.methods.base import registry as method_registry
 from softdistill.registry import Registry
@@ -193,6 +194,25 @@ class TrainConfig(StrictModel):
     eval_every: int = Field(1, ge=1, description="evaluate every N epochs (and after the last one)")
     checkpoint_every: int = Field(0, ge=0, description="also write last.pt every N optimiser steps inside an epoch, "
                                                        "for an exact resume mid-epoch; 0 = at epoch ends only")
+    log_every: int = Field(50, ge=0, description="steps between log points (progress bar, non-finite check); "
+                                                 "0 = at the end of each epoch only")
+    compile: Union[bool, dict[str, Any]] = Field(False, description="torch.compile the student and an online "
+                                                                     "teacher: true, or torch.compile keywords")
+    channels_last: bool = Field(False, description="channels_last memory format for models with 2-D convolutions "
+                                                   "and their inputs")
+    grad_accum: int = Field(1, ge=1, description="split every batch into this many parts, one optimiser step per batch")
+    clip_grad: float | None = Field(None, gt=0, description="clip the gradient norm to this value; None = off")
+    teacher_dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "float32", description="precision of an online teacher's inference (float16 only on CUDA)")
+    cudnn_benchmark: bool = Field(False, description="let cuDNN pick the fastest convolution algorithms (CUDA only)")
+
+    @field_validator("compile")
+    @classmethod
+    def _compile_keywords(cls, value: bool | dict[str, Any]) -> bool | dict[str, Any]:
+        unknown = sorted(set(value) - set(COMPILE_KEYS)) if isinstance(value, dict) else []
+        if unknown:
+            raise ValueError(f"unknown torch.compile keyword(s) {unknown} (allowed: {', '.join(COMPILE_KEYS)})")
+        return value
 
 
 class RunRecipe(StrictModel):
@@ -218,6 +238,15 @@ class RunRecipe(StrictModel):
             raise ValueError("a name of dots only would put the run folder outside output_dir (use a word such as "
                              "'kd-t4')")
         return name
+
+    @model_validator(mode="after")
+    def _accumulation_divides_batch(self) -> "RunRecipe":
+        accum, batch = self.train.grad_accum, self.data.batch_size
+        if batch % accum:
+            divisors = [d for d in range(2, min(batch, 64) + 1) if batch % d == 0][:4]
+            raise ValueError(f"train.grad_accum = {accum} does not split data.batch_size = {batch} into equal parts; "
+                             f"choose a divisor of the batch size ({', '.join(map(str, divisors)) or 'none but 1'})")
+        return self
 
     @property
     def run_dir(self) -> Path:
@@ -313,6 +342,7 @@ class Recipe(RunRecipe):
         if not problems and recipe is not None and method is not None:
             source_cls = source_class(soft_labels.source) if soft_labels is not None else None
             problems = compatibility_problems(method_class(method.name), source_cls, recipe.data.view_plan(recipe.seed))
+            problems += _speed_problems(recipe.train, method_class(method.name), source_cls)
         if problems or recipe is None:
             raise cls._invalid(source, problems)
         recipe.method = method
@@ -334,8 +364,9 @@ class VAERecipe(RunRecipe):
 
     @model_validator(mode="after")
     def _used_train_keys(self) -> "VAERecipe":
-        if self.train.amp != "off" or self.train.keep_epochs:
-            raise ValueError("train.amp and train.keep_epochs are not used by train-vae "
+        t = self.train
+        if t.amp != "off" or t.keep_epochs or t.compile or t.channels_last or t.teacher_dtype != "float32":
+            raise ValueError("train.amp, keep_epochs, compile, channels_last and teacher_dtype are not used by train-vae "
                              "(it trains in float32 and keeps last.pt and vae.pt)")
         if self.data.augment.mix != "none":
             raise ValueError("data.augment.mix is not used by train-vae (a VAE learns single images)")
@@ -415,6 +446,22 @@ def _label_problems(recipe: LabelRecipe, source: Any) -> list[str]:
                         "views of each sample to label (the augmentation draws a fresh view otherwise)")
     if recipe.train.keep_epochs:
         problems.append("train.keep_epochs is not used by a label recipe")
+    unused = [key for key in ("compile", "channels_last", "grad_accum", "clip_grad", "teacher_dtype", "cudnn_benchmark")
+              if getattr(recipe.train, key) != TrainConfig.model_fields[key].default]
+    if unused:
+        problems.append(f"train.{', train.'.join(unused)}: training options, not used by a label recipe")
+    return problems
+
+
+def _speed_problems(train: TrainConfig, method_cls: type, source_cls: type | None) -> list[str]:
+    """Speed options that the recipe's method or soft-label source cannot use."""
+    problems = []
+    if train.teacher_dtype != "float32" and (source_cls is None or ONLINE not in source_cls.serves):
+        problems.append(f"train.teacher_dtype: {train.teacher_dtype} sets the precision of a teacher run online "
+                        "(soft_labels.source: teacher); this recipe has none, so leave it at float32")
+    if train.grad_accum > 1 and not method_cls.supports_grad_accum:
+        problems.append(f"train.grad_accum: method {method_cls.Config.model_fields['name'].default!r} updates its own "
+                        "parts inside every step, so accumulating over parts of a batch would change it; use 1")
     return problems
 
 

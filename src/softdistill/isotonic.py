@@ -95,13 +95,17 @@ def _roles(lam: float | Tensor, y: Tensor, a: Tensor, b: Tensor) -> tuple[Tensor
 
 
 @torch.no_grad()
-def isotonic_logits(teacher_logits: Tensor, labels_a: Tensor, labels_b: Tensor, lam: float | Tensor) -> Tensor:
+def isotonic_logits(teacher_logits: Tensor, labels_a: Tensor, labels_b: Tensor, lam: float | Tensor, *,
+                    check: bool = True) -> Tensor:
     """Least-squares projection of each row onto ``z_r >= z_s >= z_o`` (see the module docstring).
 
     ``lam`` is a float or a per-sample tensor of shape (B,).  Returns B x K on the input's device
-    and dtype, computed in at least float32, without gradient to the teacher.
+    and dtype, computed in at least float32, without gradient to the teacher.  ``check=False``
+    (the training step) skips the input checks and the ``topk`` shortcut, whose width is read
+    from the data: the same result, with nothing read back from the device.
     """
-    _check_mixed(teacher_logits, labels_a, labels_b, lam)
+    if check:
+        _check_mixed(teacher_logits, labels_a, labels_b, lam)
     y = at_least_float32(teacher_logits.detach())
     batch, classes = y.shape
     if batch == 0 or classes == 1:
@@ -115,7 +119,7 @@ def isotonic_logits(teacher_logits: Tensor, labels_a: Tensor, labels_b: Tensor, 
     work = y.clone()
     work.scatter_(1, r, pad)
     work.scatter_(1, s, pad)
-    width = int((work > pad).sum(1).max()) + 1
+    width = int((work > pad).sum(1).max()) + 1 if check else classes
     if 2 * width > classes:
         width = classes  # a full sort is cheaper than a wide topk
     top = work.sort(dim=1, descending=True).values if width == classes else work.topk(width, dim=1).values
@@ -140,15 +144,18 @@ def isotonic_logits(teacher_logits: Tensor, labels_a: Tensor, labels_b: Tensor, 
     return out.to(teacher_logits.dtype)
 
 
-def order_penalty(student_logits: Tensor, labels_a: Tensor, labels_b: Tensor, lam: float | Tensor) -> Tensor:
+def order_penalty(student_logits: Tensor, labels_a: Tensor, labels_b: Tensor, lam: float | Tensor, *,
+                  check: bool = True) -> Tensor:
     """IDA's approximation "KD-p": hinge penalties on the student's order, averaged over the batch.
 
     With ``p = softmax(student_logits)`` (at least float32), per sample
     ``relu(max_{o not in {a, b}} p_o - min(p_a, p_b)) + relu(p_s - p_r)``; the r-s term is dropped
     at ``lam == 0.5`` and vanishes for ``a == b`` (where the first term is
-    ``relu(max_{o != a} p_o - p_a)``).  Differentiable w.r.t. the student logits.
+    ``relu(max_{o != a} p_o - p_a)``).  Differentiable w.r.t. the student logits.  ``check=False``
+    skips the input checks (which read values back from the device).
     """
-    _check_mixed(student_logits, labels_a, labels_b, lam)
+    if check:
+        _check_mixed(student_logits, labels_a, labels_b, lam)
     p = F.softmax(at_least_float32(student_logits), dim=1)
     a, b = labels_a.long().reshape(-1, 1), labels_b.long().reshape(-1, 1)
     p_a, p_b = p.gather(1, a).squeeze(1), p.gather(1, b).squeeze(1)

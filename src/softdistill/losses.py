@@ -120,7 +120,7 @@ def soft_cross_entropy(student_logits: Tensor, target_probs: Tensor, temperature
 
 def label_smoothing_targets(
     labels: Tensor, num_classes: int, epsilon: float, convention: str = "uniform", *,
-    dtype: torch.dtype = torch.float32,
+    dtype: torch.dtype = torch.float32, check: bool = True,
 ) -> Tensor:
     """Smoothed one-hot targets (Szegedy et al., 2016), B x K in ``dtype`` (at least float32).
 
@@ -129,6 +129,9 @@ def label_smoothing_targets(
     - ``"uniform"``: ``(1 - eps) * onehot + eps / K`` on every class (PyTorch's ``label_smoothing``).
     - ``"others"``:  ``1 - eps`` on the true class, ``eps / (K - 1)`` on each other class
       (the convention of the Tf-KD authors' code, Yuan et al. 2020).
+
+    ``check=False`` (the training step) skips the range check of ``labels``, which reads them back
+    from the device.
     """
     if convention not in SMOOTHING_CONVENTIONS:
         raise ValueError(f"convention must be one of {SMOOTHING_CONVENTIONS}, got {convention!r}")
@@ -138,7 +141,7 @@ def label_smoothing_targets(
         raise ValueError(f"num_classes must be >= 2, got {num_classes}")
     if labels.dim() != 1:
         raise ValueError(f"labels must be a 1-D tensor of class indices, got shape {tuple(labels.shape)}")
-    if labels.numel() and (labels.min() < 0 or labels.max() >= num_classes):
+    if check and labels.numel() and (labels.min() < 0 or labels.max() >= num_classes):
         raise ValueError(f"labels must lie in [0, {num_classes}), got range [{labels.min()}, {labels.max()}]")
     off_value = epsilon / num_classes if convention == "uniform" else epsilon / (num_classes - 1)
     on_value = 1.0 - epsilon + off_value if convention == "uniform" else 1.0 - epsilon
@@ -155,20 +158,22 @@ TFKD_DEFAULT_CORRECT_PROB = {"paper": 0.9, "reference": 0.99}
 
 
 def virtual_teacher_probs(labels: Tensor, num_classes: int, correct_prob: float = 0.9, *,
-                          dtype: torch.dtype = torch.float32) -> Tensor:
+                          dtype: torch.dtype = torch.float32, check: bool = True) -> Tensor:
     """Tf-KD's designed "virtual teacher" (Yuan et al., CVPR 2020), B x K in ``dtype`` (at least float32).
 
     ``p_d(k) = a`` if k = y else ``(1 - a) / (K - 1)``: a 100 %-accurate teacher whose confidence
     ``a = correct_prob`` is chosen by hand (the same vector as the "others" label smoothing with
-    eps = 1 - a).
+    eps = 1 - a).  ``check``: see :func:`label_smoothing_targets`.
     """
     if not 0.0 < correct_prob < 1.0:
         raise ValueError(f"correct_prob must be in (0, 1), got {correct_prob}")
-    return label_smoothing_targets(labels, num_classes, 1.0 - correct_prob, convention="others", dtype=dtype)
+    return label_smoothing_targets(labels, num_classes, 1.0 - correct_prob, convention="others", dtype=dtype,
+                                   check=check)
 
 
 def tfkd_reg_loss(student_logits: Tensor, labels: Tensor, temperature: float = 20.0, alpha: float = 0.1,
-                  correct_prob: float | None = None, mode: str = "paper", *, multiplier: float = 1.0) -> Tensor:
+                  correct_prob: float | None = None, mode: str = "paper", *, multiplier: float = 1.0,
+                  check: bool = True) -> Tensor:
     """Teacher-free KD with a virtual teacher (Tf-KD reg), including the hard-label CE term.
 
     ``correct_prob`` (a) defaults per mode (TFKD_DEFAULT_CORRECT_PROB): 0.9 in paper mode, 0.99 in
@@ -183,6 +188,8 @@ def tfkd_reg_loss(student_logits: Tensor, labels: Tensor, temperature: float = 2
       T = 20 the true class gets 0.0105 against 0.0100 uniform: almost label-free), the student is
       at T = 1, and the 'mean' reduction divides by B x K; the authors compensate with a
       per-model multiplier (50-100).
+
+    ``check``: see :func:`label_smoothing_targets`.
     """
     if mode not in TFKD_MODES:
         raise ValueError(f"mode must be one of {TFKD_MODES}, got {mode!r}")
@@ -193,7 +200,8 @@ def tfkd_reg_loss(student_logits: Tensor, labels: Tensor, temperature: float = 2
         raise ValueError(f"labels must have shape ({student_logits.shape[0]},), got {tuple(labels.shape)}")
     if correct_prob is None:
         correct_prob = TFKD_DEFAULT_CORRECT_PROB[mode]
-    probs = virtual_teacher_probs(labels, student_logits.shape[1], correct_prob, dtype=student_logits.dtype)
+    probs = virtual_teacher_probs(labels, student_logits.shape[1], correct_prob, dtype=student_logits.dtype,
+                                  check=check)
     ce = cross_entropy(student_logits, labels)
     if mode == "paper":
         if multiplier != 1.0:

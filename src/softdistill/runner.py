@@ -8,6 +8,7 @@ training recipe (:class:`~softdistill.config.Recipe`) and a VAE recipe
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,7 @@ from softdistill.data.views import ViewPlan
 from softdistill.engine import DistContext, LRSchedule, Trainer, build_optimizer, init_distributed
 from softdistill.engine.distributed import resolve_device
 from softdistill.engine.predict import autocast
-from softdistill.engine.wrap import wrap
+from softdistill.engine.wrap import has_4d_weights, wrap
 from softdistill.methods import method_class
 from softdistill.models import build_model
 from softdistill.runs import recipe_differences, run_dir_state, write_text_atomic
@@ -66,6 +67,9 @@ def _loader(split: TensorSet | FileSet, batch_size: int, transform: BatchTransfo
     return BatchLoader(split.to(device), batch_size, transform, **rules)
 
 
+TEACHER_DTYPES = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
 def _loaders(recipe: RunRecipe, data: DataBundle, ctx: DistContext, transform: BatchTransform, plan: ViewPlan
              ) -> tuple[BatchLoader | StreamLoader, dict[str, EpochBatches], dict[str, EpochBatches]]:
     """Training, per-epoch evaluation (val, test) and final evaluation (out-of-domain test sets) loaders."""
@@ -93,6 +97,23 @@ def _source(recipe: Recipe | LabelRecipe, data: DataBundle, ctx: DistContext, tr
     return source_class(spec.source).build(spec, setup).to(ctx.device)
 
 
+def _channels_last(recipe: Recipe, student: torch.nn.Module) -> bool:
+    """``train.channels_last``, unless the student has no 2-D convolution (then it is ignored, said once)."""
+    if not recipe.train.channels_last:
+        return False
+    if has_4d_weights(student):
+        return True
+    warnings.warn(f"train.channels_last is ignored: the student {recipe.student!r} has no 2-D convolution "
+                  "(no 4-D weights), so its inputs gain nothing from that layout", stacklevel=2)
+    return False
+
+
+def _teacher_dtype(recipe: Recipe, ctx: DistContext) -> torch.dtype | None:
+    if recipe.train.teacher_dtype == "float16" and ctx.device.type != "cuda":
+        raise ValueError("train.teacher_dtype: float16 needs a CUDA device; on the CPU use bfloat16")
+    return TEACHER_DTYPES[recipe.train.teacher_dtype]
+
+
 def _classifier_parts(recipe: Recipe, ctx: DistContext, quiet: bool) -> dict[str, Any]:
     data = load_data(recipe)
     transform = BatchTransform(data.mean, data.std)
@@ -100,10 +121,17 @@ def _classifier_parts(recipe: Recipe, ctx: DistContext, quiet: bool) -> dict[str
     source = _source(recipe, data, ctx, train, quiet)
     torch.manual_seed(recipe.seed)
     student = build_model(recipe.student, data.num_classes, data.in_channels, data.image_size).to(ctx.device)
+    speed = recipe.train
+    channels_last = _channels_last(recipe, student)
+    for loader in (train, *evals.values(), *finals.values()):
+        loader.channels_last = channels_last
+    if source is not None:
+        source.verify_lookups(train.data.ids, recipe.view_plan.distinct_views)
+        source.prepare_inference(compile=speed.compile, channels_last=channels_last, dtype=_teacher_dtype(recipe, ctx))
     context = MethodContext(InputSpec(data.in_channels, data.image_size, tuple(data.mean), tuple(data.std)),
                             resolve_artifact=lambda dependency: product_of(recipe, dependency, quiet), quiet=quiet)
     method = method_class(recipe.method.name)(recipe.method, student, data.num_classes, source, context).to(ctx.device)
-    method.wrap(lambda module: wrap(module, ctx))
+    method.wrap(lambda module: wrap(module, ctx, compile=speed.compile, channels_last=channels_last))
     optimizer = build_optimizer(method.trainable_parameters(), **recipe.optim.model_dump())
     s = recipe.schedule
     schedule = LRSchedule(s.name, recipe.optim.lr, recipe.epochs, len(train), s.milestones, s.gamma,
@@ -205,6 +233,8 @@ def run_recipe(recipe: RunRecipe, *, resume: bool = False, quiet: bool = False) 
     ctx = init_distributed(recipe.train.device) if not is_vae else DistContext(device=resolve_device(recipe.train.device))
     if recipe.train.threads:
         torch.set_num_threads(recipe.train.threads)
+    if recipe.train.cudnn_benchmark and ctx.device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
     resolve_dependencies(recipe, quiet)  # teachers and VAEs first, each with its own output
     parts = _vae_parts(recipe, ctx) if is_vae else _classifier_parts(recipe, ctx, quiet)
     run_dir = recipe.run_dir
@@ -213,7 +243,9 @@ def run_recipe(recipe: RunRecipe, *, resume: bool = False, quiet: bool = False) 
                       amp=recipe.train.amp, keep_epochs=recipe.train.keep_epochs, quiet=quiet,
                       config_check=lambda saved: recipe_differences(saved, recipe),
                       eval_every=recipe.train.eval_every, final_loaders=parts["finals"],
-                      checkpoint_every=recipe.train.checkpoint_every)
+                      checkpoint_every=recipe.train.checkpoint_every,
+                      grad_accum=recipe.train.grad_accum, clip_grad=recipe.train.clip_grad,
+                      log_every=recipe.train.log_every)
     if ctx.is_main and run_dir_state(run_dir) == "new":
         write_text_atomic(run_dir / "config.yaml", yaml.safe_dump(recipe.to_dict(), sort_keys=False))
     if ctx.is_main and parts["report"] is not None:

@@ -41,6 +41,13 @@ class Batch:
     def with_(self, **changes) -> "Batch":
         return replace(self, **changes)
 
+    def chunks(self, count: int) -> list["Batch"]:
+        """The batch cut into ``count`` near-equal consecutive parts (gradient accumulation)."""
+        fields = {name: getattr(self, name) for name in ("x", "y", "sample_id", "view", "y_b", "lam")}
+        parts = {name: (value.tensor_split(count) if value is not None else [None] * count)
+                 for name, value in fields.items()}
+        return [Batch(**{name: parts[name][i] for name in fields}) for i in range(count)]
+
 
 @dataclass
 class StepOutput:

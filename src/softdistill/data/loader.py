@@ -113,7 +113,7 @@ class BatchTransform:
         return images.float().div_(255)
 
     def normalize(self, x: Tensor) -> Tensor:
-        return (x - self.mean.to(x.device)) / self.std.to(x.device)
+        return (x - self.mean.to(x.device, non_blocking=True)) / self.std.to(x.device, non_blocking=True)
 
     def __call__(self, images: Tensor) -> Tensor:
         return self.normalize(self.to_unit(images))
@@ -156,20 +156,22 @@ def fetch(rows: Tensor, views: Tensor, labels: Tensor, ids: Tensor, images_of: C
     gives uint8 images; a mixing plan adds the partners' images, labels, ids and mixing parameters."""
     images = images_of(rows, views)
     batch_ids = ids[rows]
-    fetched = Fetched(images, labels[rows.to(labels.device)], batch_ids, views)
+    fetched = Fetched(images, labels[rows.to(labels.device, non_blocking=True)], batch_ids, views)
     if plan is None or not plan.mixes:
         return fetched
     mixing = plan.mixing(batch_ids, views, rows, len(ids), tuple(images.shape[-2:]))
     partner = mixing.partner
     fetched.partner_images = images_of(partner, views)
-    fetched.partner_labels = labels[partner.to(labels.device)]
+    fetched.partner_labels = labels[partner.to(labels.device, non_blocking=True)]
     fetched.partner_ids = ids[partner]
     fetched.mixing = mixing
     return fetched
 
 
-def assemble(fetched: Fetched, transform: BatchTransform, plan: ViewPlan | None) -> Batch:
-    """The batch of ``fetched`` (on its device): to [0, 1], the views' crop, flip and mix, standardisation."""
+def assemble(fetched: Fetched, transform: BatchTransform, plan: ViewPlan | None, channels_last: bool = False) -> Batch:
+    """The batch of ``fetched`` (on its device): to [0, 1], the views' crop, flip and mix, standardisation
+    (in the channels_last memory format when asked).  Host tensors are copied without waiting for
+    the device."""
     f = fetched
     x = transform.to_unit(f.images)
     y_b = lam = None
@@ -180,9 +182,12 @@ def assemble(fetched: Fetched, transform: BatchTransform, plan: ViewPlan | None)
             partner_x = plan.apply_geometry(transform.to_unit(f.partner_images), plan.geometry(f.partner_ids, f.views))
             x = plan.combine(x, partner_x, f.mixing)
             y_b = f.partner_labels
-            lam = f.mixing.lam.to(x.device)
-    return Batch(x=transform.normalize(x), y=f.labels, sample_id=f.ids.to(x.device), view=f.views.to(x.device),
-                 y_b=y_b, lam=lam)
+            lam = f.mixing.lam.to(x.device, non_blocking=True)
+    x = transform.normalize(x)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return Batch(x=x, y=f.labels, sample_id=f.ids.to(x.device, non_blocking=True),
+                 view=f.views.to(x.device, non_blocking=True), y_b=y_b, lam=lam)
 
 
 class EpochBatches:
@@ -193,11 +198,12 @@ class EpochBatches:
     the batches a single process would.  ``plan`` (training only) augments every sample as its
     view of the epoch; without one every batch shows the clean images (view 0).  ``seed`` seeds the
     shuffled order.  ``ids`` are the split's sample ids (a plan may choose views per sample).  Call
-    :meth:`set_epoch` before each epoch.
+    :meth:`set_epoch` before each epoch.  ``channels_last`` gives the images in that memory layout.
     """
 
     def __init__(self, ids: Tensor, batch_size: int, *, shuffle: bool = False, drop_last: bool = False,
-                 plan: ViewPlan | None = None, seed: int = 0, rank: int = 0, world_size: int = 1) -> None:
+                 plan: ViewPlan | None = None, seed: int = 0, rank: int = 0, world_size: int = 1,
+                 channels_last: bool = False) -> None:
         if batch_size < world_size:
             raise ValueError(f"batch size {batch_size} is smaller than the number of processes {world_size}")
         self.ids = ids
@@ -209,6 +215,7 @@ class EpochBatches:
         self.seed = seed
         self.rank = rank
         self.world_size = world_size
+        self.channels_last = channels_last
         self.epoch = 0
         self.skip = 0
 
@@ -265,5 +272,6 @@ class BatchLoader(EpochBatches):
     def batch_of(self, rows: Tensor, views: Tensor) -> Batch:
         """The batch of the views ``views`` of the samples at ``rows`` (CPU int64)."""
         images = self.data.images
-        fetched = fetch(rows, views, self.data.labels, self.data.ids, lambda r, _: images[r.to(images.device)], self.plan)
-        return assemble(fetched, self.transform, self.plan)
+        fetched = fetch(rows, views, self.data.labels, self.data.ids,
+                        lambda r, _: images[r.to(images.device, non_blocking=True)], self.plan)
+        return assemble(fetched, self.transform, self.plan, self.channels_last)

@@ -161,12 +161,12 @@ class StreamLoader(EpochBatches):
     def batch_of(self, rows: Tensor, views: Tensor) -> Batch:
         """The batch of the views ``views`` of the samples at ``rows`` (CPU int64), decoded in this process."""
         fetched = _Batches(self.data, self.decoder, self.plan)[rows, views]
-        return assemble(fetched.to(self.device), self.transform, self.plan)
+        return assemble(fetched.to(self.device), self.transform, self.plan, self.channels_last)
 
     def _load(self, batches: Iterable[tuple[Tensor, Tensor]]) -> Iterator[Batch]:
         cuda = self.device.type == "cuda"
         for fetched in decoded(self.data, self.decoder, self.plan, batches, self.workers, pin=cuda):
-            yield assemble(fetched.to(self.device, non_blocking=cuda), self.transform, self.plan)
+            yield assemble(fetched.to(self.device, non_blocking=cuda), self.transform, self.plan, self.channels_last)
 
 
 def sample_stats(data: FileSet, samples: int, workers: int = 0, batch_size: int = 64

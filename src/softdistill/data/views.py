@@ -58,7 +58,7 @@ def crop(x: Tensor, offsets: Tensor, padding: int) -> Tensor:
     ``offsets[b] = (row, col)`` of the padded image, so ``(padding, padding)`` is the identity."""
     n, c, h, w = x.shape
     padded = F.pad(x, (padding, padding, padding, padding))
-    offsets = offsets.to(x.device)
+    offsets = offsets.to(x.device, non_blocking=True)
     rows = (offsets[:, 0:1] + torch.arange(h, device=x.device)).view(n, 1, h, 1).expand(n, c, h, w + 2 * padding)
     rows_taken = padded.gather(2, rows)
     cols = (offsets[:, 1:2] + torch.arange(w, device=x.device)).view(n, 1, 1, w).expand(n, c, h, w)
@@ -67,7 +67,7 @@ def crop(x: Tensor, offsets: Tensor, padding: int) -> Tensor:
 
 def hflip(x: Tensor, flip: Tensor) -> Tensor:
     """Mirror the samples of ``x`` where ``flip`` (B, bool) is true."""
-    return torch.where(flip.to(x.device).view(-1, 1, 1, 1), x.flip(3), x)
+    return torch.where(flip.to(x.device, non_blocking=True).view(-1, 1, 1, 1), x.flip(3), x)
 
 
 def check_resized_crop(scale: tuple[float, float] | None, ratio: tuple[float, float]) -> None:
@@ -253,11 +253,11 @@ class ViewPlan:
         """The mixed images of ``x`` and their partners' views."""
         assert params.lam is not None
         if self.mix == "mixup":
-            w = params.lam.to(device=x.device, dtype=x.dtype).view(-1, 1, 1, 1)
+            w = params.lam.to(device=x.device, dtype=x.dtype, non_blocking=True).view(-1, 1, 1, 1)
             return w * x + (1 - w) * partner_x
         assert params.box is not None
         h, w = x.shape[-2:]
-        box = params.box.to(x.device)
+        box = params.box.to(x.device, non_blocking=True)
         r = torch.arange(h, device=x.device).view(1, h, 1)
         c = torch.arange(w, device=x.device).view(1, 1, w)
         inside = ((r >= box[:, 0].view(-1, 1, 1)) & (r < box[:, 1].view(-1, 1, 1))

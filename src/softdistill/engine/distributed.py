@@ -14,7 +14,7 @@ import torch
 import torch.distributed as dist
 
 __all__ = ["DistContext", "DistributedError", "init_distributed", "resolve_device", "dist_timeout", "lost_rank_errors",
-           "all_reduce_sum", "barrier", "shutdown_distributed", "TIMEOUT_ENV", "DEFAULT_DIST_TIMEOUT"]
+           "all_reduce_sum", "all_reduce_min", "barrier", "shutdown_distributed", "TIMEOUT_ENV", "DEFAULT_DIST_TIMEOUT"]
 
 #: Environment variable: seconds a process waits for the others (rendezvous and collectives).
 TIMEOUT_ENV = "SOFTDISTILL_DIST_TIMEOUT"
@@ -123,6 +123,13 @@ def all_reduce_sum(tensor: torch.Tensor, ctx: DistContext) -> torch.Tensor:
     """Sum a tensor over ranks in place (no-op when running alone)."""
     if ctx.distributed:
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def all_reduce_min(tensor: torch.Tensor, ctx: DistContext) -> torch.Tensor:
+    """The element-wise minimum of a tensor over ranks, in place (no-op when running alone)."""
+    if ctx.distributed:
+        dist.all_reduce(tensor, op=dist.ReduceOp.MIN)
     return tensor
 
 

@@ -25,6 +25,7 @@ continues bit-identically.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -35,15 +36,16 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from softdistill.atomic import ensure_folder, remove_stale_temporaries
 from softdistill.checkpoint import CheckpointError, save_checkpoint
 from softdistill.data.loader import EpochBatches
-from softdistill.engine.distributed import DistContext, all_reduce_sum, barrier
+from softdistill.engine.distributed import DistContext, all_reduce_min, all_reduce_sum, barrier
 from softdistill.engine.optim import LRSchedule
 from softdistill.engine.predict import autocast, classification_sums, evaluate
-from softdistill.engine.wrap import unwrap
+from softdistill.engine.wrap import compile_errors, unwrap
 from softdistill.runs import RunStateError, config_differences, resume_checkpoint, write_text_atomic
 from softdistill.types import Batch, StepOutput
 
@@ -52,20 +54,6 @@ __all__ = ["Trainer", "evaluate", "NonFiniteLossError", "RunStateError"]
 
 class NonFiniteLossError(FloatingPointError):
     """A loss term became NaN or infinite; the message names the epoch, step and term."""
-
-
-def _non_finite_cause(inputs: torch.Tensor, logits: torch.Tensor | None) -> str:
-    """The likeliest cause of a non-finite loss, from the batch's inputs and the student's outputs
-    (``None`` for a model without class logits, e.g. the VAE)."""
-    if not bool(torch.isfinite(inputs).all()):
-        return "The input batch itself holds NaN or infinite values: check the data and its transform."
-    if logits is None:
-        return "Lower the learning rate, or check the data."
-    if not bool(torch.isfinite(logits.float()).all()):
-        return ("The student's outputs are non-finite: training diverged. Lower the learning rate "
-                "(soft-label terms scale their gradients by alpha * T^2).")
-    return ("The student's outputs are finite, so another input of the loss is not: check the soft-label source "
-            "(a teacher checkpoint or label table with non-finite values) and the method's weights.")
 
 
 def _rng_state() -> dict[str, Any]:
@@ -92,6 +80,66 @@ def _gather_objects(obj: Any, ctx: DistContext) -> list[Any]:
     return gathered
 
 
+def _non_finite_cause(inputs_finite: bool, logits_finite: bool | None) -> str:
+    """The likeliest cause of a non-finite loss, from whether the batch's inputs and the student's
+    outputs were finite (``None`` for a model without class logits, e.g. the VAE)."""
+    if not inputs_finite:
+        return "The input batch itself holds NaN or infinite values: check the data and its transform."
+    if logits_finite is None:
+        return "Lower the learning rate, or check the data."
+    if not logits_finite:
+        return ("The student's outputs are non-finite: training diverged. Lower the learning rate "
+                "(soft-label terms scale their gradients by alpha * T^2).")
+    return ("The student's outputs are finite, so another input of the loss is not: check the soft-label source "
+            "(a teacher checkpoint or label table with non-finite values) and the method's weights.")
+
+
+class FiniteWatch:
+    """Non-finite loss terms, watched on the device: the first bad step and its term values.
+
+    ``observe`` costs a few device operations and no host read; ``raise_if_bad`` (the log point)
+    reads one number, after agreeing over ranks on the first bad step.  With the terms it keeps
+    whether that step's inputs and student outputs were finite, which names the likeliest cause.
+    """
+
+    NONE = 2**62  # "no bad step yet"
+
+    def __init__(self, device: torch.device) -> None:
+        self.first = torch.full((), self.NONE, dtype=torch.long, device=device)
+        self.values: dict[str, torch.Tensor] = {}
+        self.finite = torch.ones(2, dtype=torch.bool, device=device)  # inputs, student outputs
+        self.with_logits = True
+
+    def observe(self, step: int, out: StepOutput, batch: Batch) -> None:
+        values = {name: term.detach().float() for name, term in out.losses.items()}
+        bad = ~torch.isfinite(torch.stack(list(values.values()))).all()
+        new = bad & (self.first == self.NONE)
+        self.first = torch.where(new, step, self.first)
+        for name, value in values.items():
+            self.values[name] = torch.where(new, value, self.values.get(name, value))
+        self.with_logits = out.logits is not None
+        logits = out.logits.detach().float() if out.logits is not None else batch.x.new_zeros(())
+        finite = torch.stack([torch.isfinite(batch.x).all(), torch.isfinite(logits).all()])
+        self.finite = torch.where(new, finite, self.finite)
+
+    def raise_if_bad(self, epoch: int, ctx: DistContext, kept: str) -> None:
+        """:class:`NonFiniteLossError` naming the epoch, the first bad step (over ranks), its terms and
+        ``kept``, the last checkpoint written (which the error leaves in place)."""
+        first = all_reduce_min(self.first.clone(), ctx).item()
+        if first == self.NONE:
+            return
+        here = self.first.item() == first
+        values = {name: value.item() for name, value in self.values.items()}
+        shown = ", ".join(f"{k}={v:.4g}" for k, v in values.items()) if here else "values on another rank"
+        culprits = [k for k, v in values.items() if not math.isfinite(v)] if here else []
+        inputs_finite, logits_finite = self.finite.tolist()
+        cause = (_non_finite_cause(inputs_finite, logits_finite if self.with_logits else None) if here
+                 else "That rank's message names the cause.")
+        raise NonFiniteLossError(
+            f"non-finite loss at epoch {epoch}, step {first + 1}: term {', '.join(culprits) or '(on another rank)'} "
+            f"({shown}). The run folder keeps its last good checkpoint ({kept}). {cause}")
+
+
 class Trainer:
     """Train ``method`` (an ``nn.Module`` returning StepOutput) and write the run folder.
 
@@ -107,7 +155,8 @@ class Trainer:
                  epochs: int, seed: int, checkpoint_meta: Mapping[str, Any], ctx: DistContext = DistContext(),
                  amp: str = "off", keep_epochs: Sequence[int] = (), quiet: bool = False,
                  config_check: Callable[[Any], list[str]] | None = None, eval_every: int = 1,
-                 final_loaders: Mapping[str, EpochBatches] | None = None, checkpoint_every: int = 0) -> None:
+                 final_loaders: Mapping[str, EpochBatches] | None = None, checkpoint_every: int = 0,
+                 grad_accum: int = 1, clip_grad: float | None = None, log_every: int = 50) -> None:
         if amp == "fp16" and ctx.device.type != "cuda":
             raise ValueError("amp: fp16 needs a CUDA device; on the CPU use amp: bf16")
         if "test" not in eval_loaders:
@@ -129,6 +178,11 @@ class Trainer:
         self.config_check = config_check or (lambda saved: config_differences(saved, self.meta.get("config")))
         self.eval_every = eval_every
         self.checkpoint_every = checkpoint_every
+        self.grad_accum = grad_accum
+        self.clip_grad = clip_grad
+        self.log_every = log_every
+        self._ddp_modules = [m for m in method.modules() if isinstance(m, DistributedDataParallel)]
+        self.kept = "none yet"  # the last checkpoint written, for the non-finite error
         self.resume_step: dict[str, Any] | None = None  # where a mid-epoch checkpoint left the current epoch
         self.scaler = torch.amp.GradScaler(ctx.device.type, enabled=(amp == "fp16"))
         self.selection = "val" if "val" in self.eval_loaders else "test"
@@ -171,6 +225,8 @@ class Trainer:
         self.history = list(state["history"])
         self.epoch = state["epoch"]
         self.resume_step = state.get("step")
+        self.kept = (f"epoch {self.epoch}" if self.resume_step is None
+                     else f"step {self.resume_step['step']} of epoch {self.epoch + 1}")
         if self.resume_step is not None and len(self.resume_step["ranks"]) != self.ctx.world_size:
             raise RunStateError(f"{self.run_dir / 'last.pt'} was written in the middle of epoch {self.epoch + 1} by "
                                 f"{len(self.resume_step['ranks'])} process(es): resume it with as many")
@@ -183,7 +239,7 @@ class Trainer:
             remove_stale_temporaries(ensure_folder(self.run_dir))  # left by a process killed mid-write
         while self.epoch < self.epochs:
             self.epoch += 1
-            record = self._train_epoch()
+            record = self.train_epoch()
             self._hook("end_epoch", self.epoch, self.run_dir / "report" if self.ctx.is_main else None)
             evaluated = dict(self.eval_loaders) if self.epoch % self.eval_every == 0 or self.epoch == self.epochs else {}
             if self.epoch == self.epochs:
@@ -193,6 +249,7 @@ class Trainer:
                     record[f"{name}/{key}"] = value
             record["seconds"] = time.perf_counter() - record.pop("_start")
             self.history.append(record)
+            self.kept = f"epoch {self.epoch}"
             if self.ctx.is_main:
                 self._save_epoch()
                 self._log(record)
@@ -203,7 +260,13 @@ class Trainer:
         barrier(self.ctx)  # every rank returns once the run folder is complete, and they leave together
         return summary
 
-    def _train_epoch(self) -> dict[str, Any]:
+    def train_epoch(self) -> dict[str, Any]:
+        """Train epoch ``self.epoch`` (no evaluation; only mid-epoch checkpoints are written); its record.
+
+        The step never reads a device value on the host: sums, accuracy and the non-finite watch
+        stay on the device and are read every ``log_every`` steps, before a mid-epoch checkpoint
+        and at the epoch's end.
+        """
         ctx, epoch = self.ctx, self.epoch
         first, resumed = (0, None) if self.resume_step is None else (self.resume_step["step"],
                                                                      self.resume_step["ranks"][ctx.rank])
@@ -216,12 +279,14 @@ class Trainer:
         self.method.train()
         self._hook("start_epoch", epoch, self.epochs)
         steps = len(self.train_loader)
-        sums: dict[str, torch.Tensor] = {k: v.to(ctx.device) for k, v in (resumed or {}).get("sums", {}).items()}
-        correct = torch.zeros((), dtype=torch.float64, device=ctx.device)
-        seen = torch.zeros((), dtype=torch.float64, device=ctx.device)
+        self._sums = {k: v.to(ctx.device) for k, v in (resumed or {}).get("sums", {}).items()}
+        self._correct = torch.zeros((), dtype=torch.float64, device=ctx.device)
+        self._seen = torch.zeros((), dtype=torch.float64, device=ctx.device)
         if resumed is not None:
-            correct += resumed["correct"]
-            seen += resumed["seen"]
+            self._correct += resumed["correct"]
+            self._seen += resumed["seen"]
+        self._with_logits = False
+        watch = FiniteWatch(ctx.device)
         start = time.perf_counter()
         bar = tqdm(total=steps, initial=first, desc=f"epoch {epoch}/{self.epochs}", leave=False, disable=self.quiet,
                    dynamic_ncols=True)
@@ -230,65 +295,84 @@ class Trainer:
             lr = self.schedule.lr_at((epoch - 1) * steps + step)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
-            with autocast(ctx.device, self.amp):
-                out = self.method(batch)
-            loss = sum(term.float() for term in out.losses.values())
-            self.loss_names.update(out.losses)
-            self._check_finite(loss, out, batch, step)
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(loss).backward()
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            n = len(batch)
-            with torch.no_grad():
-                for name, value in {"loss": loss, **out.losses, **out.metrics}.items():
-                    sums[name] = sums.get(name, 0.0) + value.detach().double() * n
-                if out.logits is not None:
-                    correct += (out.logits.argmax(1) == batch.y).sum()
-                seen += n
-            if not self.quiet and (step % 10 == 0 or step == steps - 1):
-                shown = {"loss": f"{sums['loss'].item() / seen.item():.4f}"}
-                if out.logits is not None:
-                    shown["acc"] = f"{100 * correct.item() / seen.item():.1f}%"
-                bar.set_postfix(shown, refresh=False)
+            self._step(batch, step, watch)
+            if (self.log_every and (step + 1) % self.log_every == 0) or step == steps - 1:
+                self._examine(watch, bar)
             bar.update(1)
             done = (epoch - 1) * steps + step + 1
             if self.checkpoint_every and done % self.checkpoint_every == 0 and step + 1 < steps:
-                self._save_step(step + 1, sums, correct, seen)
+                watch.raise_if_bad(epoch, ctx, self.kept)  # never write weights a non-finite step has touched
+                self._save_step(step + 1)
         bar.close()
+        train_seconds = time.perf_counter() - start
+        sums = self._sums
         names = list(sums)
-        packed = torch.stack([sums[k] for k in names] + [correct, seen]) if names else torch.stack([correct, seen])
+        packed = torch.stack([sums[k] for k in names] + [self._correct, self._seen])
         all_reduce_sum(packed, ctx)
-        total = max(packed[-1].item(), 1.0)
-        record: dict[str, Any] = {"epoch": epoch, "lr": lr, "_start": start}
-        record.update({f"train/{k}": packed[i].item() / total for i, k in enumerate(names)})
-        if out.logits is not None:
-            record["train/acc"] = 100.0 * packed[-2].item() / total
+        values = packed.tolist()
+        total = max(values[-1], 1.0)
+        record: dict[str, Any] = {"epoch": epoch, "lr": lr, "_start": start, "train_seconds": train_seconds}
+        record.update({f"train/{k}": values[i] / total for i, k in enumerate(names)})
+        if self._with_logits:
+            record["train/acc"] = 100.0 * values[-2] / total
         return record
 
-    def _check_finite(self, loss: torch.Tensor, out: StepOutput, batch: Batch, step: int) -> None:
-        finite = bool(torch.isfinite(loss))
-        bad = torch.zeros((), device=self.ctx.device) if finite else torch.ones((), device=self.ctx.device)
-        all_reduce_sum(bad, self.ctx)
-        if bad.item() == 0:
-            return
-        terms = out.losses
-        values = ", ".join(f"{k}={v.item():.4g}" for k, v in terms.items())
-        culprits = [k for k, v in terms.items() if not math.isfinite(v.item())] or ["(on another rank)"]
-        kept = f"epoch {self.epoch - 1}" if self.epoch > 1 else "none yet"
-        cause = "That rank's message names the cause." if finite else _non_finite_cause(batch.x, out.logits)
-        raise NonFiniteLossError(
-            f"non-finite loss at epoch {self.epoch}, step {step + 1}: term {', '.join(culprits)} ({values}). "
-            f"The run folder keeps its last good checkpoint ({kept}). {cause}")
+    def _step(self, batch: Batch, step: int, watch: "FiniteWatch") -> None:
+        """One optimiser step on ``batch``, in ``grad_accum`` parts of near-equal size (each weighted
+        by its share of the batch; a short last batch may have fewer), gradients clipped to
+        ``clip_grad`` when set."""
+        self.optimizer.zero_grad(set_to_none=True)
+        parts = [part for part in batch.chunks(self.grad_accum) if len(part)] if self.grad_accum > 1 else [batch]
+        for i, part in enumerate(parts):
+            with contextlib.ExitStack() as stack:
+                if i < len(parts) - 1:  # DDP all-reduces the gradients once, after the last part
+                    for module in self._ddp_modules:
+                        stack.enter_context(module.no_sync())
+                with compile_errors():
+                    with autocast(self.ctx.device, self.amp):
+                        out = self.method(part)
+                    loss = sum(term.float() for term in out.losses.values())
+                    self.scaler.scale(loss * (len(part) / len(batch))).backward()
+            self.loss_names.update(out.losses)
+            watch.observe(step, out, part)
+            self._accumulate(part, loss, out)
+        if self.clip_grad is not None:
+            self.scaler.unscale_(self.optimizer)
+            params = [p for group in self.optimizer.param_groups for p in group["params"]]
+            norm = torch.nn.utils.clip_grad_norm_(params, self.clip_grad, foreach=True)
+            self._sums["grad_norm"] = self._sums.get("grad_norm", 0.0) + norm.detach().double() * len(batch)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
 
-    # ---------------------------------------------------------------- outputs
-    def _save_step(self, step: int, sums: dict[str, torch.Tensor], correct: torch.Tensor, seen: torch.Tensor) -> None:
+    @torch.no_grad()
+    def _accumulate(self, part: Batch, loss: torch.Tensor, out: Any) -> None:
+        """Add a (part of a) batch to the epoch's device-side sums."""
+        n = len(part)
+        for name, value in {"loss": loss, **out.losses, **out.metrics}.items():
+            self._sums[name] = self._sums.get(name, 0.0) + value.detach().double() * n
+        if out.logits is not None:
+            self._with_logits = True
+            self._correct += (out.logits.argmax(1) == part.y).sum()
+        self._seen += n
+
+    def _examine(self, watch: "FiniteWatch", bar: Any) -> None:
+        """The log point: raise if a loss term became non-finite (on any rank); update the progress bar."""
+        watch.raise_if_bad(self.epoch, self.ctx, self.kept)
+        if not self.quiet:
+            loss, correct, seen = torch.stack([self._sums["loss"], self._correct, self._seen]).tolist()
+            shown = {"loss": f"{loss / seen:.4f}"}
+            if self._with_logits:
+                shown["acc"] = f"{100 * correct / seen:.1f}%"
+            bar.set_postfix(shown, refresh=False)
+
+    def _save_step(self, step: int) -> None:
         """``last.pt`` after ``step`` steps of the current epoch: what an epoch checkpoint holds, plus the
         epoch's running sums and RNG state of every rank, so that a resume continues at step ``step``
         exactly (the loader skips the batches done; their order and views are stateless)."""
-        own = {"rng": _rng_state(), "sums": {k: v.cpu() for k, v in sums.items()}, "correct": correct.cpu(),
-               "seen": seen.cpu()}
+        own = {"rng": _rng_state(), "sums": {k: v.cpu() for k, v in self._sums.items()},
+               "correct": self._correct.cpu(), "seen": self._seen.cpu()}
         ranks = _gather_objects(own, self.ctx)
+        self.kept = f"step {step} of epoch {self.epoch}"
         if not self.ctx.is_main:
             return
         payload = self._payload(with_optimizer=True)

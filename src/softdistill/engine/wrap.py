@@ -7,6 +7,9 @@ it without a gradient all-reduce) call :func:`unwrap`, so a checkpoint never hol
 
 from __future__ import annotations
 
+import contextlib
+import sys
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -15,12 +18,46 @@ from torch.nn.parallel import DistributedDataParallel
 
 from softdistill.engine.distributed import DistContext
 
-__all__ = ["wrap", "unwrap"]
+__all__ = ["wrap", "unwrap", "CompileError", "compile_errors", "has_4d_weights", "COMPILE_KEYS"]
+
+#: the ``torch.compile`` keyword arguments a recipe may give (``train.compile: {backend: ..., mode: ...}``)
+COMPILE_KEYS = ("backend", "mode", "dynamic", "fullgraph", "options")
 
 
-def wrap(module: nn.Module, ctx: DistContext, *, compile: bool | dict[str, Any] = False) -> nn.Module:
-    """``module`` compiled (``compile``: True or ``torch.compile`` keyword arguments) and, in a
-    distributed run, wrapped in DDP when it has parameters to train."""
+class CompileError(RuntimeError):
+    """``torch.compile`` failed on this platform; the message names the option that turns it off."""
+
+
+@contextlib.contextmanager
+def compile_errors() -> Iterator[None]:
+    """Turn a failure of ``torch.compile`` (raised lazily, on the first call of a compiled module)
+    into one :class:`CompileError` paragraph instead of a Dynamo traceback."""
+    try:
+        yield
+    except Exception as exc:
+        dynamo = sys.modules.get("torch._dynamo.exc")
+        if dynamo is None or not isinstance(exc, dynamo.TorchDynamoException):
+            raise
+        cause = getattr(exc, "inner_exception", None) or exc  # what the backend raised, when it was the backend
+        reason = next((line.strip() for line in str(cause).splitlines() if line.strip()), "")
+        raise CompileError(f"train.compile: torch.compile failed on this platform ({type(exc).__name__}: "
+                           f"{type(cause).__name__}: {reason}). "
+                           "Set train.compile: false to train without it, or choose another backend, e.g. "
+                           "train.compile: {backend: aot_eager}.") from None
+
+
+def has_4d_weights(module: nn.Module) -> bool:
+    """Whether ``module`` has a 4-D weight (a 2-D convolution): what ``channels_last`` can speed up."""
+    return any(p.dim() == 4 for p in module.parameters())
+
+
+def wrap(module: nn.Module, ctx: DistContext, *, compile: bool | dict[str, Any] = False,
+         channels_last: bool = False) -> nn.Module:
+    """``module`` in the channels_last memory format (when asked), compiled (``compile``: True or
+    ``torch.compile`` keyword arguments) and, in a distributed run, wrapped in DDP when it has
+    parameters to train."""
+    if channels_last:
+        module = module.to(memory_format=torch.channels_last)
     if compile:
         module = torch.compile(module, **(compile if isinstance(compile, dict) else {}))
     if ctx.distributed and any(p.requires_grad for p in module.parameters()):

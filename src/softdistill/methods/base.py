@@ -45,13 +45,15 @@ class Method(nn.Module):
     ``uses_soft_labels``: the recipe must give a soft-label source (held as ``self.teacher``);
     ``mixed_views``: the method learns from mixed views (batches with ``y_b`` and ``lam``);
     ``source_needs``: capabilities the source must serve beyond soft labels of the plan's views
-    (see :mod:`softdistill.compatibility`).
+    (see :mod:`softdistill.compatibility`); ``supports_grad_accum``: a batch may be split into
+    parts whose gradients are summed (false for a method that updates parts of itself in the step).
     """
 
     Config: ClassVar[type[MethodConfig]] = MethodConfig
     uses_soft_labels: ClassVar[bool] = False
     mixed_views: ClassVar[bool] = False
     source_needs: ClassVar[frozenset[str]] = frozenset()
+    supports_grad_accum: ClassVar[bool] = True
 
     def __init__(self, config: MethodConfig, student: nn.Module, num_classes: int,
                  teacher: nn.Module | None = None, context: MethodContext | None = None) -> None:

@@ -75,6 +75,7 @@ class HardKD(Method):
 
     uses_soft_labels = True
     source_needs = frozenset({ONLINE, INPUT_GRAD})
+    supports_grad_accum = False  # the augmentor steps inside every forward
 
     class Config(MethodConfig):
         name: Literal["hard"] = "hard"

@@ -26,5 +26,6 @@ class LabelSmoothing(Method):
 
     def forward(self, batch: Batch) -> StepOutput:
         logits = self.student(batch.x)
-        targets = label_smoothing_targets(batch.y, self.num_classes, self.config.epsilon, self.config.convention)
+        targets = label_smoothing_targets(batch.y, self.num_classes, self.config.epsilon, self.config.convention,
+                                          check=False)  # the loader's labels are valid by construction
         return StepOutput(logits, {"ls_ce": soft_cross_entropy(logits, targets)})

@@ -29,18 +29,19 @@ from softdistill.types import Batch, StepOutput
 __all__ = ["SoftLabelLearning", "candidate_set_loss", "soft_label_targets"]
 
 
-def candidate_set_loss(student_logits: Tensor, candidates: Tensor, weights: Tensor | None = None) -> Tensor:
+def candidate_set_loss(student_logits: Tensor, candidates: Tensor, weights: Tensor | None = None, *,
+                       check: bool = True) -> Tensor:
     """``mean_i -log sum_{j in C_i} softmax(z_i)(j)`` for a B x K boolean candidate mask.
 
     ``weights`` (B, 0/1) leave rows out; the mean is over the kept rows (0 when none is kept).
-    A row without any candidate is an error.
+    A kept row without any candidate is an error (``check=False`` skips that test, which reads
+    the mask back from the device).
     """
     if candidates.shape != student_logits.shape or candidates.dtype != torch.bool:
         raise ValueError(f"candidates must be a boolean mask of shape {tuple(student_logits.shape)}")
     log_p = F.log_softmax(at_least_float32(student_logits), dim=1)
     keep = torch.ones(len(log_p), device=log_p.device) if weights is None else weights.to(log_p.dtype)
-    empty = ~candidates.any(dim=1) & (keep > 0)
-    if bool(empty.any()):
+    if check and bool((~candidates.any(dim=1) & (keep > 0)).any()):
         raise ValueError("candidate_set_loss: a kept row has an empty candidate set")
     per_row = -torch.logsumexp(log_p.masked_fill(~candidates, float("-inf")), dim=1)
     per_row = torch.where(keep > 0, per_row, torch.zeros_like(per_row))
@@ -84,7 +85,7 @@ class SoftLabelLearning(Method):
             candidates = torch.zeros_like(target, dtype=torch.bool).scatter_(1, top, True) & (target > 0)
         weights = supervised.float()
         if c.loss == "candidate_set":
-            loss = candidate_set_loss(logits, candidates, weights)
+            loss = candidate_set_loss(logits, candidates, weights, check=False)  # a supervised row has its top-1
         else:
             log_p = F.log_softmax(at_least_float32(logits), dim=1)
             per_row = -(target * log_p).sum(dim=1)

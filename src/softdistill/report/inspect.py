@@ -181,9 +181,9 @@ def _order_diagnostics(logits: dict[str, Tensor], labels_a: Tensor, labels_b: Te
     edges = np.linspace(0.0, 1.0, lam_bins + 1)
     which = np.clip(np.digitize(lam.numpy(), edges[1:-1]), 0, lam_bins - 1)
     for name, model_logits in logits.items():
-        row = {"order_concordance": order_concordance(model_logits, labels_a, labels_b, lam),
-               "top2_hit_either": top2_hit_rate(model_logits, labels_a, labels_b),
-               "top2_hit_both": top2_hit_rate(model_logits, labels_a, labels_b, both=True)}
+        row = {"order_concordance": float(order_concordance(model_logits, labels_a, labels_b, lam)),
+               "top2_hit_either": float(top2_hit_rate(model_logits, labels_a, labels_b)),
+               "top2_hit_both": float(top2_hit_rate(model_logits, labels_a, labels_b, both=True))}
         per_bin: dict[str, list[float | None]] = {k: [] for k in row}
         for b in range(lam_bins):
             sel = torch.from_numpy(which == b)
@@ -192,10 +192,10 @@ def _order_diagnostics(logits: dict[str, Tensor], labels_a: Tensor, labels_b: Te
                     per_bin[k].append(None)
                 continue
             args = (model_logits[sel], labels_a[sel], labels_b[sel])
-            conc = order_concordance(*args, lam[sel])
+            conc = float(order_concordance(*args, lam[sel]))
             per_bin["order_concordance"].append(None if math.isnan(conc) else conc)
-            per_bin["top2_hit_either"].append(top2_hit_rate(*args))
-            per_bin["top2_hit_both"].append(top2_hit_rate(*args, both=True))
+            per_bin["top2_hit_either"].append(float(top2_hit_rate(*args)))
+            per_bin["top2_hit_both"].append(float(top2_hit_rate(*args, both=True)))
         row["by_lam"] = per_bin
         result[name] = row
     result["lam_bin_centers"] = ((edges[:-1] + edges[1:]) / 2).tolist()

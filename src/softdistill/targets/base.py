@@ -25,8 +25,8 @@ from softdistill.data.views import ViewPlan
 from softdistill.registry import Registry
 from softdistill.types import Batch
 
-__all__ = ["SourceConfig", "SoftLabelSource", "SourceSetup", "Dependency", "register_source", "source_registry",
-           "check_origin"]
+__all__ = ["SourceConfig", "SoftLabelSource", "LookupSource", "SourceSetup", "Dependency", "register_source",
+           "source_registry", "check_origin"]
 
 
 class SourceConfig(BaseModel):
@@ -105,6 +105,46 @@ class SoftLabelSource(nn.Module):
     def report(self) -> dict[str, Any] | None:
         """What the run folder should record about the built source (e.g. measured indicators), or None."""
         return None
+
+    def verify_lookups(self, sample_ids: Tensor, views: int | None) -> None:
+        """Check, once per run, that the source has soft labels for every sample id (and view below
+        ``views``, None = unbounded) the training loader can show; nothing to check by default."""
+
+    def prepare_inference(self, *, compile: bool | dict[str, Any] = False, channels_last: bool = False,
+                          dtype: torch.dtype | None = None) -> None:
+        """Apply the run's speed options to a model the source runs on every batch (``train.compile``,
+        ``train.channels_last``, ``train.teacher_dtype``); a source that runs no model ignores them."""
+
+
+class LookupSource(SoftLabelSource):
+    """A source that stores soft labels per sample id (sorted, in the buffer ``ids``), looked up per batch.
+
+    A lookup checks that the batch's ids are stored, which reads the device, until
+    :meth:`verify_lookups` has checked every id the run's training loader can show.
+    """
+
+    ids: Tensor
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lookups_verified = False
+
+    def missing(self) -> str:
+        """The error message for a sample id (or view) without soft labels."""
+        return "a sample id of the batch has no soft label in this source"
+
+    def rows(self, sample_ids: Tensor) -> Tensor:
+        """Positions of ``sample_ids`` in ``ids``; ValueError for an id that is not stored (unless verified)."""
+        ids = sample_ids.to(self.ids.device)
+        rows = torch.searchsorted(self.ids, ids).clamp_max(len(self.ids) - 1)
+        if not self.lookups_verified and not torch.equal(self.ids[rows], ids):
+            raise ValueError(self.missing())
+        return rows
+
+    def verify_lookups(self, sample_ids: Tensor, views: int | None) -> None:
+        self.lookups_verified = False
+        self.rows(sample_ids)
+        self.lookups_verified = True
 
 
 source_registry = Registry("soft-label source", "source", "softdistill.targets")

@@ -29,7 +29,7 @@ from torch import Tensor
 from softdistill.atomic import torch_save_atomic
 from softdistill.compatibility import ANY_VIEW
 from softdistill.data.loader import TensorSet
-from softdistill.targets.base import SoftLabelSource
+from softdistill.targets.base import LookupSource
 from softdistill.types import Batch
 
 __all__ = ["SOFT_LABEL_FORMAT", "SoftLabelTable", "save_soft_labels", "load_soft_labels", "rows_for_split"]
@@ -39,7 +39,7 @@ SOFT_LABEL_FORMAT = "softdistill-soft-labels-v1"
 ROW_SUM_TOLERANCE = 1e-3
 
 
-class SoftLabelTable(SoftLabelSource):
+class SoftLabelTable(LookupSource):
     """Fixed probabilities per training sample, looked up by ``batch.sample_id``.
 
     ``probs(batch)`` returns the stored probabilities (rows of zeros, "no supervision", stay zero);
@@ -48,6 +48,7 @@ class SoftLabelTable(SoftLabelSource):
     method reads ``probs`` and leaves unsupervised rows out of its loss.  Unlike a cached teacher,
     a table is a label per sample, not a function of the image, so augmentation is allowed
     (it serves every view, but not mixed ones: their soft label is not that of either sample).
+    Lookups are checked per batch until :meth:`verify_lookups` (the runner calls it once).
     """
 
     serves = frozenset({ANY_VIEW})
@@ -65,12 +66,11 @@ class SoftLabelTable(SoftLabelSource):
         self.register_buffer("ids", ids[order])
         self.register_buffer("table", probs.detach().float()[order])
 
+    def missing(self) -> str:
+        return "a sample id of the batch has no row in the soft-label table"
+
     def probs(self, batch: Batch) -> Tensor:
-        ids = batch.sample_id.to(self.ids.device)
-        rows = torch.searchsorted(self.ids, ids).clamp_max(len(self.ids) - 1)
-        if not torch.equal(self.ids[rows], ids):
-            raise ValueError("a sample id of the batch has no row in the soft-label table")
-        return self.table[rows]
+        return self.table[self.rows(batch.sample_id)]
 
     def forward(self, batch: Batch) -> Tensor:
         return self.probs(batch).clamp_min(1e-12).log()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from pydantic import Field, model_validator
@@ -13,9 +13,11 @@ from torch import Tensor, nn
 
 from softdistill.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
 from softdistill.compatibility import ANY_VIEW, INPUT_GRAD, MIXED, ONLINE
+from softdistill.engine.distributed import DistContext
 from softdistill.engine.predict import predict
-from softdistill.targets.base import (Dependency, SoftLabelSource, SourceConfig, SourceSetup, check_origin,
-                                      register_source)
+from softdistill.engine.wrap import wrap
+from softdistill.targets.base import (Dependency, LookupSource, SoftLabelSource, SourceConfig, SourceSetup,
+                                      check_origin, register_source)
 from softdistill.types import Batch
 
 __all__ = ["TeacherConfig", "FrozenTeacher", "CachedTeacher", "load_teacher"]
@@ -62,6 +64,9 @@ class FrozenTeacher(SoftLabelSource):
 
     When the teacher was trained with a different input normalisation than the student's data
     uses, ``input_scale``/``input_shift`` (per channel) map the student's inputs to the teacher's.
+
+    :meth:`prepare_inference` compiles the model inside this wrapper, puts it in channels_last
+    and casts it to a reduced precision (its inputs too; the logits come back in float32).
     """
 
     serves = frozenset({ONLINE, INPUT_GRAD, MIXED, ANY_VIEW})
@@ -81,7 +86,18 @@ class FrozenTeacher(SoftLabelSource):
         affine = input_scale is not None
         self.register_buffer("input_scale", torch.tensor(input_scale).view(1, -1, 1, 1) if affine else None)
         self.register_buffer("input_shift", torch.tensor(input_shift).view(1, -1, 1, 1) if affine else None)
+        self.dtype: torch.dtype | None = None
         self.train(False)
+
+    def prepare_inference(self, *, compile: bool | dict[str, Any] = False, channels_last: bool = False,
+                          dtype: torch.dtype | None = None) -> None:
+        if dtype is not None and dtype != torch.float32:
+            self.model.to(dtype)
+            self.dtype = dtype
+        if channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        if compile:
+            self.model = wrap(self.model, DistContext(), compile=compile)
 
     def train(self, mode: bool = True) -> "FrozenTeacher":
         self.training = False
@@ -106,17 +122,20 @@ class FrozenTeacher(SoftLabelSource):
         """
         if self.input_scale is not None:
             x = x * self.input_scale + self.input_shift
-        return self.model(x)
+        if self.dtype is None:
+            return self.model(x)
+        return self.model(x.to(self.dtype)).float()
 
 
 @register_source
-class CachedTeacher(SoftLabelSource):
+class CachedTeacher(LookupSource):
     """Teacher logits computed once per (sample, view) of the plan and looked up by ``(batch.sample_id, batch.view)``.
 
     A plan that does not augment has one view per sample, the clean image; an augmenting plan
     needs a fixed number of views (``data.views: V``), each labelled once, in V passes of the
     teacher over the training split (a soft label belongs to its view).
-    Mixed views are not cached (they need a store or the teacher online).
+    Mixed views are not cached (they need a store or the teacher online).  Lookups are checked
+    per batch until :meth:`verify_lookups` (the runner calls it once).
     """
 
     serves: frozenset[str] = frozenset()
@@ -149,15 +168,22 @@ class CachedTeacher(SoftLabelSource):
     def views(self) -> int:
         return self.logits.shape[1]
 
+    def missing(self) -> str:
+        return f"a sample id or view of the batch is not in the cache ({len(self.ids)} samples x {self.views} views)"
+
+    def verify_lookups(self, sample_ids: Tensor, views: int | None) -> None:
+        if views is None or views > self.views:
+            raise ValueError(f"{self.missing()}: the training plan shows {views or 'unbounded'} views")
+        super().verify_lookups(sample_ids, views)
+
     def forward(self, batch: Batch) -> Tensor:
         if batch.is_mixed:
             raise ValueError("a cached teacher knows the views of single samples, not mixed ones")
-        ids = batch.sample_id.to(self.ids.device)
-        rows = torch.searchsorted(self.ids, ids).clamp_max(len(self.ids) - 1)
-        if not torch.equal(self.ids[rows], ids) or bool((batch.view >= self.views).any()):
-            raise ValueError(f"a sample id or view of the batch is not in the cache ({len(self.ids)} samples x "
-                             f"{self.views} views)")
-        return self.logits[rows, batch.view.to(self.ids.device)]
+        rows = self.rows(batch.sample_id)
+        view = batch.view.to(self.ids.device)
+        if not self.lookups_verified and bool((view >= self.views).any()):
+            raise ValueError(self.missing())
+        return self.logits[rows, view]
 
 
 def load_teacher(path: str | os.PathLike, num_classes: int, in_channels: int,

@@ -9,6 +9,7 @@ import warnings
 
 import pytest
 import torch
+import yaml
 
 from softdistill.checkpoint import load_checkpoint
 from softdistill.cli import main
@@ -16,11 +17,13 @@ from softdistill.config import ConfigError
 from softdistill.data.loader import BatchLoader, BatchTransform, TensorSet
 from softdistill.engine import LRSchedule
 from softdistill.engine.trainer import NonFiniteLossError, Trainer
+from softdistill.experiments import threads_per_job, usable_cores
 from softdistill.runner import run_recipe
 from softdistill.isotonic import isotonic_logits
 from softdistill.metrics import order_concordance, top2_hit_rate
 from softdistill.targets import CachedTeacher, load_teacher
 from softdistill.types import Batch, StepOutput
+from test_cli import write_recipe
 from test_training import assert_same_weights, make_recipe as training_recipe, weights
 
 # What reads a device value back on the host (and so waits for the device) when called on a tensor.
@@ -296,3 +299,29 @@ def test_cache_lookups_are_checked_per_batch_until_verified_once_for_the_run():
         cache.verify_lookups(torch.tensor([1, 2, 3]), 3)
     cache.verify_lookups(torch.tensor([1, 2, 3]), 2)
     torch.testing.assert_close(cache(batch([2, 3], view=1)), cache.logits[[1, 2], 1])
+
+
+# ------------------------------------------------------------------------------- runs side by side
+
+@pytest.mark.skipif(usable_cores() < 2, reason="parallel runs need two cores")
+def test_parallel_runs_equal_sequential_runs_under_the_same_thread_count(tmp_path):
+    recipes = [str(write_recipe(tmp_path, name="base")),
+               str(write_recipe(tmp_path, name="smooth", method={"name": "ls"}, student="cnn-small"))]
+    one_by_one = ["compare", *recipes, "--seeds", "2", "--quiet", "-o", "train.threads=1"]
+    assert main([*one_by_one, "--output", str(tmp_path / "sequential")]) == 0
+    assert main(["compare", *recipes, "--seeds", "2", "--quiet", "--jobs", "2", "--output", str(tmp_path / "parallel")]) == 0
+    for name in ("base", "smooth"):
+        for seed in (0, 1):
+            run = f"{name}/seed{seed}"
+            assert_same_weights(weights(tmp_path / "sequential" / run), weights(tmp_path / "parallel" / run), rtol=0, atol=0)
+            assert yaml.safe_load((tmp_path / "parallel" / run / "config.yaml").read_text())["train"]["threads"] == 1
+
+
+def test_more_jobs_than_cores_is_refused_before_anything_runs(tmp_path, capsys):
+    recipe = write_recipe(tmp_path, name="base")
+    jobs = usable_cores() + 1
+    assert main(["compare", str(recipe), "--jobs", str(jobs), "--output", str(tmp_path / "out")]) == 2
+    assert (f"--jobs {jobs} is more than the {jobs - 1} CPU core(s) this process may use: the runs would compete for "
+            f"cores and each would wait on the others; use --jobs {jobs - 1} or fewer") in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+    assert threads_per_job(1) == usable_cores()

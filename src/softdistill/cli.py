@@ -95,6 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("--output", default="runs/compare", help="output folder (default runs/compare)")
     cmp.add_argument("--baseline", help="recipe name gains are measured against (default: first 'ce' recipe)")
     cmp.add_argument("--report", help="report folder (default OUTPUT/report)")
+    cmp.add_argument("--jobs", type=int, default=1,
+                     help="runs side by side, each in its own process with its share of the CPU cores as threads "
+                          "(default 1: one after the other; at most the number of cores)")
     cmp.add_argument("--quiet", action="store_true", help="no progress bars or per-run lines")
 
     qs = sub.add_parser("quickstart", help="a teacher, then a student per method on Fashion-MNIST, over seeds",
@@ -107,6 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     qs.add_argument("--seeds", type=int, default=3, help="number of seeds, 0..N-1 (default 3)")
     qs.add_argument("--output", help="output folder (default runs/quickstart or runs/tiny)")
     qs.add_argument("-o", "--override", action="append", default=[], metavar="KEY=VALUE", help=OVERRIDE_HELP)
+    qs.add_argument("--jobs", type=int, help="runs side by side (default: one per CPU core, one thread each)")
     qs.add_argument("--quiet", action="store_true", help="no progress bars or per-run lines")
 
     ins = sub.add_parser("inspect", help="report on the quality of a teacher's soft labels",
@@ -225,7 +229,8 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     from softdistill.experiments import compare
 
     _print_result(compare(args.recipes, seeds=args.seeds, epochs=args.epochs, overrides=args.override,
-                          output_dir=args.output, baseline=args.baseline, quiet=args.quiet, report_dir=args.report))
+                          output_dir=args.output, baseline=args.baseline, quiet=args.quiet, report_dir=args.report,
+                          jobs=args.jobs))
     return 0
 
 
@@ -233,7 +238,7 @@ def _cmd_quickstart(args: argparse.Namespace) -> int:
     from softdistill.experiments import quickstart
 
     _print_result(quickstart(tiny=args.tiny, seeds=args.seeds, output_dir=args.output, overrides=args.override,
-                             quiet=args.quiet))
+                             quiet=args.quiet, jobs=args.jobs))
     return 0
 
 

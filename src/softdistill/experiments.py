@@ -1,14 +1,23 @@
-"""Experiments made of many runs: ``compare`` (recipes x seeds -> one table) and the quickstart."""
+"""Experiments made of many runs: ``compare`` (recipes x seeds -> one table) and the quickstart.
+
+Runs are independent, so ``jobs`` of them may run side by side, each in its own process with its
+share of the CPU cores as threads (``cores // jobs``).  A run computes the same in parallel as
+alone under the same thread count: each process seeds and threads itself.
+"""
 
 from __future__ import annotations
 
 import json
 import math
+import multiprocessing
+import os
 import time
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 from tqdm.auto import tqdm
 
@@ -25,7 +34,8 @@ from softdistill.report.tables import RecipeResult, TeacherResult, format_teache
 from softdistill.runner import resolve_dependencies, run_recipe
 from softdistill.runs import check_same_recipe, run_dir_state
 
-__all__ = ["CompareResult", "compare", "write_report", "packaged_recipes", "quickstart"]
+__all__ = ["CompareResult", "compare", "write_report", "packaged_recipes", "quickstart", "usable_cores",
+           "threads_per_job"]
 
 
 @dataclass
@@ -42,15 +52,68 @@ def _resolve(paths: Sequence[str | Path], seed: int, output_dir: Path, overrides
     return [load_recipe(p, list(overrides) + extra) for p in paths]
 
 
+def usable_cores() -> int:
+    """The CPU cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def threads_per_job(jobs: int) -> int:
+    """Each of ``jobs`` parallel runs' share of the usable cores; ValueError when there are more jobs than cores."""
+    cores = usable_cores()
+    if jobs < 1:
+        raise ValueError(f"--jobs must be at least 1, got {jobs}")
+    if jobs > cores:
+        raise ValueError(f"--jobs {jobs} is more than the {cores} CPU core(s) this process may use: the runs would "
+                         f"compete for cores and each would wait on the others; use --jobs {cores} or fewer")
+    return cores // jobs
+
+
+def _run_job(raw: dict[str, Any], source: str | None, resume: bool) -> dict[str, Any]:
+    """One run of a parallel compare, in its own process (the recipe travels as plain data)."""
+    return run_recipe(Recipe.from_dict(raw, source), resume=resume, quiet=True)
+
+
+def _run_all(runs: list[tuple[Recipe, bool]], jobs: int, bar: tqdm, quiet: bool) -> None:
+    """Run ``(recipe, resume)`` pairs, ``jobs`` at a time, reporting each as it finishes."""
+    def finished(recipe: Recipe, summary: dict[str, Any]) -> None:
+        bar.update(1)
+        if not quiet:
+            bar.write(f"{recipe.name} seed {recipe.seed}: test accuracy {summary['test_acc_last']:.2f}% last, "
+                      f"{summary['test_acc_best']:.2f}% best, {summary['test_acc_selected']:.2f}% at best "
+                      f"{summary['selection']} ({summary['seconds']:.1f}s)")
+
+    if jobs == 1:
+        for recipe, resume in runs:
+            bar.set_postfix_str(f"{recipe.name} seed {recipe.seed}" + (" (resuming)" if resume else ""))
+            finished(recipe, run_recipe(recipe, resume=resume, quiet=True))
+        return
+    threads = threads_per_job(jobs)
+    pool = ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"))
+    try:
+        futures = {}
+        for recipe, resume in runs:
+            raw = recipe.to_dict()
+            raw["train"]["threads"] = threads
+            futures[pool.submit(_run_job, raw, recipe.source, resume)] = recipe
+        bar.set_postfix_str(f"{jobs} runs at a time, {threads} thread(s) each")
+        for future in as_completed(futures):
+            finished(futures[future], future.result())
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
 def compare(recipe_paths: Sequence[str | Path], *, seeds: int | Sequence[int] = 3, epochs: int | None = None,
             overrides: Sequence[str] = (), output_dir: str | Path = "runs/compare", baseline: str | None = None,
-            quiet: bool = False, title: str = "softdistill compare", report_dir: str | Path | None = None) -> CompareResult:
+            quiet: bool = False, title: str = "softdistill compare", report_dir: str | Path | None = None,
+            jobs: int = 1) -> CompareResult:
     """Run every recipe for every seed into ``output_dir/NAME/seedS``, then write the report.
 
     Finished runs are skipped and interrupted ones resumed, so an interrupted compare can simply be
     started again.  The baseline defaults to the first recipe whose method is ``ce``.  The report
-    goes to ``report_dir`` (default ``output_dir/report``).
+    goes to ``report_dir`` (default ``output_dir/report``).  ``jobs`` runs at a time, each in its
+    own process with ``usable_cores() // jobs`` threads (1: one after the other, in this process).
     """
+    threads_per_job(jobs)  # more jobs than cores: refused before anything runs
     start = time.perf_counter()
     output_dir = Path(output_dir)
     seed_list = list(range(seeds)) if isinstance(seeds, int) else list(seeds)
@@ -69,22 +132,19 @@ def compare(recipe_paths: Sequence[str | Path], *, seeds: int | Sequence[int] = 
         for dependency, path in zip(recipe.dependencies(), resolve_dependencies(recipe, quiet=quiet)):
             if dependency.kind == "model" and dependency.field.startswith("soft_labels."):
                 teachers[recipe.name] = path
-    jobs = [recipe for seed in seed_list for recipe in recipes_by_seed[seed]]
-    bar = tqdm(jobs, desc="compare", unit="run", disable=quiet, dynamic_ncols=True)
-    for recipe in bar:
+    runs = []
+    bar = tqdm(total=len(seed_list) * len(names), desc="compare", unit="run", disable=quiet, dynamic_ncols=True)
+    for recipe in (recipe for seed in seed_list for recipe in recipes_by_seed[seed]):
         state = run_dir_state(recipe.run_dir)
         check_same_recipe(recipe)
-        label = f"{recipe.name} seed {recipe.seed}"
         if state == "finished":
+            bar.update(1)
             if not quiet:
-                bar.write(f"{label}: finished earlier, skipped")
+                bar.write(f"{recipe.name} seed {recipe.seed}: finished earlier, skipped")
             continue
-        bar.set_postfix_str(label + (" (resuming)" if state == "partial" else ""))
-        summary = run_recipe(recipe, resume=(state == "partial"), quiet=True)
-        if not quiet:
-            bar.write(f"{label}: test accuracy {summary['test_acc_last']:.2f}% last, {summary['test_acc_best']:.2f}% "
-                      f"best, {summary['test_acc_selected']:.2f}% at best {summary['selection']} "
-                      f"({summary['seconds']:.1f}s)")
+        runs.append((recipe, state == "partial"))
+    _run_all(runs, jobs, bar, quiet)
+    bar.close()
     return write_report(output_dir, names, baseline, title=title, seconds=time.perf_counter() - start,
                         report_dir=report_dir, teachers=teachers)
 
@@ -209,10 +269,13 @@ QUICKSTART_ORDER = ("baseline", "ls", "kd", "tfkd-self", "tfkd-reg", "tfkd-reg-r
 
 
 def quickstart(*, tiny: bool = False, seeds: int = 3, output_dir: str | Path | None = None,
-               overrides: Sequence[str] = (), quiet: bool = False) -> CompareResult:
+               overrides: Sequence[str] = (), quiet: bool = False, jobs: int | None = None) -> CompareResult:
     """Teacher once, then every quickstart recipe over ``seeds`` seeds, then the report.
 
-    Fashion-MNIST by default; ``tiny`` runs the digits version in well under a minute.
+    Fashion-MNIST by default; ``tiny`` runs the digits version in well under a minute.  The
+    students are small models, which gain little from several threads and stall when a busy
+    machine cannot give them all at once: by default one run per core, one thread each
+    (``jobs``: runs at a time).
     """
     group = "tiny" if tiny else "quickstart"
     folder = packaged_recipes(group)
@@ -224,4 +287,5 @@ def quickstart(*, tiny: bool = False, seeds: int = 3, output_dir: str | Path | N
     # Evaluating 15,000 validation and test images costs an MLP more than training on 3,000:
     # every second epoch is enough for the curves.
     overrides = ["train.eval_every=2", *overrides]
-    return compare(paths, seeds=seeds, overrides=overrides, output_dir=output_dir, quiet=quiet, title=title)
+    return compare(paths, seeds=seeds, overrides=overrides, output_dir=output_dir, quiet=quiet, title=title,
+                   jobs=jobs or usable_cores())

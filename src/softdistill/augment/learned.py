@@ -60,7 +60,7 @@ class Augmentor(nn.Module):
 
     def draw_noise(self, n: int, device: torch.device, generator: torch.Generator | None = None) -> Tensor:
         """Standard normal noise (n, noise_dim) from ``generator`` (default: PyTorch's global one)."""
-        return torch.randn(n, self.noise_dim, generator=generator).to(device)
+        return torch.randn(n, self.noise_dim, generator=generator).to(device, non_blocking=True)
 
     def encode(self, x: Tensor) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -122,8 +122,8 @@ def affine_matrices(translate: Tensor, rotate: Tensor, scale: Tensor, shear: Ten
     rotation = torch.stack([torch.stack([cos, sin], -1), torch.stack([-sin, cos], -1)], -2)  # y points down
     shearing = torch.stack([torch.stack([one, shear], -1), torch.stack([zero, one], -1)], -2)
     forward = rotation @ shearing * scale.view(-1, 1, 1)
-    inverse = torch.linalg.inv(forward)
-    half = torch.tensor([width / 2, height / 2], dtype=inverse.dtype, device=inverse.device)
+    inverse = torch.linalg.inv_ex(forward).inverse  # det = scale^2 > 0; inv_ex skips the check that waits for the device
+    half = torch.tensor([width / 2, height / 2], dtype=inverse.dtype).to(inverse.device, non_blocking=True)
     linear = inverse * half.view(1, 1, 2) / half.view(1, 2, 1)  # D^-1 M^-1 D
     offset = -(inverse @ translate.unsqueeze(-1)).squeeze(-1) / half
     return torch.cat([linear, offset.unsqueeze(-1)], dim=-1)

@@ -198,7 +198,8 @@ class HardKD(Method):
         metrics: dict[str, Tensor] = {}
         inputs, augmented_teacher = x, None
         if self.active:
-            chosen = torch.randperm(len(batch))[:max(1, round(c.augmented_share * len(batch)))].to(x.device)
+            chosen = torch.randperm(len(batch))[:max(1, round(c.augmented_share * len(batch)))]
+            chosen = chosen.to(x.device, non_blocking=True)
             metrics.update(self._augmentor_steps(x[chosen], y[chosen]))
             with torch.no_grad():
                 augmented = self.augmentor(x[chosen], strength=self._draw_strength(len(chosen), x.device))
@@ -250,7 +251,7 @@ class HardKD(Method):
         return first
 
     def _draw_strength(self, n: int, device: torch.device) -> Tensor | None:
-        return torch.rand(n).to(device) if self.config.strength == "random" else None
+        return torch.rand(n).to(device, non_blocking=True) if self.config.strength == "random" else None
 
     def _scaler(self, device_type: str) -> torch.amp.GradScaler:
         """A loss scaler for the augmentor's own steps, active only under float16 autocast."""

@@ -10,6 +10,8 @@ from softdistill.losses import at_least_float32, wsl_weights
 
 __all__ = ["regularization_stats"]
 
+QUARTILES = torch.tensor([0.25, 0.5, 0.75])
+
 
 @torch.no_grad()
 def regularization_stats(student_logits: Tensor, teacher_logits: Tensor, labels: Tensor) -> dict[str, Tensor]:
@@ -24,5 +26,5 @@ def regularization_stats(student_logits: Tensor, teacher_logits: Tensor, labels:
     ce_s = F.cross_entropy(at_least_float32(student_logits), labels, reduction="none")
     ce_t = F.cross_entropy(at_least_float32(teacher_logits), labels, reduction="none")
     w = wsl_weights(student_logits, teacher_logits, labels)
-    q1, median, q3 = torch.quantile(w, torch.tensor([0.25, 0.5, 0.75], device=w.device, dtype=w.dtype))
+    q1, median, q3 = torch.quantile(w, QUARTILES.to(w.device, w.dtype, non_blocking=True))
     return {"reg_share": (ce_t > ce_s).float().mean(), "w_mean": w.mean(), "w_q1": q1, "w_median": median, "w_q3": q3}

@@ -40,7 +40,7 @@ from softdistill.targets.store import DATA_IDENTITY
 from softdistill.types import Batch, InputSpec, MethodContext
 from softdistill.vae_training import VAETask
 
-__all__ = ["run_recipe", "label_store", "load_data", "resolve_dependencies", "product_of"]
+__all__ = ["run_recipe", "build_trainer", "label_store", "load_data", "resolve_dependencies", "product_of"]
 
 
 def load_data(recipe: RunRecipe) -> DataBundle:
@@ -114,8 +114,8 @@ def _teacher_dtype(recipe: Recipe, ctx: DistContext) -> torch.dtype | None:
     return TEACHER_DTYPES[recipe.train.teacher_dtype]
 
 
-def _classifier_parts(recipe: Recipe, ctx: DistContext, quiet: bool) -> dict[str, Any]:
-    data = load_data(recipe)
+def _classifier_parts(recipe: Recipe, ctx: DistContext, quiet: bool, data: DataBundle | None) -> dict[str, Any]:
+    data = data or load_data(recipe)
     transform = BatchTransform(data.mean, data.std)
     train, evals, finals = _loaders(recipe, data, ctx, transform, recipe.view_plan)
     source = _source(recipe, data, ctx, train, quiet)
@@ -224,11 +224,13 @@ def label_store(recipe: LabelRecipe, *, quiet: bool = False) -> dict[str, Any] |
                        shard_samples=recipe.shard_samples, batch_size=batch_size, ctx=ctx, quiet=quiet)
 
 
-def run_recipe(recipe: RunRecipe, *, resume: bool = False, quiet: bool = False) -> dict[str, Any] | None:
-    """Train what the recipe describes into ``recipe.run_dir`` (a label recipe: label its store,
-    which always continues where it stopped); return the run summary."""
-    if isinstance(recipe, LabelRecipe):
-        return label_store(recipe, quiet=quiet)
+def build_trainer(recipe: RunRecipe, *, quiet: bool = False, data: DataBundle | None = None
+                  ) -> tuple[Trainer, dict[str, Any]]:
+    """The trainer of the recipe's run (its dependencies made first) and the parts it was built from.
+
+    ``data`` replaces the splits the recipe's data section names (e.g. data a benchmark generates);
+    the section's batch sizes and views still apply.
+    """
     is_vae = isinstance(recipe, VAERecipe)
     ctx = init_distributed(recipe.train.device) if not is_vae else DistContext(device=resolve_device(recipe.train.device))
     if recipe.train.threads:
@@ -236,16 +238,27 @@ def run_recipe(recipe: RunRecipe, *, resume: bool = False, quiet: bool = False) 
     if recipe.train.cudnn_benchmark and ctx.device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     resolve_dependencies(recipe, quiet)  # teachers and VAEs first, each with its own output
-    parts = _vae_parts(recipe, ctx) if is_vae else _classifier_parts(recipe, ctx, quiet)
-    run_dir = recipe.run_dir
-    trainer = Trainer(parts["method"], parts["optimizer"], parts["schedule"], parts["train"], parts["evals"], run_dir,
-                      epochs=recipe.epochs, seed=recipe.seed, checkpoint_meta=parts["meta"], ctx=ctx,
+    if is_vae and data is not None:
+        raise ValueError("build_trainer: a VAE recipe reads its own data")
+    parts = _vae_parts(recipe, ctx) if is_vae else _classifier_parts(recipe, ctx, quiet, data)
+    trainer = Trainer(parts["method"], parts["optimizer"], parts["schedule"], parts["train"], parts["evals"],
+                      recipe.run_dir, epochs=recipe.epochs, seed=recipe.seed, checkpoint_meta=parts["meta"], ctx=ctx,
                       amp=recipe.train.amp, keep_epochs=recipe.train.keep_epochs, quiet=quiet,
                       config_check=lambda saved: recipe_differences(saved, recipe),
                       eval_every=recipe.train.eval_every, final_loaders=parts["finals"],
                       checkpoint_every=recipe.train.checkpoint_every,
                       grad_accum=recipe.train.grad_accum, clip_grad=recipe.train.clip_grad,
                       log_every=recipe.train.log_every)
+    return trainer, parts
+
+
+def run_recipe(recipe: RunRecipe, *, resume: bool = False, quiet: bool = False) -> dict[str, Any] | None:
+    """Train what the recipe describes into ``recipe.run_dir`` (a label recipe: label its store,
+    which always continues where it stopped); return the run summary."""
+    if isinstance(recipe, LabelRecipe):
+        return label_store(recipe, quiet=quiet)
+    trainer, parts = build_trainer(recipe, quiet=quiet)
+    ctx, run_dir = trainer.ctx, recipe.run_dir
     if ctx.is_main and run_dir_state(run_dir) == "new":
         write_text_atomic(run_dir / "config.yaml", yaml.safe_dump(recipe.to_dict(), sort_keys=False))
     if ctx.is_main and parts["report"] is not None:

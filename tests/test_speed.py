@@ -13,7 +13,7 @@ import yaml
 
 from softdistill.checkpoint import load_checkpoint
 from softdistill.cli import main
-from softdistill.config import ConfigError
+from softdistill.config import ConfigError, VAERecipe
 from softdistill.data.loader import BatchLoader, BatchTransform, TensorSet
 from softdistill.engine import LRSchedule
 from softdistill.engine.trainer import NonFiniteLossError, Trainer
@@ -156,8 +156,9 @@ def toy_trainer(tmp_path, method, *, samples=12, batch_size=4, epochs=1, lr=0.1,
 
 def test_non_finite_loss_names_the_first_bad_step_and_term_and_keeps_the_last_good_checkpoint(tmp_path):
     trainer = toy_trainer(tmp_path, ToyMethod(bad_epoch=2, bad_step=2), epochs=3, log_every=0)
-    with pytest.raises(NonFiniteLossError, match=r"non-finite loss at epoch 2, step 2: term bad \(bad=nan, good=0\). The student.s outputs are finite"
-                                                 r".*keeps its last good checkpoint \(epoch 1\)"):
+    with pytest.raises(NonFiniteLossError, match=r"non-finite loss at epoch 2, step 2: term bad \(bad=nan, good=0\)\. "
+                                                 r"The run folder keeps its last good checkpoint \(epoch 1\)\. "
+                                                 r"The student's outputs are finite"):
         trainer.fit()
     assert load_checkpoint(tmp_path / "run" / "last.pt")["epoch"] == 1
 
@@ -245,6 +246,8 @@ def test_speed_options_refused_where_they_cannot_apply(tmp_path, teacher_checkpo
                     soft_labels={"source": "teacher", "checkpoint": teacher_checkpoint})
     with pytest.raises(ConfigError, match=r"unknown torch.compile keyword\(s\) \['mood'\]"):
         make_recipe(tmp_path, train={"compile": {"mood": "fast"}})
+    with pytest.raises(ConfigError, match="train.compile, train.channels_last: not used by train-vae"):
+        VAERecipe.from_dict({"name": "v", "epochs": 1, "train": {"compile": True, "channels_last": True}})
     online = make_recipe(tmp_path, train={"device": "cpu", "teacher_dtype": "float16"}, method={"name": "kd"},
                          soft_labels={"source": "teacher", "checkpoint": teacher_checkpoint})
     with pytest.raises(ValueError, match="train.teacher_dtype: float16 needs a CUDA device; on the CPU use bfloat16"):

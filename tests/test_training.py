@@ -290,14 +290,14 @@ def _rank_that_dies_worker(rank, port, tmp):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2", RANK=str(rank),
                       LOCAL_RANK=str(rank), SOFTDISTILL_DIST_TIMEOUT="20")
     torch.set_num_threads(1)
-    original = Trainer._train_epoch
+    original = Trainer.train_epoch
 
     def train_epoch(self):
         if rank == 1 and self.epoch == 2:
             os._exit(1)
         return original(self)
 
-    Trainer._train_epoch = train_epoch
+    Trainer.train_epoch = train_epoch
     err = io.StringIO()
     with contextlib.redirect_stderr(err):
         code = main(["train", str(tmp / "syn.yaml"), "--quiet"])

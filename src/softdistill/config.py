@@ -365,9 +365,13 @@ class VAERecipe(RunRecipe):
     @model_validator(mode="after")
     def _used_train_keys(self) -> "VAERecipe":
         t = self.train
-        if t.amp != "off" or t.keep_epochs or t.compile or t.channels_last or t.teacher_dtype != "float32":
-            raise ValueError("train.amp, keep_epochs, compile, channels_last and teacher_dtype are not used by train-vae "
+        if t.amp != "off" or t.keep_epochs:
+            raise ValueError("train.amp and train.keep_epochs are not used by train-vae "
                              "(it trains in float32 and keeps last.pt and vae.pt)")
+        unused = [key for key, value in (("compile", t.compile), ("channels_last", t.channels_last),
+                                         ("teacher_dtype", t.teacher_dtype != "float32")) if value]
+        if unused:
+            raise ValueError(f"train.{', train.'.join(unused)}: not used by train-vae (a small VAE, no teacher)")
         if self.data.augment.mix != "none":
             raise ValueError("data.augment.mix is not used by train-vae (a VAE learns single images)")
         if self.data.loader != "memory":

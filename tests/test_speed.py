@@ -13,7 +13,7 @@ import yaml
 
 from softdistill.checkpoint import load_checkpoint
 from softdistill.cli import main
-from softdistill.config import ConfigError, VAERecipe
+from softdistill.config import ConfigError, LabelRecipe, VAERecipe
 from softdistill.data.loader import BatchLoader, BatchTransform, TensorSet
 from softdistill.engine import LRSchedule
 from softdistill.engine.trainer import NonFiniteLossError, Trainer
@@ -248,6 +248,10 @@ def test_speed_options_refused_where_they_cannot_apply(tmp_path, teacher_checkpo
         make_recipe(tmp_path, train={"compile": {"mood": "fast"}})
     with pytest.raises(ConfigError, match="train.compile, train.channels_last: not used by train-vae"):
         VAERecipe.from_dict({"name": "v", "epochs": 1, "train": {"compile": True, "channels_last": True}})
+    with pytest.raises(ConfigError, match="train.compile, train.grad_accum: training options, not used by a label recipe"):
+        LabelRecipe.from_dict({"name": "s", "data": {"name": "synthetic", "batch_size": 50},
+                               "soft_labels": {"source": "teacher", "checkpoint": teacher_checkpoint},
+                               "train": {"compile": True, "grad_accum": 2}})
     online = make_recipe(tmp_path, train={"device": "cpu", "teacher_dtype": "float16"}, method={"name": "kd"},
                          soft_labels={"source": "teacher", "checkpoint": teacher_checkpoint})
     with pytest.raises(ValueError, match="train.teacher_dtype: float16 needs a CUDA device; on the CPU use bfloat16"):

@@ -332,3 +332,12 @@ def test_more_jobs_than_cores_is_refused_before_anything_runs(tmp_path, capsys):
             f"cores and each would wait on the others; use --jobs {jobs - 1} or fewer") in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
     assert threads_per_job(1) == usable_cores()
+
+
+def test_a_mid_epoch_checkpoint_is_never_written_after_a_non_finite_step(tmp_path):
+    trainer = toy_trainer(tmp_path, ToyMethod(bad_epoch=2, bad_step=3), samples=24, epochs=2, log_every=0,
+                          checkpoint_every=2)  # 6 steps an epoch: checkpoints after steps 2 and 4 of epoch 2
+    with pytest.raises(NonFiniteLossError, match=r"at epoch 2, step 3: term bad .* last good checkpoint "
+                                                 r"\(step 2 of epoch 2\)"):
+        trainer.fit()
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["step"]["step"] == 2

@@ -304,14 +304,13 @@ class Trainer:
                 watch.raise_if_bad(epoch, ctx, self.kept)  # never write weights a non-finite step has touched
                 self._save_step(step + 1)
         bar.close()
-        train_seconds = time.perf_counter() - start
         sums = self._sums
         names = list(sums)
         packed = torch.stack([sums[k] for k in names] + [self._correct, self._seen])
         all_reduce_sum(packed, ctx)
         values = packed.tolist()
         total = max(values[-1], 1.0)
-        record: dict[str, Any] = {"epoch": epoch, "lr": lr, "_start": start, "train_seconds": train_seconds}
+        record: dict[str, Any] = {"epoch": epoch, "lr": lr, "_start": start}
         record.update({f"train/{k}": values[i] / total for i, k in enumerate(names)})
         if self._with_logits:
             record["train/acc"] = 100.0 * values[-2] / total

@@ -17,6 +17,19 @@ __all__ = ["main", "build_parser"]
 OVERRIDE_HELP = "override a recipe value with a dotted key, e.g. -o optim.lr=0.05 -o method.temperature=8 (repeatable)"
 
 
+def _recipe_arguments(parser: argparse.ArgumentParser, recipe_help: str, *, override_help: str = OVERRIDE_HELP,
+                      seed_help: str = "shortcut for -o seed=N", resume: bool = True,
+                      quiet_help: str = "no progress bars or per-epoch lines") -> None:
+    """The arguments of a command that runs one recipe: RECIPE, -o, --seed, [--resume,] --quiet."""
+    parser.add_argument("recipe", help=recipe_help)
+    parser.add_argument("-o", "--override", action="append", default=[], metavar="KEY=VALUE", help=override_help)
+    parser.add_argument("--seed", type=int, help=seed_help)
+    if resume:
+        parser.add_argument("--resume", action="store_true",
+                            help="continue the run in its folder from last.pt; the result equals an uninterrupted run")
+    parser.add_argument("--quiet", action="store_true", help=quiet_help)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="softdistill",
@@ -29,34 +42,23 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="train a teacher or distil a student from a recipe",
                            description="Train what RECIPE describes into OUTPUT_DIR/NAME/seedSEED (default runs/...). "
                                        "Run under torchrun for several processes (DDP).")
-    train.add_argument("recipe", help="path of a YAML recipe")
-    train.add_argument("-o", "--override", action="append", default=[], metavar="KEY=VALUE", help=OVERRIDE_HELP)
-    train.add_argument("--seed", type=int, help="shortcut for -o seed=N")
-    train.add_argument("--resume", action="store_true",
-                       help="continue the run in its folder from last.pt; the result equals an uninterrupted run")
-    train.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
+    _recipe_arguments(train, "path of a YAML recipe")
 
     vae = sub.add_parser("train-vae", help="train the VAE image generator of learned augmentation (HARD)",
                          description="Train the convolutional VAE that RECIPE describes into OUTPUT_DIR/NAME/seedSEED: "
                                      "vae.pt (the frozen generator), last.pt, metrics.jsonl, reconstructions.png, "
                                      "summary.json.")
-    vae.add_argument("recipe", help="path of a YAML VAE recipe, e.g. recipes/hard/vae.yaml")
-    vae.add_argument("-o", "--override", action="append", default=[], metavar="KEY=VALUE",
-                     help="override a recipe value with a dotted key, e.g. -o beta=0.5 -o epochs=20 (repeatable)")
-    vae.add_argument("--seed", type=int, help="shortcut for -o seed=N")
-    vae.add_argument("--resume", action="store_true",
-                     help="continue the run in its folder from last.pt; the result equals an uninterrupted run")
-    vae.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
+    _recipe_arguments(vae, "path of a YAML VAE recipe, e.g. recipes/hard/vae.yaml",
+                      override_help="override a recipe value with a dotted key, e.g. -o beta=0.5 -o epochs=20 "
+                                    "(repeatable)")
 
     lab = sub.add_parser("label", help="label a store: a teacher's soft labels of every view, written once",
                          description="Write the store RECIPE describes into OUTPUT_DIR/NAME/seedSEED: the soft labels "
                                      "of every (sample, view) of its view plan, in memory-mapped shards with a "
                                      "manifest (docs/store.md). An interrupted run continues where it stopped. Run "
                                      "under torchrun to label disjoint shards per process.")
-    lab.add_argument("recipe", help="path of a YAML label recipe")
-    lab.add_argument("-o", "--override", action="append", default=[], metavar="KEY=VALUE", help=OVERRIDE_HELP)
-    lab.add_argument("--seed", type=int, help="shortcut for -o seed=N (the view seed unless data.view_seed is set)")
-    lab.add_argument("--quiet", action="store_true", help="no progress bar")
+    _recipe_arguments(lab, "path of a YAML label recipe", resume=False, quiet_help="no progress bar",
+                      seed_help="shortcut for -o seed=N (the view seed unless data.view_seed is set)")
 
     st = sub.add_parser("store", help="check a store", description="Commands on a store folder.")
     st_sub = st.add_subparsers(dest="store_command", required=True, metavar="STORE_COMMAND")

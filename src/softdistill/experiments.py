@@ -129,7 +129,7 @@ def compare(recipe_paths: Sequence[str | Path], *, seeds: int | Sequence[int] = 
         raise ValueError(f"baseline {baseline!r} is not among the recipes {names}")
     teachers = {}  # recipe name -> the teacher checkpoint its soft labels come from
     for recipe in recipes_by_seed[seed_list[0]]:  # teachers (and VAEs) first, with their own progress output
-        for dependency, path in zip(recipe.dependencies(), resolve_dependencies(recipe, quiet=quiet)):
+        for dependency, path in resolve_dependencies(recipe, quiet=quiet).items():
             if dependency.kind == "model" and dependency.field.startswith("soft_labels."):
                 teachers[recipe.name] = path
     runs = []

@@ -53,9 +53,9 @@ def product_of(recipe: RunRecipe, dependency: Dependency, quiet: bool = False) -
     return resolve_product(recipe, dependency, run_recipe, quiet=quiet)
 
 
-def resolve_dependencies(recipe: RunRecipe, quiet: bool = False) -> list[Path]:
-    """Make (or find) every product ``recipe`` depends on; returns their paths."""
-    return [product_of(recipe, dependency, quiet) for dependency in recipe.dependencies()]
+def resolve_dependencies(recipe: RunRecipe, quiet: bool = False) -> dict[Dependency, Path]:
+    """Make (or find) every product ``recipe`` depends on, once; returns each dependency's file."""
+    return {dependency: product_of(recipe, dependency, quiet) for dependency in recipe.dependencies()}
 
 
 def _loader(split: TensorSet | FileSet, batch_size: int, transform: BatchTransform, recipe: RunRecipe,
@@ -84,13 +84,13 @@ def _loaders(recipe: RunRecipe, data: DataBundle, ctx: DistContext, transform: B
     return train, evals, finals
 
 
-def _source(recipe: Recipe | LabelRecipe, data: DataBundle, ctx: DistContext, train: BatchLoader | StreamLoader, quiet: bool
-            ) -> SoftLabelSource | None:
+def _source(recipe: Recipe | LabelRecipe, data: DataBundle, ctx: DistContext, train: BatchLoader | StreamLoader,
+            products: dict[Dependency, Path]) -> SoftLabelSource | None:
     spec = recipe.soft_labels
     if spec is None:
         return None
     setup = SourceSetup(data=data, device=ctx.device, plan=recipe.view_plan, seed=recipe.seed,
-                        product=lambda dependency: product_of(recipe, dependency, quiet),
+                        product=products.__getitem__,
                         train_loader=lambda: _loader(train.data, recipe.data.eval_batch_size, train.transform, recipe,
                                                      ctx.device, plan=recipe.view_plan),
                         data_spec=recipe.data.model_dump())
@@ -114,11 +114,12 @@ def _teacher_dtype(recipe: Recipe, ctx: DistContext) -> torch.dtype | None:
     return TEACHER_DTYPES[recipe.train.teacher_dtype]
 
 
-def _classifier_parts(recipe: Recipe, ctx: DistContext, quiet: bool, data: DataBundle | None) -> dict[str, Any]:
+def _classifier_parts(recipe: Recipe, ctx: DistContext, quiet: bool, data: DataBundle | None,
+                      products: dict[Dependency, Path]) -> dict[str, Any]:
     data = data or load_data(recipe)
     transform = BatchTransform(data.mean, data.std)
     train, evals, finals = _loaders(recipe, data, ctx, transform, recipe.view_plan)
-    source = _source(recipe, data, ctx, train, quiet)
+    source = _source(recipe, data, ctx, train, products)
     torch.manual_seed(recipe.seed)
     student = build_model(recipe.student, data.num_classes, data.in_channels, data.image_size).to(ctx.device)
     speed = recipe.train
@@ -129,7 +130,7 @@ def _classifier_parts(recipe: Recipe, ctx: DistContext, quiet: bool, data: DataB
         source.verify_lookups(train.data.ids, recipe.view_plan.distinct_views)
         source.prepare_inference(compile=speed.compile, channels_last=channels_last, dtype=_teacher_dtype(recipe, ctx))
     context = MethodContext(InputSpec(data.in_channels, data.image_size, tuple(data.mean), tuple(data.std)),
-                            resolve_artifact=lambda dependency: product_of(recipe, dependency, quiet), quiet=quiet)
+                            resolve_artifact=products.__getitem__, quiet=quiet)
     method = method_class(recipe.method.name)(recipe.method, student, data.num_classes, source, context).to(ctx.device)
     method.wrap(lambda module: wrap(module, ctx, compile=speed.compile, channels_last=channels_last))
     optimizer = build_optimizer(method.trainable_parameters(), **recipe.optim.model_dump())
@@ -174,12 +175,11 @@ def _vae_parts(recipe: VAERecipe, ctx: DistContext) -> dict[str, Any]:
                 report=None, what=what, samples=len(data.train))
 
 
-def _labeller_identity(recipe: LabelRecipe, quiet: bool) -> dict[str, Any]:
+def _labeller_identity(recipe: LabelRecipe, products: dict[Dependency, Path]) -> dict[str, Any]:
     """Who labels: the source section, the sha256 of every file it names, and for a model its spec and
     normalisation (read from the checkpoint)."""
     files, model, normalization = [], None, None
-    for dependency in recipe.dependencies():
-        path = product_of(recipe, dependency, quiet)
+    for dependency, path in products.items():
         files.append({"field": dependency.field, "path": str(path), "sha256": sha256_of(path)})
         if dependency.kind == "model":
             payload = load_checkpoint(path)
@@ -194,11 +194,11 @@ def label_store(recipe: LabelRecipe, *, quiet: bool = False) -> dict[str, Any] |
     ctx = init_distributed(recipe.train.device)
     if recipe.train.threads:
         torch.set_num_threads(recipe.train.threads)
-    resolve_dependencies(recipe, quiet)
+    products = resolve_dependencies(recipe, quiet)
     data = load_data(recipe)
     plan, batch_size = recipe.view_plan, recipe.data.eval_batch_size
     loader = _loader(data.train, batch_size, BatchTransform(data.mean, data.std), recipe, ctx.device, plan=plan)
-    source = _source(recipe, data, ctx, loader, quiet)
+    source = _source(recipe, data, ctx, loader, products)
     assert source is not None and plan.distinct_views is not None  # the label recipe's rules
 
     def label(rows: torch.Tensor, views: torch.Tensor) -> torch.Tensor:
@@ -214,7 +214,7 @@ def label_store(recipe: LabelRecipe, *, quiet: bool = False) -> dict[str, Any] |
                        "image_shape": list(data.train.image_shape)},
               # not part of the store's identity: the statistics' last bits depend on the thread count
               "normalization": {"mean": list(data.mean), "std": list(data.std)},
-              "teacher": _labeller_identity(recipe, quiet),
+              "teacher": _labeller_identity(recipe, products),
               # as JSON holds it (tuples as lists), so that a continued run compares equal
               "views": json.loads(json.dumps({**{k: getattr(plan, k) for k in (*VIEW_DEFINITION, "views")},
                                               "fingerprint": plan.fingerprint()}))}
@@ -237,10 +237,10 @@ def build_trainer(recipe: RunRecipe, *, quiet: bool = False, data: DataBundle | 
         torch.set_num_threads(recipe.train.threads)
     if recipe.train.cudnn_benchmark and ctx.device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    resolve_dependencies(recipe, quiet)  # teachers and VAEs first, each with its own output
+    products = resolve_dependencies(recipe, quiet)  # teachers and VAEs first, each with its own output
     if is_vae and data is not None:
         raise ValueError("build_trainer: a VAE recipe reads its own data")
-    parts = _vae_parts(recipe, ctx) if is_vae else _classifier_parts(recipe, ctx, quiet, data)
+    parts = _vae_parts(recipe, ctx) if is_vae else _classifier_parts(recipe, ctx, quiet, data, products)
     trainer = Trainer(parts["method"], parts["optimizer"], parts["schedule"], parts["train"], parts["evals"],
                       recipe.run_dir, epochs=recipe.epochs, seed=recipe.seed, checkpoint_meta=parts["meta"], ctx=ctx,
                       amp=recipe.train.amp, keep_epochs=recipe.train.keep_epochs, quiet=quiet,

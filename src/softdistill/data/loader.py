@@ -22,7 +22,7 @@ from torch import Tensor
 from softdistill.data.views import ViewParams, ViewPlan
 from softdistill.types import Batch
 
-__all__ = ["TensorSet", "BatchTransform", "BatchLoader", "EpochBatches", "Fetched", "fetch", "assemble",
+__all__ = ["TensorSet", "IdIndex", "BatchTransform", "BatchLoader", "EpochBatches", "Fetched", "fetch", "assemble",
            "epoch_generator", "pixel_stats"]
 
 
@@ -67,15 +67,21 @@ class TensorSet:
     def to(self, device: torch.device | str) -> "TensorSet":
         return TensorSet(self.images.to(device), self.labels.to(device), self.ids)
 
-    def rows_of(self, sample_ids: Tensor) -> Tensor:
-        """Rows (CPU int64) of the given sample ids; ValueError if one is not in this split."""
-        ids = sample_ids.cpu().long()
-        order = torch.argsort(self.ids)
-        sorted_ids = self.ids[order]
-        pos = torch.searchsorted(sorted_ids, ids).clamp_max(len(sorted_ids) - 1)
-        if len(sorted_ids) == 0 or not torch.equal(sorted_ids[pos], ids):
-            raise ValueError("sample ids not in this split")
-        return order[pos]
+
+class IdIndex:
+    """Where sample ids sit in a tensor of distinct ids (in any order): built once, looked up many times."""
+
+    def __init__(self, ids: Tensor) -> None:
+        self.order = torch.argsort(ids)
+        self.sorted = ids[self.order]
+
+    def find(self, wanted: Tensor) -> tuple[Tensor, Tensor]:
+        """(rows, found): the position of each of ``wanted`` in the ids, and whether it is there at all
+        (rows of ids that are not there are meaningless)."""
+        if len(self.sorted) == 0:
+            return torch.zeros_like(wanted), torch.zeros_like(wanted, dtype=torch.bool)
+        pos = torch.searchsorted(self.sorted, wanted).clamp_max(len(self.sorted) - 1)
+        return self.order[pos], self.sorted[pos] == wanted
 
 
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from softdistill.data.loader import IdIndex
 from softdistill.data.views import ViewPlan
 from softdistill.store.encoding import Encoding
 from softdistill.store.format import SAMPLES, StoreError, read_manifest, read_samples, sha256_of
@@ -53,8 +54,7 @@ class Store:
         self.sample_ids, self.labels = read_samples(samples)
         if len(self.sample_ids) != manifest["samples"]:
             raise StoreError(f"{samples}: {len(self.sample_ids)} samples, the manifest says {manifest['samples']}")
-        self._order = torch.argsort(self.sample_ids)
-        self._sorted_ids = self.sample_ids[self._order]
+        self._index = IdIndex(self.sample_ids)
         self.shards: list[np.memmap] = []
         for entry in manifest["shards"]:
             path = self.folder / entry["name"]
@@ -83,11 +83,10 @@ class Store:
     def rows_of(self, sample_ids: Tensor) -> Tensor:
         """Store rows (CPU int64) of sample ids; StoreError naming one that the store lacks."""
         ids = sample_ids.cpu().long()
-        pos = torch.searchsorted(self._sorted_ids, ids).clamp_max(len(self._sorted_ids) - 1)
-        found = self._sorted_ids[pos] == ids
+        rows, found = self._index.find(ids)
         if not bool(found.all()):
             raise StoreError(f"{self.folder}: sample id {int(ids[~found][0])} is not in the store")
-        return self._order[pos]
+        return rows
 
     def records(self, rows: Tensor, views: Tensor) -> np.ndarray:
         """The records of the views ``views`` of the store rows ``rows`` (CPU int64), in that order."""

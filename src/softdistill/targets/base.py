@@ -74,9 +74,9 @@ class Dependency:
 class SourceSetup:
     """What a source may use to build itself for a run.
 
-    ``product(dependency)`` returns the file a dependency names (training its recipe first if
-    needed); ``plan`` is the training views' plan; ``train_loader(plan, batch_size)`` makes a loader
-    over the training split that shows the given plan's views in order; ``seed`` is the run's seed;
+    ``product(dependency)`` returns the file one of the config's ``dependencies()`` names (the run
+    resolved each once, training its recipe first if needed); ``plan`` is the training views' plan;
+    ``train_loader()`` makes a loader over the training split that shows the plan's views in order; ``seed`` is the run's seed;
     ``data_spec`` the recipe's data section (for messages that say what differs).
     """
 

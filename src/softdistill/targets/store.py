@@ -13,12 +13,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-import torch
 from pydantic import Field, model_validator
 from torch import Tensor
 
 from softdistill.compatibility import MIXED, stored_view_problems
-from softdistill.data.loader import TensorSet
+from softdistill.data.loader import IdIndex, TensorSet
 from softdistill.data.views import ViewPlan
 from softdistill.store import Store, StoreError
 from softdistill.store.format import data_fingerprint, sha256_of
@@ -83,14 +82,13 @@ def data_problems(store: Store, train: TensorSet, num_classes: int, plan: ViewPl
               if spec is not None and data.get(key) != spec.get(key)]
     said = f" ({'; '.join(differ)})" if differ else ""
     store_ids, store_labels = store.sample_ids, store.labels
-    order = torch.argsort(store_ids)
-    pos = torch.searchsorted(store_ids[order], train.ids).clamp_max(len(store_ids) - 1)
-    missing = store_ids[order][pos] != train.ids
+    rows, found = IdIndex(store_ids).find(train.ids)
+    missing = ~found
     if bool(missing.any()):
         return [f"{where} was labelled on other data{said}: {int(missing.sum())} of the {len(train)} samples of this "
                 f"recipe's training split are not in it (e.g. sample id {int(train.ids[missing][0])}); the store has "
                 f"{len(store_ids)} samples"]
-    relabelled = store_labels[order][pos] != train.labels.cpu()
+    relabelled = store_labels[rows] != train.labels.cpu()
     if bool(relabelled.any()):
         return [f"{where} was labelled on other data{said}: {int(relabelled.sum())} samples have another label in the "
                 f"store (e.g. sample id {int(train.ids[relabelled][0])})"]

@@ -28,7 +28,7 @@ from torch import Tensor
 
 from softdistill.atomic import torch_save_atomic
 from softdistill.compatibility import ANY_VIEW
-from softdistill.data.loader import TensorSet
+from softdistill.data.loader import IdIndex, TensorSet
 from softdistill.targets.base import LookupSource
 from softdistill.types import Batch
 
@@ -157,13 +157,11 @@ def rows_for_split(blob: dict[str, Any], split: TensorSet) -> tuple[Tensor, Tens
                              f"against {len(want_labels)} samples, or another order) and it has no sample_ids; the "
                              "file must come from the same data, val_size, per_class and split_seed")
         return blob["soft_labels"], labels
-    order = torch.argsort(ids)
-    pos = torch.searchsorted(ids[order], split.ids).clamp_max(len(ids) - 1)
-    missing = ids[order][pos] != split.ids
+    rows, found = IdIndex(ids).find(split.ids)
+    missing = ~found
     if bool(missing.any()):
         raise ValueError(f"{path}: {int(missing.sum())} sample ids of this recipe's training split have no row "
                          f"(e.g. sample {int(split.ids[missing][0])}); the file was made for other data")
-    rows = order[pos]
     if not torch.equal(labels[rows], want_labels):
         raise ValueError(f"{path}: the labels of its rows differ from those of this recipe's training split for the "
                          "same sample ids: the file was made for another data set")

@@ -2,7 +2,8 @@
 
 Workload: ResNet-20 teacher -> ResNet-8 student, 100 classes, 3x32x32 random images (throughput
 does not depend on the pixels), batch 128, ``--threads`` threads; the three training modes are
-alternated round by round in one process (fixed order, ``--rounds`` rounds, median reported):
+alternated round by round in one process (fixed order, ``--rounds`` rounds; ratios within a round,
+min / median / max over rounds):
 
 1. student steps per second: plain cross-entropy (the limit) | KD with the teacher online | KD
    from a float32 store (the same ``KnowledgeDistillation`` method, the source swapped);
@@ -100,6 +101,12 @@ def training_modes(teacher: FrozenTeacher, store: Store, loader: BatchLoader) ->
     return {"plain CE": make("ce", None), "online KD": make("kd", teacher), "store KD": make("kd", StoredSoftLabels(store))}
 
 
+def spread(values: list[float], references: list[float]) -> str:
+    """Min / median / max over rounds of values[r] / references[r]."""
+    ratios = [v / r for v, r in zip(values, references)]
+    return f"{min(ratios):.2f} / {statistics.median(ratios):.2f} / {max(ratios):.2f}x"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--threads", type=int, default=2)
@@ -157,13 +164,15 @@ def main() -> None:
             opening[name] = (opened.manifest["bytes"], statistics.median(times))
 
     med = {name: statistics.median(values) for name, values in rates.items()}
-    print(f"## Student steps per second (batch {batch}, {args.threads} threads, median of {args.rounds} rounds)\n")
-    print("| mode | steps/s | vs plain CE | vs online KD |\n|---|---:|---:|---:|")
-    for name, value in med.items():
-        print(f"| {name} | {value:.2f} | {value / med['plain CE']:.2f}x | {value / med['online KD']:.2f}x |")
-    label_rate, infer_rate = statistics.median(label_rates), statistics.median(infer_rates)
-    print(f"\n## Labelling\n\nlabelling {label_rate:.0f} samples/s, plain inference {infer_rate:.0f} samples/s: "
-          f"{label_rate / infer_rate:.2f}x\n")
+    print(f"## Student steps per second (batch {batch}, {args.threads} threads, {args.rounds} rounds)\n")
+    print("Steps/s are medians; each ratio is taken within a round (the modes run back to back), then "
+          "min / median / max over rounds.\n")
+    print("| mode | steps/s | vs plain CE: min / median / max | vs online KD: min / median / max |\n|---|---:|---:|---:|")
+    for name, values in rates.items():
+        print(f"| {name} | {med[name]:.2f} | {spread(values, rates['plain CE'])} | {spread(values, rates['online KD'])} |")
+    print(f"\n## Labelling\n\nlabelling {statistics.median(label_rates):.0f} samples/s, plain inference "
+          f"{statistics.median(infer_rates):.0f} samples/s (medians); ratio per round, min / median / max: "
+          f"{spread(label_rates, infer_rates)}\n")
     print("## Bytes per (sample, view)\n\n| encoding | K = 10 | K = 100 | K = 1000 | ImageNet, K = 1000, V = 10 | V = 100 |")
     print("|---|---:|---:|---:|---:|---:|")
     for kind, dtype, k in (("full", "float32", None), ("full", "float16", None), ("topk", "float16", 5),

@@ -115,7 +115,7 @@ def test_given_statistics_are_used_and_a_sample_estimate_is_bounded(tmp_path, mo
     decoded = []
     original = stream_module.Decoder.batch
     monkeypatch.setattr(stream_module.Decoder, "batch",
-                        lambda self, files, ids, rows, views: decoded.append(len(rows)) or original(self, files, ids, rows, views))
+                        lambda self, data, rows, views: decoded.append(len(rows)) or original(self, data, rows, views))
     few = prepare_data("imagefolder", root=str(root), image_size=8, loader="stream", stats_samples=5)
     assert sum(decoded) == 5 and all(0 < m < 1 for m in few.mean)
 

@@ -1,4 +1,4 @@
-"""The ``softdistill`` command: train, train-vae, label, store, eval, compare, quickstart, inspect.
+"""The ``softdistill`` command: train, train-vae, label, store, data, eval, compare, quickstart, inspect.
 
 Also reachable as ``python -m softdistill`` (which is what torchrun needs:
 ``torchrun --nproc_per_node=2 -m softdistill train RECIPE``).
@@ -66,6 +66,30 @@ def build_parser() -> argparse.ArgumentParser:
                                description="Hash every file of STORE and compare with the manifest; exit status 2 "
                                            "and the damaged shards named when one differs.")
     verify.add_argument("store", help="a store folder")
+
+    dat = sub.add_parser("data", help="pack an image folder into shards, check shards",
+                         description="Commands on data sets (docs/data.md).")
+    dat_sub = dat.add_subparsers(dest="data_command", required=True, metavar="DATA_COMMAND")
+    pack = dat_sub.add_parser("pack", help="pack an image folder into shards (data.name: shards)",
+                              description="Write the images of SRC_FOLDER/train/<class>/* and SRC_FOLDER/val/<class>/* "
+                                          "(or test/) into OUT: tar shards of the files' own bytes, an index per "
+                                          "shard and manifest.json (sizes, sha256). Every file is written "
+                                          "atomically; a stopped pack continues where it stopped when run again.")
+    pack.add_argument("source", metavar="SRC_FOLDER", help="an image folder: train/<class>/*, val/<class>/*")
+    pack.add_argument("out", metavar="OUT", help="the folder the shards go to")
+    pack.add_argument("--shard-size", default="1000", metavar="SIZE",
+                      help="images per shard (e.g. 1000), or source bytes per shard with a unit (e.g. 256MB, 1GiB); "
+                           "default 1000")
+    pack.add_argument("--on-corrupt", choices=["fail", "skip"], default="fail",
+                      help="an image Pillow cannot decode: fail (default; the error names the file) or skip it, "
+                           "count it and list it in the manifest")
+    pack.add_argument("--workers", type=int, default=0,
+                      help="processes that read, check and write shards (default 0: this process)")
+    pack.add_argument("--quiet", action="store_true", help="no progress bar")
+    dverify = dat_sub.add_parser("verify", help="check every shard against the manifest's sha256",
+                                 description="Hash every file of a pack folder and compare with its manifest; exit "
+                                             "status 2 and the damaged files named when one differs.")
+    dverify.add_argument("folder", help="a folder written by softdistill data pack")
 
     ev = sub.add_parser("eval", help="evaluate a checkpoint on a data split",
                         description="Top-1 accuracy and cross-entropy of a checkpoint. The data set, validation split "
@@ -205,6 +229,28 @@ def _cmd_store(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_data(args: argparse.Namespace) -> int:
+    from softdistill.data.shards import pack_imagefolder, parse_shard_size, verify_pack
+    from softdistill.data.sources import DatasetFormatError
+
+    if args.data_command == "verify":
+        if problems := verify_pack(args.folder):
+            raise DatasetFormatError(f"{args.folder}: {len(problems)} damaged file(s):\n  " + "\n  ".join(problems)
+                                     + "\nPack the folder again (into a new folder).")
+        print(f"{args.folder}: intact")
+        return 0
+    if args.workers < 0:
+        raise ValueError(f"--workers must be >= 0, got {args.workers}")
+    manifest = pack_imagefolder(args.source, args.out, parse_shard_size(args.shard_size), on_corrupt=args.on_corrupt,
+                                workers=args.workers, quiet=args.quiet)
+    splits = ", ".join(f"{name} {part['samples']} images in {len(part['shards'])} shard(s)"
+                       for name, part in manifest["splits"].items())
+    skipped = f"; skipped {len(manifest['skipped'])} unreadable image(s), listed in the manifest" \
+        if manifest["skipped"] else ""
+    print(f"done: {args.out}: {splits}{skipped}")
+    return 0
+
+
 def _cmd_eval(args: argparse.Namespace) -> int:
     from softdistill.evaluation import evaluate_checkpoint
 
@@ -276,7 +322,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handlers = {"train": _cmd_train, "train-vae": _cmd_train_vae, "label": _cmd_label, "store": _cmd_store,
-                "eval": _cmd_eval,
+                "data": _cmd_data, "eval": _cmd_eval,
                 "compare": _cmd_compare, "quickstart": _cmd_quickstart, "inspect": _cmd_inspect}
     try:
         return handlers[args.command](args)

@@ -35,6 +35,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, field_validator, model_validator
 
 from softdistill.compatibility import CAPABILITIES, MIXED, ONLINE, compatibility_problems
+from softdistill.data.prepare import STREAMED
 from softdistill.data.shifts import parse_ood_specs
 from softdistill.data.views import ViewPlan, check_resized_crop
 from softdistill.engine.wrap import COMPILE_KEYS
@@ -97,10 +98,11 @@ class AugmentConfig(StrictModel):
 
 
 class DataConfig(StrictModel):
-    name: str = Field("fashion-mnist", description="digits | fashion-mnist | mnist | cifar10 | cifar100 | synthetic | imagefolder")
+    name: str = Field("fashion-mnist", description="digits | fashion-mnist | mnist | cifar10 | cifar100 | synthetic | "
+                                                  "imagefolder | shards (a folder written by softdistill data pack)")
     root: str | None = Field(None, description="folder holding the data; else $SOFTDISTILL_DATA, then system places")
     download: bool = Field(False, description="download the data when it is not found")
-    image_size: int | None = Field(None, ge=4, description="resize (imagefolder only)")
+    image_size: int | None = Field(None, ge=4, description="resize (imagefolder and shards only; shards need it)")
     val_size: Union[int, float] = Field(0.1, ge=0, description="validation samples held out of train: a count or a fraction")
     per_class: int | None = Field(None, ge=1, description="keep this many training images per class (small-data regime)")
     split_seed: int = Field(0, description="seed of the validation split and the per-class subset (not the run seed)")
@@ -120,8 +122,8 @@ class DataConfig(StrictModel):
     ood: list[str] = Field(default_factory=list, description="out-of-domain test sets kind:amount, e.g. shift:4, "
                                                              "rotate:20, noise:0.2, blur:1 (see softdistill.data.shifts)")
     loader: Literal["memory", "stream", "auto"] = Field(
-        "memory", description="memory: every split decoded onto the device; stream: an image folder decoded batch by "
-                              "batch in worker processes; auto: stream an image folder larger than 2 GiB decoded")
+        "memory", description="memory: every split decoded onto the device; stream: an image folder or shards decoded "
+                              "batch by batch in worker processes; auto: stream those larger than 2 GiB decoded")
     workers: int = Field(4, ge=0, description="stream loader: decoding processes (0 = in the training process)")
     mean: list[float] | None = Field(None, description="per-channel normalisation mean in [0, 1] units (with std); "
                                                        "None = computed from the training split")
@@ -145,12 +147,12 @@ class DataConfig(StrictModel):
 
     @model_validator(mode="after")
     def _streamable(self) -> "DataConfig":
-        if self.loader == "stream":
-            if self.name != "imagefolder":
-                raise ValueError(f"loader: stream reads image folders (name: imagefolder), not {self.name}; "
-                                 "the built-in sets fit in memory (loader: memory)")
-            if self.image_size is None:
-                raise ValueError("loader: stream needs image_size, the side of the images a batch holds")
+        if self.loader == "stream" and self.name not in STREAMED:
+            raise ValueError(f"loader: stream reads image folders (name: imagefolder) and shards (name: shards), not "
+                             f"{self.name}; the built-in sets fit in memory (loader: memory)")
+        if self.image_size is None and (self.loader == "stream" or self.name == "shards"):
+            raise ValueError(f"{'shards' if self.name == 'shards' else 'loader: stream'} needs image_size, the side "
+                             "of the images a batch holds")
         if self.loader != "memory" and (self.canvas is not None or self.ood):
             raise ValueError("canvas and ood are made from images in memory: use loader: memory")
         if self.loader != "stream" and (self.augment.resized_crop is not None or self.eval_resize is not None):

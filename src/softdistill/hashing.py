@@ -4,14 +4,20 @@ Every draw that must be recomputable anywhere (a view's crop and flip, a mixing 
 lambda, SBT's per-sample wrong classes) is ``hash(seed, key, ..., stream)``: no sequential
 generator, so any process, worker or rank gets the same number for the same keys, in any order
 and any batch split.  Integers stay on 31 bits, so every product fits int64 on every device.
+
+Also the content digests that files and data sets are identified by: :func:`sha256_of` a file and
+:func:`data_fingerprint` of a split (its sample ids and labels).
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
+
 import torch
 from torch import Tensor
 
-__all__ = ["mix31", "hash_keys", "hash_uniform", "hash_below"]
+__all__ = ["mix31", "hash_keys", "hash_uniform", "hash_below", "data_fingerprint", "sha256_of"]
 
 MASK31 = 2**31 - 1
 _GOLDEN = 0x9E3779B  # odd 28-bit constant: spreads consecutive keys before mixing
@@ -45,3 +51,21 @@ def hash_uniform(*keys: Tensor | int) -> Tensor:
 def hash_below(n: int | Tensor, *keys: Tensor | int) -> Tensor:
     """Integers in ``[0, n)`` (int64), one per element of the broadcast keys (bias below n / 2^31)."""
     return hash_keys(*keys) % n
+
+
+def data_fingerprint(ids: Tensor, labels: Tensor) -> str:
+    """sha256 over the sample ids and labels (int64, little-endian) in row order: the identity of a split's
+    samples, the same whichever source (image folder, shards, memory) holds them."""
+    h = hashlib.sha256()
+    h.update(ids.cpu().long().numpy().astype("<i8").tobytes())
+    h.update(labels.cpu().long().numpy().astype("<i8").tobytes())
+    return h.hexdigest()
+
+
+def sha256_of(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
+    """The sha256 (hex) of the file at ``path``, read in chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            h.update(block)
+    return h.hexdigest()

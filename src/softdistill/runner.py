@@ -23,7 +23,7 @@ from softdistill.config import LabelRecipe, Recipe, RunRecipe, VAERecipe
 from softdistill.data.loader import BatchLoader, BatchTransform, EpochBatches, TensorSet
 from softdistill.data.prepare import DataBundle, prepare_from_spec
 from softdistill.data.shifts import ood_sets
-from softdistill.data.stream import FileSet, StreamLoader
+from softdistill.data.stream import StreamLoader, StreamSet
 from softdistill.data.views import ViewPlan
 from softdistill.engine import DistContext, LRSchedule, Trainer, build_optimizer, init_distributed
 from softdistill.engine.distributed import resolve_device
@@ -58,10 +58,10 @@ def resolve_dependencies(recipe: RunRecipe, quiet: bool = False) -> dict[Depende
     return {dependency: product_of(recipe, dependency, quiet) for dependency in recipe.dependencies()}
 
 
-def _loader(split: TensorSet | FileSet, batch_size: int, transform: BatchTransform, recipe: RunRecipe,
+def _loader(split: TensorSet | StreamSet, batch_size: int, transform: BatchTransform, recipe: RunRecipe,
             device: torch.device, **rules: Any) -> BatchLoader | StreamLoader:
-    """A loader over ``split``: on the device for a split in memory, decoding in workers for files."""
-    if isinstance(split, FileSet):
+    """A loader over ``split``: on the device for a split in memory, decoding in workers for a streamed one."""
+    if isinstance(split, StreamSet):
         return StreamLoader(split, batch_size, transform, device=device, workers=recipe.data.workers,
                             resize=recipe.data.eval_resize, **rules)
     return BatchLoader(split.to(device), batch_size, transform, **rules)

@@ -11,12 +11,17 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from softdistill.data.loader import TensorSet, pixel_stats
-from softdistill.data.sources import list_imagefolder, load_split
-from softdistill.data.stream import FileSet, sample_stats
+from softdistill.data.shards import shard_split
+from softdistill.data.sources import DATASETS, load_split
+from softdistill.data.stream import StreamSet, decode_all, folder_split, sample_stats
 from softdistill.data.splits import per_class_subset, stratified_split
 
 __all__ = ["DataBundle", "prepare_data", "prepare_stream", "prepare_from_spec", "channel_stats", "choose_loader",
-           "AUTO_STREAM_BYTES"]
+           "AUTO_STREAM_BYTES", "STREAMED"]
+
+#: The sources whose splits can be streamed: name -> ``fn(root, split, image_size) -> (split, class names)``.
+STREAMED: dict[str, Callable[[str | None, str, int], tuple[StreamSet, tuple[str, ...]]]] = {
+    "imagefolder": folder_split, "shards": shard_split}
 
 #: ``data.loader: auto`` streams an image folder whose decoded training images would exceed this.
 AUTO_STREAM_BYTES = 2 * 2**30
@@ -29,13 +34,13 @@ class DataBundle:
     ``mean``/``std`` are per-channel statistics of the full official training split in [0, 1] units
     (or the recipe's, or a bounded sample's for a streamed folder), so that every experiment on a
     dataset (teacher on all data, student on a subset) feeds models identically scaled inputs.  The
-    splits are in memory (:class:`TensorSet`) or streamed from files (:class:`FileSet`).
+    splits are in memory (:class:`TensorSet`) or streamed (a :class:`~softdistill.data.stream.StreamSet`).
     """
 
     name: str
-    train: TensorSet | FileSet
-    val: TensorSet | FileSet | None
-    test: TensorSet | FileSet
+    train: TensorSet | StreamSet
+    val: TensorSet | StreamSet | None
+    test: TensorSet | StreamSet
     class_names: tuple[str, ...]
     mean: tuple[float, ...]
     std: tuple[float, ...]
@@ -74,14 +79,34 @@ def _train_val(labels: Tensor, val_size: int | float, per_class: int | None, spl
 
 
 def choose_loader(loader: str, name: str, root: str | None, image_size: int | None) -> str:
-    """``memory`` or ``stream`` for a data section's ``loader``; ``auto`` streams an image folder whose
-    training images, decoded at ``image_size``, would take more than :data:`AUTO_STREAM_BYTES`."""
+    """``memory`` or ``stream`` for a data section's ``loader``; ``auto`` streams an image folder or shards
+    whose training images, decoded at ``image_size``, would take more than :data:`AUTO_STREAM_BYTES`."""
     if loader != "auto":
         return loader
-    if name != "imagefolder" or image_size is None:
+    if name not in STREAMED or image_size is None:
         return "memory"
-    decoded = len(list_imagefolder(root, "train")) * 3 * image_size**2
+    decoded = len(STREAMED[name](root, "train", image_size)[0]) * 3 * image_size**2
     return "stream" if decoded > AUTO_STREAM_BYTES else "memory"
+
+
+def _image_size(name: str, image_size: int | None) -> int:
+    if image_size is None:
+        raise ValueError(f"data.name: {name} with data.loader: stream (and shards with any loader) needs "
+                         "data.image_size, the side of the images a batch holds")
+    return image_size
+
+
+def _in_memory(name: str, split: str, root: str | None, download: bool, image_size: int | None,
+               workers: int) -> tuple[TensorSet, tuple[str, ...]]:
+    """One official split in memory and the class names: read by :func:`load_split`, or, for a source that
+    only streams (shards), every image decoded at ``image_size`` by ``workers`` processes (ids kept)."""
+    if name in DATASETS:
+        raw = load_split(name, split, root=root, download=download, image_size=image_size)
+        return TensorSet(raw.images, raw.labels), raw.class_names
+    if name not in STREAMED:
+        load_split(name)  # the unknown-name error, with its suggestions
+    data, class_names = STREAMED[name](root, split, _image_size(name, image_size))
+    return decode_all(data, workers), class_names
 
 
 def prepare_data(name: str, *, root: str | None = None, download: bool = False, image_size: int | None = None,
@@ -94,17 +119,17 @@ def prepare_data(name: str, *, root: str | None = None, download: bool = False, 
 
     With ``canvas``, every image is first placed at the centre of a black ``canvas`` x ``canvas``
     image (room for shifted or rotated content); the normalisation is that of the canvas images.
-    ``mean``/``std`` given replace the computed statistics.  ``loader: stream`` (an image folder,
-    at ``image_size``) lists the files without decoding them (:func:`prepare_stream`).
+    ``mean``/``std`` given replace the computed statistics.  ``loader: stream`` (an image folder or
+    shards, at ``image_size``) lists the samples without decoding them (:func:`prepare_stream`).
 
     Both the validation split and the subset depend on ``split_seed`` only, not on the run's seed,
     so that runs with different seeds (and the teacher) share the same held-out data.
     """
     if choose_loader(loader, name, root, image_size) == "stream":
-        return prepare_stream(root, image_size, val_size=val_size, per_class=per_class, split_seed=split_seed,
+        return prepare_stream(name, root, image_size, val_size=val_size, per_class=per_class, split_seed=split_seed,
                               normalize=normalize, mean=mean, std=std, stats_samples=stats_samples, workers=workers)
-    full = load_split(name, "train", root=root, download=download, image_size=image_size)
-    test = load_split(name, "test", root=root, download=download, image_size=image_size)
+    full, class_names = _in_memory(name, "train", root, download, image_size, workers)
+    test, _ = _in_memory(name, "test", root, download, image_size, workers)
     if full.images.shape[1:] != test.images.shape[1:]:
         raise ValueError(f"{name}: train images {tuple(full.images.shape[1:])} and test images "
                          f"{tuple(test.images.shape[1:])} differ in shape")
@@ -118,26 +143,26 @@ def prepare_data(name: str, *, root: str | None = None, download: bool = False, 
     keep, val_index = _train_val(full.labels, val_size, per_class, split_seed)
     # sample ids are rows of the official split: the same sample keeps its id under any val_size,
     # per_class or split_seed
-    official = TensorSet(full.images, full.labels)
-    val = official.subset(val_index) if len(val_index) else None
-    return DataBundle(name, official.subset(keep), val, TensorSet(test.images, test.labels), full.class_names, mean, std)
+    val = full.subset(val_index) if len(val_index) else None
+    return DataBundle(name, full.subset(keep), val, test, class_names, mean, std)
 
 
-def prepare_stream(root: str | None, image_size: int | None, *, val_size: int | float = 0.1,
+def prepare_stream(name: str, root: str | None, image_size: int | None, *, val_size: int | float = 0.1,
                    per_class: int | None = None, split_seed: int = 0, normalize: bool = True,
                    mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
                    stats_samples: int = 1000, workers: int = 0) -> DataBundle:
-    """The splits of an image folder as :class:`~softdistill.data.stream.FileSet` (nothing decoded but at
-    most ``stats_samples`` training images for the statistics, unless ``mean``/``std`` are given)."""
-    if image_size is None:
-        raise ValueError("data.loader: stream needs data.image_size, the side of the images a batch holds")
-    full, test = list_imagefolder(root, "train"), list_imagefolder(root, "test")
-    official = FileSet(full.files, full.labels, image_size)
+    """The splits of a streamed source (:data:`STREAMED`) as :class:`~softdistill.data.stream.StreamSet`
+    (nothing decoded but at most ``stats_samples`` training images for the statistics, unless
+    ``mean``/``std`` are given)."""
+    if name not in STREAMED:
+        raise ValueError(f"data.loader: stream reads {' or '.join(STREAMED)}, not {name}")
+    size = _image_size(name, image_size)
+    official, class_names = STREAMED[name](root, "train", size)
+    test, _ = STREAMED[name](root, "test", size)
     mean, std = _normalisation(3, normalize, mean, std, lambda: sample_stats(official, stats_samples, workers))
-    keep, val_index = _train_val(full.labels, val_size, per_class, split_seed)
+    keep, val_index = _train_val(official.labels, val_size, per_class, split_seed)
     val = official.subset(val_index) if len(val_index) else None
-    return DataBundle("imagefolder", official.subset(keep), val, FileSet(test.files, test.labels, image_size),
-                      full.class_names, mean, std)
+    return DataBundle(name, official.subset(keep), val, test, class_names, mean, std)
 
 
 def _normalisation(channels: int, normalize: bool, mean: Sequence[float] | None, std: Sequence[float] | None,

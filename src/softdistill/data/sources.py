@@ -480,6 +480,10 @@ def list_imagefolder(root: str | os.PathLike | None, split: str) -> FileList:
         if (split_dir / cls).is_dir():
             found = sorted(f for f in (split_dir / cls).iterdir()
                            if f.is_file() and f.suffix.lower() in _IMAGE_SUFFIXES and not f.name.startswith("."))
+            if not found:
+                raise DatasetFormatError(f"{split_dir / cls}: a class folder with no images "
+                                         f"({', '.join(sorted(_IMAGE_SUFFIXES))}); add its images or remove the "
+                                         "folder (the classes are the folders of the training split)")
             files += found
             labels += [k] * len(found)
     if not files:
@@ -487,15 +491,16 @@ def list_imagefolder(root: str | os.PathLike | None, split: str) -> FileList:
     return FileList(tuple(files), torch.tensor(labels, dtype=torch.int64), classes)
 
 
-def open_rgb(path: Path):
-    """The decoded image at ``path`` as an RGB ``PIL.Image`` (grey, palette and RGBA images are converted);
-    a file Pillow cannot read is a :class:`DatasetFormatError` naming it."""
+def open_rgb(path: Path | IO[bytes], name: str | None = None):
+    """The decoded image at ``path`` (a file, or an open binary handle) as an RGB ``PIL.Image`` (grey,
+    palette, RGBA and CMYK images are converted); an image Pillow cannot read is a
+    :class:`DatasetFormatError` naming it (``name``, else ``path``)."""
     image_module = _pillow()
     try:
         with image_module.open(path) as img:
             return img.convert("RGB")
     except OSError as exc:  # includes PIL.UnidentifiedImageError and truncated files
-        raise DatasetFormatError(f"{path}: cannot read image ({exc})") from exc
+        raise DatasetFormatError(f"{name or path}: cannot read image ({exc})") from exc
 
 
 def read_image(path: Path, image_size: int | None = None) -> np.ndarray:

@@ -1,6 +1,8 @@
-"""A worker-based streaming loader for image folders of any size.
+"""A worker-based streaming loader for image folders and shards of any size.
 
-A split is a :class:`FileSet`: file paths, labels and sample ids, nothing decoded.  The batches of
+A split is a :class:`StreamSet`: labels, sample ids and a way to open each sample's encoded image,
+nothing decoded; :class:`FileSet` is that of an image folder (one file per sample), the shards of
+:mod:`softdistill.data.shards` another.  The batches of
 an epoch are those of the memory loader (:class:`~softdistill.data.loader.EpochBatches`: the same
 global order from (seed, epoch), the same DDP slices, the same views); each batch is decoded by a
 ``torch.utils.data.DataLoader`` worker process into uint8 images of one size (a :class:`Decoder`),
@@ -12,6 +14,7 @@ workers, ranks and a resumed run agree on every one.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,19 +25,45 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from softdistill.data.loader import BatchTransform, EpochBatches, Fetched, assemble, checked_ids, fetch, pixel_stats
-from softdistill.data.sources import open_rgb
+from softdistill.data.loader import (BatchTransform, EpochBatches, Fetched, TensorSet, assemble, checked_ids, fetch,
+                                     pixel_stats)
+from softdistill.data.sources import list_imagefolder, open_rgb
 from softdistill.data.views import ViewPlan
 from softdistill.hashing import hash_keys
 from softdistill.types import Batch
 
-__all__ = ["FileSet", "Decoder", "StreamLoader", "sample_stats"]
+__all__ = ["StreamSet", "FileSet", "folder_split", "Decoder", "StreamLoader", "sample_stats", "decode_all"]
+
+
+class StreamSet(ABC):
+    """A streamed split: ``labels`` (int64, N), sample ``ids`` (int64, N) and each sample's encoded image,
+    opened on demand (:meth:`open`) and decoded to 3 x ``image_size`` x ``image_size``."""
+
+    labels: Tensor
+    image_size: int
+    ids: Tensor
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return (3, self.image_size, self.image_size)
+
+    @abstractmethod
+    def open(self, row: int) -> Any:
+        """The image of the sample at ``row`` as an RGB ``PIL.Image``; a :class:`DatasetFormatError`
+        naming the file when it cannot be read."""
+
+    @abstractmethod
+    def subset(self, index: Tensor) -> "StreamSet":
+        """The samples at rows ``index``, keeping their ids."""
 
 
 @dataclass
-class FileSet:
-    """Image files (decoded on demand to 3 x ``image_size`` x ``image_size``), labels (int64, N) and
-    sample ids (int64, N; default ``0..N-1``, the file's position in its sorted split)."""
+class FileSet(StreamSet):
+    """Image files (one per sample), labels (int64, N) and sample ids (int64, N; default ``0..N-1``, the
+    file's position in its sorted split)."""
 
     files: tuple[Path, ...]
     labels: Tensor
@@ -45,16 +74,18 @@ class FileSet:
         self.files = tuple(self.files)
         self.ids = checked_ids(len(self.files), self.labels, self.ids)
 
-    def __len__(self) -> int:
-        return len(self.files)
-
-    @property
-    def image_shape(self) -> tuple[int, int, int]:
-        return (3, self.image_size, self.image_size)
+    def open(self, row: int) -> Any:
+        return open_rgb(self.files[row])
 
     def subset(self, index: Tensor) -> "FileSet":
         return FileSet(tuple(self.files[i] for i in index.tolist()), self.labels[index], self.image_size,
                        self.ids[index])
+
+
+def folder_split(root: str | None, split: str, image_size: int) -> tuple[FileSet, tuple[str, ...]]:
+    """The files of one split of the image folder ``root`` and its class names (nothing decoded)."""
+    listing = list_imagefolder(root, split)
+    return FileSet(listing.files, listing.labels, image_size), listing.class_names
 
 
 @dataclass(frozen=True)
@@ -72,8 +103,8 @@ class Decoder:
             raise ValueError(f"cannot centre-crop {self.size} pixels out of a shorter side of {self.resize}: "
                              "data.eval_resize must be >= data.image_size")
 
-    def image(self, path: Path, sample_id: int, view: int) -> np.ndarray:
-        img = open_rgb(path)
+    def image(self, img: Any, sample_id: int, view: int) -> np.ndarray:
+        """The RGB ``PIL.Image`` ``img`` of sample ``sample_id`` as uint8 H x W x 3, cropped for ``view``."""
         if self.plan is not None and self.plan.resized_crop is not None:
             top, left, bottom, right = self.plan.crop_box(torch.tensor([sample_id]), torch.tensor([view]),
                                                           torch.tensor([img.height]), torch.tensor([img.width]))[0]
@@ -84,9 +115,9 @@ class Decoder:
             img = img.resize((self.size, self.size), _bilinear())
         return np.asarray(img, dtype=np.uint8)
 
-    def batch(self, files: tuple[Path, ...], ids: Tensor, rows: Tensor, views: Tensor) -> Tensor:
-        """uint8 B x 3 x size x size images of the views ``views`` of the files at ``rows``."""
-        arrays = [self.image(files[r], int(ids[r]), int(v)) for r, v in zip(rows.tolist(), views.tolist())]
+    def batch(self, data: StreamSet, rows: Tensor, views: Tensor) -> Tensor:
+        """uint8 B x 3 x size x size images of the views ``views`` of the samples of ``data`` at ``rows``."""
+        arrays = [self.image(data.open(r), int(data.ids[r]), int(v)) for r, v in zip(rows.tolist(), views.tolist())]
         return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
 
 
@@ -113,20 +144,20 @@ def _centre_crop(img: Any, size: int) -> Any:
 class _Batches(Dataset):
     """A map-style dataset whose keys are whole batches ``(rows, views)``: one key, one :class:`Fetched`."""
 
-    def __init__(self, data: FileSet, decoder: Decoder, plan: ViewPlan | None) -> None:
+    def __init__(self, data: StreamSet, decoder: Decoder, plan: ViewPlan | None) -> None:
         self.data, self.decoder, self.plan = data, decoder, plan
 
     def __getitem__(self, key: tuple[Tensor, Tensor]) -> Fetched:
         rows, views = key
         d = self.data
-        return fetch(rows, views, d.labels, d.ids, lambda r, v: self.decoder.batch(d.files, d.ids, r, v), self.plan)
+        return fetch(rows, views, d.labels, d.ids, lambda r, v: self.decoder.batch(d, r, v), self.plan)
 
 
 def _as_is(item: Fetched) -> Fetched:
     return item
 
 
-def decoded(data: FileSet, decoder: Decoder, plan: ViewPlan | None, batches: Iterable[tuple[Tensor, Tensor]],
+def decoded(data: StreamSet, decoder: Decoder, plan: ViewPlan | None, batches: Iterable[tuple[Tensor, Tensor]],
             workers: int, pin: bool) -> Iterator[Fetched]:
     """The :class:`Fetched` of each ``(rows, views)`` of ``batches``, decoded by ``workers`` processes (0: here).
 
@@ -139,10 +170,10 @@ def decoded(data: FileSet, decoder: Decoder, plan: ViewPlan | None, batches: Ite
 
 
 class StreamLoader(EpochBatches):
-    """Iterate over a :class:`FileSet` in batches of :class:`~softdistill.types.Batch`, decoding in
+    """Iterate over a :class:`StreamSet` in batches of :class:`~softdistill.types.Batch`, decoding in
     ``workers`` DataLoader processes; the batching rules are :class:`EpochBatches`'."""
 
-    def __init__(self, data: FileSet, batch_size: int, transform: BatchTransform, *, device: torch.device,
+    def __init__(self, data: StreamSet, batch_size: int, transform: BatchTransform, *, device: torch.device,
                  workers: int = 0, resize: int | None = None, **rules: Any) -> None:
         super().__init__(data.ids, batch_size, **rules)
         self.data = data
@@ -169,7 +200,7 @@ class StreamLoader(EpochBatches):
             yield assemble(fetched.to(self.device, non_blocking=cuda), self.transform, self.plan, self.channels_last)
 
 
-def sample_stats(data: FileSet, samples: int, workers: int = 0, batch_size: int = 64
+def sample_stats(data: StreamSet, samples: int, workers: int = 0, batch_size: int = 64
                  ) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Per-channel mean and std (in [0, 1] units) of at most ``samples`` images of ``data``, each resized
     to the square: the samples of smallest ``hash(sample_id)``, the same for every run on the split."""
@@ -177,3 +208,11 @@ def sample_stats(data: FileSet, samples: int, workers: int = 0, batch_size: int 
     batches = ((rows, torch.zeros_like(rows)) for rows in chosen.split(batch_size))
     images = (f.images for f in decoded(data, Decoder(data.image_size), None, batches, workers, pin=False))
     return pixel_stats(images)
+
+
+def decode_all(data: StreamSet, workers: int = 0, batch_size: int = 256) -> TensorSet:
+    """Every image of ``data`` decoded by ``workers`` processes and resized to the square (as the memory
+    loader's image folders are), in one :class:`~softdistill.data.loader.TensorSet` with the same ids."""
+    batches = ((rows, torch.zeros_like(rows)) for rows in torch.arange(len(data)).split(batch_size))
+    chunks = [f.images for f in decoded(data, Decoder(data.image_size), None, batches, workers, pin=False)]
+    return TensorSet(torch.cat(chunks), data.labels, data.ids)

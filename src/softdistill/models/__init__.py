@@ -4,11 +4,13 @@
 ``B x in_channels x image_size x image_size`` images to ``B x num_classes`` logits; every built-in
 model ends in a linear layer named ``fc``.  Names: see :func:`available_models`, plus the patterns
 ``mlp-H`` and ``wrn-D-W`` and the external sources ``torchvision:NAME`` / ``timm:NAME``.
+``resnet18-imagenet`` / ``resnet34-imagenet`` are torchvision's ResNets when it is installed and
+our identical copies otherwise (:mod:`softdistill.models.resnet_imagenet`).
 """
 
 from __future__ import annotations
 
-from softdistill.models import mobilenet, resnet_cifar, small, wrn  # noqa: F401  (register the built-ins)
+from softdistill.models import mobilenet, resnet_cifar, resnet_imagenet, small, wrn  # noqa: F401  (register the built-ins)
 from softdistill.models.registry import available_models, build_model, count_parameters, register_model
 
 __all__ = ["build_model", "available_models", "register_model", "count_parameters"]

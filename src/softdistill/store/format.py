@@ -33,6 +33,7 @@ import torch
 from torch import Tensor
 
 from softdistill.atomic import _process_alive, write_atomic, write_text_atomic
+from softdistill.hashing import data_fingerprint, sha256_of
 
 __all__ = ["FORMAT", "MANIFEST", "SAMPLES", "LOCK", "StoreError", "shard_name", "data_fingerprint", "sha256_of",
            "write_shard", "write_array_atomic", "read_manifest", "write_manifest", "WriterLock", "DISK_FULL",
@@ -58,22 +59,6 @@ def shard_name(index: int, digest: str) -> str:
 
 def shard_files(folder: Path, index: int) -> list[Path]:
     return sorted(folder.glob(f"shard-{index:05d}-*.npy"))
-
-
-def data_fingerprint(ids: Tensor, labels: Tensor) -> str:
-    """sha256 over the sample ids and labels (int64, little-endian) in row order."""
-    h = hashlib.sha256()
-    h.update(ids.cpu().long().numpy().astype("<i8").tobytes())
-    h.update(labels.cpu().long().numpy().astype("<i8").tobytes())
-    return h.hexdigest()
-
-
-def sha256_of(path: Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 class _HashSink:

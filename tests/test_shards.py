@@ -1,0 +1,193 @@
+"""Shards written by ``softdistill data pack``: the folder's samples, ids and pixels, resumable writes, bad input."""
+
+import json
+import os
+import tarfile
+
+import numpy as np
+import pytest
+import torch
+
+from softdistill.cli import main
+from softdistill.data.loader import BatchLoader, BatchTransform
+from softdistill.data.prepare import prepare_data
+from softdistill.data.shards import (MANIFEST, PROGRESS, PackError, ShardLimit, pack_imagefolder, parse_shard_size,
+                                     plan_shards, shard_split, verify_pack)
+from softdistill.data.sources import DatasetFormatError, DatasetNotFoundError
+from softdistill.data.stream import StreamLoader
+from softdistill.data.views import ViewPlan
+from softdistill.hashing import data_fingerprint
+from test_stream import assert_same_batches, write_folder
+
+Image = pytest.importorskip("PIL.Image")
+CPU = torch.device("cpu")
+
+
+def packed(tmp_path, size="4", **kw):
+    source = write_folder(tmp_path / "folder")
+    pack_imagefolder(source, tmp_path / "shards", parse_shard_size(size), quiet=True, **kw)
+    return source, tmp_path / "shards"
+
+
+def test_shards_hold_the_folders_samples_and_decode_to_its_pixels(tmp_path):
+    folder, shards = packed(tmp_path)
+    common = dict(image_size=8, val_size=3, loader="stream", stats_samples=1000)
+    a = prepare_data("imagefolder", root=str(folder), **common)
+    b = prepare_data("shards", root=str(shards), **common)
+    assert a.class_names == b.class_names and a.mean == b.mean and a.std == b.std
+    for split in ("train", "val", "test"):
+        x, y = getattr(a, split), getattr(b, split)
+        # the fingerprint a soft-label store checks: a store labelled on the folder serves the shards
+        assert data_fingerprint(x.ids, x.labels) == data_fingerprint(y.ids, y.labels)
+    transform = BatchTransform(a.mean, a.std)
+    plan = ViewPlan(seed=3, resized_crop=(0.3, 1.0), hflip=True, mix="cutmix")
+    for workers in (0, 2):
+        loaders = [StreamLoader(d.train, 4, transform, device=CPU, workers=workers, shuffle=True, plan=plan, seed=5)
+                   for d in (a, b)]
+        for loader in loaders:
+            loader.set_epoch(2)
+        assert_same_batches(*loaders)
+    assert_same_batches(*(StreamLoader(d.test, 4, transform, device=CPU, resize=10) for d in (a, b)))
+    in_memory = [prepare_data(name, root=str(root), image_size=8, val_size=3, workers=1)
+                 for name, root in (("imagefolder", folder), ("shards", shards))]
+    assert in_memory[0].mean == in_memory[1].mean
+    assert_same_batches(*(BatchLoader(d.train, 4, BatchTransform(d.mean, d.std), shuffle=True) for d in in_memory))
+
+
+def test_a_shard_is_a_webdataset_tar_and_its_index_points_at_each_image(tmp_path):
+    folder, shards = packed(tmp_path)
+    manifest = json.loads((shards / MANIFEST).read_text())
+    first = manifest["splits"]["train"]["shards"][0]
+    assert [first[k] for k in ("file", "index", "samples")] == ["train-00000.tar", "train-00000.idx.npy", 4]
+    index = np.load(shards / first["index"])
+    with tarfile.open(shards / first["file"]) as tar:
+        members = tar.getmembers()
+        assert [m.name for m in members] == ["000000000.png", "000000000.cls", "000000001.jpg", "000000001.cls",
+                                             "000000002.png", "000000002.cls", "000000003.jpg", "000000003.cls"]
+        assert [m.offset_data for m in members[::2]] == index["offset"].tolist()
+        assert tar.extractfile(members[1]).read() == b"0"
+        assert tar.extractfile(members[2]).read() == (folder / "train" / "ant" / "001.jpg").read_bytes()
+    assert [len(p["shards"]) for p in manifest["splits"].values()] == [5, 2]  # 18 train and 6 test images by 4
+    assert verify_pack(shards) == []
+
+
+def test_shard_sizes_in_images_or_bytes():
+    assert parse_shard_size("1000") == ShardLimit(images=1000)
+    assert parse_shard_size("256MB") == ShardLimit(bytes=256 * 10**6)
+    assert parse_shard_size("1GiB") == ShardLimit(bytes=2**30)
+    with pytest.raises(ValueError, match="give a number of images"):
+        parse_shard_size("1 TB")
+    assert plan_shards([1] * 7, ShardLimit(images=3)) == [(0, 3), (3, 6), (6, 7)]
+    # bytes: samples added while the sum stays within the limit; a sample larger than it is a shard alone
+    assert plan_shards([4, 4, 3, 9, 1, 1], ShardLimit(bytes=8)) == [(0, 2), (2, 3), (3, 4), (4, 6)]
+
+
+def test_a_stopped_pack_continues_and_a_half_written_shard_is_never_taken(tmp_path, monkeypatch):
+    source = write_folder(tmp_path / "folder")
+    reference = pack_imagefolder(source, tmp_path / "whole", ShardLimit(images=4), quiet=True)
+
+    class StopAfterTwoShards:
+        def __init__(self, **kw):
+            self.updates = 0
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def update(self, n):
+            self.updates += 1
+            if self.updates == 2:
+                raise KeyboardInterrupt
+
+    out = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt):
+        pack_imagefolder(source, out, ShardLimit(images=4), progress=StopAfterTwoShards)
+    assert not (out / MANIFEST).exists() and (out / PROGRESS).exists()
+    with pytest.raises(DatasetNotFoundError, match="not finished: run the same pack command again"):
+        shard_split(str(out), "train", 8)
+    kept = (out / "train-00000.tar").stat().st_mtime_ns
+    (out / "train-00002.tar").write_bytes(b"half a shard")  # a shard the progress file does not list
+    with pytest.raises(DatasetFormatError, match="unfinished pack of other files or settings"):
+        pack_imagefolder(source, out, ShardLimit(images=5), quiet=True)
+    resumed = pack_imagefolder(source, out, ShardLimit(images=4), quiet=True)
+    assert (out / "train-00000.tar").stat().st_mtime_ns == kept and not (out / PROGRESS).exists()
+    assert {k: v for k, v in resumed.items() if k != "source"} == {k: v for k, v in reference.items() if k != "source"}
+    assert verify_pack(out) == []
+    assert pack_imagefolder(source, out, ShardLimit(images=4), quiet=True) == resumed  # finished: left as it is
+    with pytest.raises(DatasetFormatError, match="finished pack of other files or settings"):
+        pack_imagefolder(source, out, ShardLimit(images=3), quiet=True)
+
+
+def test_a_missing_or_truncated_shard_is_named(tmp_path):
+    _, shards = packed(tmp_path)
+    tar = shards / "train-00001.tar"
+    tar.write_bytes(tar.read_bytes()[:-600])
+    with pytest.raises(DatasetFormatError, match=r"train-00001\.tar: \d+ bytes, but .*manifest\.json lists \d+ "
+                                                 r"\(truncated or altered\)"):
+        shard_split(str(shards), "train", 8)
+    assert any("train-00001.tar" in p for p in verify_pack(shards))
+    tar.unlink()
+    with pytest.raises(DatasetFormatError, match=r"train-00001\.tar: missing shard file"):
+        prepare_data("shards", root=str(shards), image_size=8, loader="stream")
+    assert main(["data", "verify", str(shards)]) == 2
+
+
+def test_a_corrupt_source_image_fails_by_default_or_is_skipped_and_counted(tmp_path, capsys):
+    source = write_folder(tmp_path / "folder")
+    bad = source / "train" / "bee" / "001.jpg"
+    bad.write_bytes(bad.read_bytes()[:40])
+    with pytest.raises(DatasetFormatError, match=r"bee/001\.jpg: cannot read image"):
+        pack_imagefolder(source, tmp_path / "a", ShardLimit(images=4), quiet=True)
+    assert main(["data", "pack", str(source), str(tmp_path / "b"), "--quiet"]) == 2
+    assert "bee/001.jpg: cannot read image" in capsys.readouterr().err
+    assert main(["data", "pack", str(source), str(tmp_path / "c"), "--on-corrupt", "skip", "--quiet",
+                 "--workers", "2"]) == 0
+    assert "skipped 1 unreadable image(s)" in capsys.readouterr().out
+    manifest = json.loads((tmp_path / "c" / MANIFEST).read_text())
+    assert manifest["skipped"] == [str(bad)] and manifest["splits"]["train"]["samples"] == 17
+    data, _ = shard_split(str(tmp_path / "c"), "train", 8)
+    assert data.ids.tolist() == [i for i in range(18) if i != 7]  # bee/001.jpg was row 7; the others keep their ids
+
+
+def test_bad_folders_are_refused_naming_the_folder(tmp_path):
+    source = write_folder(tmp_path / "folder")
+    (source / "train" / "dog").mkdir()
+    with pytest.raises(DatasetFormatError, match=r"train/dog: a class folder with no images"):
+        pack_imagefolder(source, tmp_path / "out", ShardLimit(images=4), quiet=True)
+    (source / "train" / "dog").rmdir()
+    (source / "val" / "emu").mkdir()
+    (source / "val" / "ant" / "000.png").rename(source / "val" / "emu" / "000.png")
+    with pytest.raises(DatasetFormatError, match=r"class folders \['emu'\] are not in"):
+        pack_imagefolder(source, tmp_path / "out", ShardLimit(images=4), quiet=True)
+
+
+def test_images_that_are_not_rgb_are_converted_as_the_folder_loader_converts_them(tmp_path):
+    rng = np.random.default_rng(0)
+    rgb = Image.fromarray(rng.integers(0, 255, (9, 9, 3)).astype(np.uint8))
+    for split in ("train", "val"):
+        folder = tmp_path / "folder" / split / "a"
+        folder.mkdir(parents=True)
+        rgb.convert("L").save(folder / "grey.png")
+        rgb.convert("P").save(folder / "palette.png")
+        rgb.convert("RGBA").save(folder / "alpha.png")
+        rgb.convert("CMYK").save(folder / "cmyk.jpg")
+    pack_imagefolder(tmp_path / "folder", tmp_path / "shards", ShardLimit(images=2), quiet=True)
+    a = prepare_data("imagefolder", root=str(tmp_path / "folder"), image_size=9, val_size=0, normalize=False)
+    b = prepare_data("shards", root=str(tmp_path / "shards"), image_size=9, val_size=0, normalize=False)
+    assert b.train.images.shape == (4, 3, 9, 9) and torch.equal(a.train.images, b.train.images)
+
+
+def _die(task):
+    os._exit(3)
+
+
+def test_a_pack_worker_that_dies_stops_the_pack_with_a_message(tmp_path, monkeypatch):
+    import softdistill.data.shards as shards_module
+
+    source = write_folder(tmp_path / "folder")
+    monkeypatch.setattr(shards_module, "_write_shard", _die)
+    with pytest.raises(PackError, match=r"a pack worker process died .* train-00000\.tar; the shards finished so far "
+                                        "are kept"):
+        pack_imagefolder(source, tmp_path / "out", ShardLimit(images=4), workers=2, quiet=True)

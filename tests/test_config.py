@@ -100,14 +100,8 @@ def test_every_shipped_recipe_validates():
     folder = packaged_recipes("")
     paths = sorted(folder.rglob("*.yaml"))
     assert len(paths) >= 8
-    external = folder / "imagenet" / "wsl-resnet34-resnet18.yaml"  # its teacher is a checkpoint the user brings
     for path in paths:  # the VAE recipes of HARD are trained by train-vae, all others by train
-        if path == external:
-            with pytest.raises(ConfigError, match=r"soft_labels.checkpoint: no file .*imagenet-resnet34/seed0/best.pt"):
-                load_recipe(path)
-            recipe_from_dict(yaml.safe_load(path.read_text()), str(path))  # the recipe itself is valid
-        else:
-            (load_vae_recipe if path.stem.startswith("vae") else load_recipe)(path)
+        (load_vae_recipe if path.stem.startswith("vae") else load_recipe)(path)
 
 
 def test_a_key_written_twice_is_an_error_naming_key_file_and_lines(tmp_path):

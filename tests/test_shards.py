@@ -47,6 +47,9 @@ def test_shards_hold_the_folders_samples_and_decode_to_its_pixels(tmp_path):
         for loader in loaders:
             loader.set_epoch(2)
         assert_same_batches(*loaders)
+        whole = list(loaders[1])
+        loaders[1].set_epoch(2, skip=2)  # a mid-epoch resume skips batches, as on every source
+        assert_same_batches(whole[2:], loaders[1])
     assert_same_batches(*(StreamLoader(d.test, 4, transform, device=CPU, resize=10) for d in (a, b)))
     in_memory = [prepare_data(name, root=str(root), image_size=8, val_size=3, workers=1)
                  for name, root in (("imagefolder", folder), ("shards", shards))]
@@ -69,6 +72,15 @@ def test_a_shard_is_a_webdataset_tar_and_its_index_points_at_each_image(tmp_path
         assert tar.extractfile(members[2]).read() == (folder / "train" / "ant" / "001.jpg").read_bytes()
     assert [len(p["shards"]) for p in manifest["splits"].values()] == [5, 2]  # 18 train and 6 test images by 4
     assert verify_pack(shards) == []
+
+
+def test_shards_need_an_image_size_and_a_pack_folder(tmp_path):
+    from softdistill.config import ConfigError, recipe_from_dict
+
+    with pytest.raises(ConfigError, match="shards needs image_size"):
+        recipe_from_dict({"name": "x", "student": "mlp", "epochs": 1, "data": {"name": "shards", "root": "x"}})
+    with pytest.raises(DatasetNotFoundError, match=r"no shards, manifest\.json is missing"):
+        shard_split(str(tmp_path), "train", 8)
 
 
 def test_shard_sizes_in_images_or_bytes():

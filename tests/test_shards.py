@@ -203,3 +203,41 @@ def test_a_pack_worker_that_dies_stops_the_pack_with_a_message(tmp_path, monkeyp
     with pytest.raises(PackError, match=r"a pack worker process died .* train-00000\.tar; the shards finished so far "
                                         "are kept"):
         pack_imagefolder(source, tmp_path / "out", ShardLimit(images=4), workers=2, quiet=True)
+
+
+def test_a_store_labelled_on_the_folder_serves_a_run_on_its_shards(tmp_path):
+    from softdistill.config import load_label_recipe, recipe_from_dict
+    from softdistill.runner import label_store, run_recipe
+    from softdistill.checkpoint import load_checkpoint, model_from_checkpoint
+    from softdistill.store import Store
+
+    folder, shards = packed(tmp_path)
+
+    def data(name, root):
+        return {"name": name, "root": str(root), "image_size": 8, "val_size": 3, "loader": "stream", "workers": 0,
+                "batch_size": 5, "eval_batch_size": 8, "augment": {"crop_padding": 1, "hflip": True}, "views": 2,
+                "view_seed": 0}
+
+    common = {"output_dir": str(tmp_path / "runs"), "train": {"device": "cpu"}}
+    teacher = recipe_from_dict({"name": "t", "student": "mlp", "epochs": 1, "data": data("imagefolder", folder),
+                                **common})
+    run_recipe(teacher, quiet=True)
+    checkpoint = teacher.run_dir / "best.pt"
+    (tmp_path / "label.yaml").write_text(json.dumps({"name": "store", "data": data("imagefolder", folder),
+                                                     "soft_labels": {"source": "teacher", "checkpoint": str(checkpoint)},
+                                                     **common}))
+    labelled = load_label_recipe(tmp_path / "label.yaml")
+    label_store(labelled, quiet=True)
+    student = recipe_from_dict({"name": "s", "student": "mlp", "epochs": 2, "seed": 3, "data": data("shards", shards),
+                                "method": {"name": "kd", "alpha": 0.7},
+                                "soft_labels": {"source": "store", "path": str(labelled.run_dir)}, **common})
+    assert run_recipe(student, quiet=True)["epochs"] == 2  # the store fits the shards: its fingerprint is theirs
+    on_shards = prepare_data("shards", root=str(shards), image_size=8, val_size=3, loader="stream")
+    loader = StreamLoader(on_shards.train, 5, BatchTransform(on_shards.mean, on_shards.std), device=CPU,
+                          shuffle=True, plan=student.view_plan, seed=3)
+    store, model = Store(labelled.run_dir), model_from_checkpoint(load_checkpoint(checkpoint)).eval()
+    for epoch in (1, 2):
+        loader.set_epoch(epoch)
+        for batch in loader:  # each view of the shards is the view the teacher labelled on the folder
+            with torch.inference_mode():
+                torch.testing.assert_close(store.logits(store.rows_of(batch.sample_id), batch.view), model(batch.x))

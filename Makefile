@@ -8,7 +8,8 @@ TORCH ?= torch==2.13.0
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 FMNIST := /usr/share/datasets/fashion-mnist
 # glibc's default malloc returns large blocks to the OS and page-faults them back on every
-# step; keeping them makes training 15-20 % faster and steadier on small VMs.
+# step; keeping them made a KD training step (ResNet-20 -> ResNet-8, batch 128) 15-19 % faster and
+# steadier on a 2-core VM.
 MALLOC := GLIBC_TUNABLES=glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=4294967296
 
 .PHONY: quickstart test data install

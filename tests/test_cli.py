@@ -75,8 +75,11 @@ def test_train_then_eval_then_resume_finished(tmp_path, capsys):
     assert result["acc"] == pytest.approx(history[summary["selected_epoch"] - 1]["test/acc"])
     assert main(["eval", str(run / "last.pt"), "--split", "val"]) == 0
     assert "val (100 images)" in capsys.readouterr().out
-    assert main(["train", str(recipe), "--quiet", "--seed", "4", "-o", "optim.lr=0.1", "--resume"]) == 2
-    assert "already finished" in capsys.readouterr().err
+    stamp = (run / "last.pt").stat().st_mtime_ns
+    assert main(["train", str(recipe), "--seed", "4", "-o", "optim.lr=0.1", "--resume"]) == 0  # finished: kept as is
+    printed = capsys.readouterr().out
+    assert f"{run} has finished; nothing to resume" in printed and "done: test accuracy last" in printed
+    assert (run / "last.pt").stat().st_mtime_ns == stamp
 
 
 def test_compare_skips_finished_runs_and_resumes(tmp_path, capsys):
@@ -94,9 +97,24 @@ def test_compare_skips_finished_runs_and_resumes(tmp_path, capsys):
     (out / "smooth" / "seed1" / "best.pt").unlink()
     assert main(["compare", str(a), str(b), "--seeds", "2", "--output", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert printed.count("finished earlier, skipped") == 3  # printed without --quiet
+    assert printed.count("finished earlier, reused") == 3  # printed without --quiet
     changed = [p for p, t in stamps.items() if p.exists() and p.stat().st_mtime_ns != t]
     assert changed == [out / "smooth" / "seed1" / "last.pt"]
+
+
+def test_compare_says_which_runs_it_trained_as_teachers_and_which_it_reused(tmp_path, capsys):
+    base = write_recipe(tmp_path, name="base")
+    own = write_recipe(tmp_path, name="own", soft_labels={"source": "cache", "recipe": "base.yaml"},
+                       method={"name": "kd", "alpha": 0.9, "temperature": 4})
+    argv = ["compare", str(base), str(own), "--seeds", "1", "--output", str(tmp_path / "cmp")]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "training 'base' seed 0, which soft_labels.recipe of 'own' names, first" in printed
+    assert "base seed 0: trained above as the teacher of own" in printed and "finished earlier" not in printed
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "base seed 0: finished earlier, reused" in printed and "own seed 0: finished earlier, reused" in printed
+    assert "trained above" not in printed and "training 'base'" not in printed
 
 
 def test_compare_refuses_runs_of_an_edited_recipe(tmp_path, capsys):

@@ -121,9 +121,10 @@ def test_resume_errors(tmp_path):
     recipe = make_recipe(tmp_path, epochs=1)
     with pytest.raises(RunStateError, match="nothing to resume: no checkpoint"):
         run_recipe(recipe, resume=True, quiet=True)
-    run_recipe(recipe, quiet=True)
-    with pytest.raises(RunStateError, match="already finished"):
-        run_recipe(recipe, resume=True, quiet=True)
+    summary = run_recipe(recipe, quiet=True)
+    stamp = (recipe.run_dir / "last.pt").stat().st_mtime_ns
+    assert run_recipe(recipe, resume=True, quiet=True) == summary  # finished: left as it is
+    assert (recipe.run_dir / "last.pt").stat().st_mtime_ns == stamp
     changed = make_recipe(tmp_path, epochs=1, optim__lr=0.5)
     with pytest.raises(RunStateError, match="optim.lr: 0.05 -> 0.5"):
         run_recipe(changed, resume=True, quiet=True)

@@ -133,8 +133,7 @@ def test_run_folder_rules(tmp_path):
     run_recipe(recipe, quiet=True)
     with pytest.raises(RunStateError, match="already holds a run"):
         run_recipe(recipe, quiet=True)
-    with pytest.raises(RunStateError, match="already finished"):
-        run_recipe(recipe, resume=True, quiet=True)
+    assert run_recipe(recipe, resume=True, quiet=True) == json.loads((recipe.run_dir / "summary.json").read_text())
     with pytest.raises(RunStateError, match="beta: 1.0 -> 0.5"):
         run_recipe(tiny_recipe(tmp_path, "epochs=1", "beta=0.5"), resume=True, quiet=True)
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from softdistill.checkpoint import CheckpointError
 from softdistill.config import RunRecipe, dependency_recipe
-from softdistill.runs import check_same_recipe, run_dir_state
+from softdistill.runs import RunInterrupted, check_same_recipe, run_dir_state
 from softdistill.targets.base import Dependency
 
 __all__ = ["resolve_product", "PRODUCTS"]
@@ -39,10 +39,15 @@ def resolve_product(recipe: RunRecipe, dependency: Dependency, run: Callable[...
     check_same_recipe(needed)
     state = run_dir_state(needed.run_dir)
     if state != "finished":
+        verb = "labelling" if dependency.kind == "store" else "training"
+        what = f"{needed.name!r} seed {needed.seed}, which {dependency.field} of {recipe.name!r} names"
         if not quiet:
-            verb = "labelling with" if dependency.kind == "store" else "training"
-            print(f"[softdistill] {dependency.field}: {verb} {needed.kind} {needed.name!r} into {needed.run_dir}")
-        run(needed, resume=(state == "partial"), quiet=quiet)
+            print(f"[softdistill] {verb} {what}, first: {needed.run_dir}"
+                  + (" (continued from its last.pt)" if state == "partial" else ""))
+        try:
+            run(needed, resume=(state == "partial"), quiet=quiet)
+        except RunInterrupted as exc:
+            raise RunInterrupted(f"while {verb} {what}: {exc.kept}", resume=False) from None
     product = needed.run_dir / PRODUCTS[dependency.kind](dependency)
     if not product.exists():
         hint = (f" (the recipe keeps epoch checkpoints only for train.keep_epochs = {needed.train.keep_epochs})"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import sys
 from collections.abc import Sequence
 
@@ -132,7 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
                                     "smoothing, KD, Tf-KD self and reg in both modes, WSL, IDA KD-i and KD-p, "
                                     "HARD), print the table and write the report folder that compare writes.")
     qs.add_argument("--tiny", action="store_true",
-                    help="recipes/tiny instead: digits, baseline, label smoothing, KD and HARD, in under a minute")
+                    help="recipes/tiny instead: digits, baseline, label smoothing, KD and HARD (small enough for "
+                         "the tests)")
     qs.add_argument("--seeds", type=int, default=3, help="number of seeds, 0..N-1 (default 3)")
     qs.add_argument("--output", help="output folder (default runs/quickstart or runs/tiny)")
     qs.add_argument("-o", "--override", action="append", default=[], metavar="KEY=VALUE", help=OVERRIDE_HELP)
@@ -156,6 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     ins.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     ins.add_argument("--batch-size", type=int, default=1024)
     ins.add_argument("--seed", type=int, default=0, help="seed of the mixed-sample pairs and weights")
+    ins.add_argument("--quiet", action="store_true", help="no stage lines or progress bars")
     return parser
 
 
@@ -199,11 +202,11 @@ def _cmd_train_vae(args: argparse.Namespace) -> int:
 def _cmd_label(args: argparse.Namespace) -> int:
     from softdistill.config import load_label_recipe
     from softdistill.engine import shutdown_distributed
-    from softdistill.runner import label_store
+    from softdistill.runner import run_recipe
 
     recipe = load_label_recipe(args.recipe, args.override + ([f"seed={args.seed}"] if args.seed is not None else []))
     try:
-        label_store(recipe, quiet=args.quiet)
+        run_recipe(recipe, quiet=args.quiet)
     finally:
         shutdown_distributed()
     if int(os.environ.get("RANK", "0")) == 0:
@@ -295,7 +298,7 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 
     result = inspect_soft_labels(args.source, data=args.data, split=args.split, student=args.student,
                                  output_dir=args.output, root=args.root, device=args.device,
-                                 batch_size=args.batch_size, seed=args.seed)
+                                 batch_size=args.batch_size, seed=args.seed, quiet=args.quiet)
     b = result.summary["soft_labels"]
     print(f"{args.source}: {b['samples']} soft labels, top-1 accuracy {b['accuracy']:.2f}%, NLL {b['nll']:.4f}, "
           f"ECE {100 * b['ece']:.2f}%")
@@ -319,7 +322,22 @@ def _user_errors() -> tuple[type[BaseException], ...]:
             NonFiniteLossError, FileWriteError, DistributedError, CompileError, ValueError, ImportError)
 
 
+def _interrupted_message(command: str, argv: Sequence[str], exc: KeyboardInterrupt) -> str:
+    """The one message of an interrupted command: what was kept and the command that continues."""
+    from softdistill.runs import RunInterrupted
+
+    again = shlex.join(["softdistill", *argv])
+    if not isinstance(exc, RunInterrupted):
+        return (f"softdistill {command}: interrupted before it finished (it keeps nothing partial); "
+                f"run it again: {again}")
+    if exc.resume:
+        return (f"softdistill {command}: interrupted; {exc.kept}. Continue it exactly with: "
+                f"{again if '--resume' in argv else again + ' --resume'}")
+    return f"softdistill {command}: interrupted; {exc.kept}. Run the same command again to continue: {again}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     handlers = {"train": _cmd_train, "train-vae": _cmd_train_vae, "label": _cmd_label, "store": _cmd_store,
                 "data": _cmd_data, "eval": _cmd_eval,
@@ -331,9 +349,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"softdistill {args.command}: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"softdistill {args.command}: interrupted; finished epochs are kept, continue with --resume "
-              "(compare and quickstart resume by themselves)", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(_interrupted_message(args.command, argv, exc), file=sys.stderr)
         return 130
 
 

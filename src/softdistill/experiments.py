@@ -11,6 +11,7 @@ import json
 import math
 import multiprocessing
 import os
+import signal
 import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -19,20 +20,19 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from tqdm.auto import tqdm
-
 from softdistill.atomic import write_bytes_atomic, write_text_atomic
 from softdistill.config import Recipe, load_recipe
 from softdistill.data.loader import TensorSet
 from softdistill.data.prepare import prepare_from_spec
 from softdistill.data.shifts import ood_set, parse_ood_spec
+from softdistill.engine.progress import ProgressBar, progress_bar
 from softdistill.evaluation import evaluate_on_sets
 from softdistill.report import (aggregate_runs, format_final_markdown, format_markdown, plot_curves, plot_diagnostics,
                                 write_csv)
 from softdistill.report.plots import BAND_NOTE
 from softdistill.report.tables import RecipeResult, TeacherResult, format_teachers_markdown
 from softdistill.runner import resolve_dependencies, run_recipe
-from softdistill.runs import check_same_recipe, run_dir_state
+from softdistill.runs import RunInterrupted, check_same_recipe, run_dir_state
 
 __all__ = ["CompareResult", "compare", "write_report", "packaged_recipes", "quickstart", "usable_cores",
            "threads_per_job"]
@@ -73,7 +73,12 @@ def _run_job(raw: dict[str, Any], source: str | None, resume: bool) -> dict[str,
     return run_recipe(Recipe.from_dict(raw, source), resume=resume, quiet=True)
 
 
-def _run_all(runs: list[tuple[Recipe, bool]], jobs: int, bar: tqdm, quiet: bool) -> None:
+def _leave_interrupts_to_the_parent() -> None:
+    """A parallel run's process ignores Ctrl-C: the compare that started it stops it, with one message."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _run_all(runs: list[tuple[Recipe, bool]], jobs: int, bar: ProgressBar, quiet: bool) -> None:
     """Run ``(recipe, resume)`` pairs, ``jobs`` at a time, reporting each as it finishes."""
     def finished(recipe: Recipe, summary: dict[str, Any]) -> None:
         bar.update(1)
@@ -88,7 +93,8 @@ def _run_all(runs: list[tuple[Recipe, bool]], jobs: int, bar: tqdm, quiet: bool)
             finished(recipe, run_recipe(recipe, resume=resume, quiet=True))
         return
     threads = threads_per_job(jobs)
-    pool = ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"))
+    pool = ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=_leave_interrupts_to_the_parent)
     try:
         futures = {}
         for recipe, resume in runs:
@@ -98,8 +104,29 @@ def _run_all(runs: list[tuple[Recipe, bool]], jobs: int, bar: tqdm, quiet: bool)
         bar.set_postfix_str(f"{jobs} runs at a time, {threads} thread(s) each")
         for future in as_completed(futures):
             finished(futures[future], future.result())
+    except KeyboardInterrupt:
+        # stop the runs at once (each keeps its last checkpoint); Python 3.14 names this terminate_workers()
+        for process in list(pool._processes.values()):
+            process.terminate()
+        raise
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _how_finished(recipe: Recipe, earlier: set[Path], taught: Mapping[Path, list[str]]) -> str:
+    """Why a run that ``compare`` does not train is finished: an earlier call, or this one as a teacher."""
+    folder = recipe.run_dir.resolve()
+    if folder in earlier:
+        return "finished earlier, reused"
+    return f"trained above as the teacher of {', '.join(taught.get(folder, ['another recipe']))}"
+
+
+def _interrupted_comparison(every_run: Sequence[Recipe], exc: KeyboardInterrupt) -> RunInterrupted:
+    """What an interrupted compare keeps: its finished runs, and the last.pt of each unfinished one."""
+    finished = sum(run_dir_state(recipe.run_dir) == "finished" for recipe in every_run)
+    kept = (f"{finished} of {len(every_run)} runs are finished and kept, the others continue from their last.pt "
+            "when there is one")
+    return RunInterrupted(kept + (f"; {exc.kept}" if isinstance(exc, RunInterrupted) else ""), resume=False)
 
 
 def compare(recipe_paths: Sequence[str | Path], *, seeds: int | Sequence[int] = 3, epochs: int | None = None,
@@ -127,24 +154,33 @@ def compare(recipe_paths: Sequence[str | Path], *, seeds: int | Sequence[int] = 
         baseline = next((r.name for r in recipes_by_seed[seed_list[0]] if r.method.name == "ce"), names[0])
     elif baseline not in names:
         raise ValueError(f"baseline {baseline!r} is not among the recipes {names}")
+    every_run = [recipe for seed in seed_list for recipe in recipes_by_seed[seed]]
+    earlier = {recipe.run_dir.resolve() for recipe in every_run if run_dir_state(recipe.run_dir) == "finished"}
     teachers = {}  # recipe name -> the teacher checkpoint its soft labels come from
-    for recipe in recipes_by_seed[seed_list[0]]:  # teachers (and VAEs) first, with their own progress output
-        for dependency, path in resolve_dependencies(recipe, quiet=quiet).items():
-            if dependency.kind == "model" and dependency.field.startswith("soft_labels."):
-                teachers[recipe.name] = path
-    runs = []
-    bar = tqdm(total=len(seed_list) * len(names), desc="compare", unit="run", disable=quiet, dynamic_ncols=True)
-    for recipe in (recipe for seed in seed_list for recipe in recipes_by_seed[seed]):
-        state = run_dir_state(recipe.run_dir)
-        check_same_recipe(recipe)
-        if state == "finished":
-            bar.update(1)
-            if not quiet:
-                bar.write(f"{recipe.name} seed {recipe.seed}: finished earlier, skipped")
-            continue
-        runs.append((recipe, state == "partial"))
-    _run_all(runs, jobs, bar, quiet)
-    bar.close()
+    taught: dict[Path, list[str]] = {}  # a teacher's run folder -> the recipes it teaches
+    try:
+        for recipe in recipes_by_seed[seed_list[0]]:  # teachers (and VAEs) first, with their own progress output
+            for dependency, path in resolve_dependencies(recipe, quiet=quiet).items():
+                if dependency.kind == "model" and dependency.field.startswith("soft_labels."):
+                    teachers[recipe.name] = path
+                    taught.setdefault(path.parent.resolve(), []).append(recipe.name)
+        runs = []
+        bar = progress_bar(len(every_run), "compare", quiet=quiet, unit="run")
+        try:
+            for recipe in every_run:
+                state = run_dir_state(recipe.run_dir)
+                check_same_recipe(recipe)
+                if state == "finished":
+                    bar.update(1)
+                    if not quiet:
+                        bar.write(f"{recipe.name} seed {recipe.seed}: {_how_finished(recipe, earlier, taught)}")
+                    continue
+                runs.append((recipe, state == "partial"))
+            _run_all(runs, jobs, bar, quiet)
+        finally:
+            bar.close()
+    except KeyboardInterrupt as exc:
+        raise _interrupted_comparison(every_run, exc) from None
     return write_report(output_dir, names, baseline, title=title, seconds=time.perf_counter() - start,
                         report_dir=report_dir, teachers=teachers)
 
@@ -272,7 +308,7 @@ def quickstart(*, tiny: bool = False, seeds: int = 3, output_dir: str | Path | N
                overrides: Sequence[str] = (), quiet: bool = False, jobs: int | None = None) -> CompareResult:
     """Teacher once, then every quickstart recipe over ``seeds`` seeds, then the report.
 
-    Fashion-MNIST by default; ``tiny`` runs the digits version in well under a minute.  The
+    Fashion-MNIST by default; ``tiny`` runs the digits version (4 small recipes).  The
     students are small models, which gain little from several threads and stall when a busy
     machine cannot give them all at once: by default one run per core, one thread each
     (``jobs``: runs at a time).

@@ -31,7 +31,8 @@ from softdistill.engine.predict import autocast
 from softdistill.engine.wrap import has_4d_weights, wrap
 from softdistill.methods import method_class
 from softdistill.models import build_model
-from softdistill.runs import recipe_differences, run_dir_state, write_text_atomic
+from softdistill.runs import (RunInterrupted, check_same_recipe, interruption, recipe_differences, run_dir_state,
+                             write_text_atomic)
 from softdistill.store import Encoding, write_store
 from softdistill.store.format import sha256_of
 from softdistill.targets import SoftLabelSource, SourceSetup, source_class
@@ -252,18 +253,46 @@ def build_trainer(recipe: RunRecipe, *, quiet: bool = False, data: DataBundle | 
     return trainer, parts
 
 
+def _interrupted_run(recipe: RunRecipe, trainer: Trainer | None) -> RunInterrupted:
+    """What the folder of ``recipe``'s interrupted run keeps (``trainer`` is None until it is built)."""
+    last = recipe.run_dir / "last.pt"
+    if trainer is not None and trainer.kept != "none yet":
+        return RunInterrupted(f"{last} keeps {trainer.kept} ({recipe.epochs} epochs in all)", resume=True)
+    if trainer is None and last.exists():
+        return RunInterrupted(f"{last} is as it was", resume=True)
+    return RunInterrupted(f"{recipe.run_dir}: no epoch had finished, so no checkpoint was kept", resume=False)
+
+
+def _finished_run(recipe: RunRecipe, quiet: bool) -> dict[str, Any]:
+    """The summary of ``recipe``'s finished run, which ``--resume`` leaves as it is (same recipe only)."""
+    check_same_recipe(recipe)
+    if not quiet:
+        print(f"[softdistill] {recipe.name} seed {recipe.seed}: {recipe.run_dir} has finished; nothing to resume")
+    return json.loads((recipe.run_dir / "summary.json").read_text())
+
+
 def run_recipe(recipe: RunRecipe, *, resume: bool = False, quiet: bool = False) -> dict[str, Any] | None:
     """Train what the recipe describes into ``recipe.run_dir`` (a label recipe: label its store,
-    which always continues where it stopped); return the run summary."""
+    which always continues where it stopped); return the run summary.
+
+    ``resume`` continues the run from its ``last.pt``; a finished run is left as it is.  Ctrl-C
+    becomes a :class:`RunInterrupted` that says what the run folder keeps.
+    """
     if isinstance(recipe, LabelRecipe):
-        return label_store(recipe, quiet=quiet)
-    trainer, parts = build_trainer(recipe, quiet=quiet)
-    ctx, run_dir = trainer.ctx, recipe.run_dir
-    if ctx.is_main and run_dir_state(run_dir) == "new":
-        write_text_atomic(run_dir / "config.yaml", yaml.safe_dump(recipe.to_dict(), sort_keys=False))
-    if ctx.is_main and parts["report"] is not None:
-        write_text_atomic(run_dir / "soft_labels.json", json.dumps(parts["report"], indent=2, default=str))
-    if not quiet and ctx.is_main:
-        print(f"[softdistill] {recipe.name} seed {recipe.seed}: {parts['what']} -> {run_dir}"
-              f" ({parts['samples']} train images, {ctx.world_size} process(es), {ctx.device})")
-    return trainer.fit(resume=resume)
+        kept = f"{recipe.run_dir}: the shards labelled so far are kept"
+        with interruption(lambda: RunInterrupted(kept, resume=False)):
+            return label_store(recipe, quiet=quiet)
+    if resume and run_dir_state(recipe.run_dir) == "finished":
+        return _finished_run(recipe, quiet)
+    trainer = None
+    with interruption(lambda: _interrupted_run(recipe, trainer)):
+        trainer, parts = build_trainer(recipe, quiet=quiet)
+        ctx, run_dir = trainer.ctx, recipe.run_dir
+        if ctx.is_main and run_dir_state(run_dir) == "new":
+            write_text_atomic(run_dir / "config.yaml", yaml.safe_dump(recipe.to_dict(), sort_keys=False))
+        if ctx.is_main and parts["report"] is not None:
+            write_text_atomic(run_dir / "soft_labels.json", json.dumps(parts["report"], indent=2, default=str))
+        if not quiet and ctx.is_main:
+            print(f"[softdistill] {recipe.name} seed {recipe.seed}: {parts['what']} -> {run_dir}"
+                  f" ({parts['samples']} train images, {ctx.world_size} process(es), {ctx.device})")
+        return trainer.fit(resume=resume)

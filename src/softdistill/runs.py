@@ -9,8 +9,9 @@ the data folder or thread count, which do not change what a run computes).
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ import yaml
 from softdistill.atomic import write_text_atomic  # re-exported: the run folder's text files
 from softdistill.checkpoint import load_checkpoint
 
-__all__ = ["RunStateError", "NOT_IDENTITY", "write_text_atomic", "config_differences", "resume_checkpoint",
+__all__ = ["RunStateError", "RunInterrupted", "interruption", "NOT_IDENTITY", "write_text_atomic", "config_differences", "resume_checkpoint",
            "run_dir_state", "recipe_differences", "check_same_recipe"]
 
 # Keys that do not change what a run computes: a run folder made under other values still counts.
@@ -30,6 +31,28 @@ NOT_IDENTITY = ("description", "output_dir", "plugins", "data.root", "data.downl
 
 class RunStateError(RuntimeError):
     """The run folder does not allow the requested start (exists, finished, nothing to resume)."""
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C (SIGINT) stopped a run: ``kept`` says what its folder keeps, ``resume`` whether ``--resume``
+    continues it (else the same command, started again, does)."""
+
+    def __init__(self, kept: str, resume: bool) -> None:
+        super().__init__(kept)
+        self.kept = kept
+        self.resume = resume
+
+
+@contextlib.contextmanager
+def interruption(describe: Callable[[], RunInterrupted]) -> Iterator[None]:
+    """Turn Ctrl-C inside the block into ``describe()``; one raised deeper inside (a dependency's run,
+    already described) passes as it is."""
+    try:
+        yield
+    except RunInterrupted:
+        raise
+    except KeyboardInterrupt:
+        raise describe() from None
 
 
 def config_differences(old: Any, new: Any, ignore: Sequence[str] = (), prefix: str = "") -> list[str]:

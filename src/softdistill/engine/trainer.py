@@ -45,6 +45,7 @@ from softdistill.data.loader import EpochBatches
 from softdistill.engine.distributed import DistContext, all_reduce_min, all_reduce_sum, barrier
 from softdistill.engine.optim import LRSchedule
 from softdistill.engine.predict import autocast, classification_sums, evaluate
+from softdistill.engine.progress import progress_bar
 from softdistill.engine.wrap import compile_errors, unwrap
 from softdistill.runs import RunStateError, config_differences, resume_checkpoint, write_text_atomic
 from softdistill.types import Batch, StepOutput
@@ -288,8 +289,8 @@ class Trainer:
         self._with_logits = False
         watch = FiniteWatch(ctx.device)
         start = time.perf_counter()
-        bar = tqdm(total=steps, initial=first, desc=f"epoch {epoch}/{self.epochs}", leave=False, disable=self.quiet,
-                   dynamic_ncols=True)
+        bar = progress_bar(steps, f"epoch {epoch}/{self.epochs}", quiet=self.quiet, unit="step", initial=first,
+                           leave=False)
         lr = 0.0
         for step, batch in enumerate(self.train_loader, start=first):
             lr = self.schedule.lr_at((epoch - 1) * steps + step)

@@ -37,6 +37,7 @@ from softdistill.data.loader import BatchLoader, BatchTransform, TensorSet
 from softdistill.data.prepare import DataBundle, prepare_from_spec
 from softdistill.engine.distributed import resolve_device
 from softdistill.engine.predict import predict
+from softdistill.engine.progress import tracked
 from softdistill.metrics.bias_variance import regularization_stats
 from softdistill.metrics.ordering import order_concordance, top2_hit_rate
 from softdistill.metrics.soft_labels import (ambiguity_matrix, calibration_bins, expected_calibration_error,
@@ -82,20 +83,29 @@ def _split(bundle: DataBundle, split: str, what: str) -> TensorSet:
 
 
 def _logits(model: nn.Module, images: TensorSet, normalization: dict[str, list[float]], device: torch.device,
-            batch_size: int) -> Tensor:
+            batch_size: int, what: str, quiet: bool) -> Tensor:
     loader = BatchLoader(images.to(device), batch_size, BatchTransform(normalization["mean"], normalization["std"]))
-    return predict(model.to(device), loader).logits.cpu()
+    _say(f"{what} on {len(images)} images", quiet)
+    return predict(model.to(device), tracked(loader, len(loader), what, quiet=quiet, unit="batch")).logits.cpu()
+
+
+def _say(stage: str, quiet: bool) -> None:
+    """One line per stage of the report, so that a long one is seen to be under way."""
+    if not quiet:
+        print(f"[softdistill] inspect: {stage}", flush=True)
 
 
 @torch.no_grad()
 def _mixed_logits(model: nn.Module, images: TensorSet, normalization: dict[str, list[float]], partner: Tensor,
-                  lam: Tensor, device: torch.device, batch_size: int) -> Tensor:
+                  lam: Tensor, device: torch.device, batch_size: int, what: str, quiet: bool) -> Tensor:
     """Logits on ``lam * x_a + (1 - lam) * x_b`` (normalised inputs: mixing commutes with the affine map)."""
     model = model.to(device).eval()
     transform = BatchTransform(normalization["mean"], normalization["std"])
     out = []
+    starts = range(0, len(images), batch_size)
+    _say(f"{what} on {len(images)} mixed images", quiet)
     with torch.inference_mode():
-        for start in range(0, len(images), batch_size):
+        for start in tracked(starts, len(starts), what, quiet=quiet, unit="batch"):
             a = torch.arange(start, min(start + batch_size, len(images)))
             x_a = transform(images.images[a].to(device))
             x_b = transform(images.images[partner[a]].to(device))
@@ -105,7 +115,7 @@ def _mixed_logits(model: nn.Module, images: TensorSet, normalization: dict[str, 
 
 
 def _read_source(path: Path, data: str | None, split: str, root: str | None, device: torch.device,
-                 batch_size: int) -> _Source:
+                 batch_size: int, quiet: bool) -> _Source:
     if not path.is_file():
         raise ValueError(f"no file at {path}")
     try:
@@ -122,7 +132,8 @@ def _read_source(path: Path, data: str | None, split: str, root: str | None, dev
         check_model_fits(payload, path, spec["name"], bundle.num_classes, bundle.in_channels, bundle.image_size)
         images = _split(bundle, split, str(path))
         model = model_from_checkpoint(payload, path)
-        logits = _logits(model, images, payload["normalization"], device, batch_size)
+        logits = _logits(model, images, payload["normalization"], device, batch_size,
+                         f"teacher {model_spec['name']} on {spec['name']} {split}", quiet)
         spec = {**{k: spec.get(k) for k in ("name", "val_size", "per_class", "split_seed")}, "split": split}
         return _Source("checkpoint", path, torch.softmax(logits, dim=1), images.labels.clone(), bundle.class_names,
                        images, model, payload["normalization"], spec, logits, model_spec["name"])
@@ -203,7 +214,7 @@ def _order_diagnostics(logits: dict[str, Tensor], labels_a: Tensor, labels_b: Te
 
 
 def _mixup(source: _Source, student: tuple[nn.Module, dict] | None, device: torch.device, batch_size: int,
-           seed: int, alpha: float = 1.0) -> dict[str, Any]:
+           seed: int, quiet: bool, alpha: float = 1.0) -> dict[str, Any]:
     assert source.images is not None and source.model is not None and source.normalization is not None
     n = len(source.images)
     rng = np.random.default_rng(seed)
@@ -213,7 +224,7 @@ def _mixup(source: _Source, student: tuple[nn.Module, dict] | None, device: torc
     models = {"teacher": (source.model, source.normalization)}
     if student is not None:
         models["student"] = student
-    logits = {name: _mixed_logits(model, source.images, norm, partner, lam, device, batch_size)
+    logits = {name: _mixed_logits(model, source.images, norm, partner, lam, device, batch_size, name, quiet)
               for name, (model, norm) in models.items()}
     what = (f"{n} mixed samples λ·x_a + (1 − λ)·x_b of the split, partner b a random permutation, "
             f"λ ~ Beta({alpha:g}, {alpha:g}), seed {seed}")
@@ -478,7 +489,7 @@ def _markdown(summary: dict[str, Any], names: tuple[str, ...], files: list[str])
 def inspect_soft_labels(source: str | os.PathLike, *, data: str | None = None, split: str = "train",
                         student: str | os.PathLike | None = None, output_dir: str | os.PathLike | None = None,
                         root: str | None = None, device: str = "auto", batch_size: int = 1024, seed: int = 0,
-                        n_bins: int = 15, max_k: int = 5) -> InspectResult:
+                        n_bins: int = 15, max_k: int = 5, quiet: bool = False) -> InspectResult:
     """Write the soft-label report of ``source`` (a teacher checkpoint, a soft-label file or a store
     folder) to ``output_dir`` (default: ``SOURCE_FOLDER/inspect-SPLIT``, a store's own folder for a
     store) and return its summary.
@@ -486,7 +497,8 @@ def inspect_soft_labels(source: str | os.PathLike, *, data: str | None = None, s
     A checkpoint is run over ``split`` of its data set (``data`` overrides the data set's name),
     rebuilt from its recipe; a soft-label file brings its own rows (``split`` is then the file's); a
     store's rows are its stored views (the training split), with order diagnostics on mixed views.
-    ``student`` must be a checkpoint for the same classes; it is run over the same images.
+    ``student`` must be a checkpoint for the same classes; it is run over the same images.  Unless
+    ``quiet``, each stage says so as it starts, with a progress bar over the batches of each model.
     """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
@@ -497,9 +509,10 @@ def inspect_soft_labels(source: str | os.PathLike, *, data: str | None = None, s
         if student is not None:
             raise ValueError(f"{path}: --student is not supported for a store (it holds soft labels, not the images "
                              "of its views); inspect the teacher checkpoint with --student instead")
+        _say(f"reading the soft labels of the store {path}", quiet)
         src, store_mix = _store_source(path)
     else:
-        src = _read_source(path, data, split, root, dev, batch_size)
+        src = _read_source(path, data, split, root, dev, batch_size, quiet)
     split = src.data.get("split", split)
     beside = path if src.kind == "store" else path.parent
     out = Path(output_dir) if output_dir is not None else beside / f"inspect-{split}"
@@ -507,6 +520,7 @@ def inspect_soft_labels(source: str | os.PathLike, *, data: str | None = None, s
     keep = src.probs.sum(dim=1) > 0
     probs, labels = src.probs[keep], src.labels[keep]
     classes = probs.shape[1]
+    _say(f"accuracy, calibration and indicators of {len(labels)} soft labels", quiet)
     basic = _basic(probs, labels, n_bins)
     ks = [k for k in range(1, max_k + 1) if k < classes]
     indicators = soft_label_indicators(probs, labels, ks)
@@ -530,7 +544,8 @@ def inspect_soft_labels(source: str | os.PathLike, *, data: str | None = None, s
             raise CheckpointError(f"student {student} predicts {payload['model']['num_classes']} classes, the soft "
                                   f"labels have {classes}")
         s_model = model_from_checkpoint(payload, student)
-        s_logits = _logits(s_model, src.images, payload["normalization"], dev, batch_size)[keep]
+        s_logits = _logits(s_model, src.images, payload["normalization"], dev, batch_size,
+                           f"student {payload['model']['name']}", quiet)[keep]
         t_logits = src.logits[keep] if src.logits is not None else probs.clamp_min(1e-12).log()
         stats = regularization_stats(s_logits, t_logits, labels)
         summary["student"] = {"path": str(student), "model": payload["model"]["name"],
@@ -540,7 +555,7 @@ def inspect_soft_labels(source: str | os.PathLike, *, data: str | None = None, s
                               **{k: stats[k].item() for k in ("w_mean", "w_q1", "w_median", "w_q3")}}
         student_pair = (s_model, payload["normalization"])
     if src.model is not None and src.images is not None:
-        summary["mixup"] = _mixup(src, student_pair, dev, batch_size, seed)
+        summary["mixup"] = _mixup(src, student_pair, dev, batch_size, seed, quiet)
     elif store_mix is not None:
         summary["mixup"] = store_mix
     elif src.kind == "store":
@@ -548,6 +563,7 @@ def inspect_soft_labels(source: str | os.PathLike, *, data: str | None = None, s
     else:
         summary["mixup"] = {"skipped": "a soft-label table gives no soft labels for new (mixed) images"}
 
+    _say(f"figures and tables into {out}", quiet)
     _plot_reliability(basic, out / "reliability.png", title)
     _plot_entropy(basic, out / "entropy.png", title)
     _plot_indicators(indicators, out / "indicators.png", f"Soft-label indicators: {title}")

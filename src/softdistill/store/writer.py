@@ -22,10 +22,10 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from softdistill.atomic import FileWriteError, remove_stale_temporaries, write_text_atomic
 from softdistill.engine.distributed import DistContext, all_reduce_sum, barrier
+from softdistill.engine.progress import progress_bar
 from softdistill.runs import config_differences
 from softdistill.store.encoding import Encoding
 from softdistill.store.format import (DISK_FULL, FORMAT, MANIFEST, SAMPLES, StoreError, WriterLock, data_fingerprint,
@@ -153,8 +153,7 @@ def _label_shards(folder: Path, header: dict[str, Any], label: Callable[[Tensor,
               f"{human_bytes(total)} in {count} shard(s) of {shard_samples} samples, {ctx.world_size} process(es){kept}")
     start = time.perf_counter()
     labelled = sum(shape(i)[0] for i in todo) * views
-    bar = tqdm(total=labelled, desc="label", unit="label", unit_scale=True, disable=quiet or not ctx.is_main,
-               dynamic_ncols=True)
+    bar = progress_bar(labelled, "label", quiet=quiet or not ctx.is_main, unit="label", unit_scale=True)
     error = None
     try:
         for i in todo:

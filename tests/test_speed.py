@@ -11,6 +11,7 @@ import pytest
 import torch
 import yaml
 
+import softdistill.data.loader as loader_module
 from softdistill.checkpoint import load_checkpoint
 from softdistill.cli import main
 from softdistill.config import ConfigError, LabelRecipe, VAERecipe
@@ -18,7 +19,7 @@ from softdistill.data.loader import BatchLoader, BatchTransform, TensorSet
 from softdistill.engine import LRSchedule
 from softdistill.engine.trainer import NonFiniteLossError, Trainer
 from softdistill.experiments import threads_per_job, usable_cores
-from softdistill.runner import run_recipe
+from softdistill.runner import label_store, run_recipe
 from softdistill.isotonic import isotonic_logits
 from softdistill.metrics import order_concordance, top2_hit_rate
 from softdistill.targets import CachedTeacher, load_teacher
@@ -29,6 +30,7 @@ from test_training import assert_same_weights, make_recipe as training_recipe, w
 # What reads a device value back on the host (and so waits for the device) when called on a tensor.
 HOST_READS = ("item", "tolist", "__bool__", "__int__", "__float__", "__index__")
 OPTIMIZERS = os.path.join("torch", "optim", "")  # torch.optim reads its step counters, which live on the host
+CROP_FLIP = {"crop_padding": 1, "hflip": True}
 
 
 @contextlib.contextmanager
@@ -69,6 +71,33 @@ def teacher_checkpoint(tmp_path_factory):
     return str(recipe.run_dir / "best.pt")
 
 
+@pytest.fixture(scope="module")
+def stores(tmp_path_factory, teacher_checkpoint):
+    """Stores of the teacher's logits of one crop+flip view and one mixup view of the trainer tests' data."""
+    tmp = tmp_path_factory.mktemp("stores")
+    folders = {}
+    for name, augment in (("cropflip", CROP_FLIP), ("mixup", {"mix": "mixup"})):
+        raw = {"name": name, "data": {"name": "synthetic", "val_size": 100, "augment": augment, "views": 1},
+               "soft_labels": {"source": "teacher", "checkpoint": teacher_checkpoint}, "output_dir": str(tmp),
+               "train": {"device": "cpu"}}
+        recipe = LabelRecipe.from_dict(raw)
+        label_store(recipe, quiet=True)
+        folders[name] = str(recipe.run_dir)
+    return folders
+
+
+def store_recipes(stores):
+    """Methods reading a store, which the loader shows the views it holds (view seed 0, one view)."""
+    views = {"data__views": 1, "data__view_seed": 0}
+    return {
+        "kd-store": {"method": {"name": "kd"}, "soft_labels": {"source": "store", "path": stores["cropflip"]},
+                     "data__augment": CROP_FLIP, **views},
+        "ida-store": {"method": {"name": "ida", "correction": "add", "order_penalty": 1.0},
+                      "soft_labels": {"source": "store", "path": stores["mixup"]}, "data__augment": {"mix": "mixup"},
+                      **views},
+    }
+
+
 def method_recipes(checkpoint):
     teacher = {"source": "teacher", "checkpoint": checkpoint}
     return {
@@ -103,14 +132,49 @@ def host_reads_in_epoch(tmp_path, monkeypatch, batch_size, log_every=0, **change
 
 
 @pytest.mark.parametrize("method", ["ce", "ls", "tfkd-reg", "kd-teacher", "kd-cache", "wsl", "ida", "hard",
-                                    "soft-label"])
-def test_a_training_step_reads_nothing_back_from_the_device(tmp_path, monkeypatch, teacher_checkpoint, method):
-    changes = method_recipes(teacher_checkpoint)[method]
+                                    "soft-label", "kd-store", "ida-store"])
+def test_a_training_step_reads_nothing_back_from_the_device(tmp_path, monkeypatch, teacher_checkpoint, stores, method):
+    changes = {**method_recipes(teacher_checkpoint), **store_recipes(stores)}[method]
     two_steps = host_reads_in_epoch(tmp_path, monkeypatch, 250, **changes)
     ten_steps = host_reads_in_epoch(tmp_path, monkeypatch, 50, **changes)
     per_step = ten_steps - two_steps  # reads that grow with the number of steps
     assert not per_step, f"host reads in the step of {method}: {dict(per_step)}"
     assert sum(ten_steps.values()) <= 3  # the epoch's end: the non-finite check and the packed sums
+
+
+class DeviceOnly(torch.Tensor):
+    """A tensor that fails on any use: stands for the device copy of a batch's address, which a host
+    lookup must not read (on CUDA, reading it waits for the device)."""
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        raise AssertionError(f"{getattr(func, '__name__', func)} of the device copy of the batch's address")
+
+
+@pytest.mark.parametrize("method", ["kd-store", "ida-store"])
+def test_a_store_looks_soft_labels_up_by_the_address_the_loader_knows_on_the_host(tmp_path, monkeypatch, stores,
+                                                                                  method):
+    """On a CPU the device is the host, so a copy from device to host cannot be seen; the device copy
+    of every training batch's address is made unusable instead, and the run must not notice."""
+    plain = make_recipe(tmp_path / "plain", **store_recipes(stores)[method])
+    run_recipe(plain, quiet=True)
+    original = loader_module.assemble
+
+    def address_on_device_only(*args, **kwargs):
+        batch = original(*args, **kwargs)
+        return batch.with_(sample_id=batch.sample_id.as_subclass(DeviceOnly), view=batch.view.as_subclass(DeviceOnly))
+
+    train_epoch = Trainer.train_epoch
+
+    def poisoned(self):
+        with monkeypatch.context() as patch:
+            patch.setattr(loader_module, "assemble", address_on_device_only)
+            return train_epoch(self)
+
+    monkeypatch.setattr(Trainer, "train_epoch", poisoned)
+    recipe = make_recipe(tmp_path / "host", **store_recipes(stores)[method])
+    run_recipe(recipe, quiet=True)
+    assert_same_weights(weights(plain.run_dir), weights(recipe.run_dir), rtol=0, atol=0)
 
 
 def test_log_points_are_the_only_reads_between_epoch_ends(tmp_path, monkeypatch):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from dataclasses import fields as dataclass_fields
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,10 @@ class Batch:
     draws key on the pair.  A mixed view carries ``y`` (the label of the sample itself), ``y_b``
     (its partner's label) and ``lam`` (B,), the share of the sample:
     ``x = lam * x_a + (1 - lam) * x_b``.
+
+    ``sample_id`` and ``view`` live on the batch's device.  The loaders, which know the address
+    on the host, also give it there (``host_sample_id``, ``host_view``: CPU int64), so that a
+    source reading host memory (a store) looks soft labels up without waiting for the device.
     """
 
     x: Tensor
@@ -30,6 +35,8 @@ class Batch:
     view: Tensor
     y_b: Tensor | None = None
     lam: Tensor | None = None
+    host_sample_id: Tensor | None = None
+    host_view: Tensor | None = None
 
     @property
     def is_mixed(self) -> bool:
@@ -41,9 +48,16 @@ class Batch:
     def with_(self, **changes) -> "Batch":
         return replace(self, **changes)
 
+    def host_address(self) -> tuple[Tensor, Tensor]:
+        """(sample ids, views) on the host: the loader's copies; for a batch made without them,
+        copies of ``sample_id`` and ``view`` (which wait for the device)."""
+        if self.host_sample_id is not None and self.host_view is not None:
+            return self.host_sample_id, self.host_view
+        return self.sample_id.cpu(), self.view.cpu()
+
     def chunks(self, count: int) -> list["Batch"]:
         """The batch cut into ``count`` near-equal consecutive parts (gradient accumulation)."""
-        fields = {name: getattr(self, name) for name in ("x", "y", "sample_id", "view", "y_b", "lam")}
+        fields = {f.name: getattr(self, f.name) for f in dataclass_fields(self)}
         parts = {name: (value.tensor_split(count) if value is not None else [None] * count)
                  for name, value in fields.items()}
         return [Batch(**{name: parts[name][i] for name in fields}) for i in range(count)]

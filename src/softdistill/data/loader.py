@@ -132,6 +132,8 @@ class Fetched:
 
     The memory loader gathers it on the device; the stream loader decodes it in a worker and moves
     it (pinned, non-blocking on CUDA).  :func:`assemble` turns it into the same Batch either way.
+    The address (``ids``, ``views``, ``partner_ids``) stays on the host, where the views'
+    parameters are computed and where a store looks soft labels up.
     """
 
     images: Tensor
@@ -143,9 +145,9 @@ class Fetched:
     partner_ids: Tensor | None = None
     mixing: ViewParams | None = None
 
-    def _map(self, fn: Callable[[Tensor], Tensor]) -> "Fetched":
+    def _map(self, fn: Callable[[Tensor], Tensor], keep: tuple[str, ...] = ("mixing",)) -> "Fetched":
         return Fetched(**{f.name: None if getattr(self, f.name) is None else
-                          (getattr(self, f.name) if f.name == "mixing" else fn(getattr(self, f.name)))
+                          (getattr(self, f.name) if f.name in keep else fn(getattr(self, f.name)))
                           for f in fields(self)})
 
     def pin_memory(self) -> "Fetched":
@@ -153,7 +155,9 @@ class Fetched:
         return self._map(Tensor.pin_memory)
 
     def to(self, device: torch.device, non_blocking: bool = False) -> "Fetched":
-        return self._map(lambda t: t.to(device, non_blocking=non_blocking))
+        """The images and labels on ``device``; the address and the mixing parameters stay on the host."""
+        return self._map(lambda t: t.to(device, non_blocking=non_blocking),
+                         keep=("mixing", "ids", "views", "partner_ids"))
 
 
 def fetch(rows: Tensor, views: Tensor, labels: Tensor, ids: Tensor, images_of: Callable[[Tensor, Tensor], Tensor],
@@ -177,7 +181,7 @@ def fetch(rows: Tensor, views: Tensor, labels: Tensor, ids: Tensor, images_of: C
 def assemble(fetched: Fetched, transform: BatchTransform, plan: ViewPlan | None, channels_last: bool = False) -> Batch:
     """The batch of ``fetched`` (on its device): to [0, 1], the views' crop, flip and mix, standardisation
     (in the channels_last memory format when asked).  Host tensors are copied without waiting for
-    the device."""
+    the device; the batch keeps the host's copy of its address too (``Batch.host_sample_id``, ``host_view``)."""
     f = fetched
     x = transform.to_unit(f.images)
     y_b = lam = None
@@ -193,7 +197,8 @@ def assemble(fetched: Fetched, transform: BatchTransform, plan: ViewPlan | None,
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     return Batch(x=x, y=f.labels, sample_id=f.ids.to(x.device, non_blocking=True),
-                 view=f.views.to(x.device, non_blocking=True), y_b=y_b, lam=lam)
+                 view=f.views.to(x.device, non_blocking=True), y_b=y_b, lam=lam, host_sample_id=f.ids,
+                 host_view=f.views)
 
 
 class EpochBatches:

@@ -74,25 +74,39 @@ class Store:
                              f"({size} bytes, the manifest says {expected}); label the store again or restore the file")
 
     @property
+    def teacher_checkpoint(self) -> Path | None:
+        """The checkpoint of the model that labelled the store (None for a source without one)."""
+        teacher = self.manifest["teacher"]
+        return Path(teacher["files"][0]["path"]) if teacher.get("model") is not None and teacher["files"] else None
+
+    @property
     def num_classes(self) -> int:
         return self.encoding.num_classes
 
     def __len__(self) -> int:
         return len(self.sample_ids)
 
-    def rows_of(self, sample_ids: Tensor) -> Tensor:
-        """Store rows (CPU int64) of sample ids; StoreError naming one that the store lacks."""
-        ids = sample_ids.cpu().long()
-        rows, found = self._index.find(ids)
-        if not bool(found.all()):
-            raise StoreError(f"{self.folder}: sample id {int(ids[~found][0])} is not in the store")
+    def rows_of(self, sample_ids: Tensor, check: bool = True) -> Tensor:
+        """Store rows (CPU int64) of sample ids (CPU int64); StoreError naming one that the store lacks
+        (``check=False``: ids known to be in the store, e.g. checked once for a whole run)."""
+        rows, found = self._index.find(sample_ids)
+        if check and not bool(found.all()):
+            raise StoreError(f"{self.folder}: sample id {int(sample_ids[~found][0])} is not in the store")
         return rows
 
-    def records(self, rows: Tensor, views: Tensor) -> np.ndarray:
-        """The records of the views ``views`` of the store rows ``rows`` (CPU int64), in that order."""
-        rows, views = rows.cpu().numpy(), views.cpu().numpy()
-        if len(views) and (views.min() < 0 or views.max() >= self.views):
-            raise StoreError(f"{self.folder}: view {int(views.max())} asked for, the store holds views 0..{self.views - 1}")
+    def check_views(self, views: int) -> None:
+        """StoreError unless the store holds views ``0 .. views - 1`` of every sample."""
+        if views > self.views:
+            raise StoreError(f"{self.folder}: view {views - 1} asked for, the store holds views 0..{self.views - 1}")
+
+    def records(self, rows: Tensor, views: Tensor, check: bool = True) -> np.ndarray:
+        """The records of the views ``views`` of the store rows ``rows`` (CPU int64), in that order
+        (``check=False``: views known to be in the store)."""
+        rows, views = rows.numpy(), views.numpy()
+        if check and len(views):
+            if views.min() < 0:
+                raise StoreError(f"{self.folder}: view {int(views.min())} asked for, views are counted from 0")
+            self.check_views(int(views.max()) + 1)
         shard, local = np.divmod(rows, self.shard_samples)
         out = np.empty(len(rows), dtype=self.encoding.record_dtype)
         for s in np.unique(shard):
@@ -100,9 +114,9 @@ class Store:
             out[take] = self.shards[s][local[take], views[take]]
         return out
 
-    def logits(self, rows: Tensor, views: Tensor) -> Tensor:
-        """float32 logits (B x K) of the views ``views`` of the store rows ``rows``."""
-        return self.encoding.decode(self.records(rows, views))
+    def logits(self, rows: Tensor, views: Tensor, check: bool = True) -> Tensor:
+        """float32 logits (B x K, on the host) of the views ``views`` of the store rows ``rows`` (CPU int64)."""
+        return self.encoding.decode(self.records(rows, views, check))
 
     def all_logits(self, view: int | None = None) -> Tensor:
         """N x V x K logits of every record (or N x K of one view), in store order."""

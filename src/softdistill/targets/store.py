@@ -109,6 +109,7 @@ class StoredSoftLabels(SoftLabelSource):
     def __init__(self, store: Store) -> None:
         super().__init__()
         self.store = store
+        self.lookups_verified = False
 
     @classmethod
     def build(cls, config: StoreConfig, setup: SourceSetup) -> "StoredSoftLabels":
@@ -126,9 +127,24 @@ class StoredSoftLabels(SoftLabelSource):
             raise StoreError("\n".join(problems))
         return cls(store)
 
+    def verify_lookups(self, sample_ids: Tensor, views: int | None) -> None:
+        """Check once that the store holds every sample id and view the run can show; lookups are then
+        not checked per batch."""
+        self.lookups_verified = False
+        if views is None:
+            raise StoreError(f"store {self.store.folder} holds {self.store.views} view(s) per sample, the training plan "
+                             "draws a fresh view every epoch")
+        self.store.rows_of(sample_ids)
+        self.store.check_views(views)
+        self.lookups_verified = True
+
     def forward(self, batch: Batch) -> Tensor:
-        rows = self.store.rows_of(batch.sample_id)
-        return self.store.logits(rows, batch.view).to(batch.x.device, non_blocking=True)
+        """The stored logits of the batch's views, looked up by its host address (the device is not waited
+        for) and moved to the batch's device."""
+        sample_ids, views = batch.host_address()
+        check = not self.lookups_verified
+        rows = self.store.rows_of(sample_ids, check)
+        return self.store.logits(rows, views, check).to(batch.x.device, non_blocking=True)
 
     def report(self) -> dict[str, Any]:
         m = self.store.manifest

@@ -33,6 +33,7 @@ from softdistill.report.plots import BAND_NOTE
 from softdistill.report.tables import RecipeResult, TeacherResult, format_teachers_markdown
 from softdistill.runner import resolve_dependencies, run_recipe
 from softdistill.runs import RunInterrupted, check_same_recipe, run_dir_state
+from softdistill.store import Store
 
 __all__ = ["CompareResult", "compare", "write_report", "packaged_recipes", "quickstart", "usable_cores",
            "threads_per_job"]
@@ -159,11 +160,13 @@ def compare(recipe_paths: Sequence[str | Path], *, seeds: int | Sequence[int] = 
     teachers = {}  # recipe name -> the teacher checkpoint its soft labels come from
     taught: dict[Path, list[str]] = {}  # a teacher's run folder -> the recipes it teaches
     try:
-        for recipe in recipes_by_seed[seed_list[0]]:  # teachers (and VAEs) first, with their own progress output
+        for recipe in recipes_by_seed[seed_list[0]]:  # teachers, stores and VAEs first, with their own progress output
             for dependency, path in resolve_dependencies(recipe, quiet=quiet).items():
                 if dependency.kind == "model" and dependency.field.startswith("soft_labels."):
                     teachers[recipe.name] = path
                     taught.setdefault(path.parent.resolve(), []).append(recipe.name)
+                elif dependency.kind == "store" and (checkpoint := Store(path).teacher_checkpoint) is not None:
+                    teachers.setdefault(recipe.name, checkpoint)
         runs = []
         bar = progress_bar(len(every_run), "compare", quiet=quiet, unit="run")
         try:
@@ -300,13 +303,16 @@ def packaged_recipes(group: str) -> Path:
     return Path(str(resources.files("softdistill") / "recipes" / group))
 
 
+# files of a quickstart folder that its rows depend on, not rows themselves: the teacher recipes
+# and the label recipes of stores (each made once, when the first row needs it)
+QUICKSTART_DEPENDENCIES = ("teacher", "store")
 QUICKSTART_ORDER = ("baseline", "ls", "kd", "tfkd-self", "tfkd-reg", "tfkd-reg-reference", "wsl", "ida-mixup-kdi",
                     "ida-mixup-kdp", "hard-affine")
 
 
 def quickstart(*, tiny: bool = False, seeds: int = 3, output_dir: str | Path | None = None,
                overrides: Sequence[str] = (), quiet: bool = False, jobs: int | None = None) -> CompareResult:
-    """Teacher once, then every quickstart recipe over ``seeds`` seeds, then the report.
+    """Teacher (and stores) once, then every quickstart recipe over ``seeds`` seeds, then the report.
 
     Fashion-MNIST by default; ``tiny`` runs the digits version (4 small recipes).  The
     students are small models, which gain little from several threads and stall when a busy
@@ -315,7 +321,7 @@ def quickstart(*, tiny: bool = False, seeds: int = 3, output_dir: str | Path | N
     """
     group = "tiny" if tiny else "quickstart"
     folder = packaged_recipes(group)
-    paths = sorted(p for p in folder.glob("*.yaml") if not p.name.startswith("teacher"))
+    paths = sorted(p for p in folder.glob("*.yaml") if not p.name.startswith(QUICKSTART_DEPENDENCIES))
     rank = {name: i for i, name in enumerate(QUICKSTART_ORDER)}
     paths.sort(key=lambda p: (rank.get(p.stem, len(rank)), p.stem))
     output_dir = Path(output_dir or f"runs/{group}")

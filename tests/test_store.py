@@ -122,7 +122,7 @@ def shard_hashes(folder):
 
 # ------------------------------------------------------------------------------------------ training from a store
 
-@pytest.mark.parametrize("augment,method", [(CROP_FLIP, {"name": "kd", "alpha": 0.7}),
+@pytest.mark.parametrize("augment,method", [(CROP_FLIP, {"name": "kd", "alpha": 0.7}), (CROP_FLIP, {"name": "wsl"}),
                                             ({**CROP_FLIP, "mix": "cutmix"}, {"name": "ida", "correction": "replace"})])
 def test_a_student_from_a_float32_store_has_the_online_teachers_weights_bit_for_bit(tmp_path, teacher, augment,
                                                                                     method):
@@ -262,6 +262,17 @@ def test_two_writers_are_refused_and_a_stale_lock_is_taken_over(tmp_path, teache
     assert not (folder / LOCK).exists() and Store(folder).views == 2
 
 
+def test_labelling_into_a_training_runs_folder_is_refused_and_the_run_kept(tmp_path, teacher, capsys):
+    runs = teacher.parent.parent.parent  # the teacher's OUTPUT_DIR: its run is OUTPUT_DIR/t/seed0
+    recipe = label_recipe(tmp_path, teacher, name="t", output_dir=str(runs))
+    before = sorted(p.name for p in teacher.parent.iterdir())
+    assert main(["label", str(recipe), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert re.search(r"seed0 holds a training run \(.*best\.pt.*\), not a store: choose another output folder or "
+                     r"name for the label recipe$", err) and "\n" not in err
+    assert sorted(p.name for p in teacher.parent.iterdir()) == before  # nothing written, nothing lost
+
+
 def test_a_full_disk_stops_labelling_with_the_store_resumable(tmp_path, teacher, monkeypatch):
     recipe = load_label_recipe(label_recipe(tmp_path, teacher))
     real_write = store_format.write_atomic
@@ -299,7 +310,7 @@ def test_a_store_for_another_view_plan_is_refused_before_anything_is_labelled(tm
     assert not (tmp_path / "runs").exists()  # refused when the recipe loaded: nothing labelled or trained
 
 
-def test_stores_named_by_path_are_checked_against_the_run(tmp_path, teacher):
+def test_stores_named_by_path_are_checked_against_the_run(tmp_path, teacher, capsys):
     label_store(load_label_recipe(label_recipe(tmp_path, teacher)), quiet=True)
     folder = store_folder(tmp_path)
     other_seed = student_recipe(tmp_path, {"source": "store", "path": str(folder)}, "seed", view_seed=9)
@@ -313,6 +324,9 @@ def test_stores_named_by_path_are_checked_against_the_run(tmp_path, teacher):
     with pytest.raises(StoreError, match=r"was labelled by another teacher: .*best.pt \(sha256 [0-9a-f]{12}\.\.\.\); "
                                          r"soft_labels.teacher names .*other.pt"):
         run_recipe(load_recipe(named), quiet=True)
+    assert main(["train", str(named), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "was labelled by another teacher" in err and "\n" not in err and "Traceback" not in err
     same = student_recipe(tmp_path, {"source": "store", "path": str(folder), "teacher": str(teacher)}, "same")
     assert run_recipe(load_recipe(same), quiet=True)["finished"]
     subset = student_recipe(tmp_path, {"source": "store", "path": str(folder)}, "subset", per_class=20)
@@ -326,6 +340,11 @@ def test_stores_named_by_path_are_checked_against_the_run(tmp_path, teacher):
                         "the store has 500 samples", message)
     assert data_problems(store, digits.train, 7, ViewPlan(), "store S") == [
         "store S holds soft labels of 10 classes, the data has 7"]
+    few = prepare_data("synthetic", val_size=100, per_class=20).train
+    assert data_problems(store, few, 10, ViewPlan(), "store S") == []  # a subset of single views is served
+    [mixed] = data_problems(store, few, 10, ViewPlan(mix="mixup", views=2), "store S")
+    assert mixed == ("store S was labelled on another split (500 samples, this recipe's split 200 or another order): "
+                     "mixed views pair rows of the labelled split, so they need the same data section")
 
 
 def test_damaged_and_foreign_folders_are_named(tmp_path, teacher, capsys):
@@ -350,15 +369,20 @@ def test_damaged_and_foreign_folders_are_named(tmp_path, teacher, capsys):
         label_store(another, quiet=True)
     shards[1].unlink()
     shards[2].unlink()
+    with pytest.raises(StoreError, match=rf"shard 1 {shards[1].name} is missing"):
+        Store(folder)
     assert label_store(recipe, quiet=True)["labelled_records"] == 2 * 128 * 2  # only the deleted shards again
     assert Store(folder).verify() == []
 
 
 # ------------------------------------------------------------------------------------------ inspect, CLI
 
-def test_inspect_reports_on_a_store_with_order_diagnostics_on_mixed_views(tmp_path, teacher):
+def test_inspect_reports_on_a_store_with_order_diagnostics_on_mixed_views(tmp_path, teacher, capsys):
     recipe = load_label_recipe(label_recipe(tmp_path, teacher, augment={"mix": "mixup"}, encoding={"kind": "topk", "k": 3}))
     assert main(["label", str(recipe.source), "--quiet"]) == 0
+    assert main(["inspect", str(store_folder(tmp_path)), "--output", str(tmp_path / "report")]) == 0
+    assert f"{store_folder(tmp_path)}: 1000 soft labels, top-1 accuracy" in capsys.readouterr().out
+    assert (tmp_path / "report" / "report.md").is_file()
     result = inspect_soft_labels(store_folder(tmp_path))
     s = result.summary
     assert s["source"]["kind"] == "store" and s["rows"] == 1000 and s["mixup"]["samples"] == 1000

@@ -100,9 +100,11 @@ def test_every_shipped_recipe_validates():
     folder = packaged_recipes("")
     paths = sorted(folder.rglob("*.yaml"))
     assert len(paths) >= 8
-    loaders = {"vae": load_vae_recipe, "store": load_label_recipe}  # HARD's VAEs: train-vae; stores: label
-    for path in paths:
-        loaders.get("vae" if path.stem.startswith("vae") else path.parent.name, load_recipe)(path)
+    for path in paths:  # the VAE recipes of HARD are trained by train-vae, label recipes by label, all others by train
+        if "encoding" in yaml.safe_load(path.read_text()):
+            load_label_recipe(path)
+        else:
+            (load_vae_recipe if path.stem.startswith("vae") else load_recipe)(path)
 
 
 def test_a_key_written_twice_is_an_error_naming_key_file_and_lines(tmp_path):

@@ -42,23 +42,26 @@ def store_folder(out: Path, encoding: str, epochs: int) -> Path:
     return out / f"fmnist-store-cropflip-{encoding}-v{epochs}" / "seed0"
 
 
-def rows(out: Path, epochs: int) -> dict[str, tuple[Path, list[str]]]:
-    """Every row of the table: name -> (recipe, overrides)."""
+def rows(out: Path, epochs: int) -> dict[str, tuple[Path, list[str], str | None]]:
+    """Every row of the table, in the order they run: name -> (recipe, overrides, the encoding of
+    the crop+flip store it reads, or None)."""
     kd, ida = STORE / "kd-cropflip.yaml", QUICKSTART / "ida-mixup-kdi.yaml"
 
     def stored(encoding: str, views: int) -> list[str]:
         return [f"soft_labels={{source: store, path: {store_folder(out, encoding, epochs)}}}", f"data.views={views}"]
 
-    table = {
-        "fmnist-ce-cropflip": (kd, ["soft_labels=null", "method={name: ce}", "data.views=0"]),
-        "fmnist-kd-clean": (QUICKSTART / "kd.yaml", []),
-        "fmnist-kd-cropflip-online": (kd, [f"soft_labels={ONLINE_TEACHER}", "data.views=0"]),
-    }
-    table.update({f"fmnist-kd-cropflip-v{v}": (kd, stored("full", v)) for v in sorted({1, 4, 16, epochs})})
-    table.update({f"fmnist-kd-cropflip-{e}": (kd, stored(e, epochs)) for e in ENCODINGS if e != "full"})
-    table["fmnist-ida-mixup-kdi-online"] = (ida, ["soft_labels={source: teacher, recipe: teacher.yaml}", "data.views=0"])
-    table["fmnist-ida-mixup-kdi-store"] = (ida, [f"data.views={epochs}"])  # the quickstart's store of 40 views
-    return {name: (path, [*overrides, f"epochs={epochs}"]) for name, (path, overrides) in table.items()}
+    table = {f"fmnist-kd-cropflip-v{v}": (kd, stored("full", v), "full") for v in sorted({1, 4, 16, epochs})}
+    table.update({f"fmnist-kd-cropflip-{e}": (kd, stored(e, epochs), e) for e in ENCODINGS if e != "full"})
+    table.update({
+        "fmnist-kd-cropflip-online": (kd, [f"soft_labels={ONLINE_TEACHER}", "data.views=0"], None),
+        "fmnist-ce-cropflip": (kd, ["soft_labels=null", "method={name: ce}", "data.views=0"], None),
+        "fmnist-kd-clean": (QUICKSTART / "kd.yaml", [], None),
+        # the quickstart's store of 40 mixup views, of which the run shows the first E
+        "fmnist-ida-mixup-kdi-store": (ida, [f"data.views={epochs}"], None),
+        "fmnist-ida-mixup-kdi-online": (ida, ["soft_labels={source: teacher, recipe: teacher.yaml}", "data.views=0"],
+                                        None),
+    })
+    return {name: (path, [*overrides, f"epochs={epochs}"], encoding) for name, (path, overrides, encoding) in table.items()}
 
 
 def main() -> None:
@@ -70,12 +73,12 @@ def main() -> None:
     args = parser.parse_args()
     out, epochs = Path(args.output), args.epochs
     machine = [*args.overrides, f"output_dir={out}"]
-    for encoding, spec in ENCODINGS.items():
-        label_store(load_label_recipe(STORE / "fmnist-cropflip.yaml", [
-            *machine, f"name={store_folder(out, encoding, epochs).parent.name}", f"encoding={spec}",
-            f"data.views={epochs}"]))
     table = rows(out, epochs)
-    for name, (path, overrides) in table.items():  # row by row: the IDA rows, which share the quickstart's store, last
+    for name, (path, overrides, encoding) in table.items():
+        if encoding is not None:  # labelled once, before the first row that reads it
+            label_store(load_label_recipe(STORE / "fmnist-cropflip.yaml", [
+                *machine, f"name={store_folder(out, encoding, epochs).parent.name}", f"encoding={ENCODINGS[encoding]}",
+                f"data.views={epochs}"]))
         for seed in range(args.seeds):
             recipe = load_recipe(path, [*overrides, *machine, "train.eval_every=2", f"name={name}", f"seed={seed}"])
             check_same_recipe(recipe)

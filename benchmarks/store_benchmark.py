@@ -98,7 +98,9 @@ def training_modes(teacher: FrozenTeacher, store: Store, loader: BatchLoader) ->
 
         return step
 
-    return {"plain CE": make("ce", None), "online KD": make("kd", teacher), "store KD": make("kd", StoredSoftLabels(store))}
+    stored = StoredSoftLabels(store)
+    stored.verify_lookups(loader.data.ids, store.views)  # once, as a run does: lookups unchecked per batch
+    return {"plain CE": make("ce", None), "online KD": make("kd", teacher), "store KD": make("kd", stored)}
 
 
 def spread(values: list[float], references: list[float]) -> str:

@@ -48,7 +48,8 @@ def rows(out: Path, epochs: int) -> dict[str, tuple[Path, list[str], str | None]
     kd, ida = STORE / "kd-cropflip.yaml", QUICKSTART / "ida-mixup-kdi.yaml"
 
     def stored(encoding: str, views: int) -> list[str]:
-        return [f"soft_labels={{source: store, path: {store_folder(out, encoding, epochs)}}}", f"data.views={views}"]
+        return [f"soft_labels={{source: store, path: {store_folder(out.resolve(), encoding, epochs)}}}",
+                f"data.views={views}"]
 
     table = {f"fmnist-kd-cropflip-v{v}": (kd, stored("full", v), "full") for v in sorted({1, 4, 16, epochs})}
     table.update({f"fmnist-kd-cropflip-{e}": (kd, stored(e, epochs), e) for e in ENCODINGS if e != "full"})

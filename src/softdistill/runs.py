@@ -2,7 +2,8 @@
 
 A run folder ``OUTPUT_DIR/NAME/seedSEED`` is ``new`` (nothing to resume), ``partial`` (a
 ``last.pt`` to resume from) or ``finished`` (``summary.json`` written).  A new run refuses a
-folder that holds one; a resume needs ``last.pt``, the same recipe and epochs left to train; a
+folder that holds one; a resume needs ``last.pt`` and the same recipe, and continues a run whose
+``summary.json`` is missing (a ``last.pt`` of the final epoch, killed before the end, is finished).  A
 finished run is reused only when its recipe is the same (keys in ``NOT_IDENTITY`` aside, such as
 the data folder or thread count, which do not change what a run computes).
 """
@@ -51,7 +52,7 @@ def run_dir_state(run_dir: str | os.PathLike) -> str:
     return "partial" if (run_dir / "last.pt").exists() else "new"
 
 
-def resume_checkpoint(run_dir: Path, resume: bool, epochs: int, config_check: Callable[[Any], list[str]],
+def resume_checkpoint(run_dir: Path, resume: bool, config_check: Callable[[Any], list[str]],
                       map_location: torch.device | str = "cpu") -> dict[str, Any] | None:
     """The ``last.pt`` payload a run continues from, or None for a new run (see the module docstring)."""
     last = run_dir / "last.pt"
@@ -66,8 +67,8 @@ def resume_checkpoint(run_dir: Path, resume: bool, epochs: int, config_check: Ca
     diffs = config_check(state.get("config"))
     if diffs:
         raise RunStateError(f"cannot resume {run_dir}: the recipe changed since the checkpoint:\n  " + "\n  ".join(diffs))
-    if state["epoch"] >= epochs:
-        raise RunStateError(f"{run_dir} has already finished ({state['epoch']} of {epochs} epochs); nothing to resume")
+    if (run_dir / "summary.json").exists():
+        raise RunStateError(f"{run_dir} has already finished (summary.json written); nothing to resume")
     return state
 
 

@@ -1,0 +1,159 @@
+"""Run folders under crashes: kills between the writes of an epoch, non-finite states, locks."""
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from test_training import assert_same_weights, make_recipe, weights
+
+from softdistill.checkpoint import load_checkpoint
+from softdistill.config import recipe_from_dict
+from softdistill.engine import NonFiniteLossError, NonFiniteStateError
+from softdistill.runner import run_recipe
+
+
+class Killed(BaseException):
+    """Stands for a kill -9 at an injected point (nothing after it runs)."""
+
+
+@pytest.fixture
+def kill_after_write(monkeypatch):
+    """``kill_after_write(name, n)``: the n-th atomic write of a file called ``name`` lands, then the
+    process "dies" (:class:`Killed`)."""
+
+    def arm(name: str, n: int = 1) -> None:
+        real = os.replace
+        landed = []
+
+        def replace(src, dst):
+            real(src, dst)
+            if Path(dst).name == name:
+                landed.append(dst)
+                if len(landed) == n:
+                    monkeypatch.setattr(os, "replace", real)
+                    raise Killed(f"after write {n} of {name}")
+
+        monkeypatch.setattr(os, "replace", replace)
+
+    return arm
+
+
+def without_timing(summary: dict) -> dict:
+    return {k: v for k, v in summary.items() if not k.startswith("seconds")}
+
+
+def assert_same_run(reference: Path, resumed: Path) -> None:
+    """Same weights in last.pt and best.pt, the same best epoch, summary and metrics (timing aside)."""
+    for name in ("last.pt", "best.pt"):
+        assert_same_weights(weights(reference, name), weights(resumed, name), rtol=0, atol=0)
+    assert load_checkpoint(resumed / "best.pt")["epoch"] == load_checkpoint(reference / "best.pt")["epoch"]
+    read = lambda run: without_timing(json.loads((run / "summary.json").read_text()))  # noqa: E731
+    assert read(resumed) == read(reference)
+    records = lambda run: [without_timing(json.loads(line)) for line in (run / "metrics.jsonl").read_text().splitlines()]  # noqa: E731
+    assert records(resumed) == records(reference)
+    assert sorted(p.name for p in resumed.iterdir()) == sorted(p.name for p in reference.iterdir())
+
+
+# 3 epochs whose validation accuracy peaks at epoch 2, so "best" is neither the first nor the last epoch
+PEAKS_EARLY = dict(optim__lr=0.2, schedule={"name": "constant"})
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory) -> Path:
+    """An uninterrupted run, the result every interrupted one must end with."""
+    recipe = make_recipe(tmp_path_factory.mktemp("reference"), **PEAKS_EARLY)
+    run_recipe(recipe, quiet=True)
+    return recipe.run_dir
+
+
+def test_a_kill_before_the_summary_is_finished_by_resume(tmp_path, reference_run, kill_after_write):
+    recipe = make_recipe(tmp_path, **PEAKS_EARLY)
+    kill_after_write("last.pt", n=recipe.epochs)  # the final epoch's checkpoint, nothing after it
+    with pytest.raises(Killed):
+        run_recipe(recipe, quiet=True)
+    assert not (recipe.run_dir / "summary.json").exists()
+    run_recipe(recipe, resume=True, quiet=True)
+    assert_same_run(reference_run, recipe.run_dir)
+
+
+def test_a_kill_between_last_and_best_leaves_no_stale_best(tmp_path, reference_run, kill_after_write):
+    selected = json.loads((reference_run / "summary.json").read_text())["selected_epoch"]
+    assert 1 < selected < 3  # a stale best.pt (epoch 1) would stay for good
+    recipe = make_recipe(tmp_path, **PEAKS_EARLY)
+    kill_after_write("last.pt", n=selected)  # the epoch that becomes "best": its best.pt is not written
+    with pytest.raises(Killed):
+        run_recipe(recipe, quiet=True)
+    run_recipe(recipe, resume=True, quiet=True)
+    assert_same_run(reference_run, recipe.run_dir)
+
+
+@pytest.mark.parametrize("name", ["best.pt", "metrics.jsonl"])
+def test_a_kill_after_any_write_of_an_epoch_resumes_to_the_same_run(tmp_path, reference_run, kill_after_write, name):
+    recipe = make_recipe(tmp_path, **PEAKS_EARLY)
+    kill_after_write(name)
+    with pytest.raises(Killed):
+        run_recipe(recipe, quiet=True)
+    run_recipe(recipe, resume=True, quiet=True)
+    assert_same_run(reference_run, recipe.run_dir)
+
+
+def test_a_teacher_killed_before_its_summary_is_finished_for_its_student(tmp_path, kill_after_write):
+    out = tmp_path / "runs"
+    teacher = {"name": "t", "student": "mlp", "epochs": 1, "data": {"name": "synthetic", "batch_size": 50},
+               "output_dir": str(out), "train": {"device": "cpu"}}
+    (tmp_path / "teacher.yaml").write_text(json.dumps(teacher))
+    kill_after_write("last.pt")
+    with pytest.raises(Killed):
+        run_recipe(recipe_from_dict(teacher), quiet=True)
+    student = recipe_from_dict({**teacher, "name": "s", "method": {"name": "kd"},
+                                "soft_labels": {"source": "teacher", "recipe": "teacher.yaml"}},
+                               source=str(tmp_path / "student.yaml"))
+    run_recipe(student, quiet=True)
+    assert (out / "t" / "seed0" / "summary.json").is_file() and (out / "t" / "seed0" / "best.pt").is_file()
+
+
+def test_a_vae_killed_before_its_summary_writes_vae_pt_on_resume(tmp_path, kill_after_write):
+    from softdistill.config import load_vae_recipe
+    from softdistill.experiments import packaged_recipes
+
+    recipe = load_vae_recipe(packaged_recipes("hard") / "vae-tiny.yaml",
+                             [f"output_dir={tmp_path}", "train.device=cpu", "train.threads=null", "epochs=1"])
+    kill_after_write("last.pt")
+    with pytest.raises(Killed):
+        run_recipe(recipe, quiet=True)
+    assert not (recipe.run_dir / "vae.pt").exists()
+    run_recipe(recipe, resume=True, quiet=True)
+    assert_same_weights(load_checkpoint(recipe.run_dir / "vae.pt")["state_dict"], weights(recipe.run_dir), rtol=0, atol=0)
+    assert (recipe.run_dir / "summary.json").is_file()
+
+
+def test_a_diverged_student_never_becomes_a_checkpoint(tmp_path):
+    """At lr=100 BatchNorm's running variances overflow while every loss stays finite."""
+    recipe = make_recipe(tmp_path, student="cnn-small", optim__lr=100.0, schedule={"name": "constant"})
+    with pytest.raises((NonFiniteStateError, NonFiniteLossError), match="keeps its last good checkpoint"):
+        run_recipe(recipe, quiet=True)
+    for name in ("last.pt", "best.pt"):
+        if (recipe.run_dir / name).exists():
+            assert all(torch.isfinite(v).all() for v in weights(recipe.run_dir, name).values() if v.is_floating_point())
+
+
+def test_a_non_finite_buffer_is_named_and_nothing_of_its_epoch_is_written(tmp_path, monkeypatch):
+    from softdistill.engine.trainer import Trainer
+
+    real = Trainer.train_epoch
+
+    def poison_at_epoch_2(self):
+        record = real(self)
+        if self.epoch == 2:
+            self.student.features[1].running_var[0] = float("inf")
+        return record
+
+    monkeypatch.setattr(Trainer, "train_epoch", poison_at_epoch_2)
+    recipe = make_recipe(tmp_path, student="cnn-small")
+    with pytest.raises(NonFiniteStateError, match=r"after epoch 2 .* in features\.1\.running_var: .*"
+                                                  r"That state was not written: .* checkpoint \(epoch 1\)"):
+        run_recipe(recipe, quiet=True)
+    assert load_checkpoint(recipe.run_dir / "last.pt")["epoch"] == 1
+    assert len((recipe.run_dir / "metrics.jsonl").read_text().splitlines()) == 1

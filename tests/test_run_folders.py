@@ -1,7 +1,12 @@
 """Run folders under crashes: kills between the writes of an epoch, non-finite states, locks."""
 
+import errno
 import json
 import os
+import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -157,3 +162,73 @@ def test_a_non_finite_buffer_is_named_and_nothing_of_its_epoch_is_written(tmp_pa
         run_recipe(recipe, quiet=True)
     assert load_checkpoint(recipe.run_dir / "last.pt")["epoch"] == 1
     assert len((recipe.run_dir / "metrics.jsonl").read_text().splitlines()) == 1
+
+
+# ------------------------------------------------------------------------------- one process per run folder
+
+def softdistill(*args: str, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "softdistill", *args], capture_output=True, text=True, timeout=300,
+                          **kwargs)
+
+
+def test_a_second_process_on_a_run_folder_is_refused_and_a_killed_holder_blocks_nothing(tmp_path):
+    recipe_file = tmp_path / "syn.yaml"
+    recipe_file.write_text(json.dumps(make_recipe(tmp_path).to_dict()))
+    marker = tmp_path / "in-epoch-2"
+    holder = subprocess.Popen([sys.executable, "-c", f"""
+import pathlib, sys, time
+from softdistill.cli import main
+from softdistill.engine.trainer import Trainer
+real = Trainer.train_epoch
+def wait_in_epoch_2(self):
+    if self.epoch == 2:
+        pathlib.Path({str(marker)!r}).touch()
+        time.sleep(600)
+    return real(self)
+Trainer.train_epoch = wait_in_epoch_2
+sys.exit(main(["train", {str(recipe_file)!r}, "--quiet"]))
+"""])
+    try:
+        deadline = time.monotonic() + 240
+        while not marker.exists():
+            assert holder.poll() is None and time.monotonic() < deadline, "the first process did not reach epoch 2"
+            time.sleep(0.2)
+        for extra in ([], ["--resume"]):
+            second = softdistill("train", str(recipe_file), "--quiet", *extra)
+            assert second.returncode == 2
+            assert f"is in use by process {holder.pid} on {socket.gethostname()} (started " in second.stderr
+            assert "Traceback" not in second.stderr
+    finally:
+        holder.kill()  # kill -9: its lock must not outlive it
+        holder.wait()
+    run_dir = tmp_path / "runs" / "syn" / "seed1"
+    assert (run_dir / ".lock").exists() and load_checkpoint(run_dir / "last.pt")["epoch"] == 1
+    resumed = softdistill("train", str(recipe_file), "--quiet", "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert (run_dir / "summary.json").is_file() and not (run_dir / ".lock").exists()
+
+
+def test_a_lock_file_of_a_dead_process_is_taken_over(tmp_path):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    recipe = make_recipe(tmp_path, epochs=1)
+    recipe.run_dir.mkdir(parents=True)
+    (recipe.run_dir / ".lock").write_text(json.dumps({"pid": dead.pid, "host": socket.gethostname(),
+                                                      "started": "earlier", "command": "softdistill train"}))
+    run_recipe(recipe, quiet=True)
+    assert (recipe.run_dir / "summary.json").is_file() and not (recipe.run_dir / ".lock").exists()
+
+
+def test_a_file_system_without_locks_runs_with_a_warning(tmp_path, monkeypatch):
+    import fcntl
+
+    from softdistill.runs import lock_run_folder
+
+    def no_locks(fd, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    with pytest.warns(UserWarning, match="has no file locks .*nothing stops a second process"):
+        with lock_run_folder(tmp_path / "run"):
+            pass
+    assert list((tmp_path / "run").iterdir()) == []

@@ -256,27 +256,46 @@ def test_recipe_level_errors(tmp_path):
 
 # ------------------------------------------------------------------------------- DDP
 
-def _ddp_worker(rank, world_size, port, tmp):
+def _ddp_worker(rank, world_size, port, tmp, changes):
+    """One process of a ``world_size``-process run of ``make_recipe(tmp, **changes)``."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world_size),
                       RANK=str(rank), LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
     from softdistill.engine import shutdown_distributed
 
     try:
-        run_recipe(make_recipe(tmp / "ddp", data__augment={"crop_padding": 1, "hflip": True}), quiet=True)
+        run_recipe(make_recipe(tmp, **changes), quiet=True)
     finally:
         shutdown_distributed()
 
 
+def run_two_processes(tmp, port, **changes):
+    """The run folder of a 2-process (gloo) run of ``make_recipe(tmp, **changes)``."""
+    mp.start_processes(_ddp_worker, args=(2, port, tmp, changes), nprocs=2, join=True, start_method="spawn")
+    return make_recipe(tmp, **changes).run_dir
+
+
 def test_two_process_ddp_matches_single_process(tmp_path, free_port):
     torch.set_num_threads(1)
-    single = make_recipe(tmp_path / "single", data__augment={"crop_padding": 1, "hflip": True})
+    augment = {"crop_padding": 1, "hflip": True}
+    single = make_recipe(tmp_path / "single", data__augment=augment)
     single_summary = run_recipe(single, quiet=True)
-    mp.start_processes(_ddp_worker, args=(2, free_port, tmp_path), nprocs=2, join=True, start_method="spawn")
-    ddp_dir = tmp_path / "ddp" / "runs" / "syn" / "seed1"
+    ddp_dir = run_two_processes(tmp_path / "ddp", free_port, data__augment=augment)
     assert_same_weights(weights(single.run_dir), weights(ddp_dir), rtol=1e-4, atol=1e-5)
     ddp_summary = json.loads((ddp_dir / "summary.json").read_text())
     assert ddp_summary["test_acc_last"] == pytest.approx(single_summary["test_acc_last"], abs=0.51)
+
+
+def test_sync_batchnorm_makes_two_processes_train_what_one_does(tmp_path, free_port):
+    """Without it each process normalises with its half of the batch, and the weights differ."""
+    torch.set_num_threads(1)
+    bn = dict(student="cnn-small", epochs=2)
+    single = make_recipe(tmp_path / "single", **bn)
+    run_recipe(single, quiet=True)
+    synced = run_two_processes(tmp_path / "synced", free_port, **bn, train={"device": "cpu", "sync_batchnorm": True})
+    assert_same_weights(weights(single.run_dir), weights(synced), rtol=1e-4, atol=1e-5)
+    local = run_two_processes(tmp_path / "local", free_port, **bn)
+    assert not torch.allclose(weights(single.run_dir)["fc.weight"], weights(local)["fc.weight"], rtol=1e-3, atol=1e-4)
 
 
 def _rank_that_dies_worker(rank, port, tmp):

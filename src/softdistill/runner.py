@@ -134,7 +134,8 @@ def _classifier_parts(recipe: Recipe, ctx: DistContext, quiet: bool, data: DataB
     context = MethodContext(InputSpec(data.in_channels, data.image_size, tuple(data.mean), tuple(data.std)),
                             resolve_artifact=products.__getitem__, quiet=quiet)
     method = method_class(recipe.method.name)(recipe.method, student, data.num_classes, source, context).to(ctx.device)
-    method.wrap(lambda module: wrap(module, ctx, compile=speed.compile, channels_last=channels_last))
+    method.wrap(lambda module: wrap(module, ctx, compile=speed.compile, channels_last=channels_last,
+                                    sync_batchnorm=speed.sync_batchnorm))
     optimizer = build_optimizer(method.trainable_parameters(), **recipe.optim.model_dump())
     s = recipe.schedule
     schedule = LRSchedule(s.name, recipe.optim.lr, recipe.epochs, len(train), s.milestones, s.gamma,

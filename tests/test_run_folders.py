@@ -232,3 +232,20 @@ def test_a_file_system_without_locks_runs_with_a_warning(tmp_path, monkeypatch):
         with lock_run_folder(tmp_path / "run"):
             pass
     assert list((tmp_path / "run").iterdir()) == []
+
+
+def test_a_run_folder_that_cannot_hold_a_lock_is_a_clear_error(tmp_path, monkeypatch):
+    from softdistill.atomic import FileWriteError
+    from softdistill.runs import lock_run_folder
+
+    real_open = os.open
+
+    def read_only(path, flags, *args):
+        if Path(path).name == ".lock":
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(os, "open", read_only)
+    with pytest.raises(FileWriteError, match=r"cannot lock the run folder .*run: Read-only file system"):
+        with lock_run_folder(tmp_path / "run"):
+            pass

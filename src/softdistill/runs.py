@@ -35,7 +35,7 @@ from typing import Any
 import torch
 import yaml
 
-from softdistill.atomic import ensure_folder, write_text_atomic  # re-exported: the run folder's text files
+from softdistill.atomic import FileWriteError, ensure_folder, write_text_atomic  # re-exported: the run folder's text files
 from softdistill.checkpoint import load_checkpoint
 
 __all__ = ["RunStateError", "NOT_IDENTITY", "LOCK_NAME", "write_text_atomic", "config_differences", "resume_checkpoint",
@@ -131,7 +131,11 @@ def lock_run_folder(run_dir: str | os.PathLike) -> Iterator[None]:
     run_dir = Path(run_dir)
     path = ensure_folder(run_dir) / LOCK_NAME
     while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as exc:
+            raise FileWriteError(f"cannot lock the run folder {run_dir}: {exc.strerror} ({path}); "
+                                 "fix the folder's permissions or choose another output folder") from exc
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -151,9 +151,10 @@ def run_matrix(work: Path, points: list[str]) -> list[dict[str, Any]]:
         finished_before = killed.returncode == -signal.SIGKILL and "summary.json:after" in point
         resume_ok = resumed.returncode == (2 if finished_before else 0)
         checks = compare_runs(reference, run)
+        error = resumed.stderr.replace(str(run), "RUN").strip().splitlines()[-1:]
         rows.append({"point": point, "where": KILL_POINTS.get(point, ""), "killed": killed.returncode == -signal.SIGKILL,
-                     "left": left, "again": " ".join(again) or "plain start", "resume": resumed.returncode, "error": resumed.stderr.strip().splitlines()[-1:],
-                     **checks, "identical": resume_ok and all(checks.values())})
+                     "left": left, "again": " ".join(again) or "plain start", "resume": resumed.returncode,
+                     "error": error, **checks, "identical": resume_ok and all(checks.values())})
         print(f"{point:24} killed={rows[-1]['killed']} left={left} resume={resumed.returncode} "
               f"identical={rows[-1]['identical']}", flush=True)
     return rows
@@ -165,7 +166,7 @@ def markdown(rows: list[dict[str, Any]], command: str) -> str:
              "last.pt | best.pt | summary, metrics | files | bit-identical |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        resume = f"{r['again']}: {r['resume']}" + (f" ({r['error'][0][:90]})" if r["resume"] != 0 and r["error"] else "")
+        resume = f"{r['again']}: {r['resume']}" + (f" ({r['error'][0][:120]})" if r["resume"] != 0 and r["error"] else "")
         lines.append(f"| `{r['point']}` | {r['where']}{'' if r['killed'] else ' (not killed!)'} | {r['left']} | {resume} "
                      f"| {mark(r['last.pt'])} | {mark(r['best.pt'])} | {mark(r['summary, metrics'])} | "
                      f"{mark(r['files'])} | {mark(r['identical'])} |")

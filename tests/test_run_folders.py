@@ -196,7 +196,7 @@ sys.exit(main(["train", {str(recipe_file)!r}, "--quiet"]))
         for extra in ([], ["--resume"]):
             second = softdistill("train", str(recipe_file), "--quiet", *extra)
             assert second.returncode == 2
-            assert f"is in use by process {holder.pid} on {socket.gethostname()} (started " in second.stderr
+            assert f"is in use by another process (pid {holder.pid} on {socket.gethostname()}, started " in second.stderr
             assert "Traceback" not in second.stderr
     finally:
         holder.kill()  # kill -9: its lock must not outlive it
@@ -222,16 +222,16 @@ def test_a_lock_file_of_a_dead_process_is_taken_over(tmp_path):
 def test_a_file_system_without_locks_runs_with_a_warning(tmp_path, monkeypatch):
     import fcntl
 
-    from softdistill.runs import lock_run_folder
+    from softdistill.locking import hold_lock
 
     def no_locks(fd, operation):
         raise OSError(errno.ENOLCK, "No locks available")
 
     monkeypatch.setattr(fcntl, "flock", no_locks)
     with pytest.warns(UserWarning, match="has no file locks .*nothing stops a second process"):
-        with lock_run_folder(tmp_path / "run"):
+        with hold_lock(tmp_path / ".lock"):
             pass
-    assert list((tmp_path / "run").iterdir()) == []
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_a_run_folder_that_cannot_hold_a_lock_is_a_clear_error(tmp_path, monkeypatch):
@@ -246,6 +246,6 @@ def test_a_run_folder_that_cannot_hold_a_lock_is_a_clear_error(tmp_path, monkeyp
         return real_open(path, flags, *args)
 
     monkeypatch.setattr(os, "open", read_only)
-    with pytest.raises(FileWriteError, match=r"cannot lock the run folder .*run: Read-only file system"):
+    with pytest.raises(FileWriteError, match=r"cannot create the lock file .*run/\.lock: Read-only file system"):
         with lock_run_folder(tmp_path / "run"):
             pass

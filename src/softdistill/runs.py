@@ -7,27 +7,15 @@ folder that holds one; a resume needs ``last.pt`` and the same recipe, and conti
 finished run is reused only when its recipe is the same (keys in ``NOT_IDENTITY`` aside, such as
 the data folder or thread count, which do not change what a run computes).
 
-One process at a time works on a run folder: :func:`lock_run_folder` takes an exclusive
-``flock`` on ``RUN_DIR/.lock`` (which names the holder: pid, host, start time, command) and a
-second process is refused with a message naming the holder.  The operating system drops the lock
-when its process ends, however it ends (``kill -9`` included), so a lock file left behind never
-blocks.  On a shared file system the lock holds across hosts where the file system carries
-``flock`` between clients (NFSv4; Linux NFS clients map it to byte-range locks), and a crashed
-host's lock ends when the server's lease expires; where the file system has no locks, the run
-goes ahead with a warning that nothing stops a second process.
+One process at a time works on a run folder: :func:`lock_run_folder` holds ``RUN_DIR/.lock``
+(:mod:`softdistill.locking`: an ``flock`` that ends with its process, even after ``kill -9``), and
+a second process is refused with a message naming the holder.
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
-import fcntl
-import json
 import os
-import socket
-import sys
-import time
-import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -35,8 +23,9 @@ from typing import Any
 import torch
 import yaml
 
-from softdistill.atomic import FileWriteError, ensure_folder, write_text_atomic  # re-exported: the run folder's text files
+from softdistill.atomic import ensure_folder, write_text_atomic  # re-exported: the run folder's text files
 from softdistill.checkpoint import load_checkpoint
+from softdistill.locking import LockHeldError, describe_holder, hold_lock
 
 __all__ = ["RunStateError", "NOT_IDENTITY", "LOCK_NAME", "write_text_atomic", "config_differences", "resume_checkpoint",
            "run_dir_state", "recipe_differences", "check_same_recipe", "lock_run_folder"]
@@ -115,53 +104,16 @@ def check_same_recipe(recipe: Any) -> None:
                             + "\n  ".join(diffs) + "\nDelete that folder or choose another output_dir to rerun it.")
 
 
-def _holder(fd: int) -> str:
-    """Who holds a lock, from what its holder wrote into the lock file."""
-    try:
-        info = json.loads(os.pread(fd, 65536, 0).decode())
-        return f"process {info['pid']} on {info['host']} (started {info['started']}: {info['command']})"
-    except (OSError, ValueError, KeyError, TypeError):
-        return "another process (which has not written its details yet)"
-
-
 @contextlib.contextmanager
 def lock_run_folder(run_dir: str | os.PathLike) -> Iterator[None]:
-    """Hold the run folder's lock while the block runs; :class:`RunStateError` naming the holder
-    when another process holds it (see the module docstring)."""
+    """Hold the run folder's lock (:func:`softdistill.locking.hold_lock`) while the block runs;
+    :class:`RunStateError` naming the holder when another process holds it."""
     run_dir = Path(run_dir)
-    path = ensure_folder(run_dir) / LOCK_NAME
-    while True:
+    with contextlib.ExitStack() as stack:
         try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
-        except OSError as exc:
-            raise FileWriteError(f"cannot lock the run folder {run_dir}: {exc.strerror} ({path}); "
-                                 "fix the folder's permissions or choose another output folder") from exc
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = _holder(fd)
-            os.close(fd)
-            raise RunStateError(f"{run_dir} is in use by {holder}; one process at a time works on a run folder. "
-                                "Wait for it to end or stop it (its lock ends with it, even after kill -9).") from None
-        except OSError as exc:
-            os.close(fd)
-            if exc.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
-                raise
-            path.unlink(missing_ok=True)
-            warnings.warn(f"the file system of {run_dir} has no file locks ({exc.strerror}): nothing stops a second "
-                          "process from writing into this run folder at the same time", stacklevel=3)
-            yield
-            return
-        with contextlib.suppress(FileNotFoundError):
-            if os.path.samestat(os.fstat(fd), os.stat(path)):
-                break
-        os.close(fd)  # locked a file its last holder had just removed: lock the new one
-    try:
-        started = time.strftime("%Y-%m-%d %H:%M:%S %z")
-        info = {"pid": os.getpid(), "host": socket.gethostname(), "started": started, "command": " ".join(sys.argv)}
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps(info).encode(), 0)
+            stack.enter_context(hold_lock(ensure_folder(run_dir) / LOCK_NAME))
+        except LockHeldError as exc:
+            raise RunStateError(f"{run_dir} is in use by another process ({describe_holder(exc.holder)}); one process "
+                                "at a time works on a run folder. Wait for it to end or stop it (its lock ends with it, "
+                                "even after kill -9).") from None
         yield
-    finally:
-        path.unlink(missing_ok=True)  # while still locked, so no one locks the old file after us
-        os.close(fd)

@@ -15,7 +15,7 @@ from test_training import assert_same_weights, make_recipe, weights
 
 from softdistill.checkpoint import load_checkpoint
 from softdistill.config import recipe_from_dict
-from softdistill.engine import NonFiniteLossError, NonFiniteStateError
+from softdistill.engine import NonFiniteLossError, NonFiniteStateError, RunStateError
 from softdistill.runner import run_recipe
 
 
@@ -162,6 +162,60 @@ def test_a_non_finite_buffer_is_named_and_nothing_of_its_epoch_is_written(tmp_pa
         run_recipe(recipe, quiet=True)
     assert load_checkpoint(recipe.run_dir / "last.pt")["epoch"] == 1
     assert len((recipe.run_dir / "metrics.jsonl").read_text().splitlines()) == 1
+
+
+# ------------------------------------------------------------------------------- with mid-epoch checkpoints
+
+# 10 steps an epoch and a mid-epoch last.pt every 4 steps (global steps 4, 8 | 12, 16 | 24, 28; step 20 ends epoch 2):
+# last.pt writes 1, 2 are mid-epoch 1, 3 ends epoch 1, 4, 5 are mid-epoch 2, 6 ends epoch 2, 7, 8 mid-epoch 3, 9 the end
+MID_EPOCH = {**PEAKS_EARLY, "train": {**PEAKS_EARLY["train"], "checkpoint_every": 4}}
+
+
+@pytest.mark.parametrize("write", [2, 4, 6, 9], ids=["mid-epoch-1", "mid-epoch-2", "end-of-best-epoch", "final"])
+def test_with_mid_epoch_checkpoints_a_kill_after_any_last_pt_resumes_to_the_same_run(tmp_path, reference_run,
+                                                                                     kill_after_write, write):
+    """The reference run writes no mid-epoch checkpoint: writing them changes nothing either."""
+    recipe = make_recipe(tmp_path, **MID_EPOCH)
+    kill_after_write("last.pt", n=write)
+    with pytest.raises(Killed):
+        run_recipe(recipe, quiet=True)
+    assert ("step" in load_checkpoint(recipe.run_dir / "last.pt")) == (write in (2, 4))
+    run_recipe(recipe, resume=True, quiet=True)
+    assert_same_run(reference_run, recipe.run_dir)
+
+
+def test_a_mid_epoch_resume_refuses_an_epoch_file_changed_by_hand(tmp_path, kill_after_write):
+    """A mid-epoch last.pt comes after every file of the epochs before it, and holds later weights than
+    theirs: a missing best.pt there cannot be rewritten from it."""
+    recipe = make_recipe(tmp_path, **MID_EPOCH)
+    kill_after_write("last.pt", n=5)  # epoch 2, step 6
+    with pytest.raises(Killed):
+        run_recipe(recipe, quiet=True)
+    (recipe.run_dir / "best.pt").unlink()
+    with pytest.raises(RunStateError, match=r"best\.pt should hold epoch 1 but is missing .* written in the middle "
+                                            r"of epoch 2, after every file of epoch 1: the folder was changed by hand"):
+        run_recipe(recipe, resume=True, quiet=True)
+
+
+def test_a_non_finite_buffer_at_a_mid_epoch_checkpoint_is_named_and_not_written(tmp_path, monkeypatch):
+    from softdistill.engine.trainer import Trainer
+
+    real = Trainer._step
+
+    def poison_in_epoch_2(self, batch, step, watch):
+        real(self, batch, step, watch)
+        if (self.epoch, step) == (2, 4):  # its 5th step: after the checkpoint of step 2, before the one of step 6
+            self.student.features[1].running_var[0] = float("inf")
+
+    monkeypatch.setattr(Trainer, "_step", poison_in_epoch_2)
+    recipe = make_recipe(tmp_path, student="cnn-small", train={"device": "cpu", "checkpoint_every": 4})
+    with pytest.raises(NonFiniteStateError, match=r"after step 6 of epoch 2 the student holds NaN or infinite values in "
+                                                  r"features\.1\.running_var: .*That state was not written: .*"
+                                                  r"checkpoint \(step 2 of epoch 2\)"):
+        run_recipe(recipe, quiet=True)
+    saved = load_checkpoint(recipe.run_dir / "last.pt")
+    assert saved["epoch"] == 1 and saved["step"]["step"] == 2
+    assert all(torch.isfinite(v).all() for v in saved["state_dict"].values() if v.is_floating_point())
 
 
 # ------------------------------------------------------------------------------- one process per run folder

@@ -298,6 +298,47 @@ def test_sync_batchnorm_makes_two_processes_train_what_one_does(tmp_path, free_p
     assert not torch.allclose(weights(single.run_dir)["fc.weight"], weights(local)["fc.weight"], rtol=1e-3, atol=1e-4)
 
 
+def _global_batchnorm_worker(rank, port, tmp):
+    """Rank ``rank`` of 2 runs its slice (4 or 3 of 7 images) of 3 batches through a GlobalBatchNorm."""
+    from softdistill.engine.wrap import GlobalBatchNorm
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=2)
+    try:
+        x, w = torch.load(tmp / "inputs.pt")
+        layer = GlobalBatchNorm(4, momentum=None)  # a cumulative average of the batch statistics
+        grads = []
+        for batch in x:
+            part = batch.tensor_split(2)[rank].clone().requires_grad_()
+            (layer(part) * w.tensor_split(2)[rank]).sum().backward()
+            grads.append(part.grad)
+        torch.save({"mean": layer.running_mean, "var": layer.running_var, "batches": layer.num_batches_tracked,
+                    "x_grad": grads, "weight_grad": layer.weight.grad, "bias_grad": layer.bias.grad},
+                   tmp / f"rank{rank}.pt")
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_global_batchnorm_over_uneven_slices_is_batchnorm_over_the_global_batch(tmp_path, free_port):
+    """Outputs' gradients, parameter gradients (summed over ranks) and running statistics, with momentum None."""
+    torch.manual_seed(0)
+    x, w = torch.randn(3, 7, 4, 5, 5) * 3 + 1, torch.randn(7, 4, 5, 5)
+    torch.save((x, w), tmp_path / "inputs.pt")
+    mp.start_processes(_global_batchnorm_worker, args=(free_port, tmp_path), nprocs=2, join=True, start_method="spawn")
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    reference = torch.nn.BatchNorm2d(4, momentum=None)
+    for i, batch in enumerate(x):
+        whole = batch.clone().requires_grad_()
+        (reference(whole) * w).sum().backward()
+        torch.testing.assert_close(torch.cat([r["x_grad"][i] for r in ranks]), whole.grad, rtol=1e-4, atol=1e-5)
+    for r in ranks:
+        torch.testing.assert_close(r["mean"], reference.running_mean, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(r["var"], reference.running_var, rtol=1e-5, atol=1e-6)
+        assert r["batches"] == reference.num_batches_tracked == 3
+    torch.testing.assert_close(ranks[0]["weight_grad"] + ranks[1]["weight_grad"], reference.weight.grad, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(ranks[0]["bias_grad"] + ranks[1]["bias_grad"], reference.bias.grad, rtol=1e-4, atol=1e-4)
+
+
 def _rank_that_dies_worker(rank, port, tmp):
     """Rank 1 dies as epoch 2 starts; every rank records its exit code and stderr."""
     import contextlib

@@ -1,14 +1,17 @@
 """Crash matrix: kill a real training process (SIGKILL) at each kill point, resume it, and check
 that the resumed run ends bit-identical to an uninterrupted one.
 
-    PYTHONPATH=src python benchmarks/crash_matrix.py --out benchmarks/results/crash-matrix.md
+    PYTHONPATH=src python benchmarks/crash_matrix.py [--points POINT ...] [--out FILE]
 
 The run is a 3-epoch MLP on the synthetic data set whose validation accuracy peaks at epoch 2, so
 "best" is neither the first nor the last epoch.  For each kill point a child process (this script
 with ``--child POINT``) arms the kill and runs ``softdistill train``: ``FILE:before:N`` kills it
 while the N-th write of FILE is a temporary not yet renamed (mid-write), ``FILE:after:N`` right
 after the N-th write lands, ``step:K`` after the K-th optimiser step (mid-epoch; 10 steps an
-epoch).  Then ``softdistill train --resume`` runs in the same folder (a plain start where no
+epoch).  Points named ``mid/...`` run the same recipe with mid-epoch checkpoints
+(``train.checkpoint_every: 4``): ``last.pt`` is then written after steps 4 and 8 of every epoch
+and at its end, so its writes 1, 2, 4, 5, 7, 8 are mid-epoch and 3, 6, 9 end epochs 1, 2, 3; such a
+point is compared with an uninterrupted run of that recipe.  Then ``softdistill train --resume`` runs in the same folder (a plain start where no
 ``last.pt`` was written yet, as compare does; a folder whose ``summary.json`` was written before the
 kill must refuse the resume), and the folder is compared with the
 uninterrupted run: last.pt and best.pt weights (bit for bit), best.pt's epoch, summary.json and
@@ -35,6 +38,9 @@ RECIPE = {
     "train": {"device": "cpu", "threads": 1},
 }
 
+CHECKPOINT_EVERY = 4
+VARIANTS = {"": RECIPE, "mid": {**RECIPE, "train": {**RECIPE["train"], "checkpoint_every": CHECKPOINT_EVERY}}}
+
 KILL_POINTS = {
     "config.yaml:after:1": "after config.yaml, before any step",
     "step:5": "mid-epoch 1 (after step 5)",
@@ -50,7 +56,24 @@ KILL_POINTS = {
     "metrics.jsonl:after:3": "before summary.json",
     "summary.json:before:1": "while summary.json is being written",
     "summary.json:after:1": "after summary.json (the run has finished)",
+    # with a mid-epoch checkpoint every 4 steps
+    "mid/last.pt:after:1": "after the first mid-epoch last.pt (epoch 1, step 4), no epoch done",
+    "mid/step:6": "mid-epoch 1, between mid-epoch checkpoints (after step 6)",
+    "mid/last.pt:before:2": "while the mid-epoch last.pt of epoch 1, step 8 is being written",
+    "mid/last.pt:after:3": "after epoch 1's last.pt (which replaced a mid-epoch one), before its best.pt",
+    "mid/last.pt:after:4": "after epoch 2's first mid-epoch last.pt (step 2 of epoch 2)",
+    "mid/step:19": "mid-epoch 2 after its last mid-epoch checkpoint (after step 19)",
+    "mid/last.pt:after:6": "between last.pt and best.pt of epoch 2 (the best epoch), after mid-epoch ones",
+    "mid/best.pt:before:2": "while epoch 2's best.pt is being written",
+    "mid/last.pt:after:8": "after the final epoch's last mid-epoch last.pt (epoch 3, step 8)",
+    "mid/last.pt:after:9": "after the final last.pt, before metrics and summary",
 }
+
+
+def split_point(point: str) -> tuple[str, str]:
+    """``(variant, kill point)``: ``mid/last.pt:after:1`` -> ``("mid", "last.pt:after:1")``."""
+    variant, _, kill = point.rpartition("/")
+    return variant, kill
 
 
 def arm(point: str) -> None:
@@ -93,11 +116,16 @@ def without_timing(record: dict[str, Any]) -> dict[str, Any]:
 
 
 def folder_state(run: Path) -> str:
-    """What a kill left: the epochs of last.pt and best.pt, and whether summary.json exists."""
+    """What a kill left: the epochs of last.pt and best.pt (``1 + 4 steps``: a mid-epoch last.pt after
+    epoch 1 and 4 steps of epoch 2), and whether summary.json exists."""
     from softdistill.checkpoint import load_checkpoint
 
     def epoch(name: str) -> str:
-        return str(load_checkpoint(run / name)["epoch"]) if (run / name).is_file() else "-"
+        if not (run / name).is_file():
+            return "-"
+        payload = load_checkpoint(run / name)
+        step = payload.get("step")
+        return f"{payload['epoch']}" + (f" + {step['step']} steps" if step else "")
 
     return f"{epoch('last.pt')} / {epoch('best.pt')} / {'yes' if (run / 'summary.json').is_file() else 'no'}"
 
@@ -129,20 +157,23 @@ def compare_runs(reference: Path, run: Path) -> dict[str, bool]:
 
 
 def run_matrix(work: Path, points: list[str]) -> list[dict[str, Any]]:
-    def recipe_file(name: str) -> Path:
+    def recipe_file(name: str, variant: str) -> Path:
         path = work / f"{name}.yaml"
-        path.write_text(json.dumps({**RECIPE, "output_dir": str(work / name)}))
+        path.write_text(json.dumps({**VARIANTS[variant], "output_dir": str(work / name)}))
         return path
 
-    reference_file = recipe_file("reference")
-    done = train(reference_file)
-    if done.returncode != 0:
-        raise SystemExit(f"the uninterrupted run failed:\n{done.stderr}")
-    reference = work / "reference" / RECIPE["name"] / f"seed{RECIPE['seed']}"
+    references = {}
+    for variant in dict.fromkeys(split_point(point)[0] for point in points):
+        done = train(recipe_file(f"reference{variant}", variant))
+        if done.returncode != 0:
+            raise SystemExit(f"the uninterrupted run {variant or 'plain'} failed:\n{done.stderr}")
+        references[variant] = work / f"reference{variant}" / RECIPE["name"] / f"seed{RECIPE['seed']}"
     rows = []
     for i, point in enumerate(points):
-        path = recipe_file(f"point{i}")
-        killed = subprocess.run([sys.executable, __file__, "--child", point, str(path)], capture_output=True,
+        variant, kill = split_point(point)
+        reference = references[variant]
+        path = recipe_file(f"point{i}", variant)
+        killed = subprocess.run([sys.executable, __file__, "--child", kill, str(path)], capture_output=True,
                                 text=True, timeout=900)
         run = work / f"point{i}" / RECIPE["name"] / f"seed{RECIPE['seed']}"
         left = folder_state(run)
@@ -155,7 +186,7 @@ def run_matrix(work: Path, points: list[str]) -> list[dict[str, Any]]:
         rows.append({"point": point, "where": KILL_POINTS.get(point, ""), "killed": killed.returncode == -signal.SIGKILL,
                      "left": left, "again": " ".join(again) or "plain start", "resume": resumed.returncode,
                      "error": error, **checks, "identical": resume_ok and all(checks.values())})
-        print(f"{point:24} killed={rows[-1]['killed']} left={left} resume={resumed.returncode} "
+        print(f"{point:28} killed={rows[-1]['killed']} left={left} resume={resumed.returncode} "
               f"identical={rows[-1]['identical']}", flush=True)
     return rows
 
@@ -188,7 +219,7 @@ def main() -> None:
         sys.exit(softdistill(["train", recipe, "--quiet"]))
     with tempfile.TemporaryDirectory(prefix="crash-matrix-") as work:
         rows = run_matrix(Path(work), args.points)
-    table = markdown(rows, "PYTHONPATH=src python benchmarks/crash_matrix.py --out benchmarks/results/crash-matrix.md")
+    table = markdown(rows, "PYTHONPATH=src python benchmarks/crash_matrix.py " + " ".join(sys.argv[1:]))
     print(table)
     if args.out:
         args.out.write_text(table)

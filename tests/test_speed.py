@@ -183,6 +183,17 @@ def test_log_points_are_the_only_reads_between_epoch_ends(tmp_path, monkeypatch)
     assert sum((every_two - at_end).values()) == 4  # log points after steps 2, 4, 6, 8 (step 10 ends the epoch)
 
 
+def test_mid_epoch_checkpoints_read_the_device_only_where_they_are_written(tmp_path, monkeypatch):
+    """Before a mid-epoch checkpoint the loss watch and the finite check of every parameter and buffer
+    read the device: reads grow with the number of checkpoints, not with the steps."""
+    none = host_reads_in_epoch(tmp_path / "none", monkeypatch, 50, train__checkpoint_every=0)
+    one = host_reads_in_epoch(tmp_path / "one", monkeypatch, 50, train__checkpoint_every=5)  # after step 5
+    four = host_reads_in_epoch(tmp_path / "four", monkeypatch, 50, train__checkpoint_every=2)  # after steps 2, 4, 6, 8
+    per_checkpoint = one - none
+    assert any("trainer.py" in site for site in per_checkpoint)
+    assert four - none == collections.Counter({site: 4 * n for site, n in per_checkpoint.items()})
+
+
 # ------------------------------------------------------------------------------- the trainer on a toy model
 
 class ToyMethod(torch.nn.Module):
@@ -316,6 +327,15 @@ def test_speed_options_refused_where_they_cannot_apply(tmp_path, teacher_checkpo
         LabelRecipe.from_dict({"name": "s", "data": {"name": "synthetic", "batch_size": 50},
                                "soft_labels": {"source": "teacher", "checkpoint": teacher_checkpoint},
                                "train": {"compile": True, "grad_accum": 2}})
+    with pytest.raises(ConfigError, match="train.sync_batchnorm: training options, not used by a label recipe"):
+        LabelRecipe.from_dict({"name": "s", "data": {"name": "synthetic", "batch_size": 50},
+                               "soft_labels": {"source": "teacher", "checkpoint": teacher_checkpoint},
+                               "train": {"sync_batchnorm": True}})
+    with pytest.raises(ConfigError, match="train.sync_batchnorm: not used by train-vae"):
+        VAERecipe.from_dict({"name": "v", "epochs": 1, "train": {"sync_batchnorm": True}})
+    with pytest.raises(ConfigError, match=r"train.sync_batchnorm with train.grad_accum > 1: BatchNorm would normalise "
+                                          r"each part of a batch"):
+        make_recipe(tmp_path, train={"sync_batchnorm": True, "grad_accum": 2})
     online = make_recipe(tmp_path, train={"device": "cpu", "teacher_dtype": "float16"}, method={"name": "kd"},
                          soft_labels={"source": "teacher", "checkpoint": teacher_checkpoint})
     with pytest.raises(ValueError, match="train.teacher_dtype: float16 needs a CUDA device; on the CPU use bfloat16"):

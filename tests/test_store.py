@@ -22,6 +22,7 @@ from softdistill.config import ConfigError, LabelRecipe, load_label_recipe, load
 from softdistill.data.loader import BatchLoader, BatchTransform
 from softdistill.data.prepare import prepare_data
 from softdistill.data.views import ViewPlan
+from softdistill.locking import hold_lock
 from softdistill.report.inspect import inspect_soft_labels
 from softdistill.runner import label_store, run_recipe
 from softdistill.store import Encoding, Store, StoreError, topk_encode, topk_logits
@@ -249,10 +250,10 @@ def test_two_writers_are_refused_and_a_stale_lock_is_taken_over(tmp_path, teache
     recipe = load_label_recipe(label_recipe(tmp_path, teacher))
     folder = store_folder(tmp_path)
     folder.mkdir(parents=True)
-    (folder / LOCK).write_text(json.dumps({"pid": os.getppid(), "host": os.uname().nodename, "started": 0}))
-    with pytest.raises(StoreError, match=r"is being written by another labelling process \(pid \d+ .*two writers on "
-                                         "one store are refused"):
-        label_store(recipe, quiet=True)
+    with hold_lock(folder / LOCK):  # held as another process holds it: a lock of another open file
+        with pytest.raises(StoreError, match=r"is being written by another labelling process \(pid \d+ .*two writers "
+                                             "on one store are refused"):
+            label_store(recipe, quiet=True)
     dead = mp.get_context("spawn").Process(target=int)
     dead.start()
     dead.join()

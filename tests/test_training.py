@@ -257,27 +257,87 @@ def test_recipe_level_errors(tmp_path):
 
 # ------------------------------------------------------------------------------- DDP
 
-def _ddp_worker(rank, world_size, port, tmp):
+def _ddp_worker(rank, world_size, port, tmp, changes):
+    """One process of a ``world_size``-process run of ``make_recipe(tmp, **changes)``."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world_size),
                       RANK=str(rank), LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
     from softdistill.engine import shutdown_distributed
 
     try:
-        run_recipe(make_recipe(tmp / "ddp", data__augment={"crop_padding": 1, "hflip": True}), quiet=True)
+        run_recipe(make_recipe(tmp, **changes), quiet=True)
     finally:
         shutdown_distributed()
 
 
+def run_two_processes(tmp, port, **changes):
+    """The run folder of a 2-process (gloo) run of ``make_recipe(tmp, **changes)``."""
+    mp.start_processes(_ddp_worker, args=(2, port, tmp, changes), nprocs=2, join=True, start_method="spawn")
+    return make_recipe(tmp, **changes).run_dir
+
+
 def test_two_process_ddp_matches_single_process(tmp_path, free_port):
     torch.set_num_threads(1)
-    single = make_recipe(tmp_path / "single", data__augment={"crop_padding": 1, "hflip": True})
+    augment = {"crop_padding": 1, "hflip": True}
+    single = make_recipe(tmp_path / "single", data__augment=augment)
     single_summary = run_recipe(single, quiet=True)
-    mp.start_processes(_ddp_worker, args=(2, free_port, tmp_path), nprocs=2, join=True, start_method="spawn")
-    ddp_dir = tmp_path / "ddp" / "runs" / "syn" / "seed1"
+    ddp_dir = run_two_processes(tmp_path / "ddp", free_port, data__augment=augment)
     assert_same_weights(weights(single.run_dir), weights(ddp_dir), rtol=1e-4, atol=1e-5)
     ddp_summary = json.loads((ddp_dir / "summary.json").read_text())
     assert ddp_summary["test_acc_last"] == pytest.approx(single_summary["test_acc_last"], abs=0.51)
+
+
+def test_sync_batchnorm_makes_two_processes_train_what_one_does(tmp_path, free_port):
+    """Without it each process normalises with its half of the batch, and the weights differ."""
+    torch.set_num_threads(1)
+    bn = dict(student="cnn-small", epochs=2)
+    single = make_recipe(tmp_path / "single", **bn)
+    run_recipe(single, quiet=True)
+    synced = run_two_processes(tmp_path / "synced", free_port, **bn, train={"device": "cpu", "sync_batchnorm": True})
+    assert_same_weights(weights(single.run_dir), weights(synced), rtol=1e-4, atol=1e-5)
+    local = run_two_processes(tmp_path / "local", free_port, **bn)
+    assert not torch.allclose(weights(single.run_dir)["fc.weight"], weights(local)["fc.weight"], rtol=1e-3, atol=1e-4)
+
+
+def _global_batchnorm_worker(rank, port, tmp):
+    """Rank ``rank`` of 2 runs its slice (4 or 3 of 7 images) of 3 batches through a GlobalBatchNorm."""
+    from softdistill.engine.wrap import GlobalBatchNorm
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=2)
+    try:
+        x, w = torch.load(tmp / "inputs.pt")
+        layer = GlobalBatchNorm(4, momentum=None)  # a cumulative average of the batch statistics
+        grads = []
+        for batch in x:
+            part = batch.tensor_split(2)[rank].clone().requires_grad_()
+            (layer(part) * w.tensor_split(2)[rank]).sum().backward()
+            grads.append(part.grad)
+        torch.save({"mean": layer.running_mean, "var": layer.running_var, "batches": layer.num_batches_tracked,
+                    "x_grad": grads, "weight_grad": layer.weight.grad, "bias_grad": layer.bias.grad},
+                   tmp / f"rank{rank}.pt")
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_global_batchnorm_over_uneven_slices_is_batchnorm_over_the_global_batch(tmp_path, free_port):
+    """Outputs' gradients, parameter gradients (summed over ranks) and running statistics, with momentum None."""
+    torch.manual_seed(0)
+    x, w = torch.randn(3, 7, 4, 5, 5) * 3 + 1, torch.randn(7, 4, 5, 5)
+    torch.save((x, w), tmp_path / "inputs.pt")
+    mp.start_processes(_global_batchnorm_worker, args=(free_port, tmp_path), nprocs=2, join=True, start_method="spawn")
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    reference = torch.nn.BatchNorm2d(4, momentum=None)
+    for i, batch in enumerate(x):
+        whole = batch.clone().requires_grad_()
+        (reference(whole) * w).sum().backward()
+        torch.testing.assert_close(torch.cat([r["x_grad"][i] for r in ranks]), whole.grad, rtol=1e-4, atol=1e-5)
+    for r in ranks:
+        torch.testing.assert_close(r["mean"], reference.running_mean, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(r["var"], reference.running_var, rtol=1e-5, atol=1e-6)
+        assert r["batches"] == reference.num_batches_tracked == 3
+    torch.testing.assert_close(ranks[0]["weight_grad"] + ranks[1]["weight_grad"], reference.weight.grad, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(ranks[0]["bias_grad"] + ranks[1]["bias_grad"], reference.bias.grad, rtol=1e-4, atol=1e-4)
 
 
 def _rank_that_dies_worker(rank, port, tmp):

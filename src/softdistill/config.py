@@ -207,6 +207,8 @@ class TrainConfig(StrictModel):
     teacher_dtype: Literal["float32", "bfloat16", "float16"] = Field(
         "float32", description="precision of an online teacher's inference (float16 only on CUDA)")
     cudnn_benchmark: bool = Field(False, description="let cuDNN pick the fastest convolution algorithms (CUDA only)")
+    sync_batchnorm: bool = Field(False, description="under DDP, BatchNorm normalises with the statistics of the "
+                                                     "global batch, so N processes train what one process does")
 
     @field_validator("compile")
     @classmethod
@@ -215,6 +217,14 @@ class TrainConfig(StrictModel):
         if unknown:
             raise ValueError(f"unknown torch.compile keyword(s) {unknown} (allowed: {', '.join(COMPILE_KEYS)})")
         return value
+
+    @model_validator(mode="after")
+    def _sync_batchnorm_whole_batches(self) -> "TrainConfig":
+        if self.sync_batchnorm and self.grad_accum > 1:
+            raise ValueError("train.sync_batchnorm with train.grad_accum > 1: BatchNorm would normalise each part of a "
+                             "batch, whose samples differ between process counts (and a short last batch can give the "
+                             "processes different numbers of parts); use one or the other")
+        return self
 
 
 class RunRecipe(StrictModel):
@@ -371,9 +381,11 @@ class VAERecipe(RunRecipe):
             raise ValueError("train.amp and train.keep_epochs are not used by train-vae "
                              "(it trains in float32 and keeps last.pt and vae.pt)")
         unused = [key for key, value in (("compile", t.compile), ("channels_last", t.channels_last),
-                                         ("teacher_dtype", t.teacher_dtype != "float32")) if value]
+                                         ("teacher_dtype", t.teacher_dtype != "float32"),
+                                         ("sync_batchnorm", t.sync_batchnorm)) if value]
         if unused:
-            raise ValueError(f"train.{', train.'.join(unused)}: not used by train-vae (a small VAE, no teacher)")
+            raise ValueError(f"train.{', train.'.join(unused)}: not used by train-vae (a small VAE in one process, "
+                             "no teacher)")
         if self.data.augment.mix != "none":
             raise ValueError("data.augment.mix is not used by train-vae (a VAE learns single images)")
         if self.data.loader != "memory":
@@ -452,7 +464,8 @@ def _label_problems(recipe: LabelRecipe, source: Any) -> list[str]:
                         "views of each sample to label (the augmentation draws a fresh view otherwise)")
     if recipe.train.keep_epochs:
         problems.append("train.keep_epochs is not used by a label recipe")
-    unused = [key for key in ("compile", "channels_last", "grad_accum", "clip_grad", "teacher_dtype", "cudnn_benchmark")
+    unused = [key for key in ("compile", "channels_last", "grad_accum", "clip_grad", "teacher_dtype", "cudnn_benchmark",
+                              "sync_batchnorm")
               if getattr(recipe.train, key) != TrainConfig.model_fields[key].default]
     if unused:
         problems.append(f"train.{', train.'.join(unused)}: training options, not used by a label recipe")

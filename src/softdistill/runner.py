@@ -7,8 +7,10 @@ training recipe (:class:`~softdistill.config.Recipe`) and a VAE recipe
 
 from __future__ import annotations
 
+import contextlib
 import json
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,13 +28,13 @@ from softdistill.data.shifts import ood_sets
 from softdistill.data.stream import StreamLoader, StreamSet
 from softdistill.data.views import ViewPlan
 from softdistill.engine import DistContext, LRSchedule, Trainer, build_optimizer, init_distributed
-from softdistill.engine.distributed import resolve_device
+from softdistill.engine.distributed import all_reduce_sum, resolve_device
 from softdistill.engine.predict import autocast
 from softdistill.engine.wrap import has_4d_weights, wrap
 from softdistill.methods import method_class
 from softdistill.models import build_model
-from softdistill.runs import (RunInterrupted, check_same_recipe, interruption, recipe_differences, run_dir_state,
-                             write_text_atomic)
+from softdistill.runs import (RunInterrupted, RunStateError, check_same_recipe, interruption, lock_run_folder,
+                             recipe_differences, run_dir_state, write_text_atomic)
 from softdistill.store import Encoding, write_store
 from softdistill.store.format import sha256_of
 from softdistill.targets import SoftLabelSource, SourceSetup, source_class
@@ -133,7 +135,8 @@ def _classifier_parts(recipe: Recipe, ctx: DistContext, quiet: bool, data: DataB
     context = MethodContext(InputSpec(data.in_channels, data.image_size, tuple(data.mean), tuple(data.std)),
                             resolve_artifact=products.__getitem__, quiet=quiet)
     method = method_class(recipe.method.name)(recipe.method, student, data.num_classes, source, context).to(ctx.device)
-    method.wrap(lambda module: wrap(module, ctx, compile=speed.compile, channels_last=channels_last))
+    method.wrap(lambda module: wrap(module, ctx, compile=speed.compile, channels_last=channels_last,
+                                    sync_batchnorm=speed.sync_batchnorm))
     optimizer = build_optimizer(method.trainable_parameters(), **recipe.optim.model_dump())
     s = recipe.schedule
     schedule = LRSchedule(s.name, recipe.optim.lr, recipe.epochs, len(train), s.milestones, s.gamma,
@@ -271,9 +274,29 @@ def _finished_run(recipe: RunRecipe, quiet: bool) -> dict[str, Any]:
     return json.loads((recipe.run_dir / "summary.json").read_text())
 
 
+@contextlib.contextmanager
+def _holding_run_folder(run_dir: Path, ctx: DistContext) -> Iterator[None]:
+    """Rank 0 holds the run folder's lock (:func:`softdistill.runs.lock_run_folder`) while the block
+    runs; when it cannot, every rank stops (the others instead of waiting for it)."""
+    with contextlib.ExitStack() as stack:
+        refusal: RunStateError | None = None
+        if ctx.is_main:
+            try:
+                stack.enter_context(lock_run_folder(run_dir))
+            except RunStateError as exc:
+                refusal = exc
+        refused = all_reduce_sum(torch.tensor(float(refusal is not None), device=ctx.device), ctx)
+        if refusal is not None:
+            raise refusal
+        if refused.item():
+            raise RunStateError(f"process 0 could not lock {run_dir}: another process works on it (see process 0's message)")
+        yield
+
+
 def run_recipe(recipe: RunRecipe, *, resume: bool = False, quiet: bool = False) -> dict[str, Any] | None:
     """Train what the recipe describes into ``recipe.run_dir`` (a label recipe: label its store,
-    which always continues where it stopped); return the run summary.
+    which always continues where it stopped); return the run summary.  A training run's folder is
+    locked from its first write to the end: a second process on it is refused.
 
     ``resume`` continues the run from its ``last.pt``; a finished run is left as it is.  Ctrl-C
     becomes a :class:`RunInterrupted` that says what the run folder keeps.
@@ -288,11 +311,12 @@ def run_recipe(recipe: RunRecipe, *, resume: bool = False, quiet: bool = False) 
     with interruption(lambda: _interrupted_run(recipe, trainer)):
         trainer, parts = build_trainer(recipe, quiet=quiet)
         ctx, run_dir = trainer.ctx, recipe.run_dir
-        if ctx.is_main and run_dir_state(run_dir) == "new":
-            write_text_atomic(run_dir / "config.yaml", yaml.safe_dump(recipe.to_dict(), sort_keys=False))
-        if ctx.is_main and parts["report"] is not None:
-            write_text_atomic(run_dir / "soft_labels.json", json.dumps(parts["report"], indent=2, default=str))
-        if not quiet and ctx.is_main:
-            print(f"[softdistill] {recipe.name} seed {recipe.seed}: {parts['what']} -> {run_dir}"
-                  f" ({parts['samples']} train images, {ctx.world_size} process(es), {ctx.device})")
-        return trainer.fit(resume=resume)
+        with _holding_run_folder(run_dir, ctx):  # from the first write on; a recipe that fails earlier leaves no folder
+            if ctx.is_main and run_dir_state(run_dir) == "new":
+                write_text_atomic(run_dir / "config.yaml", yaml.safe_dump(recipe.to_dict(), sort_keys=False))
+            if ctx.is_main and parts["report"] is not None:
+                write_text_atomic(run_dir / "soft_labels.json", json.dumps(parts["report"], indent=2, default=str))
+            if not quiet and ctx.is_main:
+                print(f"[softdistill] {recipe.name} seed {recipe.seed}: {parts['what']} -> {run_dir}"
+                      f" ({parts['samples']} train images, {ctx.world_size} process(es), {ctx.device})")
+            return trainer.fit(resume=resume)

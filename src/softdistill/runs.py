@@ -2,9 +2,14 @@
 
 A run folder ``OUTPUT_DIR/NAME/seedSEED`` is ``new`` (nothing to resume), ``partial`` (a
 ``last.pt`` to resume from) or ``finished`` (``summary.json`` written).  A new run refuses a
-folder that holds one; a resume needs ``last.pt``, the same recipe and epochs left to train; a
+folder that holds one; a resume needs ``last.pt`` and the same recipe, and continues a run whose
+``summary.json`` is missing (a ``last.pt`` of the final epoch, killed before the end, is finished).  A
 finished run is reused only when its recipe is the same (keys in ``NOT_IDENTITY`` aside, such as
 the data folder or thread count, which do not change what a run computes).
+
+One process at a time works on a run folder: :func:`lock_run_folder` holds ``RUN_DIR/.lock``
+(:mod:`softdistill.locking`: an ``flock`` that ends with its process, even after ``kill -9``), and
+a second process is refused with a message naming the holder.
 """
 
 from __future__ import annotations
@@ -18,11 +23,15 @@ from typing import Any
 import torch
 import yaml
 
-from softdistill.atomic import write_text_atomic  # re-exported: the run folder's text files
+from softdistill.atomic import ensure_folder, write_text_atomic  # re-exported: the run folder's text files
 from softdistill.checkpoint import load_checkpoint
+from softdistill.locking import LockHeldError, describe_holder, hold_lock
 
-__all__ = ["RunStateError", "RunInterrupted", "interruption", "NOT_IDENTITY", "write_text_atomic", "config_differences", "resume_checkpoint",
-           "run_dir_state", "recipe_differences", "check_same_recipe"]
+__all__ = ["RunStateError", "RunInterrupted", "interruption", "NOT_IDENTITY", "LOCK_NAME", "write_text_atomic",
+           "config_differences", "resume_checkpoint", "run_dir_state", "recipe_differences", "check_same_recipe",
+           "lock_run_folder"]
+
+LOCK_NAME = ".lock"
 
 # Keys that do not change what a run computes: a run folder made under other values still counts.
 NOT_IDENTITY = ("description", "output_dir", "plugins", "data.root", "data.download", "train.device", "train.threads",
@@ -74,7 +83,7 @@ def run_dir_state(run_dir: str | os.PathLike) -> str:
     return "partial" if (run_dir / "last.pt").exists() else "new"
 
 
-def resume_checkpoint(run_dir: Path, resume: bool, epochs: int, config_check: Callable[[Any], list[str]],
+def resume_checkpoint(run_dir: Path, resume: bool, config_check: Callable[[Any], list[str]],
                       map_location: torch.device | str = "cpu") -> dict[str, Any] | None:
     """The ``last.pt`` payload a run continues from, or None for a new run (see the module docstring)."""
     last = run_dir / "last.pt"
@@ -89,8 +98,8 @@ def resume_checkpoint(run_dir: Path, resume: bool, epochs: int, config_check: Ca
     diffs = config_check(state.get("config"))
     if diffs:
         raise RunStateError(f"cannot resume {run_dir}: the recipe changed since the checkpoint:\n  " + "\n  ".join(diffs))
-    if state["epoch"] >= epochs:
-        raise RunStateError(f"{run_dir} has already finished ({state['epoch']} of {epochs} epochs); nothing to resume")
+    if (run_dir / "summary.json").exists():
+        raise RunStateError(f"{run_dir} has already finished (summary.json written); nothing to resume")
     return state
 
 
@@ -116,3 +125,18 @@ def check_same_recipe(recipe: Any) -> None:
     if diffs:
         raise RunStateError(f"{recipe.run_dir} was produced by a different version of {recipe.kind} {recipe.name!r}:\n  "
                             + "\n  ".join(diffs) + "\nDelete that folder or choose another output_dir to rerun it.")
+
+
+@contextlib.contextmanager
+def lock_run_folder(run_dir: str | os.PathLike) -> Iterator[None]:
+    """Hold the run folder's lock (:func:`softdistill.locking.hold_lock`) while the block runs;
+    :class:`RunStateError` naming the holder when another process holds it."""
+    run_dir = Path(run_dir)
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(hold_lock(ensure_folder(run_dir) / LOCK_NAME))
+        except LockHeldError as exc:
+            raise RunStateError(f"{run_dir} is in use by another process ({describe_holder(exc.holder)}); one process "
+                                "at a time works on a run folder. Wait for it to end or stop it (its lock ends with it, "
+                                "even after kill -9).") from None
+        yield

@@ -21,6 +21,15 @@ so continuing from the end of epoch e reproduces the weights of an uninterrupted
 ``checkpoint_every=N``, ``last.pt`` is also written every N optimiser steps inside an epoch, with
 the epoch's running sums and the RNG state of every rank: a resume skips the batches done and
 continues bit-identically.
+
+Crash consistency: ``last.pt`` is written first and commits the epoch; ``best.pt``, ``epoch_N.pt``
+and ``metrics.jsonl`` follow from it, and a resume rewrites whichever a kill left missing or stale
+(the only best that can be missing is the epoch of ``last.pt`` itself).  A mid-epoch ``last.pt`` is
+written only after every file of the epochs before it, so it implies them all (a resume from it
+checks them and rewrites nothing).  A resume from the final epoch's ``last.pt`` (killed before
+``summary.json``) writes those files, calls ``finish`` and writes the summary; the final
+evaluations are part of the final epoch's record.  No checkpoint, at an epoch's end or mid-epoch,
+holds a non-finite parameter or buffer (:class:`NonFiniteStateError`).
 """
 
 from __future__ import annotations
@@ -40,7 +49,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from softdistill.atomic import ensure_folder, remove_stale_temporaries
-from softdistill.checkpoint import CheckpointError, save_checkpoint
+from softdistill.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from softdistill.data.loader import EpochBatches
 from softdistill.engine.distributed import DistContext, all_reduce_min, all_reduce_sum, barrier
 from softdistill.engine.optim import LRSchedule
@@ -50,11 +59,24 @@ from softdistill.engine.wrap import compile_errors, unwrap
 from softdistill.runs import RunStateError, config_differences, resume_checkpoint, write_text_atomic
 from softdistill.types import Batch, StepOutput
 
-__all__ = ["Trainer", "evaluate", "NonFiniteLossError", "RunStateError"]
+__all__ = ["Trainer", "evaluate", "NonFiniteLossError", "NonFiniteStateError", "RunStateError"]
 
 
 class NonFiniteLossError(FloatingPointError):
     """A loss term became NaN or infinite; the message names the epoch, step and term."""
+
+
+class NonFiniteStateError(FloatingPointError):
+    """At a checkpoint (an epoch's end or a mid-epoch one) the student holds a NaN or infinite
+    parameter or buffer (e.g. a BatchNorm running variance); that checkpoint is not written."""
+
+
+def _checkpoint_epoch(path: Path) -> int | None:
+    """The epoch of the checkpoint at ``path``; None when there is none or it cannot be read."""
+    try:
+        return load_checkpoint(path)["epoch"]
+    except CheckpointError:
+        return None
 
 
 def _rng_state() -> dict[str, Any]:
@@ -213,7 +235,7 @@ class Trainer:
         return payload
 
     def _start(self, resume: bool) -> None:
-        state = resume_checkpoint(self.run_dir, resume, self.epochs, self.config_check, self.ctx.device)
+        state = resume_checkpoint(self.run_dir, resume, self.config_check, self.ctx.device)
         if state is None:
             return
         try:
@@ -238,6 +260,8 @@ class Trainer:
         self._start(resume)
         if self.ctx.is_main:
             remove_stale_temporaries(ensure_folder(self.run_dir))  # left by a process killed mid-write
+            if self.history:
+                self._write_epoch_files(repair=True)  # what a kill after last.pt left unwritten
         while self.epoch < self.epochs:
             self.epoch += 1
             record = self.train_epoch()
@@ -250,10 +274,12 @@ class Trainer:
                     record[f"{name}/{key}"] = value
             record["seconds"] = time.perf_counter() - record.pop("_start")
             self.history.append(record)
-            self.kept = f"epoch {self.epoch}"
+            self._check_finite_state(f"epoch {self.epoch}")
             if self.ctx.is_main:
-                self._save_epoch()
+                save_checkpoint(self._payload(with_optimizer=True), self.run_dir / "last.pt")  # commits the epoch
+                self._write_epoch_files()
                 self._log(record)
+            self.kept = f"epoch {self.epoch}"
         summary = self.summary()
         if self.ctx.is_main:
             self._hook("finish", self.run_dir)
@@ -368,7 +394,9 @@ class Trainer:
     def _save_step(self, step: int) -> None:
         """``last.pt`` after ``step`` steps of the current epoch: what an epoch checkpoint holds, plus the
         epoch's running sums and RNG state of every rank, so that a resume continues at step ``step``
-        exactly (the loader skips the batches done; their order and views are stateless)."""
+        exactly (the loader skips the batches done; their order and views are stateless).  Written only
+        when every parameter and buffer is finite (the check reads the device once, here only)."""
+        self._check_finite_state(f"step {step} of epoch {self.epoch}")
         own = {"rng": _rng_state(), "sums": {k: v.cpu() for k, v in self._sums.items()},
                "correct": self._correct.cpu(), "seen": self._seen.cpu()}
         ranks = _gather_objects(own, self.ctx)
@@ -380,17 +408,51 @@ class Trainer:
         payload["step"] = {"step": step, "ranks": ranks}
         save_checkpoint(payload, self.run_dir / "last.pt")
 
-    def _save_epoch(self) -> None:
-        save_checkpoint(self._payload(with_optimizer=True), self.run_dir / "last.pt")
-        key = f"{self.selection}/{self.metric}"
-        sign = 1 if self.goal == "max" else -1
-        earlier = [sign * r[key] for r in self.history[:-1] if key in r]
-        if key in self.history[-1] and (not earlier or sign * self.history[-1][key] > max(earlier)):  # ties: the earliest
-            save_checkpoint(self._payload(with_optimizer=False), self.run_dir / "best.pt")
-        if self.epoch in self.keep_epochs:
-            save_checkpoint(self._payload(with_optimizer=False), self.run_dir / f"epoch_{self.epoch}.pt")
+    def _check_finite_state(self, when: str) -> None:
+        """:class:`NonFiniteStateError` (on every rank) unless every floating-point parameter and buffer
+        of the student is finite on every rank, so that no checkpoint with NaN or inf is ever written.
+        Called at checkpoints only: one host read, never inside a step."""
+        tensors = {k: v for k, v in self.student.state_dict().items() if v.is_floating_point()}
+        if not tensors:
+            return
+        bad = torch.stack([~torch.isfinite(v).all() for v in tensors.values()]).float()
+        all_reduce_sum(bad, self.ctx)
+        names = [name for name, count in zip(tensors, bad.tolist()) if count]
+        if not names:
+            return
+        shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+        raise NonFiniteStateError(
+            f"after {when} the student holds NaN or infinite values in {shown}: training diverged (lower the "
+            f"learning rate). That state was not written: the run folder keeps its last good checkpoint "
+            f"({self.kept}), whose every parameter and buffer is finite.")
+
+    def _write_epoch_files(self, repair: bool = False) -> None:
+        """The files that ``last.pt`` (written first, the epoch's commit point) implies: ``best.pt`` when
+        this epoch is the selected one, ``epoch_N.pt`` when kept, ``metrics.jsonl``.  ``repair`` (on
+        resume): rewrite only the checkpoints that a kill after ``last.pt`` left missing or stale.  A
+        mid-epoch ``last.pt`` holds later weights than epoch ``self.epoch``'s, but is written after all
+        of that epoch's files, so a missing or stale one there means the folder was changed by hand."""
+        selected = self._selected()
+        names = (["best.pt"] if selected is not None and selected["epoch"] == self.epoch else []) + (
+            [f"epoch_{self.epoch}.pt"] if self.epoch in self.keep_epochs else [])
+        stale = [name for name in names if not repair or _checkpoint_epoch(self.run_dir / name) != self.epoch]
+        if stale and self.resume_step is not None:
+            raise RunStateError(
+                f"{self.run_dir}: {', '.join(stale)} should hold epoch {self.epoch} but is missing or holds another "
+                f"epoch, while last.pt was written in the middle of epoch {self.epoch + 1}, after every file of epoch "
+                f"{self.epoch}: the folder was changed by hand. Restore the file, or delete the folder to train again.")
+        if stale:
+            payload = self._payload(with_optimizer=False)
+            for name in stale:
+                save_checkpoint(payload, self.run_dir / name)
         lines = "".join(json.dumps(r) + "\n" for r in self.history)
         write_text_atomic(self.run_dir / "metrics.jsonl", lines)
+
+    def _selected(self) -> dict[str, Any] | None:
+        """The epoch record "best" means: the best value of the selection metric on the selection set
+        among the evaluated epochs (ties: the earliest); None before the first evaluation."""
+        key, sign = f"{self.selection}/{self.metric}", (1 if self.goal == "max" else -1)
+        return max((r for r in self.history if key in r), key=lambda r: (sign * r[key], -r["epoch"]), default=None)
 
     def _log(self, record: dict[str, Any]) -> None:
         if self.quiet:
@@ -412,7 +474,8 @@ class Trainer:
         test value at the epoch selected on ``selection``, timing, and the final evaluations."""
         m, sign = self.metric, (1 if self.goal == "max" else -1)
         hist = [r for r in self.history if f"test/{m}" in r]  # the evaluated epochs
-        sel = max(hist, key=lambda r: (sign * r[f"{self.selection}/{m}"], -r["epoch"]))
+        sel = self._selected()
+        assert sel is not None  # the last epoch is always evaluated
         best_test = max(hist, key=lambda r: (sign * r[f"test/{m}"], -r["epoch"]))
         seconds = sum(r["seconds"] for r in self.history)
         return {

@@ -1,4 +1,5 @@
-"""The one owner of model wrapping: compile (when asked), then DDP; and the one ``unwrap``.
+"""The one owner of model wrapping: BatchNorm synchronisation and compile (when asked), then DDP;
+and the one ``unwrap``.
 
 Checkpoints, evaluation and methods that need the plain module (e.g. to read its state or to run
 it without a gradient all-reduce) call :func:`unwrap`, so a checkpoint never holds the
@@ -13,12 +14,16 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch
-from torch import nn
+import torch.distributed as dist
+from torch import Tensor, nn
+from torch.distributed.nn.functional import all_reduce
+from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.parallel import DistributedDataParallel
 
 from softdistill.engine.distributed import DistContext
 
-__all__ = ["wrap", "unwrap", "CompileError", "compile_errors", "has_4d_weights", "COMPILE_KEYS"]
+__all__ = ["wrap", "unwrap", "CompileError", "compile_errors", "has_4d_weights", "COMPILE_KEYS", "GlobalBatchNorm",
+           "global_batchnorm"]
 
 #: the ``torch.compile`` keyword arguments a recipe may give (``train.compile: {backend: ..., mode: ...}``)
 COMPILE_KEYS = ("backend", "mode", "dynamic", "fullgraph", "options")
@@ -51,11 +56,69 @@ def has_4d_weights(module: nn.Module) -> bool:
     return any(p.dim() == 4 for p in module.parameters())
 
 
+class GlobalBatchNorm(_BatchNorm):
+    """BatchNorm that, in training mode in a process group, normalises with the mean and variance
+    of the global batch (every process's slice), so N processes compute what one process does.
+
+    Any device and back end (torch's ``SyncBatchNorm`` needs CUDA); the same parameters and
+    buffers as ``BatchNorm1d/2d/3d``, so checkpoints load into the plain model.  Statistics are
+    summed over processes with a differentiable all-reduce (mean first, then the centred squares).
+    """
+
+    def _check_input_dim(self, input: Tensor) -> None:
+        if input.dim() < 2:
+            raise ValueError(f"expected an input of at least 2 dimensions (batch, channels, ...), got {input.dim()}")
+
+    def forward(self, input: Tensor) -> Tensor:
+        if not (self.training and dist.is_initialized() and dist.get_world_size() > 1):
+            return super().forward(input)
+        self._check_input_dim(input)
+        x = input.float()
+        dims, shape = [0, *range(2, x.dim())], (1, -1) + (1,) * (x.dim() - 2)
+        count = torch.full((1,), x.numel() / x.shape[1], device=x.device)
+        totals = all_reduce(torch.cat([x.sum(dims), count]))
+        n = totals[-1]
+        mean = totals[:-1] / n
+        centred = x - mean.view(shape)
+        var = all_reduce((centred * centred).sum(dims)) / n
+        if self.track_running_stats and self.running_mean is not None and self.running_var is not None:
+            self.num_batches_tracked.add_(1)
+            # momentum None: a cumulative average, its factor kept on the device (no host read in the step)
+            factor = (1.0 / self.num_batches_tracked.to(mean.dtype) if self.momentum is None
+                      else torch.tensor(self.momentum, dtype=mean.dtype, device=mean.device))
+            with torch.no_grad():
+                self.running_mean.lerp_(mean, factor)
+                self.running_var.lerp_(var * n / (n - 1).clamp(min=1), factor)
+        out = centred * torch.rsqrt(var + self.eps).view(shape)
+        if self.affine:
+            out = out * self.weight.view(shape) + self.bias.view(shape)
+        return out.to(input.dtype)
+
+
+def global_batchnorm(module: nn.Module) -> nn.Module:
+    """``module`` with every BatchNorm layer replaced by a :class:`GlobalBatchNorm` that keeps the
+    layer's own parameters and buffers (the optimiser and checkpoints see the same tensors)."""
+    if isinstance(module, _BatchNorm) and not isinstance(module, GlobalBatchNorm):
+        layer = GlobalBatchNorm(module.num_features, module.eps, module.momentum, module.affine,
+                                module.track_running_stats)
+        for name, param in module.named_parameters(recurse=False):
+            setattr(layer, name, param)
+        for name, buffer in module.named_buffers(recurse=False):
+            setattr(layer, name, buffer)
+        return layer.train(module.training)
+    for name, child in module.named_children():
+        setattr(module, name, global_batchnorm(child))
+    return module
+
+
 def wrap(module: nn.Module, ctx: DistContext, *, compile: bool | dict[str, Any] = False,
-         channels_last: bool = False) -> nn.Module:
-    """``module`` in the channels_last memory format (when asked), compiled (``compile``: True or
-    ``torch.compile`` keyword arguments) and, in a distributed run, wrapped in DDP when it has
-    parameters to train."""
+         channels_last: bool = False, sync_batchnorm: bool = False) -> nn.Module:
+    """``module`` with BatchNorm over the global batch in a distributed run (``sync_batchnorm``,
+    :func:`global_batchnorm`), in the channels_last memory format (when asked), compiled
+    (``compile``: True or ``torch.compile`` keyword arguments) and, in a distributed run, wrapped in
+    DDP when it has parameters to train."""
+    if sync_batchnorm and ctx.distributed:
+        module = global_batchnorm(module)
     if channels_last:
         module = module.to(memory_format=torch.channels_last)
     if compile:

@@ -9,7 +9,7 @@ A store is a folder::
     shard-00001-HASH.npy ...
     config.yaml          the label recipe that made it (run-folder rules)
     summary.json         written when labelling finished (size, seconds, throughput)
-    label.lock           only while a writer runs: {pid, host, started}
+    label.lock           only while a writer runs: {pid, host, started, command}
 
 Every ``.npy`` file is a plain numpy array (fixed-size records, structured dtype, no object
 fields) read with ``allow_pickle=False`` and memory-mapped.  Files are written by
@@ -19,12 +19,10 @@ true`` only once every shard is there and hashed.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
-import os
-import socket
-import time
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +30,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from softdistill.atomic import _process_alive, write_atomic, write_text_atomic
+from softdistill.atomic import write_atomic, write_text_atomic
 from softdistill.hashing import data_fingerprint, sha256_of
+from softdistill.locking import LockHeldError, describe_holder, hold_lock
 
 __all__ = ["FORMAT", "MANIFEST", "SAMPLES", "LOCK", "StoreError", "shard_name", "data_fingerprint", "sha256_of",
            "write_shard", "write_array_atomic", "read_manifest", "write_manifest", "WriterLock", "DISK_FULL",
@@ -112,56 +111,30 @@ def write_manifest(folder: Path, manifest: dict[str, Any]) -> None:
 
 
 class WriterLock:
-    """``label.lock`` held by the one process that writes a store (its pid and host inside).
+    """``label.lock`` held by the one process that writes a store (:func:`softdistill.locking.hold_lock`).
 
-    A second writer is refused.  A lock left by a process that is no longer running on this host
-    (a crash, a kill) is stale and taken over, with a message; a lock of another host cannot be
-    checked and is refused (delete the file when that writer is known to be gone).
+    A second writer is refused, naming the holder.  The lock ends with its process, even after a
+    kill; the next writer takes over the file left behind, with a message.
     """
 
     def __init__(self, folder: Path, quiet: bool = False) -> None:
         self.path = folder / LOCK
         self.quiet = quiet
-        self.held = False
-
-    def _create(self) -> bool:
-        try:
-            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            return False
-        with os.fdopen(fd, "w") as handle:
-            json.dump({"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}, handle)
-        return True
-
-    def _holder(self) -> dict[str, Any]:
-        try:
-            return json.loads(self.path.read_text())
-        except (OSError, json.JSONDecodeError):
-            return {}
+        self._held = contextlib.ExitStack()
 
     def acquire(self) -> None:
-        if self._create():
-            self.held = True
-            return
-        holder = self._holder()
-        pid, host = holder.get("pid"), holder.get("host")
-        if host == socket.gethostname() and isinstance(pid, int) and not _process_alive(pid):
-            self.path.unlink(missing_ok=True)
-            if self._create():
-                if not self.quiet:
-                    print(f"[softdistill] {self.path}: took over the stale lock of pid {pid}, which is no longer running")
-                self.held = True
-                return
-            holder = self._holder()
-        since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(holder["started"])) if "started" in holder else "?"
-        raise StoreError(f"{self.path.parent} is being written by another labelling process (pid {holder.get('pid')} "
-                         f"on {holder.get('host')}, since {since}): two writers on one store are refused. Wait for it "
-                         f"to finish; if that process is gone (e.g. it ran on another machine), delete {self.path}.")
+        try:
+            left = self._held.enter_context(hold_lock(self.path))
+        except LockHeldError as exc:
+            raise StoreError(f"{self.path.parent} is being written by another labelling process "
+                             f"({describe_holder(exc.holder)}): two writers on one store are refused. Wait for it "
+                             "to finish (its lock ends with it, even after a kill).") from None
+        if left and not self.quiet:
+            print(f"[softdistill] {self.path}: took over the stale lock of pid {left.get('pid')}, which no longer "
+                  "holds it")
 
     def release(self) -> None:
-        if self.held:
-            self.path.unlink(missing_ok=True)
-            self.held = False
+        self._held.close()
 
 
 def read_samples(path: Path) -> tuple[Tensor, Tensor]:

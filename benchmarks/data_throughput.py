@@ -46,7 +46,6 @@ from torch.utils.data import DataLoader, Dataset
 
 from softdistill.data.loader import BatchLoader, BatchTransform
 from softdistill.data.prepare import prepare_data
-from softdistill.data.stream import StreamLoader
 from softdistill.data.views import ViewPlan
 
 TUNABLES = "glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=4294967296"
@@ -134,6 +133,8 @@ def images_per_second(batches, normalise) -> float:
 
 
 def decode_part(args: argparse.Namespace, folder: Path) -> str:
+    from softdistill.data.stream import StreamLoader  # here: the fmnist part also runs on checkouts without it
+
     data = prepare_data("imagefolder", root=str(folder), image_size=args.crop, val_size=0, loader="stream",
                         mean=MEAN, std=STD)
     transform = BatchTransform(MEAN, STD)

@@ -18,7 +18,7 @@ from softdistill.config import ConfigError, LabelRecipe, VAERecipe
 from softdistill.data.loader import BatchLoader, BatchTransform, TensorSet
 from softdistill.engine import LRSchedule
 from softdistill.engine.trainer import NonFiniteLossError, Trainer
-from softdistill.experiments import threads_per_job, usable_cores
+from softdistill.experiments import packaged_recipes, threads_per_job, usable_cores
 from softdistill.runner import label_store, run_recipe
 from softdistill.isotonic import isotonic_logits
 from softdistill.metrics import order_concordance, top2_hit_rate
@@ -406,6 +406,22 @@ def test_parallel_runs_equal_sequential_runs_under_the_same_thread_count(tmp_pat
             run = f"{name}/seed{seed}"
             assert_same_weights(weights(tmp_path / "sequential" / run), weights(tmp_path / "parallel" / run), rtol=0, atol=0)
             assert yaml.safe_load((tmp_path / "parallel" / run / "config.yaml").read_text())["train"]["threads"] == 1
+
+
+@pytest.mark.skipif(usable_cores() < 2, reason="parallel runs need two cores")
+def test_parallel_runs_train_the_teacher_alongside_the_runs_that_need_none(tmp_path, capsys):
+    tiny = packaged_recipes("tiny")
+    recipes = [str(tiny / f"{name}.yaml") for name in ("baseline", "kd", "teacher")]  # the teacher is also a row
+    assert main(["compare", *recipes, "--seeds", "1", "--quiet", "-o", "train.threads=1",
+                 "--output", str(tmp_path / "sequential")]) == 0
+    assert main(["compare", *recipes, "--seeds", "1", "--jobs", "2", "--output", str(tmp_path / "parallel")]) == 0
+    out = capsys.readouterr().out
+    assert "training digits-teacher (needed by 1 runs) alongside the 1 runs that need none" in out
+    assert "digits-teacher seed 0: trained above as a dependency of the other runs" in out
+    for run in ("digits-baseline/seed0", "digits-kd/seed0", "digits-teacher/seed0"):
+        assert_same_weights(weights(tmp_path / "sequential" / run), weights(tmp_path / "parallel" / run), rtol=0, atol=0)
+    kd = yaml.safe_load((tmp_path / "parallel" / "digits-kd" / "seed0" / "config.yaml").read_text())
+    assert kd["train"]["threads"] == 1  # and the teacher inherited it: same weights as the sequential one
 
 
 def test_more_jobs_than_cores_is_refused_before_anything_runs(tmp_path, capsys):

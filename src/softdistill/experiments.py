@@ -14,14 +14,14 @@ import os
 import signal
 import time
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from softdistill.atomic import write_bytes_atomic, write_text_atomic
-from softdistill.config import Recipe, load_recipe
+from softdistill.config import Recipe, dependency_recipe, load_recipe
 from softdistill.data.loader import TensorSet
 from softdistill.data.prepare import prepare_from_spec
 from softdistill.data.shifts import ood_set, parse_ood_spec
@@ -79,8 +79,30 @@ def _leave_interrupts_to_the_parent() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
+def _train_dependencies_job(raws: list[tuple[dict[str, Any], str | None]]) -> None:
+    """Train (or finish) every unfinished teacher, store and VAE that the given recipes name, in
+    their order, in one parallel-run process; each inherits the asking recipe's thread count."""
+    for raw, source in raws:
+        resolve_dependencies(Recipe.from_dict(raw, source), quiet=True)
+
+
+def _pending_dependencies(recipe: Recipe) -> list[Path]:
+    """The run folders of the recipes ``recipe`` names (teachers, stores, VAEs) that are not finished."""
+    pending = []
+    for dependency in recipe.dependencies():
+        _, needed = dependency_recipe(recipe, dependency)
+        if needed is not None and run_dir_state(needed.run_dir) != "finished":
+            pending.append(needed.run_dir.resolve())
+    return pending
+
+
 def _run_all(runs: list[tuple[Recipe, bool]], jobs: int, bar: ProgressBar, quiet: bool) -> None:
-    """Run ``(recipe, resume)`` pairs, ``jobs`` at a time, reporting each as it finishes."""
+    """Run ``(recipe, resume)`` pairs, ``jobs`` at a time, reporting each as it finishes.
+
+    In parallel, the unfinished dependencies of the runs (teachers, stores, VAEs) are trained by one
+    of the ``jobs`` processes while the others run the recipes that need none; the runs that wait on
+    a dependency start when it is done.  A run that is itself a dependency is trained as one.
+    """
     def finished(recipe: Recipe, summary: dict[str, Any]) -> None:
         bar.update(1)
         if not quiet:
@@ -94,17 +116,45 @@ def _run_all(runs: list[tuple[Recipe, bool]], jobs: int, bar: ProgressBar, quiet
             finished(recipe, run_recipe(recipe, resume=resume, quiet=True))
         return
     threads = threads_per_job(jobs)
+
+    def job(recipe: Recipe) -> dict[str, Any]:
+        raw = recipe.to_dict()
+        raw["train"]["threads"] = threads
+        return raw
+
+    waits = {id(recipe): _pending_dependencies(recipe) for recipe, _ in runs}
+    dependency_dirs = {folder for folders in waits.values() for folder in folders}
+    as_dependency = [recipe for recipe, _ in runs if recipe.run_dir.resolve() in dependency_dirs]
+    runs = [(recipe, resume) for recipe, resume in runs if recipe.run_dir.resolve() not in dependency_dirs]
+    ready = [(recipe, resume) for recipe, resume in runs if not waits[id(recipe)]]
+    waiting = [(recipe, resume) for recipe, resume in runs if waits[id(recipe)]]
     pool = ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
                                initializer=_leave_interrupts_to_the_parent)
     try:
-        futures = {}
-        for recipe, resume in runs:
-            raw = recipe.to_dict()
-            raw["train"]["threads"] = threads
-            futures[pool.submit(_run_job, raw, recipe.source, resume)] = recipe
+        futures: dict[Future, Recipe | None] = {}
+        if dependency_dirs:
+            askers = list({recipe.name: recipe for recipe, _ in waiting}.values()) or as_dependency
+            futures[pool.submit(_train_dependencies_job, [(job(r), r.source) for r in askers])] = None
+            if not quiet:
+                bar.write(f"[softdistill] training {', '.join(sorted(folder.parent.name for folder in dependency_dirs))}"
+                          f" (needed by {len(waiting)} runs) alongside the {len(ready)} runs that need none")
+        for recipe, resume in ready:
+            futures[pool.submit(_run_job, job(recipe), recipe.source, resume)] = recipe
         bar.set_postfix_str(f"{jobs} runs at a time, {threads} thread(s) each")
-        for future in as_completed(futures):
-            finished(futures[future], future.result())
+        while futures:
+            done, _ = wait(futures, return_when=FIRST_COMPLETED)
+            for future in done:
+                recipe = futures.pop(future)
+                if recipe is not None:
+                    finished(recipe, future.result())
+                    continue
+                future.result()  # the dependencies are trained: their errors end the comparison here
+                for run in as_dependency:
+                    bar.update(1)
+                    if not quiet:
+                        bar.write(f"{run.name} seed {run.seed}: trained above as a dependency of the other runs")
+                for waiter, resume in waiting:
+                    futures[pool.submit(_run_job, job(waiter), waiter.source, resume)] = waiter
     except KeyboardInterrupt:
         # stop the runs at once (each keeps its last checkpoint); Python 3.14 names this terminate_workers()
         for process in list(pool._processes.values()):
@@ -112,6 +162,21 @@ def _run_all(runs: list[tuple[Recipe, bool]], jobs: int, bar: ProgressBar, quiet
         raise
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _teachers_of(recipes: Sequence[Recipe], quiet: bool) -> tuple[dict[str, Path], dict[Path, list[str]]]:
+    """Make (or find) the dependencies of ``recipes``; (recipe name -> the teacher checkpoint its soft
+    labels come from, directly or through a store; a teacher's run folder -> the recipes it teaches)."""
+    teachers: dict[str, Path] = {}
+    taught: dict[Path, list[str]] = {}
+    for recipe in recipes:
+        for dependency, path in resolve_dependencies(recipe, quiet=quiet).items():
+            if dependency.kind == "model" and dependency.field.startswith("soft_labels."):
+                teachers[recipe.name] = path
+                taught.setdefault(path.parent.resolve(), []).append(recipe.name)
+            elif dependency.kind == "store" and (checkpoint := Store(path).teacher_checkpoint) is not None:
+                teachers.setdefault(recipe.name, checkpoint)
+    return teachers, taught
 
 
 def _how_finished(recipe: Recipe, earlier: set[Path], taught: Mapping[Path, list[str]]) -> str:
@@ -157,16 +222,11 @@ def compare(recipe_paths: Sequence[str | Path], *, seeds: int | Sequence[int] = 
         raise ValueError(f"baseline {baseline!r} is not among the recipes {names}")
     every_run = [recipe for seed in seed_list for recipe in recipes_by_seed[seed]]
     earlier = {recipe.run_dir.resolve() for recipe in every_run if run_dir_state(recipe.run_dir) == "finished"}
-    teachers = {}  # recipe name -> the teacher checkpoint its soft labels come from
+    teachers: dict[str, Path] = {}  # recipe name -> the teacher checkpoint its soft labels come from
     taught: dict[Path, list[str]] = {}  # a teacher's run folder -> the recipes it teaches
     try:
-        for recipe in recipes_by_seed[seed_list[0]]:  # teachers, stores and VAEs first, with their own progress output
-            for dependency, path in resolve_dependencies(recipe, quiet=quiet).items():
-                if dependency.kind == "model" and dependency.field.startswith("soft_labels."):
-                    teachers[recipe.name] = path
-                    taught.setdefault(path.parent.resolve(), []).append(recipe.name)
-                elif dependency.kind == "store" and (checkpoint := Store(path).teacher_checkpoint) is not None:
-                    teachers.setdefault(recipe.name, checkpoint)
+        if jobs == 1:  # teachers, stores and VAEs first, with their own progress output
+            teachers, taught = _teachers_of(recipes_by_seed[seed_list[0]], quiet)
         runs = []
         bar = progress_bar(len(every_run), "compare", quiet=quiet, unit="run")
         try:
@@ -182,6 +242,8 @@ def compare(recipe_paths: Sequence[str | Path], *, seeds: int | Sequence[int] = 
             _run_all(runs, jobs, bar, quiet)
         finally:
             bar.close()
+        if jobs > 1:  # the parallel runs trained them: this only finds them
+            teachers, taught = _teachers_of(recipes_by_seed[seed_list[0]], quiet)
     except KeyboardInterrupt as exc:
         raise _interrupted_comparison(every_run, exc) from None
     return write_report(output_dir, names, baseline, title=title, seconds=time.perf_counter() - start,

@@ -138,6 +138,21 @@ def test_a_run_on_the_stream_loader_trains_the_weights_of_the_memory_loader(tmp_
     assert summaries[0]["test_acc_last"] == summaries[1]["test_acc_last"]
 
 
+def test_a_checkpoint_trained_on_the_stream_loader_is_evaluated_as_in_training_and_not_inspected(tmp_path):
+    from softdistill.evaluation import evaluate_checkpoint
+    from softdistill.report.inspect import inspect_soft_labels
+
+    run = recipe(tmp_path, write_folder(tmp_path / "folder"), "stream", eval_resize=9, augment={"hflip": True})
+    summary = run_recipe(run, quiet=True)
+    result = evaluate_checkpoint(run.run_dir / "last.pt", device="cpu")
+    assert result["samples"] == 6 and result["acc"] == summary["test_acc_last"]
+    with pytest.raises(ValueError, match="out-of-domain sets are made from images in memory"):
+        evaluate_checkpoint(run.run_dir / "last.pt", device="cpu", ood=["shift:1"])
+    with pytest.raises(ValueError, match="the recipe streams its data"):
+        inspect_soft_labels(run.run_dir / "last.pt", split="test", output_dir=tmp_path / "inspect", device="cpu",
+                            quiet=True)
+
+
 def test_stream_settings_are_checked(tmp_path):
     with pytest.raises(ConfigError, match="loader: stream reads image folders"):
         recipe_from_dict({"name": "x", "student": "mlp", "epochs": 1, "data": {"name": "digits", "loader": "stream"}})

@@ -7,9 +7,10 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from softdistill.checkpoint import check_model_fits, load_checkpoint, model_from_checkpoint
-from softdistill.data.loader import BatchLoader, BatchTransform, TensorSet
+from softdistill.data.loader import BatchTransform, TensorSet
 from softdistill.data.prepare import prepare_from_spec
 from softdistill.data.shifts import ood_set, parse_ood_specs
+from softdistill.data.stream import StreamSet, split_loader
 from softdistill.engine import DistContext, evaluate
 from softdistill.engine.distributed import resolve_device
 
@@ -17,15 +18,18 @@ __all__ = ["evaluate_checkpoint", "evaluate_on_sets"]
 
 
 def _evaluator(payload: dict[str, Any], path: str | os.PathLike, batch_size: int, device: str,
-               amp: str = "off") -> Callable[[TensorSet], dict[str, float]]:
-    """The checkpoint's model as a function of an image set, normalised as in training."""
+               amp: str = "off") -> Callable[[TensorSet | StreamSet], dict[str, float]]:
+    """The checkpoint's model as a function of an image set, normalised (and, streamed, decoded) as in training."""
     ctx = DistContext(device=resolve_device(device))
     model = model_from_checkpoint(payload, path).to(ctx.device)
     norm = payload["normalization"]
     transform = BatchTransform(norm["mean"], norm["std"])
+    data = payload["config"].get("data") or {}
 
-    def evaluate_on(images: TensorSet) -> dict[str, float]:
-        return evaluate(model, BatchLoader(images.to(ctx.device), batch_size, transform), ctx, amp)
+    def evaluate_on(images: TensorSet | StreamSet) -> dict[str, float]:
+        loader = split_loader(images, batch_size, transform, device=ctx.device, workers=data.get("workers", 0),
+                              resize=data.get("eval_resize"))
+        return evaluate(model, loader, ctx, amp)
 
     return evaluate_on
 
@@ -60,6 +64,9 @@ def evaluate_checkpoint(path: str | os.PathLike, *, split: str = "test", data: s
     chosen = {"train": bundle.train, "val": bundle.val, "test": bundle.test}[split]
     if chosen is None:
         raise ValueError(f"{path}: the recipe held out no validation set (data.val_size = 0)")
+    if ood_specs and isinstance(chosen, StreamSet):
+        raise ValueError(f"{path}: out-of-domain sets are made from images in memory, and the recipe streams its "
+                         "data (data.loader); evaluate without --ood")
     evaluate_on = _evaluator(payload, path, batch_size, device)
     result = evaluate_on(chosen)
     shifted = {s.name: evaluate_on(ood_set(chosen, s, ood_seed)) for s in ood_specs}  # one shifted copy at a time

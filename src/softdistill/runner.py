@@ -25,7 +25,7 @@ from softdistill.config import LabelRecipe, Recipe, RunRecipe, VAERecipe
 from softdistill.data.loader import BatchLoader, BatchTransform, EpochBatches, TensorSet
 from softdistill.data.prepare import DataBundle, prepare_from_spec
 from softdistill.data.shifts import ood_sets
-from softdistill.data.stream import StreamLoader, StreamSet
+from softdistill.data.stream import StreamLoader, StreamSet, split_loader
 from softdistill.data.views import ViewPlan
 from softdistill.engine import DistContext, LRSchedule, Trainer, build_optimizer, init_distributed
 from softdistill.engine.distributed import all_reduce_sum, resolve_device
@@ -63,11 +63,9 @@ def resolve_dependencies(recipe: RunRecipe, quiet: bool = False) -> dict[Depende
 
 def _loader(split: TensorSet | StreamSet, batch_size: int, transform: BatchTransform, recipe: RunRecipe,
             device: torch.device, **rules: Any) -> BatchLoader | StreamLoader:
-    """A loader over ``split``: on the device for a split in memory, decoding in workers for a streamed one."""
-    if isinstance(split, StreamSet):
-        return StreamLoader(split, batch_size, transform, device=device, workers=recipe.data.workers,
-                            resize=recipe.data.eval_resize, **rules)
-    return BatchLoader(split.to(device), batch_size, transform, **rules)
+    """A loader over ``split`` (:func:`~softdistill.data.stream.split_loader`) with the recipe's stream settings."""
+    return split_loader(split, batch_size, transform, device=device, workers=recipe.data.workers,
+                        resize=recipe.data.eval_resize, **rules)
 
 
 TEACHER_DTYPES = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}

@@ -325,8 +325,9 @@ def _done_shards(out: Path, identity: str) -> dict[str, dict[str, Any]]:
 
 
 def _run_tasks(tasks: list[_ShardTask], workers: int) -> Iterator[tuple[_ShardTask, dict[str, Any]]]:
-    """Each task with its shard's entry, as shards finish; in ``workers`` processes (0: here).  A worker's
-    error stops the pack with that error; a worker that dies stops it with a message, never a hang."""
+    """Each task with its shard's entry, in task order (a shard finished ahead of an earlier one waits for
+    it); in ``workers`` processes (0: here).  A worker's error stops the pack with that error; a worker
+    that dies stops it with a message, never a hang."""
     if workers == 0:
         for task in tasks:
             yield task, _write_shard(task)
@@ -338,8 +339,8 @@ def _run_tasks(tasks: list[_ShardTask], workers: int) -> Iterator[tuple[_ShardTa
                 yield futures[future], future.result()
         except BrokenProcessPool as exc:
             raise PackError(f"a pack worker process died (killed, or out of memory) while writing "
-                               f"{_shard_names(futures[future].split, futures[future].number)[0]}; the shards "
-                               "finished so far are kept: run the same command again to continue") from exc
+                            f"{_shard_names(futures[future].split, futures[future].number)[0]}; the shards "
+                            "finished so far are kept: run the same command again to continue") from exc
         finally:
             for pending in futures:
                 pending.cancel()

@@ -25,14 +25,15 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from softdistill.data.loader import (BatchTransform, EpochBatches, Fetched, TensorSet, assemble, checked_ids, fetch,
-                                     pixel_stats)
+from softdistill.data.loader import (BatchLoader, BatchTransform, EpochBatches, Fetched, TensorSet, assemble,
+                                     checked_ids, fetch, pixel_stats)
 from softdistill.data.sources import list_imagefolder, open_rgb
 from softdistill.data.views import ViewPlan
 from softdistill.hashing import hash_keys
 from softdistill.types import Batch
 
-__all__ = ["StreamSet", "FileSet", "folder_split", "Decoder", "StreamLoader", "sample_stats", "decode_all"]
+__all__ = ["StreamSet", "FileSet", "folder_split", "Decoder", "StreamLoader", "split_loader", "sample_stats",
+           "decode_all"]
 
 
 class StreamSet(ABC):
@@ -198,6 +199,15 @@ class StreamLoader(EpochBatches):
         cuda = self.device.type == "cuda"
         for fetched in decoded(self.data, self.decoder, self.plan, batches, self.workers, pin=cuda):
             yield assemble(fetched.to(self.device, non_blocking=cuda), self.transform, self.plan, self.channels_last)
+
+
+def split_loader(split: TensorSet | StreamSet, batch_size: int, transform: BatchTransform, *, device: torch.device,
+                 workers: int = 0, resize: int | None = None, **rules: Any) -> BatchLoader | StreamLoader:
+    """A loader over ``split``: on ``device`` for a split in memory, decoding in ``workers`` processes (images
+    resized as :class:`Decoder` says, ``resize`` its centre crop) for a streamed one."""
+    if isinstance(split, StreamSet):
+        return StreamLoader(split, batch_size, transform, device=device, workers=workers, resize=resize, **rules)
+    return BatchLoader(split.to(device), batch_size, transform, **rules)
 
 
 def sample_stats(data: StreamSet, samples: int, workers: int = 0, batch_size: int = 64

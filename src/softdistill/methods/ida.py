@@ -19,7 +19,6 @@ from __future__ import annotations
 
 from typing import Literal
 
-import torch
 from pydantic import Field, model_validator
 
 from softdistill.isotonic import isotonic_logits, order_penalty

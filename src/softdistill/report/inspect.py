@@ -79,6 +79,9 @@ def _split(bundle: DataBundle, split: str, what: str) -> TensorSet:
     chosen = {"train": bundle.train, "val": bundle.val, "test": bundle.test}[split]
     if chosen is None:
         raise ValueError(f"{what}: the data set has no validation split (val_size = 0)")
+    if not isinstance(chosen, TensorSet):
+        raise ValueError(f"{what}: the report mixes and reruns the split's images in memory, and the recipe streams "
+                         "its data (data.loader); inspect a model trained on data held in memory")
     return chosen
 
 

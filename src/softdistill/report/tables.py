@@ -57,25 +57,26 @@ def read_teacher(checkpoint: str | Path) -> TeacherResult:
                          payload["epochs"], record.get("test/acc", math.nan))
 
 
-def _ida_details(method: dict[str, Any]) -> list[str]:
+def _ida_details(method: dict[str, Any], config: dict[str, Any]) -> list[str]:
     variants = {"replace": ["KD-i"], "add": ["KD-i add"]}.get(method.get("correction", "none"), [])
     if method.get("order_penalty", 0):
         variants.append("KD-p")
-    mixer = method.get("mix", "mixup")
+    mixer = ((config.get("data") or {}).get("augment") or {}).get("mix", "mixup")  # the views mix, not the method
     return [" + ".join(variants or ["KD-aug"])] + ([mixer] if mixer != "mixup" else [])
 
 
-def _hard_details(method: dict[str, Any]) -> list[str]:
+def _hard_details(method: dict[str, Any], config: dict[str, Any]) -> list[str]:
     return [method.get("augmentor", "affine")] + (["random strength"] if method.get("strength") == "random" else [])
 
 
-# What sets a run of each method apart, read from its method section (the schema's defaults left out).
+# What sets a run of each method apart, read from its method section and the run's config (the
+# schema's defaults left out).
 _METHOD_DETAILS = {
     "ida": _ida_details,
     "hard": _hard_details,
-    "tfkd-reg": lambda method: [method.get("mode", "paper")],
-    "ls": lambda method: [] if method.get("convention", "uniform") == "uniform" else [method["convention"]],
-    "wsl": lambda method: ["label-free"] if method.get("label_free") else [],
+    "tfkd-reg": lambda method, config: [method.get("mode", "paper")],
+    "ls": lambda method, config: [] if method.get("convention", "uniform") == "uniform" else [method["convention"]],
+    "wsl": lambda method, config: ["label-free"] if method.get("label_free") else [],
 }
 
 
@@ -84,7 +85,7 @@ def method_label(config: dict[str, Any], teacher_model: str | None = None) -> st
     the run apart, e.g. ``kd (self)`` (the teacher is the student's architecture), ``ida (KD-i)``,
     ``hard (affine)``, ``tfkd-reg (reference)``, ``kd (teacher epoch_1)``, ``soft-label (weak: partial)``."""
     method = config.get("method") or {}
-    details = _METHOD_DETAILS.get(method.get("name"), lambda _: [])(method)
+    details = _METHOD_DETAILS.get(method.get("name"), lambda method, config: [])(method, config)
     if teacher_model is not None and teacher_model == config.get("student"):
         details.insert(0, "self")
     soft_labels = config.get("soft_labels") or {}

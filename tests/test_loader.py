@@ -5,7 +5,7 @@ import torch
 
 from softdistill.data.loader import BatchLoader, BatchTransform, TensorSet
 from softdistill.data.prepare import channel_stats
-from softdistill.data.views import ViewPlan, crop, hflip
+from softdistill.data.views import ViewPlan, crop, hflip_
 
 
 def tensor_set(n=10, c=1, h=4, w=5):
@@ -37,7 +37,7 @@ def test_crop_moves_image_by_offset_with_zero_padding():
 def test_flip_mirrors_selected_samples_only():
     data = tensor_set(n=2)
     x = data.images.float() / 255
-    out = hflip(x, torch.tensor([True, False]))
+    out = hflip_(x.clone(), torch.tensor([True, False]))
     torch.testing.assert_close(out[0], x[0].flip(-1))
     torch.testing.assert_close(out[1], x[1])
 

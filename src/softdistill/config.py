@@ -128,8 +128,9 @@ class DataConfig(StrictModel):
     mean: list[float] | None = Field(None, description="per-channel normalisation mean in [0, 1] units (with std); "
                                                        "None = computed from the training split")
     std: list[float] | None = Field(None, description="per-channel normalisation std (with mean)")
-    eval_resize: int | None = Field(None, ge=4, description="stream loader: evaluation images resized to this "
-                                                            "shorter side, then centre-cropped to image_size "
+    eval_resize: int | None = Field(None, ge=4, description="stream loader: evaluation images (and training "
+                                                            "images when augment has no resized_crop) resized to "
+                                                            "this shorter side, then centre-cropped to image_size "
                                                             "(e.g. 256 for 224); None = resized to image_size")
     stats_samples: int = Field(1000, ge=2, description="stream loader: training images the statistics are "
                                                        "estimated from, when mean/std are not given")

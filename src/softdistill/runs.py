@@ -36,8 +36,8 @@ LOCK_NAME = ".lock"
 # Keys that do not change what a run computes, or change only how it is rounded (threads, device,
 # memory layout, compilation): a run folder made under other values still counts.
 NOT_IDENTITY = ("description", "output_dir", "plugins", "data.root", "data.download", "train.device", "train.threads",
-                "train.channels_last", "train.compile", "train.eval_every", "train.checkpoint_every", "train.log_every",
-                "data.loader", "data.workers")
+                "train.channels_last", "train.compile", "train.cudnn_benchmark", "train.eval_every",
+                "train.checkpoint_every", "train.log_every", "data.loader", "data.workers")
 
 
 class RunStateError(RuntimeError):

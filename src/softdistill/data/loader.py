@@ -118,11 +118,12 @@ class BatchTransform:
     def to_unit(images: Tensor) -> Tensor:
         return images.float().div_(255)
 
-    def normalize(self, x: Tensor) -> Tensor:
-        return (x - self.mean.to(x.device, non_blocking=True)) / self.std.to(x.device, non_blocking=True)
+    def normalize_(self, x: Tensor) -> Tensor:
+        """Standardise float images ``x`` in place; returns ``x``."""
+        return x.sub_(self.mean.to(x.device, non_blocking=True)).div_(self.std.to(x.device, non_blocking=True))
 
     def __call__(self, images: Tensor) -> Tensor:
-        return self.normalize(self.to_unit(images))
+        return self.normalize_(self.to_unit(images))
 
 
 @dataclass
@@ -144,8 +145,9 @@ class Fetched:
     partner_labels: Tensor | None = None
     partner_ids: Tensor | None = None
     mixing: ViewParams | None = None
+    placed: bool = False  # the views' crop and flip are in the images already (a stream worker did them)
 
-    def _map(self, fn: Callable[[Tensor], Tensor], keep: tuple[str, ...] = ("mixing",)) -> "Fetched":
+    def _map(self, fn: Callable[[Tensor], Tensor], keep: tuple[str, ...] = ("mixing", "placed")) -> "Fetched":
         return Fetched(**{f.name: None if getattr(self, f.name) is None else
                           (getattr(self, f.name) if f.name in keep else fn(getattr(self, f.name)))
                           for f in fields(self)})
@@ -157,21 +159,26 @@ class Fetched:
     def to(self, device: torch.device, non_blocking: bool = False) -> "Fetched":
         """The images and labels on ``device``; the address and the mixing parameters stay on the host."""
         return self._map(lambda t: t.to(device, non_blocking=non_blocking),
-                         keep=("mixing", "ids", "views", "partner_ids"))
+                         keep=("mixing", "placed", "ids", "views", "partner_ids"))
 
 
 def fetch(rows: Tensor, views: Tensor, labels: Tensor, ids: Tensor, images_of: Callable[[Tensor, Tensor], Tensor],
-          plan: ViewPlan | None) -> Fetched:
+          plan: ViewPlan | None, place: bool = False) -> Fetched:
     """What the batch of views ``views`` of the samples at ``rows`` needs: ``images_of(rows, views)``
-    gives uint8 images; a mixing plan adds the partners' images, labels, ids and mixing parameters."""
-    images = images_of(rows, views)
+    gives uint8 images; a mixing plan adds the partners' images, labels, ids and mixing parameters.
+    ``place``: apply the views' crop and flip here (a stream worker), not in :func:`assemble`."""
+    def placed(images: Tensor, of_ids: Tensor) -> Tensor:
+        return plan.apply_geometry(images, plan.geometry(of_ids, views)) if place and plan is not None else images
+
     batch_ids = ids[rows]
-    fetched = Fetched(images, labels[rows.to(labels.device, non_blocking=True)], batch_ids, views)
+    images = placed(images_of(rows, views), batch_ids)
+    fetched = Fetched(images, labels[rows.to(labels.device, non_blocking=True)], batch_ids, views,
+                      placed=place and plan is not None)
     if plan is None or not plan.mixes:
         return fetched
     mixing = plan.mixing(batch_ids, views, rows, len(ids), tuple(images.shape[-2:]))
     partner = mixing.partner
-    fetched.partner_images = images_of(partner, views)
+    fetched.partner_images = placed(images_of(partner, views), ids[partner])
     fetched.partner_labels = labels[partner.to(labels.device, non_blocking=True)]
     fetched.partner_ids = ids[partner]
     fetched.mixing = mixing
@@ -183,17 +190,20 @@ def assemble(fetched: Fetched, transform: BatchTransform, plan: ViewPlan | None,
     (in the channels_last memory format when asked).  Host tensors are copied without waiting for
     the device; the batch keeps the host's copy of its address too (``Batch.host_sample_id``, ``host_view``)."""
     f = fetched
-    x = transform.to_unit(f.images)
     y_b = lam = None
+    # the crop (zero padding) and flip commute exactly with the division by 255: done on the uint8
+    # images (here, or already by a stream worker), they move a quarter of the bytes
+    def placed(images: Tensor, ids: Tensor) -> Tensor:
+        return plan.apply_geometry(images, plan.geometry(ids, f.views)) if plan is not None and not f.placed else images
+
+    x = transform.to_unit(placed(f.images, f.ids))
     if plan is not None:
-        x = plan.apply_geometry(x, plan.geometry(f.ids, f.views))
         if f.mixing is not None:
             assert f.partner_images is not None and f.partner_ids is not None
-            partner_x = plan.apply_geometry(transform.to_unit(f.partner_images), plan.geometry(f.partner_ids, f.views))
-            x = plan.combine(x, partner_x, f.mixing)
+            x = plan.combine(x, transform.to_unit(placed(f.partner_images, f.partner_ids)), f.mixing)
             y_b = f.partner_labels
             lam = f.mixing.lam.to(x.device, non_blocking=True)
-    x = transform.normalize(x)
+    x = transform.normalize_(x)  # x is this batch's own tensor
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     return Batch(x=x, y=f.labels, sample_id=f.ids.to(x.device, non_blocking=True),

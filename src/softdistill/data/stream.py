@@ -104,12 +104,12 @@ class Decoder:
             raise ValueError(f"cannot centre-crop {self.size} pixels out of a shorter side of {self.resize}: "
                              "data.eval_resize must be >= data.image_size")
 
-    def image(self, img: Any, sample_id: int, view: int) -> np.ndarray:
-        """The RGB ``PIL.Image`` ``img`` of sample ``sample_id`` as uint8 H x W x 3, cropped for ``view``."""
-        if self.plan is not None and self.plan.resized_crop is not None:
-            top, left, bottom, right = self.plan.crop_box(torch.tensor([sample_id]), torch.tensor([view]),
-                                                          torch.tensor([img.height]), torch.tensor([img.width]))[0]
-            img = img.resize((self.size, self.size), _bilinear(), box=(int(left), int(top), int(right), int(bottom)))
+    def image(self, img: Any, box: tuple[int, int, int, int] | None = None) -> np.ndarray:
+        """The RGB ``PIL.Image`` ``img`` as uint8 H x W x 3: the crop ``box`` (top, left, bottom, right)
+        resized to the square when given, else as the class docstring says."""
+        if box is not None:
+            top, left, bottom, right = box
+            img = img.resize((self.size, self.size), _bilinear(), box=(left, top, right, bottom))
         elif self.resize is not None:
             img = _centre_crop(_shorter_side(img, self.resize), self.size)
         else:
@@ -117,9 +117,17 @@ class Decoder:
         return np.asarray(img, dtype=np.uint8)
 
     def batch(self, data: StreamSet, rows: Tensor, views: Tensor) -> Tensor:
-        """uint8 B x 3 x size x size images of the views ``views`` of the samples of ``data`` at ``rows``."""
-        arrays = [self.image(data.open(r), int(data.ids[r]), int(v)) for r, v in zip(rows.tolist(), views.tolist())]
-        return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+        """uint8 B x 3 x size x size images of the views ``views`` of the samples of ``data`` at ``rows``
+        (the crop boxes of a batch drawn at once: one vectorised draw, not one per image)."""
+        images = [data.open(r) for r in rows.tolist()]
+        boxes: list[Any] = [None] * len(images)
+        if self.plan is not None and self.plan.resized_crop is not None:
+            boxes = self.plan.crop_box(data.ids[rows], views, torch.tensor([img.height for img in images]),
+                                       torch.tensor([img.width for img in images])).tolist()
+        out = torch.empty((len(images), 3, self.size, self.size), dtype=torch.uint8)
+        for b, (img, box) in enumerate(zip(images, boxes)):  # one copy per image, into its place
+            out[b].copy_(torch.from_numpy(self.image(img, box)).permute(2, 0, 1))
+        return out
 
 
 def _bilinear() -> Any:
@@ -151,7 +159,7 @@ class _Batches(Dataset):
     def __getitem__(self, key: tuple[Tensor, Tensor]) -> Fetched:
         rows, views = key
         d = self.data
-        return fetch(rows, views, d.labels, d.ids, lambda r, v: self.decoder.batch(d, r, v), self.plan)
+        return fetch(rows, views, d.labels, d.ids, lambda r, v: self.decoder.batch(d, r, v), self.plan, place=True)
 
 
 def _as_is(item: Fetched) -> Fetched:

@@ -65,9 +65,14 @@ def crop(x: Tensor, offsets: Tensor, padding: int) -> Tensor:
     return rows_taken.gather(3, cols)
 
 
-def hflip(x: Tensor, flip: Tensor) -> Tensor:
-    """Mirror the samples of ``x`` where ``flip`` (B, bool) is true."""
-    return torch.where(flip.to(x.device, non_blocking=True).view(-1, 1, 1, 1), x.flip(3), x)
+def hflip_(x: Tensor, flip: Tensor) -> Tensor:
+    """Mirror, in place, the samples of ``x`` where ``flip`` (B, bool, on the host: no device sync) is
+    true; returns ``x``.  Only the flipped samples are read and written."""
+    rows = flip.cpu().nonzero().view(-1)
+    if len(rows):
+        rows = rows.to(x.device, non_blocking=True)
+        x.index_copy_(0, rows, x.index_select(0, rows).flip(3))
+    return x
 
 
 def check_resized_crop(scale: tuple[float, float] | None, ratio: tuple[float, float]) -> None:
@@ -242,11 +247,11 @@ class ViewPlan:
 
     # ------------------------------------------------------------------ images
     def apply_geometry(self, x: Tensor, params: ViewParams) -> Tensor:
-        """Crop and flip float images ``x`` as ``params`` say."""
+        """Crop and flip images ``x`` (uint8 or float) as ``params`` say (``x`` itself may be flipped in place)."""
         if params.offsets is not None:
             x = crop(x, params.offsets, self.crop_padding)
         if params.flip is not None:
-            x = hflip(x, params.flip)
+            x = hflip_(x, params.flip)
         return x
 
     def combine(self, x: Tensor, partner_x: Tensor, params: ViewParams) -> Tensor:

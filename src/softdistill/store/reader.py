@@ -87,8 +87,9 @@ class Store:
         return len(self.sample_ids)
 
     def rows_of(self, sample_ids: Tensor, check: bool = True) -> Tensor:
-        """Store rows (CPU int64) of sample ids (CPU int64); StoreError naming one that the store lacks
-        (``check=False``: ids known to be in the store, e.g. checked once for a whole run)."""
+        """Store rows (CPU int64) of sample ids (int64, on any device); StoreError naming one that the
+        store lacks (``check=False``: ids known to be in the store, e.g. checked once for a whole run)."""
+        sample_ids = sample_ids.cpu()  # free for the CPU ids a batch carries
         rows, found = self._index.find(sample_ids)
         if check and not bool(found.all()):
             raise StoreError(f"{self.folder}: sample id {int(sample_ids[~found][0])} is not in the store")
@@ -100,9 +101,9 @@ class Store:
             raise StoreError(f"{self.folder}: view {views - 1} asked for, the store holds views 0..{self.views - 1}")
 
     def records(self, rows: Tensor, views: Tensor, check: bool = True) -> np.ndarray:
-        """The records of the views ``views`` of the store rows ``rows`` (CPU int64), in that order
-        (``check=False``: views known to be in the store)."""
-        rows, views = rows.numpy(), views.numpy()
+        """The records of the views ``views`` of the store rows ``rows`` (int64, on any device), in that
+        order (``check=False``: views known to be in the store)."""
+        rows, views = rows.cpu().numpy(), views.cpu().numpy()
         if check and len(views):
             if views.min() < 0:
                 raise StoreError(f"{self.folder}: view {int(views.min())} asked for, views are counted from 0")

@@ -66,7 +66,7 @@ def _loader(split: TensorSet | StreamSet, batch_size: int, transform: BatchTrans
     """A loader over ``split``: on the device for a split in memory, decoding in workers for a streamed one."""
     if isinstance(split, StreamSet):
         return StreamLoader(split, batch_size, transform, device=device, workers=recipe.data.workers,
-                            resize=recipe.data.eval_resize, **rules)
+                            resize=recipe.data.eval_resize, on_corrupt=recipe.data.on_corrupt, **rules)
     return BatchLoader(split.to(device), batch_size, transform, **rules)
 
 

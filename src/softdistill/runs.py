@@ -35,7 +35,8 @@ LOCK_NAME = ".lock"
 
 # Keys that do not change what a run computes: a run folder made under other values still counts.
 NOT_IDENTITY = ("description", "output_dir", "plugins", "data.root", "data.download", "train.device", "train.threads",
-                "train.eval_every", "train.checkpoint_every", "train.log_every", "data.loader", "data.workers")
+                "train.eval_every", "train.checkpoint_every", "train.log_every", "data.loader", "data.workers",
+                "data.on_corrupt")
 
 
 class RunStateError(RuntimeError):

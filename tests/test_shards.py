@@ -14,7 +14,7 @@ from softdistill.data.prepare import prepare_data
 from softdistill.data.shards import (MANIFEST, PROGRESS, PackError, ShardLimit, pack_imagefolder, parse_shard_size,
                                      plan_shards, shard_split, verify_pack)
 from softdistill.data.sources import DatasetFormatError, DatasetNotFoundError
-from softdistill.data.stream import StreamLoader
+from softdistill.data.stream import CorruptImageWarning, StreamLoader
 from softdistill.data.views import ViewPlan
 from softdistill.hashing import data_fingerprint
 from test_stream import assert_same_batches, write_folder
@@ -161,6 +161,33 @@ def test_a_corrupt_source_image_fails_by_default_or_is_skipped_and_counted(tmp_p
     assert manifest["skipped"] == [str(bad)] and manifest["splits"]["train"]["samples"] == 17
     data, _ = shard_split(str(tmp_path / "c"), "train", 8)
     assert data.ids.tolist() == [i for i in range(18) if i != 7]  # bee/001.jpg was row 7; the others keep their ids
+
+
+def test_an_unreadable_sample_in_a_shard_fails_naming_it_or_is_skipped_by_the_stream_loader(tmp_path):
+    _, shards = packed(tmp_path)
+    common = dict(image_size=8, val_size=3, loader="stream", mean=[0.5] * 3, std=[0.25] * 3)
+    intact = prepare_data("shards", root=str(shards), **common)
+    transform = BatchTransform(intact.mean, intact.std)
+    rules = dict(shuffle=True, plan=ViewPlan(seed=3, crop_padding=1, hflip=True), seed=5)
+    before = StreamLoader(intact.train, 4, transform, device=CPU, **rules)
+    before.set_epoch(1)
+    expected = [b.sample_id.tolist() for b in before]
+    data = intact.train
+    row = int(torch.nonzero(torch.from_numpy(data.shard) == 1)[0])  # a sample of the second shard
+    sample_id, offset, size = int(data.ids[row]), int(data.offsets[row]), int(data.sizes[row])
+    with open(data.shards[1], "r+b") as tar:  # its image overwritten in place: the shard keeps its size
+        tar.seek(offset)
+        tar.write(b"x" * size)
+    damaged = prepare_data("shards", root=str(shards), **common)  # the sizes still match the manifest
+    where = rf"train-00001\.tar \(sample id {sample_id}, {size} bytes at offset {offset}\): cannot read image"
+    with pytest.raises(DatasetFormatError, match=where):
+        list(StreamLoader(damaged.train, 4, transform, device=CPU, **rules))
+    for workers in (0, 2):
+        loader = StreamLoader(damaged.train, 4, transform, device=CPU, workers=workers, on_corrupt="skip", **rules)
+        loader.set_epoch(1)
+        with pytest.warns(CorruptImageWarning, match=f"epoch 1: data.on_corrupt: skip left out 1 sample.*{where}"):
+            assert [b.sample_id.tolist() for b in loader] == [[i for i in b if i != sample_id] for b in expected]
+        assert loader.skipped == 1
 
 
 def test_bad_folders_are_refused_naming_the_folder(tmp_path):

@@ -1,5 +1,8 @@
 """The streaming loader: the same batches as the memory loader, decoded from files in worker processes."""
 
+import json
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -9,7 +12,7 @@ from softdistill.config import ConfigError, recipe_from_dict
 from softdistill.data.loader import BatchLoader, BatchTransform
 from softdistill.data.prepare import prepare_data
 from softdistill.data.sources import DatasetFormatError
-from softdistill.data.stream import StreamLoader
+from softdistill.data.stream import CorruptImageWarning, StreamLoader
 from softdistill.data.views import ViewPlan
 from softdistill.runner import run_recipe
 
@@ -92,16 +95,127 @@ def test_ranks_and_a_skip_take_the_batches_of_the_single_process_epoch(tmp_path)
         resumed.set_epoch(3, skip=9)
 
 
-@pytest.mark.parametrize("workers", [0, 1])
-def test_a_corrupt_image_stops_the_epoch_naming_the_file(tmp_path, workers):
+def damage(path, how):
+    """Cut the file at ``path`` in half (``truncated``) or replace it with text (``not-an-image``)."""
+    data = path.read_bytes()
+    path.write_bytes(data[:len(data) // 2] if how == "truncated" else b"softdistill: not an image\n")
+
+
+@pytest.mark.parametrize("workers, how", [(0, "truncated"), (1, "truncated"), (0, "not-an-image"), (2, "not-an-image")])
+def test_a_corrupt_image_stops_the_epoch_naming_the_file(tmp_path, workers, how):
     root = write_folder(tmp_path)
     _, stream = bundles(root)
-    bad = root / "train" / "bee" / "001.jpg"
-    bad.write_bytes(bad.read_bytes()[:40])  # truncated
+    damage(root / "train" / "bee" / "001.jpg", how)
     loader = StreamLoader(stream.train, 4, BatchTransform(stream.mean, stream.std), device=torch.device("cpu"),
-                          workers=workers)
+                          workers=workers)  # on_corrupt: fail, the default
     with pytest.raises(DatasetFormatError, match=r"bee/001\.jpg: cannot read image"):
         list(loader)
+
+
+# ------------------------------------------------------------------------------ data.on_corrupt: skip
+
+def damaged_bundle(root, rows=None):
+    """The streamed bundle of ``root`` (statistics given) with the files of its training ``rows`` damaged: a
+    JPEG cut in half (truncated), any other file replaced by text; by default one JPEG and one PNG.
+    (bundle, their sample ids, their file names)."""
+    _, stream = bundles(root, mean=[0.5] * 3, std=[0.25] * 3)
+    files = stream.train.files
+    if rows is None:
+        rows = ([r for r, f in enumerate(files) if f.suffix == ".jpg"][1], [r for r, f in enumerate(files)
+                                                                            if f.suffix == ".png"][2])
+    for r in rows:
+        damage(files[r], "truncated" if files[r].suffix == ".jpg" else "not-an-image")
+    return stream, stream.train.ids[list(rows)], [f"{files[r].parent.name}/{files[r].name}" for r in rows]
+
+
+def test_skip_leaves_out_exactly_the_unreadable_samples_and_names_them(tmp_path):
+    root = write_folder(tmp_path)
+    _, intact = bundles(root, mean=[0.5] * 3, std=[0.25] * 3)
+    transform = BatchTransform(intact.mean, intact.std)
+    rules = dict(shuffle=True, drop_last=False, plan=ViewPlan(seed=3, crop_padding=1, hflip=True), seed=5)
+    reference = StreamLoader(intact.train, 4, transform, device=torch.device("cpu"), **rules)
+    reference.set_epoch(2)
+    before = list(reference)
+    stream, bad_ids, names = damaged_bundle(root)
+    assert torch.equal(stream.train.ids, intact.train.ids)
+    # the batches of the intact folder, less the damaged samples: every other sample, view and batch unchanged
+    expected = [[(i, x) for i, x in zip(b.sample_id.tolist(), b.x) if i not in bad_ids.tolist()] for b in before]
+    runs = {}
+    for workers in (0, 2):
+        loader = StreamLoader(stream.train, 4, transform, device=torch.device("cpu"), workers=workers,
+                              on_corrupt="skip", **rules)
+        loader.set_epoch(2)
+        with pytest.warns(CorruptImageWarning) as caught:
+            batches = list(loader)
+        assert all(torch.equal(b.x, torch.stack([x for _, x in e])) and b.sample_id.tolist() == [i for i, _ in e]
+                   and len(b.y) == len(b.view) == len(e) for b, e in zip(batches, expected))
+        assert len(batches) == len(before)
+        assert loader.skipped == 2 and len(loader.unreadable) == 2
+        message = str(caught[-1].message)
+        assert message.startswith("epoch 2: data.on_corrupt: skip left out 2 sample(s) whose image could not be decoded")
+        assert all(name in message for name in names) and "cannot read image" in message
+        runs[workers] = batches
+    assert_same_batches(runs[0], runs[2])
+    ranks = []  # each DDP rank leaves out its own: together, the single process's batches
+    for rank in range(2):
+        loader = StreamLoader(stream.train, 4, transform, device=torch.device("cpu"), on_corrupt="skip", rank=rank,
+                              world_size=2, **rules)
+        loader.set_epoch(2)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            ranks.append((list(loader), loader.skipped))
+        assert [f"epoch 2, process {rank} of 2: data.on_corrupt: skip left out {loader.skipped}" in str(w.message)
+                for w in caught] == ([True] if loader.skipped else [])
+    assert ranks[0][1] + ranks[1][1] == 2
+    for b, batch in enumerate(runs[0]):
+        assert torch.equal(torch.cat([ranks[0][0][b].sample_id, ranks[1][0][b].sample_id]), batch.sample_id)
+    resumed = StreamLoader(stream.train, 4, transform, device=torch.device("cpu"), on_corrupt="skip", **rules)
+    resumed.set_epoch(2, skip=1)
+    with pytest.warns(CorruptImageWarning, match="epoch 2 from its batch 2: "):
+        assert_same_batches(runs[0][1:], resumed)  # a mid-epoch resume leaves out the same samples
+    with pytest.raises(DatasetFormatError, match="cannot read image"):  # the default fails, naming the file
+        list(StreamLoader(stream.train, 4, transform, device=torch.device("cpu"), **rules))
+
+
+def test_skip_with_a_mixing_plan_leaves_out_the_samples_whose_partner_is_unreadable(tmp_path):
+    stream, bad_ids, _ = damaged_bundle(write_folder(tmp_path), rows=(4,))
+    plan = ViewPlan(seed=3, crop_padding=1, hflip=True, mix="cutmix")
+    transform = BatchTransform(stream.mean, stream.std)
+    loaders = [StreamLoader(stream.train, 4, transform, device=torch.device("cpu"), workers=w, shuffle=True, plan=plan,
+                            seed=1, on_corrupt="skip") for w in (0, 2)]
+    ids = stream.train.ids
+    bad = torch.isin(ids, bad_ids)
+    expected = []
+    for rows, views in loaders[0].epoch_batches():
+        partner = plan.mixing(ids[rows], views, rows, len(ids), (8, 8)).partner
+        expected.append(ids[rows][~bad[rows] & ~bad[partner]].tolist())
+    assert sum(map(len, expected)) < len(ids) - 1  # the partner of some readable sample is the damaged one
+    with pytest.warns(CorruptImageWarning, match="whose image \\(or whose mixing partner's image\\) could not"):
+        first = list(loaders[0])
+    assert [b.sample_id.tolist() for b in first] == expected
+    assert loaders[0].skipped == len(ids) - sum(map(len, expected))
+    with pytest.warns(CorruptImageWarning):
+        assert_same_batches(first, loaders[1])
+
+
+def test_skip_refuses_a_batch_without_a_readable_sample(tmp_path):
+    stream, _, names = damaged_bundle(write_folder(tmp_path), rows=(0, 1))
+    loader = StreamLoader(stream.train, 2, BatchTransform(stream.mean, stream.std), device=torch.device("cpu"),
+                          on_corrupt="skip")  # in order: the first batch is rows 0 and 1
+    with pytest.raises(DatasetFormatError, match=f"no sample of a batch could be decoded \\(2 left out: .*{names[0]}"):
+        list(loader)
+
+
+def test_skip_leaves_unreadable_images_out_of_the_statistics(tmp_path):
+    root = write_folder(tmp_path)
+    damaged_bundle(root)
+    with pytest.raises(DatasetFormatError, match="cannot read image"):
+        prepare_data("imagefolder", root=str(root), image_size=8, loader="stream")
+    with pytest.warns(CorruptImageWarning, match="normalisation statistics of 18 training images: .* left out 2"):
+        data = prepare_data("imagefolder", root=str(root), image_size=8, loader="stream", on_corrupt="skip")
+    assert all(0 < m < 1 for m in data.mean)
+    with pytest.raises(ValueError, match="on_corrupt: skip needs loader: stream"):
+        prepare_data("imagefolder", root=str(root), image_size=8, loader="memory", on_corrupt="skip")
 
 
 def test_given_statistics_are_used_and_a_sample_estimate_is_bounded(tmp_path, monkeypatch):
@@ -120,12 +234,12 @@ def test_given_statistics_are_used_and_a_sample_estimate_is_bounded(tmp_path, mo
     assert sum(decoded) == 5 and all(0 < m < 1 for m in few.mean)
 
 
-def recipe(tmp_path, root, loader, **data):
+def recipe(tmp_path, root, loader, train=None, top=None, **data):
     raw = {"name": f"folder-{loader}", "student": "mlp", "epochs": 2, "seed": 4,
            "data": {"name": "imagefolder", "root": str(root), "image_size": 8, "val_size": 3, "batch_size": 5,
                     "eval_batch_size": 4, "loader": loader, "workers": 1,
                     "augment": {"crop_padding": 1, "hflip": True}, **data},
-           "output_dir": str(tmp_path / "runs"), "train": {"device": "cpu"}}
+           "output_dir": str(tmp_path / "runs"), "train": {"device": "cpu", **(train or {})}, **(top or {})}
     return recipe_from_dict(raw)
 
 
@@ -153,6 +267,51 @@ def test_a_checkpoint_trained_on_the_stream_loader_is_evaluated_as_in_training_a
                             quiet=True)
 
 
+def records(run_dir):
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return [{k: v for k, v in json.loads(line).items() if k != "seconds"} for line in lines]
+
+
+@pytest.mark.filterwarnings("ignore::softdistill.data.stream.CorruptImageWarning")
+def test_a_run_with_skip_counts_what_it_left_out_and_a_mid_epoch_resume_counts_the_same(tmp_path, run_until_step):
+    root = write_folder(tmp_path / "folder")
+    _, _, names = damaged_bundle(root)  # two of the 15 training images
+    whole = recipe(tmp_path / "whole", root, "stream", on_corrupt="skip")
+    with pytest.warns(CorruptImageWarning, match=f"epoch 2: data.on_corrupt: skip left out 2 sample.*{names[0]}"):
+        summary = run_recipe(whole, quiet=True)
+    assert [(r["train/skipped"], r["val/skipped"], r["test/skipped"]) for r in records(whole.run_dir)] == [(2, 0, 0)] * 2
+    assert (summary["train_skipped"], summary["val_skipped"], summary["test_skipped"]) == (4, 0, 0)
+    cut = recipe(tmp_path / "cut", root, "stream", train={"checkpoint_every": 1}, on_corrupt="skip")
+    with pytest.warns(CorruptImageWarning):
+        run_until_step(cut, 4)  # 3 steps an epoch: killed in epoch 2, after its first step
+        assert load_checkpoint(cut.run_dir / "last.pt")["step"]["step"] == 1
+        run_recipe(cut, resume=True, quiet=True)
+    assert records(cut.run_dir) == records(whole.run_dir)  # the count of the batches before the checkpoint kept
+    a, b = (load_checkpoint(r.run_dir / "last.pt")["state_dict"] for r in (whole, cut))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.filterwarnings("ignore::softdistill.data.stream.CorruptImageWarning")
+def test_a_cached_teacher_caches_the_readable_samples_and_the_run_never_asks_for_the_others(tmp_path):
+    root = write_folder(tmp_path / "folder")
+    _, bad_ids, _ = damaged_bundle(root)
+    teacher = recipe(tmp_path, root, "stream", top={"name": "teacher", "epochs": 1}, on_corrupt="skip")
+    with pytest.warns(CorruptImageWarning):
+        run_recipe(teacher, quiet=True)
+    soft_labels = {"source": "cache", "checkpoint": str(teacher.run_dir / "last.pt")}
+    student = recipe(tmp_path, root, "stream", top={"name": "kd", "method": {"name": "kd"}, "soft_labels": soft_labels},
+                     on_corrupt="skip", views=2)
+    from softdistill.runner import build_trainer
+
+    with pytest.warns(CorruptImageWarning, match="a pass over 15 samples in order \\(view 1\\)"):
+        trainer, _ = build_trainer(student, quiet=True)
+    cache = trainer.method.teacher
+    assert sorted(cache.unreadable.tolist()) == sorted(bad_ids.tolist()) and len(cache.ids) == 13
+    assert not torch.isin(cache.ids.cpu(), bad_ids).any() and cache.lookups_verified
+    with pytest.warns(CorruptImageWarning):
+        assert trainer.fit()["train_skipped"] == 4
+
+
 def test_stream_settings_are_checked(tmp_path):
     with pytest.raises(ConfigError, match="loader: stream reads image folders"):
         recipe_from_dict({"name": "x", "student": "mlp", "epochs": 1, "data": {"name": "digits", "loader": "stream"}})
@@ -160,6 +319,13 @@ def test_stream_settings_are_checked(tmp_path):
         recipe(tmp_path, tmp_path, "stream", image_size=None)
     with pytest.raises(ConfigError, match="canvas and ood are made from images in memory"):
         recipe(tmp_path, tmp_path, "stream", ood=["shift:2"])
+    assert recipe(tmp_path, tmp_path, "stream").data.on_corrupt == "fail"
+    with pytest.raises(ConfigError, match="data.on_corrupt: Input should be 'fail' or 'skip', got 'ignore'"):
+        recipe(tmp_path, tmp_path, "stream", on_corrupt="ignore")
+    for loader in ("memory", "auto"):
+        with pytest.raises(ConfigError, match="on_corrupt: skip leaves unreadable images out of the stream loader's "
+                                              "batches: it needs loader: stream"):
+            recipe(tmp_path, tmp_path, loader, on_corrupt="skip")
 
 
 # ------------------------------------------------------------------------------ ImageNet-style views

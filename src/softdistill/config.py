@@ -134,6 +134,10 @@ class DataConfig(StrictModel):
                                                             "(e.g. 256 for 224); None = resized to image_size")
     stats_samples: int = Field(1000, ge=2, description="stream loader: training images the statistics are "
                                                        "estimated from, when mean/std are not given")
+    on_corrupt: Literal["fail", "skip"] = Field(
+        "fail", description="stream loader: an image that cannot be decoded (corrupt, truncated, not an image): "
+                            "fail = stop, naming the file; skip = leave its sample out of its batch, counted and named "
+                            "in a warning and in metrics.jsonl (train/skipped, val/skipped, test/skipped)")
 
     @field_validator("ood")
     @classmethod
@@ -159,6 +163,10 @@ class DataConfig(StrictModel):
         if self.loader != "stream" and (self.augment.resized_crop is not None or self.eval_resize is not None):
             raise ValueError("augment.resized_crop and eval_resize resize each decoded file: they need loader: stream "
                              "(images in memory have one size; crop them with augment.crop_padding)")
+        if self.on_corrupt == "skip" and self.loader != "stream":
+            raise ValueError("on_corrupt: skip leaves unreadable images out of the stream loader's batches: it needs "
+                             "loader: stream (the memory loader decodes every image up front; to leave such files out "
+                             "for good, pack the folder with 'softdistill data pack --on-corrupt skip')")
         if self.eval_resize is not None and self.image_size is not None and self.eval_resize < self.image_size:
             raise ValueError(f"eval_resize {self.eval_resize} is smaller than image_size {self.image_size}: the centre "
                              "crop must fit")

@@ -65,7 +65,7 @@ def _loader(split: TensorSet | StreamSet, batch_size: int, transform: BatchTrans
             device: torch.device, **rules: Any) -> BatchLoader | StreamLoader:
     """A loader over ``split`` (:func:`~softdistill.data.stream.split_loader`) with the recipe's stream settings."""
     return split_loader(split, batch_size, transform, device=device, workers=recipe.data.workers,
-                        resize=recipe.data.eval_resize, **rules)
+                        resize=recipe.data.eval_resize, on_corrupt=recipe.data.on_corrupt, **rules)
 
 
 TEACHER_DTYPES = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}

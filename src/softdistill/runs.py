@@ -37,7 +37,7 @@ LOCK_NAME = ".lock"
 # memory layout, compilation): a run folder made under other values still counts.
 NOT_IDENTITY = ("description", "output_dir", "plugins", "data.root", "data.download", "train.device", "train.threads",
                 "train.channels_last", "train.compile", "train.cudnn_benchmark", "train.eval_every",
-                "train.checkpoint_every", "train.log_every", "data.loader", "data.workers")
+                "train.checkpoint_every", "train.log_every", "data.loader", "data.workers", "data.on_corrupt")
 
 
 class RunStateError(RuntimeError):

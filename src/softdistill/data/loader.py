@@ -14,7 +14,7 @@ import math
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -146,8 +146,13 @@ class Fetched:
     partner_ids: Tensor | None = None
     mixing: ViewParams | None = None
     placed: bool = False  # the views' crop and flip are in the images already (a stream worker did them)
+    left_out: Tensor | None = None  # ids of the samples of the batch left out (data.on_corrupt: skip)
+    unreadable: tuple[str, ...] = ()  # why: the errors that name their files
 
-    def _map(self, fn: Callable[[Tensor], Tensor], keep: tuple[str, ...] = ("mixing", "placed")) -> "Fetched":
+    HOST: ClassVar[tuple[str, ...]] = ("mixing", "placed", "left_out", "unreadable")  # never moved or pinned
+
+    def _map(self, fn: Callable[[Tensor], Tensor], keep: tuple[str, ...] = ()) -> "Fetched":
+        keep = self.HOST + keep
         return Fetched(**{f.name: None if getattr(self, f.name) is None else
                           (getattr(self, f.name) if f.name in keep else fn(getattr(self, f.name)))
                           for f in fields(self)})
@@ -158,8 +163,7 @@ class Fetched:
 
     def to(self, device: torch.device, non_blocking: bool = False) -> "Fetched":
         """The images and labels on ``device``; the address and the mixing parameters stay on the host."""
-        return self._map(lambda t: t.to(device, non_blocking=non_blocking),
-                         keep=("mixing", "placed", "ids", "views", "partner_ids"))
+        return self._map(lambda t: t.to(device, non_blocking=non_blocking), keep=("ids", "views", "partner_ids"))
 
 
 def fetch(rows: Tensor, views: Tensor, labels: Tensor, ids: Tensor, images_of: Callable[[Tensor, Tensor], Tensor],
@@ -239,6 +243,9 @@ class EpochBatches:
         self.channels_last = channels_last
         self.epoch = 0
         self.skip = 0
+        # samples left out of the batches of the current (or last) pass because their image could not be
+        # decoded; None: a loader that never leaves a sample out (the stream loader's data.on_corrupt: skip does)
+        self.skipped: int | None = None
 
     def set_epoch(self, epoch: int, skip: int = 0) -> None:
         """Show epoch ``epoch`` next, from its batch ``skip`` on (a resume in the middle of the epoch)."""

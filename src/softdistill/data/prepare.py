@@ -113,21 +113,28 @@ def prepare_data(name: str, *, root: str | None = None, download: bool = False, 
                  val_size: int | float = 0.1, per_class: int | None = None, split_seed: int = 0,
                  normalize: bool = True, canvas: int | None = None, loader: str = "memory",
                  mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
-                 stats_samples: int = 1000, workers: int = 0) -> DataBundle:
+                 stats_samples: int = 1000, workers: int = 0, on_corrupt: str = "fail") -> DataBundle:
     """Load a dataset, hold out a stratified validation set, optionally keep ``per_class`` images
     of each class for training (the small-data regime), and compute the normalisation.
 
     With ``canvas``, every image is first placed at the centre of a black ``canvas`` x ``canvas``
     image (room for shifted or rotated content); the normalisation is that of the canvas images.
     ``mean``/``std`` given replace the computed statistics.  ``loader: stream`` (an image folder or
-    shards, at ``image_size``) lists the samples without decoding them (:func:`prepare_stream`).
+    shards, at ``image_size``) lists the samples without decoding them (:func:`prepare_stream`);
+    ``on_corrupt="skip"`` (stream only) leaves unreadable images out of its batches, and out of the
+    statistics' sample.
 
     Both the validation split and the subset depend on ``split_seed`` only, not on the run's seed,
     so that runs with different seeds (and the teacher) share the same held-out data.
     """
     if choose_loader(loader, name, root, image_size) == "stream":
         return prepare_stream(name, root, image_size, val_size=val_size, per_class=per_class, split_seed=split_seed,
-                              normalize=normalize, mean=mean, std=std, stats_samples=stats_samples, workers=workers)
+                              normalize=normalize, mean=mean, std=std, stats_samples=stats_samples, workers=workers,
+                              on_corrupt=on_corrupt)
+    if on_corrupt != "fail":
+        raise ValueError(f"on_corrupt: {on_corrupt} needs loader: stream (the memory loader decodes every image up "
+                         "front and stops at one it cannot read; pack the folder with 'softdistill data pack "
+                         "--on-corrupt skip' to leave such files out for good)")
     full, class_names = _in_memory(name, "train", root, download, image_size, workers)
     test, _ = _in_memory(name, "test", root, download, image_size, workers)
     if full.images.shape[1:] != test.images.shape[1:]:
@@ -150,7 +157,7 @@ def prepare_data(name: str, *, root: str | None = None, download: bool = False, 
 def prepare_stream(name: str, root: str | None, image_size: int | None, *, val_size: int | float = 0.1,
                    per_class: int | None = None, split_seed: int = 0, normalize: bool = True,
                    mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
-                   stats_samples: int = 1000, workers: int = 0) -> DataBundle:
+                   stats_samples: int = 1000, workers: int = 0, on_corrupt: str = "fail") -> DataBundle:
     """The splits of a streamed source (:data:`STREAMED`) as :class:`~softdistill.data.stream.StreamSet`
     (nothing decoded but at most ``stats_samples`` training images for the statistics, unless
     ``mean``/``std`` are given)."""
@@ -159,7 +166,8 @@ def prepare_stream(name: str, root: str | None, image_size: int | None, *, val_s
     size = _image_size(name, image_size)
     official, class_names = STREAMED[name](root, "train", size)
     test, _ = STREAMED[name](root, "test", size)
-    mean, std = _normalisation(3, normalize, mean, std, lambda: sample_stats(official, stats_samples, workers))
+    mean, std = _normalisation(3, normalize, mean, std,
+                               lambda: sample_stats(official, stats_samples, workers, on_corrupt=on_corrupt))
     keep, val_index = _train_val(official.labels, val_size, per_class, split_seed)
     val = official.subset(val_index) if len(val_index) else None
     return DataBundle(name, official.subset(keep), val, test, class_names, mean, std)
@@ -192,4 +200,4 @@ def prepare_from_spec(spec: Mapping[str, Any], *, root: str | None = None, downl
                         split_seed=spec.get("split_seed", 0), normalize=spec.get("normalize", True),
                         canvas=spec.get("canvas"), loader=spec.get("loader", "memory"), mean=spec.get("mean"),
                         std=spec.get("std"), stats_samples=spec.get("stats_samples", 1000),
-                        workers=spec.get("workers", 0))
+                        workers=spec.get("workers", 0), on_corrupt=spec.get("on_corrupt", "fail"))

@@ -44,8 +44,8 @@ import torch
 from softdistill.atomic import write_atomic
 from softdistill.data.splits import stratified_split
 
-__all__ = ["RawSplit", "DatasetNotFoundError", "DatasetFormatError", "DATASETS", "SPLITS", "load_split", "FileList",
-           "list_imagefolder", "open_rgb", "read_image"]
+__all__ = ["RawSplit", "DatasetNotFoundError", "DatasetFormatError", "UnreadableImageError", "DATASETS", "SPLITS",
+           "load_split", "FileList", "list_imagefolder", "open_rgb", "read_image"]
 
 DATASETS: tuple[str, ...] = ("digits", "fashion-mnist", "mnist", "cifar10", "cifar100", "synthetic", "imagefolder")
 SPLITS: tuple[str, ...] = ("train", "test")
@@ -125,6 +125,12 @@ class DatasetNotFoundError(FileNotFoundError):
 
 class DatasetFormatError(ValueError):
     """A dataset file is corrupt, truncated or not in the expected format; the message names the file."""
+
+
+class UnreadableImageError(DatasetFormatError):
+    """An image file (or a shard's sample) that Pillow cannot decode: corrupt, truncated, not an image.
+    The stream loader's ``data.on_corrupt: skip`` leaves such samples out; every other format error
+    stops the run."""
 
 
 def load_split(name: str, split: str = "train", root: str | os.PathLike | None = None,
@@ -494,13 +500,13 @@ def list_imagefolder(root: str | os.PathLike | None, split: str) -> FileList:
 def open_rgb(path: Path | IO[bytes], name: str | None = None):
     """The decoded image at ``path`` (a file, or an open binary handle) as an RGB ``PIL.Image`` (grey,
     palette, RGBA and CMYK images are converted); an image Pillow cannot read is a
-    :class:`DatasetFormatError` naming it (``name``, else ``path``)."""
+    :class:`UnreadableImageError` naming it (``name``, else ``path``)."""
     image_module = _pillow()
     try:
         with image_module.open(path) as img:
             return img.convert("RGB")
     except OSError as exc:  # includes PIL.UnidentifiedImageError and truncated files
-        raise DatasetFormatError(f"{name or path}: cannot read image ({exc})") from exc
+        raise UnreadableImageError(f"{name or path}: cannot read image ({exc})") from exc
 
 
 def read_image(path: Path, image_size: int | None = None) -> np.ndarray:

@@ -10,10 +10,19 @@ pinned and copied without blocking to a CUDA device, where the crop, flip, mix a
 normalisation run exactly as in the memory loader (:func:`~softdistill.data.loader.assemble`).
 So a stream loader and a memory loader over the same images yield identical batches, and
 workers, ranks and a resumed run agree on every one.
+
+An image that cannot be decoded stops the epoch with a :class:`DatasetFormatError` naming the file
+(``on_corrupt="fail"``, the default); with ``on_corrupt="skip"`` its sample is left out of its batch
+(and a sample whose mixing partner's image cannot be decoded too), so the batch is smaller and every
+other sample, view and batch is unchanged: whether a sample is left out depends on its file (and its
+view's partner) alone, the same in every worker, rank, epoch and resume.  The loader counts them
+(:attr:`StreamLoader.skipped`) and warns once a pass (:class:`CorruptImageWarning`), naming the first
+files.
 """
 
 from __future__ import annotations
 
+import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -27,13 +36,22 @@ from torch.utils.data import DataLoader, Dataset
 
 from softdistill.data.loader import (BatchLoader, BatchTransform, EpochBatches, Fetched, TensorSet, assemble,
                                      checked_ids, fetch, pixel_stats)
-from softdistill.data.sources import list_imagefolder, open_rgb
+from softdistill.data.sources import DatasetFormatError, UnreadableImageError, list_imagefolder, open_rgb
 from softdistill.data.views import ViewPlan
 from softdistill.hashing import hash_keys
 from softdistill.types import Batch
 
-__all__ = ["StreamSet", "FileSet", "folder_split", "Decoder", "StreamLoader", "split_loader", "sample_stats",
-           "decode_all"]
+__all__ = ["StreamSet", "FileSet", "folder_split", "Decoder", "StreamLoader", "split_loader", "sample_stats", "decode_all",
+           "ON_CORRUPT", "CorruptImageWarning"]
+
+#: ``data.on_corrupt``: what the stream loader does with an image it cannot decode.
+ON_CORRUPT = ("fail", "skip")
+#: how many of the unreadable files a warning names
+NAMED = 5
+
+
+class CorruptImageWarning(UserWarning):
+    """With ``data.on_corrupt: skip``, samples were left out of a pass over a split: how many, and which files."""
 
 
 class StreamSet(ABC):
@@ -117,16 +135,22 @@ class Decoder:
         return np.asarray(img, dtype=np.uint8)
 
     def batch(self, data: StreamSet, rows: Tensor, views: Tensor) -> Tensor:
-        """uint8 B x 3 x size x size images of the views ``views`` of the samples of ``data`` at ``rows``
-        (the crop boxes of a batch drawn at once: one vectorised draw, not one per image)."""
+        """uint8 B x 3 x size x size images of the views ``views`` of the samples of ``data`` at ``rows``."""
         images = [data.open(r) for r in rows.tolist()]
-        boxes: list[Any] = [None] * len(images)
-        if self.plan is not None and self.plan.resized_crop is not None:
-            boxes = self.plan.crop_box(data.ids[rows], views, torch.tensor([img.height for img in images]),
-                                       torch.tensor([img.width for img in images])).tolist()
-        out = torch.empty((len(images), 3, self.size, self.size), dtype=torch.uint8)
-        for b, (img, box) in enumerate(zip(images, boxes)):  # one copy per image, into its place
-            out[b].copy_(torch.from_numpy(self.image(img, box)).permute(2, 0, 1))
+        return self.stacked([self.image(img, box) for img, box in zip(images, self.boxes(images, data.ids[rows], views))])
+
+    def boxes(self, images: list[Any], sample_ids: Tensor, views: Tensor) -> list[Any]:
+        """The crop box of each view (``None`` without a resized crop), drawn for the batch at once."""
+        if self.plan is None or self.plan.resized_crop is None:
+            return [None] * len(images)
+        return self.plan.crop_box(sample_ids, views, torch.tensor([img.height for img in images]),
+                                  torch.tensor([img.width for img in images])).tolist()
+
+    def stacked(self, arrays: list[np.ndarray]) -> Tensor:
+        """H x W x 3 arrays as one uint8 B x 3 x size x size tensor (B may be 0), one copy per array."""
+        out = torch.empty((len(arrays), 3, self.size, self.size), dtype=torch.uint8)
+        for b, array in enumerate(arrays):
+            out[b].copy_(torch.from_numpy(array).permute(2, 0, 1))
         return out
 
 
@@ -151,15 +175,58 @@ def _centre_crop(img: Any, size: int) -> Any:
 
 
 class _Batches(Dataset):
-    """A map-style dataset whose keys are whole batches ``(rows, views)``: one key, one :class:`Fetched`."""
+    """A map-style dataset whose keys are whole batches ``(rows, views)``: one key, one :class:`Fetched`.
 
-    def __init__(self, data: StreamSet, decoder: Decoder, plan: ViewPlan | None) -> None:
-        self.data, self.decoder, self.plan = data, decoder, plan
+    ``skip``: samples whose image (or whose mixing partner's image) cannot be decoded are left out of
+    the batch, their ids in ``Fetched.left_out`` and the errors naming the files in ``Fetched.unreadable``."""
+
+    def __init__(self, data: StreamSet, decoder: Decoder, plan: ViewPlan | None, skip: bool = False) -> None:
+        self.data, self.decoder, self.plan, self.skip = data, decoder, plan, skip
 
     def __getitem__(self, key: tuple[Tensor, Tensor]) -> Fetched:
         rows, views = key
         d = self.data
-        return fetch(rows, views, d.labels, d.ids, lambda r, v: self.decoder.batch(d, r, v), self.plan, place=True)
+        if not self.skip:
+            return fetch(rows, views, d.labels, d.ids, lambda r, v: self.decoder.batch(d, r, v), self.plan,
+                         place=True)
+        return self._skipping(rows, views)
+
+    def _skipping(self, rows: Tensor, views: Tensor) -> Fetched:
+        d = self.data
+        images: dict[tuple[int, int], np.ndarray] = {}
+        unreadable: dict[int, str] = {}  # row -> the error naming its file
+
+        def readable(row: int, view: int) -> bool:
+            """Decode view ``view`` of the sample at ``row`` (once); False when its image cannot be decoded."""
+            if row in unreadable:
+                return False
+            if (row, view) not in images:
+                try:
+                    img = d.open(row)
+                except UnreadableImageError as exc:
+                    unreadable[row] = str(exc)
+                    return False
+                box = self.decoder.boxes([img], d.ids[row:row + 1], torch.tensor([view]))[0]
+                images[row, view] = self.decoder.image(img, box)
+            return True
+
+        pairs = list(zip(rows.tolist(), views.tolist()))
+        keep = [readable(r, v) for r, v in pairs]
+        if self.plan is not None and self.plan.mixes and any(keep):
+            # the partners of the whole batch: a sample's partner depends on its id and view alone
+            partners = self.plan.mixing(d.ids[rows], views, rows, len(d.ids), (self.decoder.size,) * 2).partner
+            keep = [k and readable(p, v) for k, p, (_, v) in zip(keep, partners.tolist(), pairs)]
+        kept = torch.tensor(keep, dtype=torch.bool)
+        # the errors naming the files: the batch's own first, then its samples' partners'
+        why = tuple(dict.fromkeys([unreadable[r] for r, _ in pairs if r in unreadable] + list(unreadable.values())))
+        if not kept.any():
+            return Fetched(self.decoder.stacked([]), d.labels[rows[:0]], d.ids[rows[:0]], views[:0],
+                           left_out=d.ids[rows], unreadable=why)
+        fetched = fetch(rows[kept], views[kept], d.labels, d.ids,
+                        lambda r, v: self.decoder.stacked([images[a, b] for a, b in zip(r.tolist(), v.tolist())]),
+                        self.plan, place=True)
+        fetched.left_out, fetched.unreadable = d.ids[rows[~kept]], why
+        return fetched
 
 
 def _as_is(item: Fetched) -> Fetched:
@@ -167,15 +234,51 @@ def _as_is(item: Fetched) -> Fetched:
 
 
 def decoded(data: StreamSet, decoder: Decoder, plan: ViewPlan | None, batches: Iterable[tuple[Tensor, Tensor]],
-            workers: int, pin: bool) -> Iterator[Fetched]:
-    """The :class:`Fetched` of each ``(rows, views)`` of ``batches``, decoded by ``workers`` processes (0: here).
+            workers: int, pin: bool, skip: bool = False) -> Iterator[Fetched]:
+    """The :class:`Fetched` of each ``(rows, views)`` of ``batches``, decoded by ``workers`` processes (0: here);
+    ``skip`` leaves out the samples whose image cannot be decoded (see :class:`_Batches`).
 
     An error in a worker (a corrupt file, a worker killed) ends the iteration with that error.  The
     DataLoader draws its workers' seeds from a generator of its own, never from torch's global RNG,
     which belongs to the model (a mid-epoch resume restores it; decoding draws no random number)."""
-    loader = DataLoader(_Batches(data, decoder, plan), batch_size=None, sampler=list(batches), num_workers=workers,
-                        collate_fn=_as_is, pin_memory=pin, generator=torch.Generator())
+    loader = DataLoader(_Batches(data, decoder, plan, skip), batch_size=None, sampler=list(batches),
+                        num_workers=workers, collate_fn=_as_is, pin_memory=pin, generator=torch.Generator())
     yield from loader
+
+
+def check_on_corrupt(on_corrupt: str) -> bool:
+    """Whether ``on_corrupt`` (one of :data:`ON_CORRUPT`) skips."""
+    if on_corrupt not in ON_CORRUPT:
+        raise ValueError(f"on_corrupt must be one of {ON_CORRUPT}, got {on_corrupt!r}")
+    return on_corrupt == "skip"
+
+
+class _LeftOut:
+    """The samples a pass over a split left out, and the errors that name their files (the first few kept)."""
+
+    def __init__(self, mixes: bool = False) -> None:
+        self.mixes = mixes
+        self.count = 0
+        self.files: dict[str, None] = {}  # ordered, distinct
+        self.more = False
+
+    def add(self, fetched: Fetched) -> None:
+        if fetched.left_out is not None:
+            self.count += len(fetched.left_out)
+        for message in fetched.unreadable:
+            if message in self.files:
+                continue
+            if len(self.files) < NAMED:
+                self.files[message] = None
+            else:
+                self.more = True
+
+    def warn(self, what: str) -> None:
+        if self.count:
+            partner = " (or whose mixing partner's image)" if self.mixes else ""
+            warnings.warn(f"{what}: data.on_corrupt: skip left out {self.count} sample(s) whose image{partner} could "
+                          f"not be decoded: {'; '.join(self.files)}" + ("; and more" if self.more else ""),
+                          CorruptImageWarning, stacklevel=3)
 
 
 class StreamLoader(EpochBatches):
@@ -183,49 +286,85 @@ class StreamLoader(EpochBatches):
     ``workers`` DataLoader processes; the batching rules are :class:`EpochBatches`'."""
 
     def __init__(self, data: StreamSet, batch_size: int, transform: BatchTransform, *, device: torch.device,
-                 workers: int = 0, resize: int | None = None, **rules: Any) -> None:
+                 workers: int = 0, resize: int | None = None, on_corrupt: str = "fail", **rules: Any) -> None:
         super().__init__(data.ids, batch_size, **rules)
         self.data = data
         self.transform = transform
         self.device = torch.device(device)
         self.workers = workers
         self.decoder = Decoder(data.image_size, self.plan, resize)
+        self.on_corrupt = on_corrupt
+        self.skips = check_on_corrupt(on_corrupt)
+        # with skip: the samples left out of the pass under way (or the last one), as it reaches this process
+        self.skipped = 0 if self.skips else None
+        self.unreadable: tuple[str, ...] = ()  # the first few errors of that pass, naming their files
 
     def __iter__(self) -> Iterator[Batch]:
-        return self._load(self.epoch_batches())
+        if self.shuffle:  # training
+            what = f"epoch {self.epoch}" + (f" from its batch {self.skip + 1}" if self.skip else "")
+        else:
+            what = f"a pass over {len(self.data)} samples"
+        return self._load(self.epoch_batches(), what)
 
     def in_order(self, view: int) -> Iterator[Batch]:
         """Every sample of the split in row order, each as its view ``view`` (this process alone)."""
-        return self._load(self.ordered_batches(view))
+        return self._load(self.ordered_batches(view), f"a pass over {len(self.data)} samples in order (view {view})")
 
     def batch_of(self, rows: Tensor, views: Tensor) -> Batch:
-        """The batch of the views ``views`` of the samples at ``rows`` (CPU int64), decoded in this process."""
+        """The batch of the views ``views`` of the samples at ``rows`` (CPU int64), decoded in this process:
+        every one of them (an image that cannot be decoded is an error, whatever ``on_corrupt`` says)."""
         fetched = _Batches(self.data, self.decoder, self.plan)[rows, views]
         return assemble(fetched.to(self.device), self.transform, self.plan, self.channels_last)
 
-    def _load(self, batches: Iterable[tuple[Tensor, Tensor]]) -> Iterator[Batch]:
+    def _load(self, batches: Iterable[tuple[Tensor, Tensor]], what: str) -> Iterator[Batch]:
         cuda = self.device.type == "cuda"
-        for fetched in decoded(self.data, self.decoder, self.plan, batches, self.workers, pin=cuda):
+        left_out = _LeftOut(self.plan is not None and self.plan.mixes)
+        if self.skips:
+            self.skipped, self.unreadable = 0, ()
+        if self.world_size > 1:
+            what = f"{what}, process {self.rank} of {self.world_size}"
+        for fetched in decoded(self.data, self.decoder, self.plan, batches, self.workers, pin=cuda, skip=self.skips):
+            if fetched.left_out is not None and len(fetched.left_out):
+                left_out.add(fetched)
+                self.skipped, self.unreadable = left_out.count, tuple(left_out.files)
+                if not len(fetched.ids):
+                    raise DatasetFormatError(
+                        f"{what}: no sample of a batch could be decoded ({len(fetched.left_out)} left out: "
+                        f"{'; '.join(fetched.unreadable[:NAMED])}); data.on_corrupt: skip needs at least one sample "
+                        "in every batch (of every process): replace or remove the files")
             yield assemble(fetched.to(self.device, non_blocking=cuda), self.transform, self.plan, self.channels_last)
+        left_out.warn(what)
 
 
 def split_loader(split: TensorSet | StreamSet, batch_size: int, transform: BatchTransform, *, device: torch.device,
-                 workers: int = 0, resize: int | None = None, **rules: Any) -> BatchLoader | StreamLoader:
+                 workers: int = 0, resize: int | None = None, on_corrupt: str = "fail", **rules: Any
+                 ) -> BatchLoader | StreamLoader:
     """A loader over ``split``: on ``device`` for a split in memory, decoding in ``workers`` processes (images
-    resized as :class:`Decoder` says, ``resize`` its centre crop) for a streamed one."""
+    resized as :class:`Decoder` says, ``resize`` its centre crop; ``on_corrupt`` as ``data.on_corrupt``) for a
+    streamed one."""
     if isinstance(split, StreamSet):
-        return StreamLoader(split, batch_size, transform, device=device, workers=workers, resize=resize, **rules)
+        return StreamLoader(split, batch_size, transform, device=device, workers=workers, resize=resize,
+                            on_corrupt=on_corrupt, **rules)
     return BatchLoader(split.to(device), batch_size, transform, **rules)
 
 
-def sample_stats(data: StreamSet, samples: int, workers: int = 0, batch_size: int = 64
+def sample_stats(data: StreamSet, samples: int, workers: int = 0, batch_size: int = 64, on_corrupt: str = "fail"
                  ) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Per-channel mean and std (in [0, 1] units) of at most ``samples`` images of ``data``, each resized
-    to the square: the samples of smallest ``hash(sample_id)``, the same for every run on the split."""
+    to the square: the samples of smallest ``hash(sample_id)``, the same for every run on the split
+    (``on_corrupt="skip"``: those among them that can be decoded, the others counted in a warning)."""
     chosen = torch.argsort(hash_keys(data.ids, 0))[:samples].sort().values
     batches = ((rows, torch.zeros_like(rows)) for rows in chosen.split(batch_size))
-    images = (f.images for f in decoded(data, Decoder(data.image_size), None, batches, workers, pin=False))
-    return pixel_stats(images)
+    left_out = _LeftOut()
+
+    def images() -> Iterator[Tensor]:
+        for f in decoded(data, Decoder(data.image_size), None, batches, workers, pin=False,
+                         skip=check_on_corrupt(on_corrupt)):
+            left_out.add(f)
+            yield f.images
+        left_out.warn(f"the normalisation statistics of {len(chosen)} training images")
+
+    return pixel_stats(images())
 
 
 def decode_all(data: StreamSet, workers: int = 0, batch_size: int = 256) -> TensorSet:

@@ -42,7 +42,7 @@ from torch import Tensor
 
 from softdistill.hashing import hash_below, hash_uniform
 
-__all__ = ["ViewPlan", "ViewParams", "crop", "hflip", "check_resized_crop", "MIX_KINDS", "RESIZED_CROP_ATTEMPTS"]
+__all__ = ["ViewPlan", "ViewParams", "crop", "hflip_", "check_resized_crop", "MIX_KINDS", "RESIZED_CROP_ATTEMPTS"]
 
 MIX_KINDS = ("none", "mixup", "cutmix")
 

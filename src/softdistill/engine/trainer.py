@@ -272,6 +272,8 @@ class Trainer:
             for name, loader in evaluated.items():
                 for key, value in evaluate(self.student, loader, self.ctx, self.amp, self.eval_sums).items():
                     record[f"{name}/{key}"] = value
+                if getattr(loader, "skipped", None) is not None:  # samples left out of the evaluation (unreadable)
+                    record[f"{name}/skipped"] = self._total(loader.skipped)
             record["seconds"] = time.perf_counter() - record.pop("_start")
             self.history.append(record)
             self._check_finite_state(f"epoch {self.epoch}")
@@ -312,6 +314,8 @@ class Trainer:
         if resumed is not None:
             self._correct += resumed["correct"]
             self._seen += resumed["seen"]
+        # samples the loader left out in the batches a mid-epoch checkpoint skips on resume (this rank's)
+        self._skipped_before = (resumed or {}).get("skipped", 0)
         self._with_logits = False
         watch = FiniteWatch(ctx.device)
         start = time.perf_counter()
@@ -341,7 +345,20 @@ class Trainer:
         record.update({f"train/{k}": values[i] / total for i, k in enumerate(names)})
         if self._with_logits:
             record["train/acc"] = 100.0 * values[-2] / total
+        if self._skipped() is not None:  # samples left out of the epoch's batches (unreadable images), all ranks
+            record["train/skipped"] = self._total(self._skipped())
         return record
+
+    def _skipped(self) -> int | None:
+        """Samples of this rank the training loader left out so far this epoch (None: a loader that never does)."""
+        now = getattr(self.train_loader, "skipped", None)
+        return None if now is None else self._skipped_before + now
+
+    def _total(self, count: int) -> int:
+        """``count`` summed over ranks."""
+        total = torch.tensor(float(count), dtype=torch.float64, device=self.ctx.device)
+        all_reduce_sum(total, self.ctx)
+        return int(total.item())
 
     def _step(self, batch: Batch, step: int, watch: "FiniteWatch") -> None:
         """One optimiser step on ``batch``, in ``grad_accum`` parts of near-equal size (each weighted
@@ -399,6 +416,8 @@ class Trainer:
         self._check_finite_state(f"step {step} of epoch {self.epoch}")
         own = {"rng": _rng_state(), "sums": {k: v.cpu() for k, v in self._sums.items()},
                "correct": self._correct.cpu(), "seen": self._seen.cpu()}
+        if self._skipped() is not None:
+            own["skipped"] = self._skipped()
         ranks = _gather_objects(own, self.ctx)
         self.kept = f"step {step} of epoch {self.epoch}"
         if not self.ctx.is_main:
@@ -457,7 +476,8 @@ class Trainer:
     def _log(self, record: dict[str, Any]) -> None:
         if self.quiet:
             return
-        train = {k[6:]: v for k, v in record.items() if k.startswith("train/") and k not in ("train/loss", "train/acc")}
+        train = {k[6:]: v for k, v in record.items() if k.startswith("train/")
+                 and k not in ("train/loss", "train/acc", "train/skipped")}
         losses = ", ".join(f"{k} {v:.4f}" for k, v in train.items() if k in self.loss_names)
         diagnostics = ", ".join(f"{k} {v:.3f}" for k, v in train.items() if k not in self.loss_names)
         names = [*self.eval_loaders, *(f"final/{name}" for name in self.final_loaders)]
@@ -467,7 +487,9 @@ class Trainer:
         train_acc = f"train {record['train/acc']:.2f}%  " if "train/acc" in record else ""
         tqdm.write(f"epoch {record['epoch']:>3}/{self.epochs}  loss {record['train/loss']:.4f} ({losses})  "
                    f"{train_acc}{evals}  lr {record['lr']:.4g}  {record['seconds']:.1f}s"
-                   + (f"  | {diagnostics}" if diagnostics else ""))
+                   + (f"  | {diagnostics}" if diagnostics else "")
+                   + (f"  | {record['train/skipped']} unreadable sample(s) left out" if record.get("train/skipped")
+                      else ""))
 
     def summary(self) -> dict[str, Any]:
         """Last-epoch and best-epoch test value of the selection metric (``test_acc_last``, ...), the
@@ -496,5 +518,9 @@ class Trainer:
             "parameters": sum(p.numel() for p in self.student.parameters()),
             f"final_{m}": {k.split("/")[1]: v for k, v in self.history[-1].items()
                            if k.startswith("final/") and k.endswith(f"/{m}")},
+            # data.on_corrupt: skip: the training samples left out, over the whole run (val_ and test_skipped
+            # above are those of the last evaluation)
+            **({"train_skipped": sum(r.get("train/skipped", 0) for r in self.history)}
+               if "train/skipped" in self.history[-1] else {}),
             "finished": True,
         }

@@ -149,12 +149,20 @@ class CachedTeacher(LookupSource):
         loader = setup.train_loader()
         views = setup.plan.distinct_views
         assert views is not None, "the compatibility rules refuse a cache of unbounded views"
-        logits = torch.stack([predict(teacher, loader.in_order(v)).logits for v in range(views)], dim=1)
-        return cls(loader.data.ids, logits)
+        passes = [predict(teacher, loader.in_order(v)) for v in range(views)]
+        # with data.on_corrupt: skip the loader leaves out the samples whose image cannot be decoded, in every
+        # view (the cache has no mixed views) and in training alike: they are not cached, and never looked up
+        ids = passes[0].sample_ids.cpu()
+        if any(not torch.equal(p.sample_ids.cpu(), ids) for p in passes[1:]):
+            raise ValueError("the teacher's passes over the views of the training split saw different samples")
+        all_ids = loader.data.ids
+        return cls(ids, torch.stack([p.logits for p in passes], dim=1), all_ids[~torch.isin(all_ids, ids)])
 
-    def __init__(self, sample_ids: Tensor, logits: Tensor) -> None:
-        """``logits``: N x V x K for the N samples ``sample_ids`` and their V views (or N x K: one view)."""
+    def __init__(self, sample_ids: Tensor, logits: Tensor, unreadable: Tensor | None = None) -> None:
+        """``logits``: N x V x K for the N samples ``sample_ids`` and their V views (or N x K: one view);
+        ``unreadable``: ids of training samples the loader left out (their images cannot be decoded)."""
         super().__init__()
+        self.unreadable = torch.zeros(0, dtype=torch.long) if unreadable is None else unreadable.cpu().long()
         if logits.dim() == 2:
             logits = logits.unsqueeze(1)
         if logits.dim() != 3 or sample_ids.shape != logits.shape[:1]:
@@ -174,7 +182,7 @@ class CachedTeacher(LookupSource):
     def verify_lookups(self, sample_ids: Tensor, views: int | None) -> None:
         if views is None or views > self.views:
             raise ValueError(f"{self.missing()}: the training plan shows {views or 'unbounded'} views")
-        super().verify_lookups(sample_ids, views)
+        super().verify_lookups(sample_ids[~torch.isin(sample_ids.cpu(), self.unreadable)], views)
 
     def forward(self, batch: Batch) -> Tensor:
         if batch.is_mixed:

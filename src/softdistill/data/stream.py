@@ -5,9 +5,9 @@ nothing decoded; :class:`FileSet` is that of an image folder (one file per sampl
 :mod:`softdistill.data.shards` another.  The batches of
 an epoch are those of the memory loader (:class:`~softdistill.data.loader.EpochBatches`: the same
 global order from (seed, epoch), the same DDP slices, the same views); each batch is decoded by a
-``torch.utils.data.DataLoader`` worker process into uint8 images of one size (a :class:`Decoder`),
-pinned and copied without blocking to a CUDA device, where the crop, flip, mix and the
-normalisation run exactly as in the memory loader (:func:`~softdistill.data.loader.assemble`).
+``torch.utils.data.DataLoader`` worker process into uint8 images of one size (a :class:`Decoder`)
+and cropped and flipped there, pinned and copied without blocking to a CUDA device, where the mix
+and the normalisation run exactly as in the memory loader (:func:`~softdistill.data.loader.assemble`).
 So a stream loader and a memory loader over the same images yield identical batches, and
 workers, ranks and a resumed run agree on every one.
 

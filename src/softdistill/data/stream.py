@@ -149,8 +149,9 @@ class Decoder:
     def stacked(self, arrays: list[np.ndarray]) -> Tensor:
         """H x W x 3 arrays as one uint8 B x 3 x size x size tensor (B may be 0), one copy per array."""
         out = torch.empty((len(arrays), 3, self.size, self.size), dtype=torch.uint8)
+        shared = out.numpy()  # the same memory: Pillow's read-only arrays are copied straight in
         for b, array in enumerate(arrays):
-            out[b].copy_(torch.from_numpy(array).permute(2, 0, 1))
+            shared[b] = array.transpose(2, 0, 1)
         return out
 
 

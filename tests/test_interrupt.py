@@ -54,8 +54,11 @@ def interrupted(tmp_path: Path, pause_at: str, *argv: str) -> tuple[str, str]:
     """Run ``softdistill ARGV`` until it pauses at ``pause_at``, Ctrl-C it; (stdout, stderr), status 130."""
     pauser = tmp_path / "pauser.py"
     pauser.write_text(PAUSER)
+    # SIGINT back to its default in the child: a test run started in the background of a
+    # non-interactive shell (as some CI runners do) inherits it ignored, and Python keeps it so
     process = subprocess.Popen([sys.executable, str(pauser), *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True, env=environment(PAUSE_AT=pause_at), start_new_session=True)
+                               text=True, env=environment(PAUSE_AT=pause_at), start_new_session=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     lines = []
     try:
         for line in process.stdout:

@@ -172,7 +172,7 @@ def fetch(rows: Tensor, views: Tensor, labels: Tensor, ids: Tensor, images_of: C
     gives uint8 images; a mixing plan adds the partners' images, labels, ids and mixing parameters.
     ``place``: apply the views' crop and flip here (a stream worker), not in :func:`assemble`."""
     def placed(images: Tensor, of_ids: Tensor) -> Tensor:
-        return plan.apply_geometry(images, plan.geometry(of_ids, views)) if place and plan is not None else images
+        return plan.place(images, of_ids, views) if place and plan is not None else images
 
     batch_ids = ids[rows]
     images = placed(images_of(rows, views), batch_ids)
@@ -198,7 +198,7 @@ def assemble(fetched: Fetched, transform: BatchTransform, plan: ViewPlan | None,
     # the crop (zero padding) and flip commute exactly with the division by 255: done on the uint8
     # images (here, or already by a stream worker), they move a quarter of the bytes
     def placed(images: Tensor, ids: Tensor) -> Tensor:
-        return plan.apply_geometry(images, plan.geometry(ids, f.views)) if plan is not None and not f.placed else images
+        return plan.place(images, ids, f.views) if plan is not None and not f.placed else images
 
     x = transform.to_unit(placed(f.images, f.ids))
     if plan is not None:

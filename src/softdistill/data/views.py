@@ -246,6 +246,10 @@ class ViewPlan:
         return ViewParams(partner=partner, lam=(1 - area.double() / (h * w)).float(), box=box)
 
     # ------------------------------------------------------------------ images
+    def place(self, images: Tensor, sample_ids: Tensor, views: Tensor) -> Tensor:
+        """``images`` cropped and flipped as the views ``(sample_ids[b], views[b])`` say."""
+        return self.apply_geometry(images, self.geometry(sample_ids, views))
+
     def apply_geometry(self, x: Tensor, params: ViewParams) -> Tensor:
         """Crop and flip images ``x`` (uint8 or float) as ``params`` say (``x`` itself may be flipped in place)."""
         if params.offsets is not None:

@@ -6,13 +6,15 @@ a mid-epoch ``last.pt`` (``train.checkpoint_every``), trains on past it, and is 
 whole process group, stream loader workers included.  ``softdistill train ... --resume`` (a fresh
 process, no pauser) must end with the weights, ``metrics.jsonl`` and ``summary.json`` of a run that
 was never stopped, and find nothing in the run folder (the dead process's lock, a temporary) that
-blocks it.
+blocks it.  The same when only a stream worker is killed: the run stops with a one-paragraph error
+(exit code 2), not a hang, and resumes the same.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -30,13 +32,16 @@ from softdistill.cli import main
 from softdistill.engine.optim import LRSchedule
 
 STEP = int(os.environ["PAUSE_AT_STEP"])
+GO_ON = os.environ.get("GO_ON_FILE")  # the pause ends when this file appears (else after 600 s)
 lr_at = LRSchedule.lr_at
 
 
 def pausing_lr_at(self, step):
     if step == STEP:
         print("PAUSED", flush=True)
-        time.sleep(600)
+        end = time.monotonic() + 600
+        while time.monotonic() < end and not (GO_ON and os.path.exists(GO_ON)):
+            time.sleep(0.05)
     return lr_at(self, step)
 
 
@@ -57,11 +62,11 @@ def environment() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": src, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
 
 
-def write_recipe(folder: Path, root: Path, loader: str) -> Path:
+def write_recipe(folder: Path, root: Path, loader: str, workers: int = 2) -> Path:
     data = {"name": "imagefolder", "root": str(root), "image_size": 8, "val_size": 3, "batch_size": 4,
             "eval_batch_size": 8, "loader": loader, "augment": {"crop_padding": 1, "hflip": True}}
     if loader == "stream":
-        data["workers"] = 2  # worker processes, killed with the run
+        data["workers"] = workers  # worker processes, killed with the run
     recipe = {"name": f"kill-{loader}", "student": "mlp", "epochs": 2, "seed": 1, "data": data,
               "optim": {"lr": 0.1}, "output_dir": str(folder / "runs"),
               "train": {"device": "cpu", "threads": 1, "checkpoint_every": 4}}
@@ -89,19 +94,32 @@ def group_members(pgid: int) -> list[int]:
     return members
 
 
-def killed_mid_epoch(recipe: Path, run_dir: Path, tmp_path: Path) -> list[int]:
-    """Run ``softdistill train recipe`` until it pauses past its mid-epoch checkpoint, check that checkpoint,
-    and kill -9 its whole process group; the pids of the group's other processes at the kill."""
+def paused(recipe: Path, run_dir: Path, tmp_path: Path, pause_at: int = PAUSE_AT_STEP,
+           checkpoint: dict = CHECKPOINT, **env: str) -> subprocess.Popen:
+    """``softdistill train recipe`` (its own process group), paused as global step ``pause_at`` begins, past
+    the mid-epoch ``last.pt`` at ``checkpoint``, which is checked."""
     pauser = tmp_path / "pauser.py"
     pauser.write_text(PAUSER)
     process = subprocess.Popen([sys.executable, str(pauser), "train", str(recipe), "--quiet"], stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True, start_new_session=True,
-                               env={**environment(), "PAUSE_AT_STEP": str(PAUSE_AT_STEP)})
+                               env={**environment(), "PAUSE_AT_STEP": str(pause_at), **env})
     try:
         line = process.stdout.readline()  # blocks until PAUSED, or '' when the process ended
         assert line.strip() == "PAUSED", line + process.stdout.read() + process.stderr.read()
         saved = torch.load(run_dir / "last.pt", map_location="cpu", weights_only=True)
-        assert (saved["epoch"], saved["step"]["step"]) == (CHECKPOINT["epoch"], CHECKPOINT["step"])
+        assert (saved["epoch"], saved["step"]["step"]) == (checkpoint["epoch"], checkpoint["step"])
+    except BaseException:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.communicate(timeout=60)
+        raise
+    return process
+
+
+def killed_mid_epoch(recipe: Path, run_dir: Path, tmp_path: Path) -> list[int]:
+    """Run ``softdistill train recipe`` until it pauses past its mid-epoch checkpoint, and kill -9 its whole
+    process group; the pids of the group's other processes at the kill."""
+    process = paused(recipe, run_dir, tmp_path)
+    try:
         others = [pid for pid in group_members(process.pid) if pid != process.pid]
     finally:
         os.killpg(process.pid, signal.SIGKILL)
@@ -134,10 +152,15 @@ def test_kill_9_mid_epoch_then_resume_ends_bit_identical(tmp_path, loader):
     if loader == "stream":
         assert len(others) >= 2, "the stream loader's workers were not running at the kill"
     assert not (run_dir / "summary.json").exists() and (run_dir / ".lock").exists()  # the dead process's lock
+    assert_resumes_as_if_never_stopped(recipe, run_dir, tmp_path, f"kill-{loader}")
+
+
+def assert_resumes_as_if_never_stopped(recipe: Path, run_dir: Path, tmp_path: Path, name: str) -> None:
+    """``--resume`` ends with the weights, metrics, summary and files of a run of ``recipe`` never stopped."""
     softdistill("train", str(recipe), "--resume")
     reference = tmp_path / "uninterrupted"
     softdistill("train", str(recipe), "-o", f"output_dir={reference}")
-    whole = reference / f"kill-{loader}" / "seed1"
+    whole = reference / name / "seed1"
     resumed, expected = (torch.load(r / "last.pt", map_location="cpu", weights_only=True) for r in (run_dir, whole))
     assert resumed["state_dict"].keys() == expected["state_dict"].keys()
     assert all(torch.equal(resumed["state_dict"][k], expected["state_dict"][k]) for k in expected["state_dict"])
@@ -145,3 +168,32 @@ def test_kill_9_mid_epoch_then_resume_ends_bit_identical(tmp_path, loader):
     left = sorted(p.name for p in run_dir.iterdir())
     assert left == sorted(p.name for p in whole.iterdir()) and ".lock" not in left  # no lock, no temporary
     assert not [name for name in left if name.endswith(".tmp")]
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads process groups from /proc")
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_stream_worker_killed_mid_epoch_stops_the_run_with_its_error_then_resume_ends_bit_identical(tmp_path,
+                                                                                                    workers):
+    # 57 training images in batches of 4: 14 steps an epoch; paused as step 6 begins (last.pt after step 4),
+    # eight batches of the epoch are still to come, more than the workers fetch ahead (2 each)
+    root = write_folder(tmp_path / "folder", per_class=20)
+    recipe = write_recipe(tmp_path, root, "stream", workers=workers)
+    run_dir = tmp_path / "runs" / "kill-stream" / "seed1"
+    go_on = tmp_path / "go-on"
+    process = paused(recipe, run_dir, tmp_path, pause_at=6, checkpoint={"epoch": 0, "step": 4},
+                     GO_ON_FILE=str(go_on))
+    try:
+        worker = min(pid for pid in group_members(process.pid) if pid != process.pid)
+        os.kill(worker, signal.SIGKILL)
+        go_on.touch()
+        _, stderr = process.communicate(timeout=120)  # an error, not a hang
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.communicate(timeout=60)
+    assert process.returncode == 2, stderr
+    assert re.fullmatch(rf"softdistill train: error: epoch 1: a data worker stopped \(process {worker} was killed by "
+                        rf"signal SIGKILL\) and the pass cannot go on \(data.workers: {workers}\)\. .* A run continues "
+                        r"from its last checkpoint with --resume\.\n", stderr), stderr
+    assert not group_members(process.pid), "a worker outlived the run"
+    assert_resumes_as_if_never_stopped(recipe, run_dir, tmp_path, "kill-stream")

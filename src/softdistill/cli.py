@@ -314,13 +314,14 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from softdistill.checkpoint import CheckpointError
     from softdistill.config import ConfigError
     from softdistill.data.sources import DatasetFormatError, DatasetNotFoundError
+    from softdistill.data.stream import DataWorkerError
     from softdistill.engine import NonFiniteLossError, NonFiniteStateError, RunStateError
     from softdistill.engine.distributed import DistributedError
     from softdistill.engine.wrap import CompileError
 
     return (ConfigError, CheckpointError, DatasetNotFoundError, DatasetFormatError, RunStateError,
-            NonFiniteLossError, NonFiniteStateError, FileWriteError, DistributedError, CompileError, ValueError,
-            ImportError)
+            NonFiniteLossError, NonFiniteStateError, FileWriteError, DistributedError, CompileError, DataWorkerError,
+            ValueError, ImportError)
 
 
 def _interrupted_message(command: str, argv: Sequence[str], exc: KeyboardInterrupt) -> str:

@@ -11,7 +11,11 @@ Three parts (``python benchmarks/data_throughput.py PART``), each printing a mar
   and torchvision's ``ImageFolder`` + ``RandomResizedCrop`` + ``RandomHorizontalFlip`` +
   ``PILToTensor`` when torchvision is installed.  One untimed warm-up epoch each, then ``--pairs``
   alternated pairs (baseline epoch, softdistill epoch) in this process; the ratio of each pair,
-  min / median / max.
+  min / median / max, of the speed and of the CPU seconds spent (this process and its workers:
+  less sensitive than wall time to what the machine's neighbours do).
+- ``decode-work``: CPU ms per image of the decode work alone (no DataLoader, no normalisation) in
+  this process, the baseline's per-sample pipeline alternated with softdistill's decoder on the
+  same images: the part of ``decode`` that the machine's scheduling noise touches least.
 - ``memory``: peak RSS (this process + its workers, ``getrusage``) of one training epoch of
   ``--model`` on the stream loader over generated folders of ``--sizes`` images (default 5000 and
   50000), each run in a fresh process: flat means no growth with the size of the data set.
@@ -55,7 +59,7 @@ SCALE, RATIO = (0.08, 1.0), (3 / 4, 4 / 3)
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("part", choices=["decode", "memory", "fmnist", "memory-run"])
+    parser.add_argument("part", choices=["decode", "decode-work", "memory", "fmnist", "memory-run"])
     parser.add_argument("--tiny", action="store_true", help="a smoke test at toy sizes, not a measurement")
     parser.add_argument("--images", type=int, default=2000, help="decode: images in the generated folder")
     parser.add_argument("--classes", type=int, default=100)
@@ -125,11 +129,22 @@ class PillowCrops(Dataset):
         return torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1), self.labels[i]
 
 
+def cpu_seconds() -> float:
+    """CPU time (user + system) of this process and of its children that have ended (workers, once joined)."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
 def images_per_second(batches, normalise) -> float:
-    start, count = time.perf_counter(), 0
+    return measured(batches, normalise)[0]
+
+
+def measured(batches, normalise) -> tuple[float, float]:
+    """Images per second of wall time, and CPU seconds (this process and its workers) per 1000 images."""
+    start, cpu, count = time.perf_counter(), cpu_seconds(), 0
     for x in batches:
         count += len(normalise(x))
-    return count / (time.perf_counter() - start)
+    return count / (time.perf_counter() - start), 1000 * (cpu_seconds() - cpu) / count
 
 
 def decode_part(args: argparse.Namespace, folder: Path) -> str:
@@ -142,16 +157,16 @@ def decode_part(args: argparse.Namespace, folder: Path) -> str:
     files, labels = list(data.train.files), data.train.labels.tolist()
     rows = []
     for workers in [int(w) for w in args.workers.split(",")]:
-        def ours(epoch: int) -> float:
+        def ours(epoch: int) -> tuple[float, float]:
             loader = StreamLoader(data.train, args.batch_size, transform, device=torch.device("cpu"), workers=workers,
                                   shuffle=True, plan=plan, seed=0)
             loader.set_epoch(epoch)
-            return images_per_second((b.x for b in loader), lambda x: x)
+            return measured((b.x for b in loader), lambda x: x)
 
         def baseline(dataset: Dataset) -> Callable:
-            def epoch(_: int) -> float:
+            def epoch(_: int) -> tuple[float, float]:
                 loader = DataLoader(dataset, batch_size=args.batch_size, shuffle=True, num_workers=workers)
-                return images_per_second((x for x, _ in loader), transform)
+                return measured((x for x, _ in loader), transform)
             return epoch
 
         references = [("hand-written DataLoader + Pillow", baseline(PillowCrops(files, labels, args.crop)))]
@@ -166,15 +181,51 @@ def decode_part(args: argparse.Namespace, folder: Path) -> str:
         for name, reference in references:
             reference(0), ours(0)  # warm-up: page cache, worker start-up
             pairs = [(reference(p + 1), ours(p + 1)) for p in range(args.pairs)]
-            ratios = [o / r for r, o in pairs]
-            rows.append(f"| {workers} | {name} | {statistics.median(r for r, _ in pairs):.0f} | "
-                        f"{statistics.median(o for _, o in pairs):.0f} | {min(ratios):.2f} / "
-                        f"{statistics.median(ratios):.2f} / {max(ratios):.2f} |")
+            ratios = [o[0] / r[0] for r, o in pairs]
+            cpu = [r[1] / o[1] for r, o in pairs]  # baseline CPU over ours: > 1 when ours needs less
+            median = statistics.median
+            rows.append(f"| {workers} | {name} | {median(r[0] for r, _ in pairs):.0f} | {median(o[0] for _, o in pairs):.0f} | "
+                        f"{min(ratios):.2f} / {median(ratios):.2f} / {max(ratios):.2f} | "
+                        f"{median(r[1] for r, _ in pairs):.2f} | {median(o[1] for _, o in pairs):.2f} | "
+                        f"{min(cpu):.2f} / {median(cpu):.2f} / {max(cpu):.2f} |")
     head = (f"decode + random resized crop + flip to {args.crop}: {len(files)} JPEGs of {args.side}x{args.side}, "
             f"batch {args.batch_size}, {args.pairs} alternated pairs, {args.threads} thread(s), GLIBC_TUNABLES={TUNABLES}\n\n"
-            "| workers | baseline | baseline img/s (median) | softdistill img/s (median) | ratio min / median / max |\n"
-            "|---|---|---|---|---|")
+            "| workers | baseline | baseline img/s (median) | softdistill img/s (median) | speed ratio min / median / max "
+            "| baseline CPU s / 1000 img | softdistill CPU s / 1000 img | CPU ratio (baseline / ours) min / median / max |\n"
+            "|---|---|---|---|---|---|---|---|")
     return "\n".join([head, *rows])
+
+
+def decode_work_part(args: argparse.Namespace, folder: Path) -> str:
+    """CPU ms per image of the decode work alone, in this process: no DataLoader, no normalisation, so none
+    of the machine's scheduling noise of worker processes.  Sets of 4 batches of random images, the
+    baseline's per-sample Pillow pipeline + ``torch.stack`` alternated with softdistill's
+    ``Decoder.batch`` (crop boxes, decode, resize, flip, copy) on the same rows."""
+    from softdistill.data.stream import Decoder
+
+    train = prepare_data("imagefolder", root=str(folder), image_size=args.crop, val_size=0, loader="stream",
+                         mean=MEAN, std=STD).train
+    decoder = Decoder(args.crop, ViewPlan(seed=0, resized_crop=SCALE, crop_ratio=RATIO, hflip=True))
+    pillow = PillowCrops(list(train.files), train.labels.tolist(), args.crop)
+    n = 4 * args.batch_size
+    times: dict[str, list[float]] = {"baseline": [], "softdistill": []}
+    for rep in range(2 * args.pairs + 1):  # the first set is a warm-up
+        rows = torch.randperm(len(train), generator=torch.Generator().manual_seed(rep))[:n]
+        start = time.process_time()
+        for batch in rows.split(args.batch_size):
+            torch.stack([pillow[i][0] for i in batch.tolist()])
+        middle = time.process_time()
+        for batch in rows.split(args.batch_size):
+            decoder.batch(train, batch, torch.full_like(batch, rep))
+        if rep:
+            times["baseline"].append(1000 * (middle - start) / n)
+            times["softdistill"].append(1000 * (time.process_time() - middle) / n)
+    ratios = [b / o for b, o in zip(times["baseline"], times["softdistill"])]
+    return (f"decode work alone (CPU ms per image, this process), {2 * args.pairs} sets of {n} images, crops of "
+            f"{args.crop}\n\n| baseline ms/img (median) | softdistill ms/img (median) | "
+            "CPU ratio (baseline / ours) min / median / max |\n|---|---|---|\n"
+            f"| {statistics.median(times['baseline']):.3f} | {statistics.median(times['softdistill']):.3f} | "
+            f"{min(ratios):.2f} / {statistics.median(ratios):.2f} / {max(ratios):.2f} |")
 
 
 def memory_run(args: argparse.Namespace) -> None:
@@ -237,8 +288,9 @@ def main() -> int:
         return 0
     with tempfile.TemporaryDirectory() as scratch:
         base = Path(args.data or scratch)
-        if args.part == "decode":
-            print(decode_part(args, write_folder(base / f"decode-{args.images}", args.images, args.classes, args.side)))
+        if args.part in ("decode", "decode-work"):
+            part = decode_part if args.part == "decode" else decode_work_part
+            print(part(args, write_folder(base / f"decode-{args.images}", args.images, args.classes, args.side)))
         elif args.part == "memory":
             print(memory_part(args, base))
         else:

@@ -22,7 +22,7 @@ from softdistill.config import ConfigError, recipe_from_dict
 from softdistill.data.loader import BatchLoader, BatchTransform
 from softdistill.data.prepare import prepare_data
 from softdistill.data.sources import DatasetFormatError
-from softdistill.data.stream import CorruptImageWarning, DataWorkerError, FileSet, StreamLoader
+from softdistill.data.stream import CorruptImageWarning, DataWorkerError, Decoder, FileSet, StreamLoader
 from softdistill.data.views import ViewPlan
 from softdistill.runner import run_recipe
 
@@ -474,6 +474,28 @@ def test_resized_crops_are_the_same_in_any_worker_and_change_with_the_epoch(tmp_
     xs = torch.cat([b.x for b in first])[torch.argsort(ids)]
     assert torch.equal(torch.cat([b.x for b in loader.in_order(0)]), xs)  # epoch 1 shows view 0
     assert not torch.equal(torch.cat([b.x for b in loader.in_order(1)]), xs)
+
+
+@pytest.mark.parametrize("padding", [0, 1])
+def test_a_decoded_view_is_pillows_resize_of_its_box_placed_as_the_memory_loader_places_it(tmp_path, padding):
+    """Against Pillow's crop + bilinear resize of each view's box, then ViewPlan.place (padding crop, then
+    flip), as the memory loader does it: the decoder flips while it copies and mirrors the crop's column."""
+    _, stream = bundles(write_folder(tmp_path))
+    data = stream.train
+    plan = ViewPlan(seed=2, resized_crop=(0.3, 1.0), hflip=True, crop_padding=padding)
+    rows, views = torch.arange(len(data)), torch.arange(len(data)) % 3
+    flips = plan.geometry(data.ids, views).flip
+    assert 0 < flips.sum() < len(rows)
+    resized = []
+    for row, view in zip(rows.tolist(), views.tolist()):
+        with Image.open(data.files[row]) as img:
+            img = img.convert("RGB")
+        top, left, bottom, right = plan.crop_box(data.ids[row:row + 1], torch.tensor([view]), torch.tensor([img.height]),
+                                                 torch.tensor([img.width]))[0].tolist()
+        pixels = np.array(img.resize((8, 8), Image.BILINEAR, box=(left, top, right, bottom)))
+        resized.append(torch.from_numpy(pixels).permute(2, 0, 1))
+    expected = plan.place(torch.stack(resized), data.ids, views)
+    assert torch.equal(Decoder(8, plan).batch(data, rows, views), expected)
 
 
 def test_evaluation_resizes_the_shorter_side_and_crops_the_centre(tmp_path):

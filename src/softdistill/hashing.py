@@ -17,7 +17,7 @@ import os
 import torch
 from torch import Tensor
 
-__all__ = ["mix31", "hash_keys", "hash_uniform", "hash_below", "data_fingerprint", "sha256_of"]
+__all__ = ["mix31", "hash_keys", "hash_uniform", "to_uniform", "hash_below", "data_fingerprint", "sha256_of"]
 
 MASK31 = 2**31 - 1
 _GOLDEN = 0x9E3779B  # odd 28-bit constant: spreads consecutive keys before mixing
@@ -45,7 +45,12 @@ def hash_keys(*keys: Tensor | int) -> Tensor:
 
 def hash_uniform(*keys: Tensor | int) -> Tensor:
     """Uniform float64 numbers in (0, 1), one per element of the broadcast keys (31-bit resolution)."""
-    return (hash_keys(*keys).double() + 0.5) / 2**31
+    return to_uniform(hash_keys(*keys))
+
+
+def to_uniform(hashes: Tensor) -> Tensor:
+    """31-bit hashes as uniform float64 numbers in (0, 1)."""
+    return (hashes.double() + 0.5) / 2**31
 
 
 def hash_below(n: int | Tensor, *keys: Tensor | int) -> Tensor:

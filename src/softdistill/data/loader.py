@@ -167,22 +167,20 @@ class Fetched:
 
 
 def fetch(rows: Tensor, views: Tensor, labels: Tensor, ids: Tensor, images_of: Callable[[Tensor, Tensor], Tensor],
-          plan: ViewPlan | None, place: bool = False) -> Fetched:
+          plan: ViewPlan | None, placed: bool = False) -> Fetched:
     """What the batch of views ``views`` of the samples at ``rows`` needs: ``images_of(rows, views)``
     gives uint8 images; a mixing plan adds the partners' images, labels, ids and mixing parameters.
-    ``place``: apply the views' crop and flip here (a stream worker), not in :func:`assemble`."""
-    def placed(images: Tensor, of_ids: Tensor) -> Tensor:
-        return plan.place(images, of_ids, views) if place and plan is not None else images
-
+    ``placed``: ``images_of`` gives the views' crop and flip already (a stream decoder), not left to
+    :func:`assemble`."""
     batch_ids = ids[rows]
-    images = placed(images_of(rows, views), batch_ids)
+    images = images_of(rows, views)
     fetched = Fetched(images, labels[rows.to(labels.device, non_blocking=True)], batch_ids, views,
-                      placed=place and plan is not None)
+                      placed=placed and plan is not None)
     if plan is None or not plan.mixes:
         return fetched
     mixing = plan.mixing(batch_ids, views, rows, len(ids), tuple(images.shape[-2:]))
     partner = mixing.partner
-    fetched.partner_images = placed(images_of(partner, views), ids[partner])
+    fetched.partner_images = images_of(partner, views)
     fetched.partner_labels = labels[partner.to(labels.device, non_blocking=True)]
     fetched.partner_ids = ids[partner]
     fetched.mixing = mixing

@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from scipy.special import betaincinv
 from torch import Tensor
 
-from softdistill.hashing import hash_below, hash_uniform
+from softdistill.hashing import hash_below, hash_keys, hash_uniform, to_uniform
 
 __all__ = ["ViewPlan", "ViewParams", "crop", "hflip_", "check_resized_crop", "MIX_KINDS", "RESIZED_CROP_ATTEMPTS"]
 
@@ -170,12 +170,13 @@ class ViewPlan:
         """Crop offsets and flips of the views ``(sample_ids[b], views[b])``."""
         ids, views = sample_ids.cpu().long(), views.cpu().long()
         offsets = flip = None
-        if self.crop_padding:
-            span = 2 * self.crop_padding + 1
-            offsets = torch.stack([hash_below(span, self.seed, ids, views, _CROP_ROW),
-                                   hash_below(span, self.seed, ids, views, _CROP_COL)], dim=1)
-        if self.hflip:
-            flip = hash_uniform(self.seed, ids, views, _FLIP) < 0.5
+        if self.crop_padding or self.hflip:
+            # the three streams in one hash (the same numbers as three calls, a third of the small ops)
+            row, col, flip_key = hash_keys(self.seed, ids, views, torch.tensor([[_CROP_ROW], [_CROP_COL], [_FLIP]]))
+            if self.crop_padding:
+                offsets = torch.stack([row, col], dim=1) % (2 * self.crop_padding + 1)  # as hash_below
+            if self.hflip:
+                flip = to_uniform(flip_key) < 0.5
         return ViewParams(offsets=offsets, flip=flip)
 
     def crop_box(self, sample_ids: Tensor, views: Tensor, heights: Tensor, widths: Tensor) -> Tensor:
@@ -190,20 +191,17 @@ class ViewPlan:
         assert self.resized_crop is not None
         ids, views = sample_ids.cpu().long(), views.cpu().long()
         h_img, w_img = heights.cpu().long(), widths.cpu().long()
-        attempts = torch.arange(RESIZED_CROP_ATTEMPTS).view(-1, 1)
-        first = _RESIZED_CROP + 4 * attempts
-
-        def uniform(k: int) -> Tensor:
-            return hash_uniform(self.seed, ids, views, first + k)  # attempts x B
+        streams = _RESIZED_CROP + 4 * torch.arange(RESIZED_CROP_ATTEMPTS).view(1, -1, 1) + torch.arange(4).view(4, 1, 1)
+        u_area, u_ratio, u_top, u_left = hash_uniform(self.seed, ids, views, streams)  # each attempts x B
 
         (s_lo, s_hi), (r_lo, r_hi) = self.resized_crop, self.crop_ratio
-        area = (h_img * w_img).double() * (s_lo + (s_hi - s_lo) * uniform(0))
-        ratio = torch.exp(math.log(r_lo) + (math.log(r_hi) - math.log(r_lo)) * uniform(1))
+        area = (h_img * w_img).double() * (s_lo + (s_hi - s_lo) * u_area)
+        ratio = torch.exp(math.log(r_lo) + (math.log(r_hi) - math.log(r_lo)) * u_ratio)
         w = torch.sqrt(area * ratio).round().long()
         h = torch.sqrt(area / ratio).round().long()
         fits = (w > 0) & (w <= w_img) & (h > 0) & (h <= h_img)
-        top = (uniform(2) * (h_img - h + 1).clamp_min(1)).floor().long()
-        left = (uniform(3) * (w_img - w + 1).clamp_min(1)).floor().long()
+        top = (u_top * (h_img - h + 1).clamp_min(1)).floor().long()
+        left = (u_left * (w_img - w + 1).clamp_min(1)).floor().long()
         found = fits.any(0)
         first_fit = fits.double().argmax(0).view(1, -1)
         # the fall-back: the whole image, its ratio clamped into the range, centred

@@ -14,7 +14,7 @@ import yaml
 
 from softdistill.checkpoint import load_checkpoint, save_checkpoint
 from softdistill.cli import build_parser, main
-from softdistill.engine.distributed import resolve_device
+from softdistill.runtime.distributed import resolve_device
 from softdistill.experiments import write_report
 
 SYNTHETIC = {"name": "syn", "student": "mlp", "epochs": 2, "data": {"name": "synthetic", "val_size": 100, "batch_size": 50},

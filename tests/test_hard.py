@@ -16,7 +16,7 @@ from softdistill.augment.vae import ConvVAE
 from softdistill.checkpoint import load_checkpoint, save_checkpoint
 from softdistill.config import ConfigError, recipe_from_dict
 from softdistill.data.shifts import rotate, translate
-from softdistill.engine import shutdown_distributed
+from softdistill.runtime import shutdown_distributed
 from softdistill.losses import kd_loss, teacher_student_divergence
 from softdistill.methods.hard import GRID_FILE, HardKD
 from softdistill.models import build_model

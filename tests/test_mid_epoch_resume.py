@@ -99,7 +99,7 @@ def test_a_mid_epoch_checkpoint_resumes_only_with_as_many_processes(tmp_path, ru
 
 def _ddp_worker(rank, port, folder, checkpoint_every, kill_at, resume):
     """One of two ranks training ``synthetic(folder)``; with ``kill_at``, interrupted as that step begins."""
-    from softdistill.engine import shutdown_distributed
+    from softdistill.runtime import shutdown_distributed
     from softdistill.engine.optim import LRSchedule
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2", RANK=str(rank),

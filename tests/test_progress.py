@@ -5,8 +5,8 @@ import sys
 
 from tqdm.auto import tqdm
 
-from softdistill.engine import progress
-from softdistill.engine.progress import LogLines, progress_bar, tracked
+from softdistill.runtime import progress
+from softdistill.runtime.progress import LogLines, progress_bar, tracked
 
 
 class Terminal(io.StringIO):

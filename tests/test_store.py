@@ -228,7 +228,7 @@ def _label_worker(rank, world_size, port, recipe_path):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world_size), RANK=str(rank),
                       LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
-    from softdistill.engine import shutdown_distributed
+    from softdistill.runtime import shutdown_distributed
 
     try:
         label_store(load_label_recipe(recipe_path), quiet=True)

@@ -17,7 +17,7 @@ from softdistill.atomic import FileWriteError
 from softdistill.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from softdistill.config import ConfigError, recipe_from_dict
 from softdistill.engine import NonFiniteLossError, RunStateError
-from softdistill.engine.distributed import DEFAULT_DIST_TIMEOUT, dist_timeout
+from softdistill.runtime.distributed import DEFAULT_DIST_TIMEOUT, dist_timeout
 from softdistill.runner import run_recipe
 
 
@@ -262,7 +262,7 @@ def _ddp_worker(rank, world_size, port, tmp, changes):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world_size),
                       RANK=str(rank), LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
-    from softdistill.engine import shutdown_distributed
+    from softdistill.runtime import shutdown_distributed
 
     try:
         run_recipe(make_recipe(tmp, **changes), quiet=True)

@@ -12,7 +12,7 @@ from softdistill.config import ConfigError, load_recipe, recipe_from_dict
 from softdistill.data.loader import BatchLoader, BatchTransform, TensorSet
 from softdistill.data.prepare import prepare_data
 from softdistill.data.views import ViewPlan
-from softdistill.engine import DistContext
+from softdistill.runtime import DistContext
 from softdistill.engine.wrap import unwrap, wrap
 from softdistill.experiments import compare
 from softdistill.hashing import hash_uniform

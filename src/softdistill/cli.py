@@ -164,8 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from softdistill.config import ConfigError, load_recipe, read_recipe_file
-    from softdistill.engine import shutdown_distributed
-    from softdistill.engine.distributed import lost_rank_errors
+    from softdistill.runtime import shutdown_distributed
+    from softdistill.runtime.distributed import lost_rank_errors
     from softdistill.runner import run_recipe
 
     overrides = args.override + ([f"seed={args.seed}"] if args.seed is not None else [])
@@ -201,7 +201,7 @@ def _cmd_train_vae(args: argparse.Namespace) -> int:
 
 def _cmd_label(args: argparse.Namespace) -> int:
     from softdistill.config import load_label_recipe
-    from softdistill.engine import shutdown_distributed
+    from softdistill.runtime import shutdown_distributed
     from softdistill.runner import run_recipe
 
     recipe = load_label_recipe(args.recipe, args.override + ([f"seed={args.seed}"] if args.seed is not None else []))
@@ -316,7 +316,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from softdistill.data.sources import DatasetFormatError, DatasetNotFoundError
     from softdistill.data.stream import DataWorkerError
     from softdistill.engine import NonFiniteLossError, NonFiniteStateError, RunStateError
-    from softdistill.engine.distributed import DistributedError
+    from softdistill.runtime.distributed import DistributedError
     from softdistill.engine.wrap import CompileError
 
     return (ConfigError, CheckpointError, DatasetNotFoundError, DatasetFormatError, RunStateError,

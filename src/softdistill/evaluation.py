@@ -11,8 +11,9 @@ from softdistill.data.loader import BatchTransform, TensorSet
 from softdistill.data.prepare import prepare_from_spec
 from softdistill.data.shifts import ood_set, parse_ood_specs
 from softdistill.data.stream import StreamSet, split_loader
-from softdistill.engine import DistContext, evaluate
-from softdistill.engine.distributed import resolve_device
+from softdistill.engine import evaluate
+from softdistill.runtime import DistContext
+from softdistill.runtime.distributed import resolve_device
 
 __all__ = ["evaluate_checkpoint", "evaluate_on_sets"]
 

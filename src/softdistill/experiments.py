@@ -25,7 +25,7 @@ from softdistill.config import Recipe, dependency_recipe, load_recipe
 from softdistill.data.loader import TensorSet
 from softdistill.data.prepare import prepare_from_spec
 from softdistill.data.shifts import ood_set, parse_ood_spec
-from softdistill.engine.progress import ProgressBar, progress_bar
+from softdistill.runtime.progress import ProgressBar, progress_bar
 from softdistill.evaluation import evaluate_on_sets
 from softdistill.report import (aggregate_runs, format_final_markdown, format_markdown, plot_curves, plot_diagnostics,
                                 write_csv)

@@ -27,8 +27,9 @@ from softdistill.data.prepare import DataBundle, prepare_from_spec
 from softdistill.data.shifts import ood_sets
 from softdistill.data.stream import StreamLoader, StreamSet, split_loader
 from softdistill.data.views import ViewPlan
-from softdistill.engine import DistContext, LRSchedule, Trainer, build_optimizer, init_distributed
-from softdistill.engine.distributed import all_reduce_sum, resolve_device
+from softdistill.engine import LRSchedule, Trainer, build_optimizer
+from softdistill.runtime import DistContext, init_distributed
+from softdistill.runtime.distributed import all_reduce_sum, resolve_device
 from softdistill.engine.predict import autocast
 from softdistill.engine.wrap import has_4d_weights, wrap
 from softdistill.methods import method_class

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from softdistill.engine.distributed import DistContext, all_reduce_sum
+from softdistill.runtime.distributed import DistContext, all_reduce_sum
 from softdistill.types import Batch
 
 __all__ = ["Predictions", "predict", "evaluate", "classification_sums", "autocast"]

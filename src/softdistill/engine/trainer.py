@@ -51,10 +51,10 @@ from tqdm.auto import tqdm
 from softdistill.atomic import ensure_folder, remove_stale_temporaries
 from softdistill.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from softdistill.data.loader import EpochBatches
-from softdistill.engine.distributed import DistContext, all_reduce_min, all_reduce_sum, barrier
+from softdistill.runtime.distributed import DistContext, all_reduce_min, all_reduce_sum, barrier
 from softdistill.engine.optim import LRSchedule
 from softdistill.engine.predict import autocast, classification_sums, evaluate
-from softdistill.engine.progress import progress_bar
+from softdistill.runtime.progress import progress_bar
 from softdistill.engine.wrap import compile_errors, unwrap
 from softdistill.runs import RunStateError, config_differences, resume_checkpoint, write_text_atomic
 from softdistill.types import Batch, StepOutput

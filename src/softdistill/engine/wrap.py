@@ -20,7 +20,7 @@ from torch.distributed.nn.functional import all_reduce
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.parallel import DistributedDataParallel
 
-from softdistill.engine.distributed import DistContext
+from softdistill.runtime.distributed import DistContext
 
 __all__ = ["wrap", "unwrap", "CompileError", "compile_errors", "has_4d_weights", "COMPILE_KEYS", "GlobalBatchNorm",
            "global_batchnorm"]

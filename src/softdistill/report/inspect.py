@@ -35,9 +35,9 @@ from softdistill.checkpoint import FORMAT as CHECKPOINT_FORMAT
 from softdistill.checkpoint import CheckpointError, check_model_fits, load_checkpoint, model_from_checkpoint
 from softdistill.data.loader import BatchLoader, BatchTransform, TensorSet
 from softdistill.data.prepare import DataBundle, prepare_from_spec
-from softdistill.engine.distributed import resolve_device
+from softdistill.runtime.distributed import resolve_device
 from softdistill.engine.predict import predict
-from softdistill.engine.progress import tracked
+from softdistill.runtime.progress import tracked
 from softdistill.metrics.bias_variance import regularization_stats
 from softdistill.metrics.ordering import order_concordance, top2_hit_rate
 from softdistill.metrics.soft_labels import (ambiguity_matrix, calibration_bins, expected_calibration_error,

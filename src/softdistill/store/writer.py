@@ -24,8 +24,8 @@ import torch
 from torch import Tensor
 
 from softdistill.atomic import FileWriteError, remove_stale_temporaries, write_text_atomic
-from softdistill.engine.distributed import DistContext, all_reduce_sum, barrier
-from softdistill.engine.progress import progress_bar
+from softdistill.runtime.distributed import DistContext, all_reduce_sum, barrier
+from softdistill.runtime.progress import progress_bar
 from softdistill.runs import config_differences
 from softdistill.store.encoding import Encoding
 from softdistill.store.format import (DISK_FULL, FORMAT, MANIFEST, SAMPLES, StoreError, WriterLock, data_fingerprint,

@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from softdistill.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
 from softdistill.compatibility import ANY_VIEW, INPUT_GRAD, MIXED, ONLINE
-from softdistill.engine.distributed import DistContext
+from softdistill.runtime.distributed import DistContext
 from softdistill.engine.predict import predict
 from softdistill.engine.wrap import wrap
 from softdistill.targets.base import (Dependency, LookupSource, SoftLabelSource, SourceConfig, SourceSetup,

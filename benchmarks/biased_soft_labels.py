@@ -220,7 +220,7 @@ def write_markdown(sbt: dict, cells: dict, noise: dict, inc: dict, seeds: list[i
     lines += ["", "## 2. Partial labels: unreliability × ambiguity", "",
               "Candidate sets of exactly 2 classes, soft label 1/2 on each; the true class is left out with "
               "probability Δ, the confusing class (a + 1) mod 10 is in the set of class a with probability γ "
-              "(`softdistill.targets.weak.partial_labels`). Student: candidate-set loss, k = 2. Each cell: test "
+              "(`softdistill.soft_labels.weak.partial_labels`). Student: candidate-set loss, k = 2. Each cell: test "
               "accuracy (%), then the measured Δ2 / γ2 (mean over seeds); ✓ where the measured Δ2 + γ2 < 1.", "",
               "| Δ \\ γ | " + " | ".join(f"{g:g}" for g in GRID_GAMMA) + " |",
               "|---|" + "---:|" * len(GRID_GAMMA)]

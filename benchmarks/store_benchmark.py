@@ -39,8 +39,8 @@ from softdistill.methods import method_class
 from softdistill.models import build_model
 from softdistill.store import Encoding, Store, write_store
 from softdistill.store.writer import human_bytes
-from softdistill.targets.store import StoredSoftLabels
-from softdistill.targets.teacher import FrozenTeacher
+from softdistill.soft_labels.store import StoredSoftLabels
+from softdistill.soft_labels.teacher import FrozenTeacher
 
 CLASSES, SIZE = 100, 32
 IMAGENET = 1_281_167

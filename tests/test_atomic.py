@@ -12,7 +12,7 @@ import torch
 from softdistill.atomic import (FileWriteError, ensure_folder, remove_stale_temporaries, torch_save_atomic,
                                 write_atomic, write_text_atomic)
 from softdistill.checkpoint import load_checkpoint, save_checkpoint
-from softdistill.targets.table import load_soft_labels, save_soft_labels
+from softdistill.soft_labels.table import load_soft_labels, save_soft_labels
 
 
 class DiskFullAfter:

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 import torch
 
-from softdistill.data import sources
-from softdistill.data.sources import (DATASETS, DatasetFormatError, DatasetNotFoundError, RawSplit, load_split)
+from softdistill.data import datasets as sources
+from softdistill.data.datasets import (DATASETS, DatasetFormatError, DatasetNotFoundError, RawSplit, load_split)
 from softdistill.data.splits import per_class_subset, stratified_split
 
 IDX_NAMES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),

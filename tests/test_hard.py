@@ -21,7 +21,7 @@ from softdistill.losses import kd_loss, teacher_student_divergence
 from softdistill.methods.hard import GRID_FILE, HardKD
 from softdistill.models import build_model
 from softdistill.runner import run_recipe
-from softdistill.targets import CachedTeacher, Dependency, FrozenTeacher
+from softdistill.soft_labels import CachedTeacher, Dependency, FrozenTeacher
 from softdistill.types import Batch, InputSpec, MethodContext
 
 MEAN, STD = (0.3,), (0.4,)

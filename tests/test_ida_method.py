@@ -10,7 +10,7 @@ from softdistill.data.views import ViewPlan
 from softdistill.losses import kd_loss, mixed_cross_entropy
 from softdistill.methods import method_class
 from softdistill.models import build_model
-from softdistill.targets import CachedTeacher
+from softdistill.soft_labels import CachedTeacher
 from softdistill.types import Batch
 
 LABELS = torch.tensor([0, 1, 2, 3, 4, 0, 1, 2])

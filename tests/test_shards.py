@@ -13,7 +13,7 @@ from softdistill.data.loader import BatchLoader, BatchTransform
 from softdistill.data.prepare import prepare_data
 from softdistill.data.shards import (MANIFEST, PROGRESS, PackError, ShardLimit, pack_imagefolder, parse_shard_size,
                                      plan_shards, shard_split, verify_pack)
-from softdistill.data.sources import DatasetFormatError, DatasetNotFoundError
+from softdistill.data.datasets import DatasetFormatError, DatasetNotFoundError
 from softdistill.data.stream import CorruptImageWarning, StreamLoader
 from softdistill.data.views import ViewPlan
 from softdistill.hashing import data_fingerprint

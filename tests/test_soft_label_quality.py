@@ -16,8 +16,8 @@ from softdistill.metrics import (ambiguity_degree, ambiguity_matrix, calibration
 from softdistill.methods.sbt import sbt_distractors, sbt_losses
 from softdistill.methods.softlabel import candidate_set_loss
 from softdistill.runner import run_recipe
-from softdistill.targets.table import SoftLabelTable, load_soft_labels, save_soft_labels
-from softdistill.targets.weak import incomplete_labels, noisy_labels, partial_labels, pseudo_labels
+from softdistill.soft_labels.table import SoftLabelTable, load_soft_labels, save_soft_labels
+from softdistill.soft_labels.weak import incomplete_labels, noisy_labels, partial_labels, pseudo_labels
 from softdistill.types import Batch
 
 # Four classes; class 3 never occurs.  Rows: (soft label, true class)
@@ -396,7 +396,7 @@ def _weak_file_setup(tmp_path, labels, ids=None):
     from softdistill.data.loader import TensorSet
     from softdistill.data.prepare import DataBundle
     from softdistill.data.views import ViewPlan
-    from softdistill.targets import SourceSetup
+    from softdistill.soft_labels import SourceSetup
 
     train = TensorSet(torch.zeros(len(labels), 1, 4, 4, dtype=torch.uint8), labels, ids)
     data = DataBundle("synthetic", train, None, train, tuple(str(c) for c in range(10)), (0.5,), (0.25,))
@@ -405,8 +405,8 @@ def _weak_file_setup(tmp_path, labels, ids=None):
 
 
 def test_weak_file_must_match_the_training_labels(tmp_path, many_labels):
-    from softdistill.targets import source_class
-    from softdistill.targets.weak import WeakConfig, WeakTable
+    from softdistill.soft_labels import source_class
+    from softdistill.soft_labels.weak import WeakConfig, WeakTable
 
     assert source_class("weak") is WeakTable
     labels = many_labels[:50]

@@ -22,7 +22,7 @@ from softdistill.experiments import packaged_recipes, threads_per_job, usable_co
 from softdistill.runner import label_store, run_recipe
 from softdistill.isotonic import isotonic_logits
 from softdistill.metrics import order_concordance, top2_hit_rate
-from softdistill.targets import CachedTeacher, load_teacher
+from softdistill.soft_labels import CachedTeacher, load_teacher
 from softdistill.types import Batch, StepOutput
 from test_cli import write_recipe
 from test_training import assert_same_weights, make_recipe as training_recipe, weights

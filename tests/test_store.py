@@ -27,7 +27,7 @@ from softdistill.report.inspect import inspect_soft_labels
 from softdistill.runner import label_store, run_recipe
 from softdistill.store import Encoding, Store, StoreError, topk_encode, topk_logits
 from softdistill.store.format import LOCK
-from softdistill.targets.store import data_problems
+from softdistill.soft_labels.store import data_problems
 
 DATA = {"name": "synthetic", "val_size": 100, "batch_size": 50, "eval_batch_size": 50}
 CROP_FLIP = {"crop_padding": 1, "hflip": True}

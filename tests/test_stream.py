@@ -21,7 +21,7 @@ from softdistill.checkpoint import load_checkpoint
 from softdistill.config import ConfigError, recipe_from_dict
 from softdistill.data.loader import BatchLoader, BatchTransform
 from softdistill.data.prepare import prepare_data
-from softdistill.data.sources import DatasetFormatError
+from softdistill.data.datasets import DatasetFormatError
 from softdistill.data.stream import CorruptImageWarning, DataWorkerError, Decoder, FileSet, StreamLoader
 from softdistill.data.views import ViewPlan
 from softdistill.runner import run_recipe
@@ -315,7 +315,7 @@ def test_a_cached_teacher_caches_the_readable_samples_and_the_run_never_asks_for
 
     with pytest.warns(CorruptImageWarning, match="a pass over 15 samples in order \\(view 1\\)"):
         trainer, _ = build_trainer(student, quiet=True)
-    cache = trainer.method.teacher
+    cache = trainer.method.soft_labels
     assert sorted(cache.unreadable.tolist()) == sorted(bad_ids.tolist()) and len(cache.ids) == 13
     assert not torch.isin(cache.ids.cpu(), bad_ids).any() and cache.lookups_verified
     with pytest.warns(CorruptImageWarning):

@@ -4,7 +4,7 @@ import pytest
 import torch
 import yaml
 
-import softdistill.targets.teacher as teacher_module
+import softdistill.soft_labels.teacher as teacher_module
 from softdistill.checkpoint import CheckpointError, load_checkpoint
 from softdistill.config import recipe_from_dict
 from softdistill.engine import RunStateError
@@ -12,7 +12,7 @@ from softdistill.losses import wsl_loss
 from softdistill.methods import method_class
 from softdistill.models import build_model
 from softdistill.runner import run_recipe
-from softdistill.targets import FrozenTeacher
+from softdistill.soft_labels import FrozenTeacher
 from softdistill.types import Batch
 
 DATA = {"name": "synthetic", "val_size": 100, "batch_size": 50}
@@ -98,8 +98,8 @@ def test_teacher_stays_in_eval_mode_unless_asked_for_the_batchnorm_quirk():
     cls = method_class("wsl")
     method = cls(cls.Config(), build_model("mlp", 10, 1, 8), 10, _teacher_module())
     method.train()
-    assert method.student.training and not method.teacher.training
-    assert not any(m.training for m in method.teacher.model.modules())
+    assert method.student.training and not method.soft_labels.training
+    assert not any(m.training for m in method.soft_labels.model.modules())
     quirky = FrozenTeacher(build_model("cnn-small", 10, 1, 8), batchnorm_train_mode=True)
     quirky.train()
     bns = [m for m in quirky.model.modules() if isinstance(m, torch.nn.BatchNorm2d)]

@@ -144,7 +144,7 @@ def test_truncated_and_foreign_checkpoints_are_clear_errors(tmp_path):
     with pytest.raises(CheckpointError, match="not a softdistill checkpoint"):
         load_checkpoint(foreign)
     # a checkpoint of another model used as a teacher of the wrong class count
-    from softdistill.targets import load_teacher
+    from softdistill.soft_labels import load_teacher
 
     with pytest.raises(CheckpointError, match="predicts 10 classes but the data has 100"):
         load_teacher(last, 100, 1, [0.0], [1.0])

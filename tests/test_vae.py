@@ -15,7 +15,7 @@ from softdistill.engine import RunStateError
 from softdistill.experiments import packaged_recipes
 from softdistill.config import load_vae_recipe
 from softdistill.runner import product_of, run_recipe
-from softdistill.targets import Dependency
+from softdistill.soft_labels import Dependency
 
 TINY = packaged_recipes("hard") / "vae-tiny.yaml"
 

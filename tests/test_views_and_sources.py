@@ -17,7 +17,7 @@ from softdistill.engine.wrap import unwrap, wrap
 from softdistill.experiments import compare
 from softdistill.hashing import hash_uniform
 from softdistill.runner import run_recipe
-from softdistill.targets.table import save_soft_labels
+from softdistill.soft_labels.table import save_soft_labels
 
 DATA = {"name": "synthetic", "val_size": 100, "batch_size": 50}
 

@@ -19,7 +19,7 @@ from typing import Any
 from softdistill.checkpoint import CheckpointError
 from softdistill.config import RunRecipe, dependency_recipe
 from softdistill.runs import RunInterrupted, check_same_recipe, run_dir_state
-from softdistill.targets.base import Dependency
+from softdistill.soft_labels.base import Dependency
 
 __all__ = ["resolve_product", "PRODUCTS"]
 

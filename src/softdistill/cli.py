@@ -234,7 +234,7 @@ def _cmd_store(args: argparse.Namespace) -> int:
 
 def _cmd_data(args: argparse.Namespace) -> int:
     from softdistill.data.shards import pack_imagefolder, parse_shard_size, verify_pack
-    from softdistill.data.sources import DatasetFormatError
+    from softdistill.data.datasets import DatasetFormatError
 
     if args.data_command == "verify":
         if problems := verify_pack(args.folder):
@@ -313,7 +313,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from softdistill.atomic import FileWriteError
     from softdistill.checkpoint import CheckpointError
     from softdistill.config import ConfigError
-    from softdistill.data.sources import DatasetFormatError, DatasetNotFoundError
+    from softdistill.data.datasets import DatasetFormatError, DatasetNotFoundError
     from softdistill.data.stream import DataWorkerError
     from softdistill.engine import NonFiniteLossError, NonFiniteStateError, RunStateError
     from softdistill.runtime.distributed import DistributedError

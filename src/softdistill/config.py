@@ -42,8 +42,8 @@ from softdistill.engine.wrap import COMPILE_KEYS
 from softdistill.methods import MethodConfig, method_class, method_config_class
 from softdistill.methods.base import registry as method_registry
 from softdistill.registry import Registry
-from softdistill.targets import Dependency, SourceConfig, source_class
-from softdistill.targets.base import source_registry
+from softdistill.soft_labels import Dependency, SourceConfig, source_class
+from softdistill.soft_labels.base import source_registry
 
 __all__ = [
     "ConfigError",

@@ -38,9 +38,9 @@ from softdistill.runs import (RunInterrupted, RunStateError, check_same_recipe, 
                              recipe_differences, run_dir_state, write_text_atomic)
 from softdistill.store import Encoding, write_store
 from softdistill.store.format import sha256_of
-from softdistill.targets import SoftLabelSource, SourceSetup, source_class
-from softdistill.targets.base import Dependency
-from softdistill.targets.store import DATA_IDENTITY
+from softdistill.soft_labels import SoftLabelSource, SourceSetup, source_class
+from softdistill.soft_labels.base import Dependency
+from softdistill.soft_labels.store import DATA_IDENTITY
 from softdistill.types import Batch, InputSpec, MethodContext
 from softdistill.vae_training import VAETask
 

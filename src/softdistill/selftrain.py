@@ -3,7 +3,7 @@
 Round 0 is a recipe with ``soft_labels: {source: weak, kind: incomplete, labelled_fraction: f}`` (one-hot rows for the
 labelled part, empty rows elsewhere) and the ``soft-label`` method.  After round r, the final
 student of round r predicts every training image; its soft predictions replace the empty rows
-(labelled rows keep their labels, :func:`softdistill.targets.weak.pseudo_labels`), the table is
+(labelled rows keep their labels, :func:`softdistill.soft_labels.weak.pseudo_labels`), the table is
 written to ``RUN_DIR_r/pseudo_labels.pt`` (a soft-label file) and round r + 1 trains a fresh
 student on it (``soft_labels: {source: weak, kind: file, path: ...}``).  Runs are named ``NAME-rR``.
 """
@@ -20,9 +20,9 @@ from softdistill.data.loader import BatchLoader, BatchTransform
 from softdistill.engine.predict import predict
 from softdistill.runner import load_data, run_recipe
 from softdistill.runs import check_same_recipe, run_dir_state
-from softdistill.targets import load_teacher
-from softdistill.targets.table import save_soft_labels
-from softdistill.targets.weak import incomplete_labels, pseudo_labels
+from softdistill.soft_labels import load_teacher
+from softdistill.soft_labels.table import save_soft_labels
+from softdistill.soft_labels.weak import incomplete_labels, pseudo_labels
 
 __all__ = ["self_training"]
 

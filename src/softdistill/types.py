@@ -91,7 +91,7 @@ class InputSpec:
 class MethodContext:
     """What a method may need from its run beyond its hyper-parameters.
 
-    ``resolve_artifact(dependency)`` turns a :class:`~softdistill.targets.base.Dependency` the
+    ``resolve_artifact(dependency)`` turns a :class:`~softdistill.soft_labels.base.Dependency` the
     method's settings name (a path relative to the recipe's folder) into the file it means: a
     checkpoint is returned as it is; a recipe of something the method uses (e.g. a VAE recipe) is
     trained once, under the run's machine settings, and the path of its product returned.

@@ -2,7 +2,7 @@
 
 from softdistill.data.loader import BatchLoader, BatchTransform, TensorSet
 from softdistill.data.prepare import DataBundle, prepare_data
-from softdistill.data.sources import DATASETS, DatasetFormatError, DatasetNotFoundError, RawSplit, load_split
+from softdistill.data.datasets import DATASETS, DatasetFormatError, DatasetNotFoundError, RawSplit, load_split
 from softdistill.data.shifts import (OOD_KINDS, OODSpec, gaussian_blur, gaussian_noise, ood_set, ood_sets, parse_ood_spec,
                                      parse_ood_specs, rotate, translate)
 from softdistill.data.splits import per_class_subset, stratified_split

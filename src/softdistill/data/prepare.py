@@ -12,7 +12,7 @@ from torch import Tensor
 
 from softdistill.data.loader import TensorSet, pixel_stats
 from softdistill.data.shards import shard_split
-from softdistill.data.sources import DATASETS, load_split
+from softdistill.data.datasets import DATASETS, load_split
 from softdistill.data.stream import StreamSet, decode_all, folder_split, sample_stats
 from softdistill.data.splits import per_class_subset, stratified_split
 

@@ -43,7 +43,7 @@ from tqdm.auto import tqdm
 
 from softdistill.atomic import ensure_folder, write_atomic, write_text_atomic
 from softdistill.data.loader import checked_ids
-from softdistill.data.sources import DatasetFormatError, DatasetNotFoundError, list_imagefolder, open_rgb
+from softdistill.data.datasets import DatasetFormatError, DatasetNotFoundError, list_imagefolder, open_rgb
 from softdistill.data.stream import StreamSet
 from softdistill.hashing import data_fingerprint, sha256_of
 

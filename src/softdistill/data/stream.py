@@ -40,7 +40,7 @@ from torch.utils.data import DataLoader, Dataset, get_worker_info
 
 from softdistill.data.loader import (BatchLoader, BatchTransform, EpochBatches, Fetched, TensorSet, assemble,
                                      checked_ids, fetch, pixel_stats)
-from softdistill.data.sources import DatasetFormatError, UnreadableImageError, list_imagefolder, open_rgb
+from softdistill.data.datasets import DatasetFormatError, UnreadableImageError, list_imagefolder, open_rgb
 from softdistill.data.views import ViewParams, ViewPlan, crop
 from softdistill.hashing import hash_keys
 from softdistill.types import Batch

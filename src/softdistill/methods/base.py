@@ -1,7 +1,7 @@
 """The method interface and its registry.
 
 A :class:`Method` is an ``nn.Module`` that holds the student (and, if it learns from soft labels,
-a soft-label source, :mod:`softdistill.targets`) and maps a batch to a
+a soft-label source, :mod:`softdistill.soft_labels`) and maps a batch to a
 :class:`~softdistill.types.StepOutput`.  The trainer only ever calls ``method(batch)``, the hooks
 below and ``method.student``; it knows no method by name.  What a method needs from its source
 and its views is declared in class attributes and checked when the recipe loads
@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict
 from torch import nn
 
 from softdistill.registry import Registry
-from softdistill.targets.base import Dependency
+from softdistill.soft_labels.base import Dependency
 from softdistill.types import Batch, MethodContext, StepOutput
 
 __all__ = ["Method", "MethodConfig", "register_method", "registry"]
@@ -42,7 +42,7 @@ register_method = registry.register
 class Method(nn.Module):
     """Base class.
 
-    ``uses_soft_labels``: the recipe must give a soft-label source (held as ``self.teacher``);
+    ``uses_soft_labels``: the recipe must give a soft-label source (held as ``self.soft_labels``);
     ``mixed_views``: the method learns from mixed views (batches with ``y_b`` and ``lam``);
     ``source_needs``: capabilities the source must serve beyond soft labels of the plan's views
     (see :mod:`softdistill.compatibility`); ``supports_grad_accum``: a batch may be split into
@@ -56,15 +56,15 @@ class Method(nn.Module):
     supports_grad_accum: ClassVar[bool] = True
 
     def __init__(self, config: MethodConfig, student: nn.Module, num_classes: int,
-                 teacher: nn.Module | None = None, context: MethodContext | None = None) -> None:
+                 soft_labels: nn.Module | None = None, context: MethodContext | None = None) -> None:
         super().__init__()
-        if self.uses_soft_labels != (teacher is not None):
+        if self.uses_soft_labels != (soft_labels is not None):
             name = self.Config.model_fields["name"].default
             raise ValueError(f"method {name!r} " + ("needs a soft-label source" if self.uses_soft_labels
                                                    else "takes no soft-label source"))
         self.config = config
         self.student = student
-        self.teacher = teacher
+        self.soft_labels = soft_labels
         self.num_classes = num_classes
         self.context = context
 

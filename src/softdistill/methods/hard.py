@@ -35,7 +35,7 @@ from softdistill.compatibility import INPUT_GRAD, ONLINE
 from softdistill.engine.wrap import unwrap
 from softdistill.losses import cross_entropy, kd_loss, teacher_student_divergence
 from softdistill.methods.base import Method, MethodConfig, register_method
-from softdistill.targets.base import Dependency
+from softdistill.soft_labels.base import Dependency
 from softdistill.metrics.bias_variance import regularization_stats
 from softdistill.types import Batch, MethodContext, StepOutput
 
@@ -111,9 +111,9 @@ class HardKD(Method):
                                  "recipes/hard/vae.yaml)")
             return self
 
-    def __init__(self, config: Config, student: nn.Module, num_classes: int, teacher: nn.Module | None = None,
+    def __init__(self, config: Config, student: nn.Module, num_classes: int, soft_labels: nn.Module | None = None,
                  context: MethodContext | None = None) -> None:
-        super().__init__(config, student, num_classes, teacher, context)
+        super().__init__(config, student, num_classes, soft_labels, context)
         if context is None:
             raise ValueError("method 'hard' needs the input shape and normalisation (a MethodContext)")
         self.augmentor = build_augmentor(config, context)
@@ -204,12 +204,12 @@ class HardKD(Method):
             with torch.no_grad():
                 augmented = self.augmentor(x[chosen], strength=self._draw_strength(len(chosen), x.device))
             metrics.update(self.plain_augmentor.statistics())
-            augmented_teacher = self.teacher(augmented)
+            augmented_teacher = self.soft_labels(augmented)
             inputs = torch.cat([x, augmented])
         all_logits = self.student(inputs)
         n, total = len(batch), inputs.shape[0]
         logits = all_logits[:n]
-        teacher_logits = self.teacher(batch)
+        teacher_logits = self.soft_labels(batch)
         losses = {"ce": (1 - c.alpha) * cross_entropy(logits, y),
                   "kd": c.alpha * n / total * kd_loss(logits, teacher_logits, c.temperature)}
         if augmented_teacher is not None:
@@ -234,7 +234,7 @@ class HardKD(Method):
         try:
             for _ in range(c.augmentor_steps):
                 augmented = self.augmentor(x, strength=self._draw_strength(len(x), x.device))
-                teacher_logits = self.teacher.logits_with_input_grad(augmented)
+                teacher_logits = self.soft_labels.logits_with_input_grad(augmented)
                 divergence = teacher_student_divergence(student(augmented), teacher_logits, c.temperature)
                 teacher_ce = cross_entropy(teacher_logits, y)
                 objective = (-divergence + c.teacher_ce_weight * teacher_ce

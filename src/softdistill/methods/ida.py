@@ -60,7 +60,7 @@ class IsotonicKD(Method):
             raise ValueError("method 'ida' needs mixed views: set data.augment.mix")
         y_a, y_b, lam = batch.y, batch.y_b, batch.lam
         logits = self.student(batch.x)
-        teacher_logits = self.teacher(batch)
+        teacher_logits = self.soft_labels(batch)
         losses = {"ce_mix": (1 - c.alpha) * mixed_cross_entropy(logits, y_a, y_b, lam)}
         # the loader's labels and lambdas are valid by construction: no check reads the device
         metrics = {"teacher_concordance": order_concordance(teacher_logits, y_a, y_b, lam, check=False),

@@ -29,7 +29,7 @@ class KnowledgeDistillation(Method):
 
     def forward(self, batch: Batch) -> StepOutput:
         logits = self.student(batch.x)
-        teacher_logits = self.teacher(batch)
+        teacher_logits = self.soft_labels(batch)
         alpha = self.config.alpha
         return StepOutput(logits, {
             "ce": (1 - alpha) * cross_entropy(logits, batch.y),

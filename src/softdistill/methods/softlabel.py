@@ -77,7 +77,7 @@ class SoftLabelLearning(Method):
         logits = self.student(batch.x)
         c = self.config
         with torch.no_grad():
-            target = soft_label_targets(self.teacher, batch, c.temperature if c.loss == "soft_ce" else 1.0)
+            target = soft_label_targets(self.soft_labels, batch, c.temperature if c.loss == "soft_ce" else 1.0)
             supervised = target.sum(dim=1) > 0
             if c.k > target.shape[1]:
                 raise ValueError(f"soft-label: k = {c.k} exceeds the {target.shape[1]} classes")

@@ -31,7 +31,7 @@ class WeightedSoftLabels(Method):
 
     def forward(self, batch: Batch) -> StepOutput:
         logits = self.student(batch.x)
-        teacher_logits = self.teacher(batch)
+        teacher_logits = self.soft_labels(batch)
         labels = teacher_logits.argmax(dim=1) if self.config.label_free else batch.y
         t = self.config.temperature
         weights = wsl_weights(logits, teacher_logits, labels)

@@ -43,7 +43,7 @@ from softdistill.metrics.ordering import order_concordance, top2_hit_rate
 from softdistill.metrics.soft_labels import (ambiguity_matrix, calibration_bins, expected_calibration_error,
                                             soft_label_indicators)
 from softdistill.store import Store
-from softdistill.targets.table import SOFT_LABEL_FORMAT, load_soft_labels, rows_for_split
+from softdistill.soft_labels.table import SOFT_LABEL_FORMAT, load_soft_labels, rows_for_split
 
 __all__ = ["InspectResult", "inspect_soft_labels", "REPORT_FILES"]
 
@@ -157,7 +157,7 @@ def _read_source(path: Path, data: str | None, split: str, root: str | None, dev
         return _Source("file", path, soft, labels, names, images, None, None,
                        dict(spec or {}), None)
     raise CheckpointError(f"{path} is neither a softdistill checkpoint ({CHECKPOINT_FORMAT}) nor a soft-label file "
-                          f"({SOFT_LABEL_FORMAT}; see softdistill.targets.table)")
+                          f"({SOFT_LABEL_FORMAT}; see softdistill.soft_labels.table)")
 
 
 # ------------------------------------------------------------------------------------------ numbers

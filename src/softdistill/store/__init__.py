@@ -4,7 +4,7 @@ memory-mapped shards of fixed-size records with a JSON manifest (see docs/store.
 ``format`` (layout, manifest, atomic writes, the writer's lock), ``encoding`` (full logits or
 top-k with its rebuilding rule), ``writer`` (labelling, resumable and distributed), ``reader``
 (:class:`Store`, looked up by sample id and view).  The soft-label source that trains from a
-store is :mod:`softdistill.targets.store`.
+store is :mod:`softdistill.soft_labels.store`.
 """
 
 from softdistill.store.encoding import Encoding, topk_encode, topk_logits

@@ -26,8 +26,8 @@ from pydantic import Field, model_validator
 from torch import Tensor
 
 from softdistill.metrics.soft_labels import ambiguity_degree, soft_label_indicators, unreliability_degree
-from softdistill.targets.base import Dependency, SourceConfig, SourceSetup, register_source
-from softdistill.targets.table import SoftLabelTable, load_soft_labels, rows_for_split
+from softdistill.soft_labels.base import Dependency, SourceConfig, SourceSetup, register_source
+from softdistill.soft_labels.table import SoftLabelTable, load_soft_labels, rows_for_split
 
 __all__ = ["WeakLabels", "partial_labels", "noisy_labels", "incomplete_labels", "pseudo_labels",
            "partial_ambiguity_range", "WeakConfig", "WeakTable"]

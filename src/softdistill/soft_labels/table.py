@@ -29,7 +29,7 @@ from torch import Tensor
 from softdistill.atomic import torch_save_atomic
 from softdistill.compatibility import ANY_VIEW
 from softdistill.data.loader import IdIndex, TensorSet
-from softdistill.targets.base import LookupSource
+from softdistill.soft_labels.base import LookupSource
 from softdistill.types import Batch
 
 __all__ = ["SOFT_LABEL_FORMAT", "SoftLabelTable", "save_soft_labels", "load_soft_labels", "rows_for_split"]

@@ -21,7 +21,7 @@ from softdistill.data.loader import IdIndex, TensorSet
 from softdistill.data.views import ViewPlan
 from softdistill.store import Store, StoreError
 from softdistill.store.format import data_fingerprint, sha256_of
-from softdistill.targets.base import (Dependency, SoftLabelSource, SourceConfig, SourceSetup, check_origin,
+from softdistill.soft_labels.base import (Dependency, SoftLabelSource, SourceConfig, SourceSetup, check_origin,
                                       register_source)
 from softdistill.types import Batch
 

@@ -147,5 +147,5 @@ class LookupSource(SoftLabelSource):
         self.lookups_verified = True
 
 
-source_registry = Registry("soft-label source", "source", "softdistill.targets")
+source_registry = Registry("soft-label source", "source", "softdistill.soft_labels")
 register_source = source_registry.register

@@ -16,7 +16,7 @@ from softdistill.compatibility import ANY_VIEW, INPUT_GRAD, MIXED, ONLINE
 from softdistill.runtime.distributed import DistContext
 from softdistill.engine.predict import predict
 from softdistill.engine.wrap import wrap
-from softdistill.targets.base import (Dependency, LookupSource, SoftLabelSource, SourceConfig, SourceSetup,
+from softdistill.soft_labels.base import (Dependency, LookupSource, SoftLabelSource, SourceConfig, SourceSetup,
                                       check_origin, register_source)
 from softdistill.types import Batch
 

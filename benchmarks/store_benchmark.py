@@ -32,7 +32,8 @@ from pathlib import Path
 
 import torch
 
-from softdistill.data.loader import BatchLoader, BatchTransform, TensorSet
+from softdistill.data.loader import BatchLoader, BatchTransform
+from softdistill.data.samples import TensorSet
 from softdistill.data.views import ViewPlan
 from softdistill.engine.predict import predict
 from softdistill.methods import method_class

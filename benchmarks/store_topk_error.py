@@ -15,9 +15,10 @@ import argparse
 
 import torch
 
-from softdistill.checkpoint import load_checkpoint, model_from_checkpoint
+from softdistill.checkpoint import CheckpointMeta, load_checkpoint, model_from_checkpoint
 from softdistill.data.loader import BatchLoader, BatchTransform
-from softdistill.data.prepare import prepare_from_spec
+from softdistill.data.prepare import prepare_data
+from softdistill.evaluation import saved_data
 from softdistill.engine.predict import predict
 from softdistill.store import Encoding
 
@@ -39,7 +40,7 @@ def main() -> None:
     args = parser.parse_args()
 
     payload = load_checkpoint(args.teacher)
-    data = prepare_from_spec(payload["config"]["data"], root=args.root)
+    data = prepare_data(saved_data(CheckpointMeta.of(payload, args.teacher), root=args.root))
     train = data.train if args.limit is None else data.train.subset(torch.arange(min(args.limit, len(data.train))))
     norm = payload["normalization"]
     loader = BatchLoader(train, 1024, BatchTransform(norm["mean"], norm["std"]))

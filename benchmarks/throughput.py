@@ -39,10 +39,10 @@ import yaml
 
 from softdistill.checkpoint import save_checkpoint
 from softdistill.config import recipe_from_dict
-from softdistill.data.loader import TensorSet
+from softdistill.data.samples import TensorSet
 from softdistill.data.prepare import DataBundle
 from softdistill.models import build_model
-from softdistill.runner import build_trainer
+from softdistill.runner import prepare_run
 
 TUNABLES = "glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=4294967296"
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
@@ -138,8 +138,8 @@ class SoftdistillRow:
                "optim": {"name": "sgd", "lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4},
                "schedule": {"name": "constant"},
                "train": {"device": args.device, "threads": args.threads, "log_every": 0, **train}}
-        self.trainer, _ = build_trainer(recipe_from_dict({k: v for k, v in raw.items() if v is not None}),
-                                        quiet=True, data=data)
+        self.trainer = prepare_run(recipe_from_dict({k: v for k, v in raw.items() if v is not None}),
+                                   quiet=True, data=data).trainer
 
     def epoch_seconds(self) -> float:
         self.trainer.epoch += 1

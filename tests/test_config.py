@@ -8,7 +8,7 @@ import yaml
 
 from softdistill.config import ConfigError, apply_overrides, load_recipe, parse_override, recipe_from_dict
 from softdistill.experiments import packaged_recipes
-from softdistill.config import VAERecipe, load_label_recipe, load_vae_recipe
+from softdistill.config import VAERecipe
 
 BASE = {"name": "r", "student": "mlp", "epochs": 2}
 
@@ -84,7 +84,7 @@ def test_load_recipe_file_and_bad_files(tmp_path):
     path = tmp_path / "r.yaml"
     path.write_text(yaml.safe_dump(BASE))
     recipe = load_recipe(path, ["epochs=5"])
-    assert recipe.epochs == 5 and recipe.source == str(path)
+    assert recipe.epochs == 5 and recipe.recipe_file == str(path)
     assert recipe.resolve_path("teacher.yaml") == tmp_path / "teacher.yaml"
     with pytest.raises(ConfigError, match="recipe file not found"):
         load_recipe(tmp_path / "missing.yaml")
@@ -102,9 +102,9 @@ def test_every_shipped_recipe_validates():
     assert len(paths) >= 8
     for path in paths:  # the VAE recipes of HARD are trained by train-vae, label recipes by label, all others by train
         if "encoding" in yaml.safe_load(path.read_text()):
-            load_label_recipe(path)
+            load_recipe(path)
         else:
-            (load_vae_recipe if path.stem.startswith("vae") else load_recipe)(path)
+            (load_recipe if path.stem.startswith("vae") else load_recipe)(path)
 
 
 def test_a_key_written_twice_is_an_error_naming_key_file_and_lines(tmp_path):

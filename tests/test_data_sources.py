@@ -15,9 +15,11 @@ import numpy as np
 import pytest
 import torch
 
-from softdistill.data import datasets as sources
-from softdistill.data.datasets import (DATASETS, DatasetFormatError, DatasetNotFoundError, RawSplit, load_split)
+from softdistill.data import readers as sources
+from softdistill.data import TensorSet, datasets
+from softdistill.data.readers import DatasetFormatError, DatasetNotFoundError, load_split
 from softdistill.data.splits import per_class_subset, stratified_split
+from softdistill.data.stream import decode_all
 
 IDX_NAMES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
              "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
@@ -396,14 +398,16 @@ def test_imagefolder_with_pillow(tmp_path):
     save("val/dog/0.png", 6)
     train = load_split("imagefolder", "train", root=tmp_path)
     assert train.class_names == ("cat", "dog") and train.labels.tolist() == [0, 1, 1]
-    assert train.images.shape == (3, 3, 6, 6) and train.images.is_contiguous()
-    assert torch.equal(train.images[1], torch.from_numpy(dog).permute(2, 0, 1))
+    images = decode_all(train.samples).images  # files, decoded at their own size
+    assert images.shape == (3, 3, 6, 6) and images.is_contiguous()
+    assert torch.equal(images[1], torch.from_numpy(dog).permute(2, 0, 1))
     test = load_split("imagefolder", "test", root=tmp_path)  # no test/: falls back to val/
     assert test.labels.tolist() == [1] and test.class_names == ("cat", "dog")
     save("train/cat/big.png", 9)
-    with pytest.raises(ValueError, match="set image_size"):
-        load_split("imagefolder", "train", root=tmp_path)
-    assert load_split("imagefolder", "train", root=tmp_path, image_size=4).images.shape == (4, 3, 4, 4)
+    with pytest.raises(ValueError, match=r"big.png is 9x9, .*0.png is 6x6; set data.image_size"):
+        decode_all(load_split("imagefolder", "train", root=tmp_path).samples)
+    assert decode_all(load_split("imagefolder", "train", root=tmp_path, image_size=4).samples).images.shape == \
+        (4, 3, 4, 4)
     save("val/bird/0.png", 6)
     with pytest.raises(DatasetFormatError, match="bird"):
         load_split("imagefolder", "test", root=tmp_path)
@@ -416,11 +420,12 @@ def test_argument_errors():
         load_split("fasion-mnist")
     with pytest.raises(ValueError, match="split must be one of 'train', 'test'"):
         load_split("digits", "validation")
-    with pytest.raises(ValueError, match="imagefolder only"):
+    with pytest.raises(ValueError, match="image_size resizes image files .*digits images have a fixed size"):
         load_split("digits", image_size=32)
     with pytest.raises(ValueError, match="uint8"):
-        RawSplit(torch.zeros(2, 1, 4, 4), torch.zeros(2, dtype=torch.long), ("a",))
-    assert DATASETS == ("digits", "fashion-mnist", "mnist", "cifar10", "cifar100", "synthetic", "imagefolder")
+        TensorSet(torch.zeros(2, 1, 4, 4), torch.zeros(2, dtype=torch.long))
+    assert datasets.names() == ["cifar10", "cifar100", "digits", "fashion-mnist", "imagefolder", "mnist", "shards",
+                                "synthetic"]
 
 
 @pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist").is_dir(),

@@ -266,7 +266,7 @@ def test_hard_refuses_a_vae_trained_on_other_images(tmp_path):
     vae = ConvVAE(1, 8, latent_dim=4, width=4)
     save_checkpoint({"kind": "vae", "vae": vae.config, "state_dict": vae.state_dict(),
                      "data": {"name": "digits", "in_channels": 1, "image_size": 8},
-                     "normalization": {"mean": [0.0], "std": [1.0]}}, tmp_path / "vae.pt")
+                     "normalization": {"mean": [0.0], "std": [1.0]}, "config": {}}, tmp_path / "vae.pt")
     asked = []
 
     def resolve(dependency):
@@ -294,7 +294,7 @@ def hard_recipe(tmp_path, name="h", **method):
            "data": {"name": "synthetic", "val_size": 100, "batch_size": 50, "ood": ["shift:0", "rotate:30"]},
            "method": {"name": "hard", "warmup_epochs": 1, "visualize_points": 2, **method},
            "optim": {"name": "sgd", "lr": 0.05}, "output_dir": str(tmp_path / "runs"), "train": {"device": "cpu"}}
-    return recipe_from_dict(raw, source=str(tmp_path / f"{name}.yaml"))
+    return recipe_from_dict(raw, recipe_file=str(tmp_path / f"{name}.yaml"))
 
 
 def test_hard_run_resumes_exactly_and_writes_the_grid(tmp_path, run_until_interrupted):

@@ -5,7 +5,8 @@ import torch
 from torch import nn
 
 from softdistill.config import ConfigError, recipe_from_dict
-from softdistill.data.loader import BatchLoader, BatchTransform, TensorSet
+from softdistill.data.loader import BatchLoader, BatchTransform
+from softdistill.data.samples import TensorSet
 from softdistill.data.views import ViewPlan
 from softdistill.losses import kd_loss, mixed_cross_entropy
 from softdistill.methods import method_class

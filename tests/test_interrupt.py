@@ -32,7 +32,7 @@ train_epoch = Trainer.train_epoch
 
 
 def pausing_train_epoch(self):
-    if self.meta["config"]["name"] == NAME and self.epoch == int(EPOCH):
+    if self.recorder.meta.config["name"] == NAME and self.epoch == int(EPOCH):
         print("PAUSED", flush=True)
         time.sleep(600)
     return train_epoch(self)

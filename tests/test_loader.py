@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from softdistill.data.loader import BatchLoader, BatchTransform, TensorSet
+from softdistill.data.loader import BatchLoader, BatchTransform
+from softdistill.data.samples import TensorSet
 from softdistill.data.prepare import channel_stats
 from softdistill.data.views import ViewPlan, crop, hflip_
 
@@ -93,7 +94,7 @@ def test_evaluation_keeps_a_tail_smaller_than_the_world():
 def test_bad_inputs():
     with pytest.raises(ValueError, match="uint8 N x C x H x W"):
         TensorSet(torch.zeros(2, 1, 3, 3), torch.zeros(2, dtype=torch.long))
-    with pytest.raises(ValueError, match="3 images but labels of shape"):
+    with pytest.raises(ValueError, match="3 samples but labels of shape"):
         TensorSet(torch.zeros(3, 1, 2, 2, dtype=torch.uint8), torch.zeros(2, dtype=torch.long))
     with pytest.raises(ValueError, match="smaller than the number of processes"):
         BatchLoader(tensor_set(), 1, BatchTransform([0.0], [1.0]), world_size=2)

@@ -9,7 +9,7 @@ from torch import nn
 
 from softdistill.checkpoint import load_checkpoint, save_checkpoint
 from softdistill.config import recipe_from_dict
-from softdistill.engine import RunStateError
+from softdistill.runs import RunStateError
 from softdistill.models import registry
 from softdistill.runner import run_recipe
 from test_stream import write_folder
@@ -23,7 +23,7 @@ def dropout_mlp(num_classes, in_channels, image_size):
 
 @pytest.fixture(autouse=True)
 def dropout_model(monkeypatch):
-    monkeypatch.setitem(registry._BUILDERS, "dropout-mlp", dropout_mlp)
+    monkeypatch.setitem(registry.models.entries, "dropout-mlp", dropout_mlp)
 
 
 def synthetic(folder, **train):
@@ -80,7 +80,7 @@ def test_a_mid_epoch_resume_needs_the_saved_rng_state(tmp_path, run_until_step, 
     run_recipe(full, quiet=True)
     cut = synthetic(tmp_path / "cut", checkpoint_every=4)
     run_until_step(cut, 5)
-    monkeypatch.setattr("softdistill.engine.trainer._set_rng_state", lambda state: None)
+    monkeypatch.setattr("softdistill.engine.trainer.set_rng_state", lambda state: None)
     run_recipe(cut, resume=True, quiet=True)
     a, b = (load_checkpoint(r.run_dir / "last.pt")["state_dict"] for r in (full, cut))
     assert not all(torch.equal(a[k], b[k]) for k in a)
@@ -105,7 +105,7 @@ def _ddp_worker(rank, port, folder, checkpoint_every, kill_at, resume):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2", RANK=str(rank),
                       LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
-    registry._BUILDERS["dropout-mlp"] = dropout_mlp
+    registry.models.entries["dropout-mlp"] = dropout_mlp
     original = LRSchedule.lr_at
 
     def lr_at(self, at):

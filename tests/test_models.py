@@ -111,7 +111,7 @@ def test_unknown_name_suggests_close_match() -> None:
     with pytest.raises(ValueError, match="unknown model 'resnet2O'") as info:
         build_model("resnet2O", 10)
     message = str(info.value)
-    assert "Did you mean 'resnet20' or" in message
+    assert "did you mean 'resnet20' or" in message
     assert "mobilenetv2" in message and "wrn-D-W" in message and "timm:NAME" in message
 
 
@@ -166,7 +166,7 @@ def test_replace_first_conv() -> None:
 
 
 def test_register_model(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(registry, "_BUILDERS", dict(registry._BUILDERS))
+    monkeypatch.setattr(registry.models, "entries", dict(registry.models.entries))
 
     @register_model("tiny-linear")
     def tiny(num_classes: int, in_channels: int, image_size: int) -> nn.Module:

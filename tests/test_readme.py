@@ -29,7 +29,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from softdistill.data.datasets import load_split
+from softdistill.data.readers import load_split
 
 ROOT = Path(__file__).parents[1]
 README = ROOT / "README.md"

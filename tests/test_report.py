@@ -5,7 +5,7 @@ import shutil
 
 import pytest
 
-from softdistill.config import load_label_recipe, load_recipe
+from softdistill.config import load_recipe
 from softdistill.experiments import packaged_recipes, write_report
 from softdistill.report.tables import method_label
 
@@ -40,7 +40,7 @@ def teacher_of(recipe):
         return None
     path = recipe.resolve_path(recipe.soft_labels.recipe)
     if recipe.soft_labels.source == "store":
-        labelled = load_label_recipe(path)
+        labelled = load_recipe(path)
         path = labelled.resolve_path(labelled.soft_labels.recipe)
     return load_recipe(path).student
 

@@ -15,7 +15,8 @@ from test_training import assert_same_weights, make_recipe, weights
 
 from softdistill.checkpoint import load_checkpoint
 from softdistill.config import recipe_from_dict
-from softdistill.engine import NonFiniteLossError, NonFiniteStateError, RunStateError
+from softdistill.engine import NonFiniteLossError, NonFiniteStateError
+from softdistill.runs import RunStateError
 from softdistill.runner import run_recipe
 
 
@@ -114,16 +115,16 @@ def test_a_teacher_killed_before_its_summary_is_finished_for_its_student(tmp_pat
         run_recipe(recipe_from_dict(teacher), quiet=True)
     student = recipe_from_dict({**teacher, "name": "s", "method": {"name": "kd"},
                                 "soft_labels": {"source": "teacher", "recipe": "teacher.yaml"}},
-                               source=str(tmp_path / "student.yaml"))
+                               recipe_file=str(tmp_path / "student.yaml"))
     run_recipe(student, quiet=True)
     assert (out / "t" / "seed0" / "summary.json").is_file() and (out / "t" / "seed0" / "best.pt").is_file()
 
 
 def test_a_vae_killed_before_its_summary_writes_vae_pt_on_resume(tmp_path, kill_after_write):
-    from softdistill.config import load_vae_recipe
+    from softdistill.config import load_recipe
     from softdistill.experiments import packaged_recipes
 
-    recipe = load_vae_recipe(packaged_recipes("hard") / "vae-tiny.yaml",
+    recipe = load_recipe(packaged_recipes("hard") / "vae-tiny.yaml",
                              [f"output_dir={tmp_path}", "train.device=cpu", "train.threads=null", "epochs=1"])
     kill_after_write("last.pt")
     with pytest.raises(Killed):

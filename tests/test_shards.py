@@ -11,9 +11,10 @@ import torch
 from softdistill.cli import main
 from softdistill.data.loader import BatchLoader, BatchTransform
 from softdistill.data.prepare import prepare_data
+from softdistill.data.readers import load_split
 from softdistill.data.shards import (MANIFEST, PROGRESS, PackError, ShardLimit, pack_imagefolder, parse_shard_size,
-                                     plan_shards, shard_split, verify_pack)
-from softdistill.data.datasets import DatasetFormatError, DatasetNotFoundError
+                                     plan_shards, verify_pack)
+from softdistill.data.readers import DatasetFormatError, DatasetNotFoundError
 from softdistill.data.stream import CorruptImageWarning, StreamLoader
 from softdistill.data.views import ViewPlan
 from softdistill.hashing import data_fingerprint
@@ -80,7 +81,7 @@ def test_shards_need_an_image_size_and_a_pack_folder(tmp_path):
     with pytest.raises(ConfigError, match="shards needs image_size"):
         recipe_from_dict({"name": "x", "student": "mlp", "epochs": 1, "data": {"name": "shards", "root": "x"}})
     with pytest.raises(DatasetNotFoundError, match=r"no shards, manifest\.json is missing"):
-        shard_split(str(tmp_path), "train", 8)
+        load_split("shards", "train", root=str(tmp_path), image_size=8)
 
 
 def test_shard_sizes_in_images_or_bytes():
@@ -118,7 +119,7 @@ def test_a_stopped_pack_continues_and_a_half_written_shard_is_never_taken(tmp_pa
         pack_imagefolder(source, out, ShardLimit(images=4), progress=StopAfterTwoShards)
     assert not (out / MANIFEST).exists() and (out / PROGRESS).exists()
     with pytest.raises(DatasetNotFoundError, match="not finished: run the same pack command again"):
-        shard_split(str(out), "train", 8)
+        load_split("shards", "train", root=str(out), image_size=8)
     kept = (out / "train-00000.tar").stat().st_mtime_ns
     (out / "train-00002.tar").write_bytes(b"half a shard")  # a shard the progress file does not list
     with pytest.raises(DatasetFormatError, match="unfinished pack of other files or settings"):
@@ -138,7 +139,7 @@ def test_a_missing_or_truncated_shard_is_named(tmp_path):
     tar.write_bytes(tar.read_bytes()[:-600])
     with pytest.raises(DatasetFormatError, match=r"train-00001\.tar: \d+ bytes, but .*manifest\.json lists \d+ "
                                                  r"\(truncated or altered\)"):
-        shard_split(str(shards), "train", 8)
+        load_split("shards", "train", root=str(shards), image_size=8)
     assert any("train-00001.tar" in p for p in verify_pack(shards))
     tar.unlink()
     with pytest.raises(DatasetFormatError, match=r"train-00001\.tar: missing shard file"):
@@ -159,7 +160,7 @@ def test_a_corrupt_source_image_fails_by_default_or_is_skipped_and_counted(tmp_p
     assert "skipped 1 unreadable image(s)" in capsys.readouterr().out
     manifest = json.loads((tmp_path / "c" / MANIFEST).read_text())
     assert manifest["skipped"] == [str(bad)] and manifest["splits"]["train"]["samples"] == 17
-    data, _ = shard_split(str(tmp_path / "c"), "train", 8)
+    data = load_split("shards", "train", root=str(tmp_path / "c"), image_size=8).samples
     assert data.ids.tolist() == [i for i in range(18) if i != 7]  # bee/001.jpg was row 7; the others keep their ids
 
 
@@ -233,7 +234,7 @@ def test_a_pack_worker_that_dies_stops_the_pack_with_a_message(tmp_path, monkeyp
 
 
 def test_a_store_labelled_on_the_folder_serves_a_run_on_its_shards(tmp_path):
-    from softdistill.config import load_label_recipe, recipe_from_dict
+    from softdistill.config import load_recipe, recipe_from_dict
     from softdistill.runner import label_store, run_recipe
     from softdistill.checkpoint import load_checkpoint, model_from_checkpoint
     from softdistill.store import Store
@@ -253,7 +254,7 @@ def test_a_store_labelled_on_the_folder_serves_a_run_on_its_shards(tmp_path):
     (tmp_path / "label.yaml").write_text(json.dumps({"name": "store", "data": data("imagefolder", folder),
                                                      "soft_labels": {"source": "teacher", "checkpoint": str(checkpoint)},
                                                      **common}))
-    labelled = load_label_recipe(tmp_path / "label.yaml")
+    labelled = load_recipe(tmp_path / "label.yaml")
     label_store(labelled, quiet=True)
     student = recipe_from_dict({"name": "s", "student": "mlp", "epochs": 2, "seed": 3, "data": data("shards", shards),
                                 "method": {"name": "kd", "alpha": 0.7},

@@ -164,7 +164,7 @@ def test_canvas_centres_the_images_on_black():
         assert wide.sum() == small.sum()  # zeros everywhere else
     assert big.mean[0] == pytest.approx(plain.mean[0] * 64 / 169)  # statistics of the canvas images
     assert torch.equal(prepare_data("synthetic", val_size=100, canvas=8).test.images, plain.test.images)
-    with pytest.raises(ValueError, match="canvas 7x7 is smaller than the 8x8 images"):
+    with pytest.raises(ValueError, match="canvas 7 is smaller than the 8x8 images"):
         prepare_data("synthetic", val_size=100, canvas=7)
 
 

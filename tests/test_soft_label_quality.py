@@ -393,15 +393,22 @@ def test_inspect_is_a_documented_command():
 
 def _weak_file_setup(tmp_path, labels, ids=None):
     """What a weak source is built from: the training split (labels, sample ids) and how paths resolve."""
-    from softdistill.data.loader import TensorSet
+    from softdistill.data import DataConfig
     from softdistill.data.prepare import DataBundle
+    from softdistill.data.samples import TensorSet
     from softdistill.data.views import ViewPlan
     from softdistill.soft_labels import SourceSetup
 
+    class Beside(dict):
+        """Every dependency's file, in tmp_path."""
+
+        def __missing__(self, dependency):
+            return tmp_path / dependency.path
+
     train = TensorSet(torch.zeros(len(labels), 1, 4, 4, dtype=torch.uint8), labels, ids)
     data = DataBundle("synthetic", train, None, train, tuple(str(c) for c in range(10)), (0.5,), (0.25,))
-    return SourceSetup(data=data, device=torch.device("cpu"), plan=ViewPlan(), seed=0,
-                       product=lambda dependency: tmp_path / dependency.path, train_loader=None)
+    return SourceSetup(data=data, data_config=DataConfig(name="synthetic"), plan=ViewPlan(), views=None, seed=0,
+                       device=torch.device("cpu"), products=Beside())
 
 
 def test_weak_file_must_match_the_training_labels(tmp_path, many_labels):

@@ -12,11 +12,12 @@ import torch
 import yaml
 
 import softdistill.data.loader as loader_module
-from softdistill.checkpoint import load_checkpoint
+from softdistill.checkpoint import CheckpointMeta, DataSpec, Normalization, load_checkpoint
 from softdistill.cli import main
 from softdistill.config import ConfigError, LabelRecipe, VAERecipe
-from softdistill.data.loader import BatchLoader, BatchTransform, TensorSet
-from softdistill.engine import LRSchedule
+from softdistill.data.loader import BatchLoader, BatchTransform
+from softdistill.data.samples import TensorSet
+from softdistill.engine import LRSchedule, Recorder, Task
 from softdistill.engine.trainer import NonFiniteLossError, Trainer
 from softdistill.experiments import packaged_recipes, threads_per_job, usable_cores
 from softdistill.runner import label_store, run_recipe
@@ -196,7 +197,7 @@ def test_mid_epoch_checkpoints_read_the_device_only_where_they_are_written(tmp_p
 
 # ------------------------------------------------------------------------------- the trainer on a toy model
 
-class ToyMethod(torch.nn.Module):
+class ToyMethod(Task):
     """A linear classifier on 2 x 2 images; its loss turns NaN at (``bad_epoch``, ``bad_step``), 1-based."""
 
     def __init__(self, bad_epoch=None, bad_step=None):
@@ -225,8 +226,10 @@ def toy_trainer(tmp_path, method, *, samples=12, batch_size=4, epochs=1, lr=0.1,
     train = BatchLoader(data, batch_size, transform, shuffle=True, drop_last=drop_last)
     optimizer = torch.optim.SGD(method.parameters(), lr=lr)
     schedule = LRSchedule("constant", lr, epochs, len(train))
-    return Trainer(method, optimizer, schedule, train, {"test": BatchLoader(data, samples, transform)}, tmp_path / "run",
-                   epochs=epochs, seed=0, checkpoint_meta={"config": {}}, quiet=True, **options)
+    meta = CheckpointMeta(normalization=Normalization(mean=[0.5], std=[0.25]), data=DataSpec(name="toy"), config={})
+    recorder = Recorder(tmp_path / "run", meta, epochs=epochs, seed=0, has_val=False, quiet=True)
+    return Trainer(method, optimizer, schedule, train, {"test": BatchLoader(data, samples, transform)}, recorder,
+                   **options)
 
 
 def test_non_finite_loss_names_the_first_bad_step_and_term_and_keeps_the_last_good_checkpoint(tmp_path):
@@ -244,7 +247,7 @@ def test_gradient_accumulation_equals_the_whole_batch_even_with_an_uneven_last_b
     plain.fit()
     accumulated.fit()  # batches of 4, 4, 2 in parts of (2, 1, 1), (2, 1, 1), (1, 1, 0)
     assert_same_weights(plain.student.state_dict(), accumulated.student.state_dict(), rtol=1e-6, atol=1e-7)
-    assert accumulated.history[-1]["train/loss"] == pytest.approx(plain.history[-1]["train/loss"], rel=1e-6)
+    assert accumulated.recorder.history[-1]["train/loss"] == pytest.approx(plain.recorder.history[-1]["train/loss"], rel=1e-6)
 
 
 def test_clip_grad_scales_the_step_to_the_clipped_norm(tmp_path):
@@ -259,7 +262,7 @@ def test_clip_grad_scales_the_step_to_the_clipped_norm(tmp_path):
     assert norm > 0.01  # the clip is active
     for p, p0, g in zip(method.student.parameters(), start.parameters(), grads):
         torch.testing.assert_close(p.detach(), p0.detach() - 0.5 * g * (0.01 / norm), rtol=1e-4, atol=1e-6)
-    assert trainer.history[0]["train/grad_norm"] == pytest.approx(float(norm), rel=1e-4)
+    assert trainer.recorder.history[0]["train/grad_norm"] == pytest.approx(float(norm), rel=1e-4)
 
 
 # ------------------------------------------------------------------------------- speed options of a recipe

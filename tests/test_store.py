@@ -18,7 +18,7 @@ import softdistill.store.format as store_format
 import softdistill.store.writer as writer
 from softdistill.checkpoint import load_checkpoint
 from softdistill.cli import main
-from softdistill.config import ConfigError, LabelRecipe, load_label_recipe, load_recipe, recipe_from_dict
+from softdistill.config import ConfigError, LabelRecipe, load_recipe, recipe_from_dict
 from softdistill.data.loader import BatchLoader, BatchTransform
 from softdistill.data.prepare import prepare_data
 from softdistill.data.views import ViewPlan
@@ -28,6 +28,7 @@ from softdistill.runner import label_store, run_recipe
 from softdistill.store import Encoding, Store, StoreError, topk_encode, topk_logits
 from softdistill.store.format import LOCK
 from softdistill.soft_labels.store import data_problems
+from softdistill.data import DataConfig
 
 DATA = {"name": "synthetic", "val_size": 100, "batch_size": 50, "eval_batch_size": 50}
 CROP_FLIP = {"crop_padding": 1, "hflip": True}
@@ -194,9 +195,9 @@ def test_hard_refuses_a_store_and_the_compatibility_rules_hold(tmp_path):
 # ------------------------------------------------------------------------------------------ labelling
 
 def test_an_interrupted_label_run_continues_and_never_accepts_a_damaged_shard(tmp_path, teacher, monkeypatch, capsys):
-    whole = load_label_recipe(label_recipe(tmp_path / "whole", teacher))
+    whole = load_recipe(label_recipe(tmp_path / "whole", teacher))
     label_store(whole, quiet=True)
-    cut = load_label_recipe(label_recipe(tmp_path / "cut", teacher))
+    cut = load_recipe(label_recipe(tmp_path / "cut", teacher))
     original = writer.write_shard
     written = []
 
@@ -231,14 +232,14 @@ def _label_worker(rank, world_size, port, recipe_path):
     from softdistill.runtime import shutdown_distributed
 
     try:
-        label_store(load_label_recipe(recipe_path), quiet=True)
+        label_store(load_recipe(recipe_path), quiet=True)
     finally:
         shutdown_distributed()
 
 
 def test_two_ranks_label_the_same_store_as_one(tmp_path, teacher, free_port):
     mix = {**CROP_FLIP, "mix": "mixup"}
-    label_store(load_label_recipe(label_recipe(tmp_path / "one", teacher, augment=mix)), quiet=True)
+    label_store(load_recipe(label_recipe(tmp_path / "one", teacher, augment=mix)), quiet=True)
     two = label_recipe(tmp_path / "two", teacher, augment=mix)
     mp.start_processes(_label_worker, args=(2, free_port, two), nprocs=2, join=True, start_method="spawn")
     a, b = (json.loads((store_folder(tmp_path / part) / "manifest.json").read_text()) for part in ("one", "two"))
@@ -247,7 +248,7 @@ def test_two_ranks_label_the_same_store_as_one(tmp_path, teacher, free_port):
 
 
 def test_two_writers_are_refused_and_a_stale_lock_is_taken_over(tmp_path, teacher, capsys):
-    recipe = load_label_recipe(label_recipe(tmp_path, teacher))
+    recipe = load_recipe(label_recipe(tmp_path, teacher))
     folder = store_folder(tmp_path)
     folder.mkdir(parents=True)
     with hold_lock(folder / LOCK):  # held as another process holds it: a lock of another open file
@@ -275,7 +276,7 @@ def test_labelling_into_a_training_runs_folder_is_refused_and_the_run_kept(tmp_p
 
 
 def test_a_full_disk_stops_labelling_with_the_store_resumable(tmp_path, teacher, monkeypatch):
-    recipe = load_label_recipe(label_recipe(tmp_path, teacher))
+    recipe = load_recipe(label_recipe(tmp_path, teacher))
     real_write = store_format.write_atomic
     calls = []
 
@@ -312,7 +313,7 @@ def test_a_store_for_another_view_plan_is_refused_before_anything_is_labelled(tm
 
 
 def test_stores_named_by_path_are_checked_against_the_run(tmp_path, teacher, capsys):
-    label_store(load_label_recipe(label_recipe(tmp_path, teacher)), quiet=True)
+    label_store(load_recipe(label_recipe(tmp_path, teacher)), quiet=True)
     folder = store_folder(tmp_path)
     other_seed = student_recipe(tmp_path, {"source": "store", "path": str(folder)}, "seed", view_seed=9)
     with pytest.raises(StoreError, match=r"holds the views of another view plan \(seed 0 in the store, 9 in the recipe"):
@@ -334,7 +335,7 @@ def test_stores_named_by_path_are_checked_against_the_run(tmp_path, teacher, cap
     assert run_recipe(load_recipe(subset), quiet=True)["finished"]  # every sample of a subset is in the store
     store = Store(folder)
     digits = prepare_data("digits", val_size=100)
-    spec = {**DATA, "name": "digits", "split_seed": 0, "normalize": True}
+    spec = DataConfig.of({**DATA, "name": "digits", "split_seed": 0, "normalize": True})
     [message] = data_problems(store, digits.train, 10, ViewPlan(), "store S", spec)
     assert re.fullmatch(r"store S was labelled on other data \(data.name: 'synthetic' in the store, 'digits' here\): "
                         r"\d+ of the 1337 samples of this recipe's training split are not in it \(e.g. sample id \d+\); "
@@ -349,7 +350,7 @@ def test_stores_named_by_path_are_checked_against_the_run(tmp_path, teacher, cap
 
 
 def test_damaged_and_foreign_folders_are_named(tmp_path, teacher, capsys):
-    recipe = load_label_recipe(label_recipe(tmp_path, teacher))
+    recipe = load_recipe(label_recipe(tmp_path, teacher))
     label_store(recipe, quiet=True)
     folder = store_folder(tmp_path)
     assert main(["store", "verify", str(folder)]) == 0 and "intact; 500 samples x 2 views" in capsys.readouterr().out
@@ -365,7 +366,7 @@ def test_damaged_and_foreign_folders_are_named(tmp_path, teacher, capsys):
         Store(folder)
     with pytest.raises(StoreError, match=r"is not a store: it has no manifest.json"):
         Store(tmp_path)
-    another = load_label_recipe(label_recipe(tmp_path, teacher, views=3))
+    another = load_recipe(label_recipe(tmp_path, teacher, views=3))
     with pytest.raises(StoreError, match=r"holds another store \(labelled with other settings\):(.|\n)*  views.views: 2 -> 3"):
         label_store(another, quiet=True)
     shards[1].unlink()
@@ -379,8 +380,8 @@ def test_damaged_and_foreign_folders_are_named(tmp_path, teacher, capsys):
 # ------------------------------------------------------------------------------------------ inspect, CLI
 
 def test_inspect_reports_on_a_store_with_order_diagnostics_on_mixed_views(tmp_path, teacher, capsys):
-    recipe = load_label_recipe(label_recipe(tmp_path, teacher, augment={"mix": "mixup"}, encoding={"kind": "topk", "k": 3}))
-    assert main(["label", str(recipe.source), "--quiet"]) == 0
+    recipe = load_recipe(label_recipe(tmp_path, teacher, augment={"mix": "mixup"}, encoding={"kind": "topk", "k": 3}))
+    assert main(["label", str(recipe.recipe_file), "--quiet"]) == 0
     assert main(["inspect", str(store_folder(tmp_path)), "--output", str(tmp_path / "report")]) == 0
     assert f"{store_folder(tmp_path)}: 1000 soft labels, top-1 accuracy" in capsys.readouterr().out
     assert (tmp_path / "report" / "report.md").is_file()

@@ -21,8 +21,9 @@ from softdistill.checkpoint import load_checkpoint
 from softdistill.config import ConfigError, recipe_from_dict
 from softdistill.data.loader import BatchLoader, BatchTransform
 from softdistill.data.prepare import prepare_data
-from softdistill.data.datasets import DatasetFormatError
-from softdistill.data.stream import CorruptImageWarning, DataWorkerError, Decoder, FileSet, StreamLoader
+from softdistill.data.readers import DatasetFormatError
+from softdistill.data.samples import FileSet
+from softdistill.data.stream import CorruptImageWarning, DataWorkerError, Decoder, StreamLoader
 from softdistill.data.views import ViewPlan
 from softdistill.runner import run_recipe
 
@@ -224,7 +225,7 @@ def test_skip_leaves_unreadable_images_out_of_the_statistics(tmp_path):
     with pytest.warns(CorruptImageWarning, match="normalisation statistics of 18 training images: .* left out 2"):
         data = prepare_data("imagefolder", root=str(root), image_size=8, loader="stream", on_corrupt="skip")
     assert all(0 < m < 1 for m in data.mean)
-    with pytest.raises(ValueError, match="on_corrupt: skip needs loader: stream"):
+    with pytest.raises(ValueError, match="on_corrupt: skip leaves .* it needs loader: stream"):
         prepare_data("imagefolder", root=str(root), image_size=8, loader="memory", on_corrupt="skip")
 
 
@@ -240,7 +241,7 @@ def test_given_statistics_are_used_and_a_sample_estimate_is_bounded(tmp_path, mo
     original = stream_module.Decoder.batch
     monkeypatch.setattr(stream_module.Decoder, "batch",
                         lambda self, data, rows, views: decoded.append(len(rows)) or original(self, data, rows, views))
-    few = prepare_data("imagefolder", root=str(root), image_size=8, loader="stream", stats_samples=5)
+    few = prepare_data("imagefolder", root=str(root), image_size=8, loader="stream", stats_samples=5, workers=0)
     assert sum(decoded) == 5 and all(0 < m < 1 for m in few.mean)
 
 
@@ -311,11 +312,11 @@ def test_a_cached_teacher_caches_the_readable_samples_and_the_run_never_asks_for
     soft_labels = {"source": "cache", "checkpoint": str(teacher.run_dir / "last.pt")}
     student = recipe(tmp_path, root, "stream", top={"name": "kd", "method": {"name": "kd"}, "soft_labels": soft_labels},
                      on_corrupt="skip", views=2)
-    from softdistill.runner import build_trainer
+    from softdistill.runner import prepare_run
 
     with pytest.warns(CorruptImageWarning, match="a pass over 15 samples in order \\(view 1\\)"):
-        trainer, _ = build_trainer(student, quiet=True)
-    cache = trainer.method.soft_labels
+        trainer = prepare_run(student, quiet=True).trainer
+    cache = trainer.task.soft_labels
     assert sorted(cache.unreadable.tolist()) == sorted(bad_ids.tolist()) and len(cache.ids) == 13
     assert not torch.isin(cache.ids.cpu(), bad_ids).any() and cache.lookups_verified
     with pytest.warns(CorruptImageWarning):
@@ -402,7 +403,7 @@ def test_a_worker_killed_from_outside_at_any_moment_stops_the_pass_and_never_han
 
 
 def test_stream_settings_are_checked(tmp_path):
-    with pytest.raises(ConfigError, match="loader: stream reads image folders"):
+    with pytest.raises(ConfigError, match="loader: stream decodes image files batch by batch .* digits is read into"):
         recipe_from_dict({"name": "x", "student": "mlp", "epochs": 1, "data": {"name": "digits", "loader": "stream"}})
     with pytest.raises(ConfigError, match="loader: stream needs image_size"):
         recipe(tmp_path, tmp_path, "stream", image_size=None)

@@ -7,7 +7,7 @@ import yaml
 import softdistill.soft_labels.teacher as teacher_module
 from softdistill.checkpoint import CheckpointError, load_checkpoint
 from softdistill.config import recipe_from_dict
-from softdistill.engine import RunStateError
+from softdistill.runs import RunStateError
 from softdistill.losses import wsl_loss
 from softdistill.methods import method_class
 from softdistill.models import build_model

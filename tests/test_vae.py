@@ -11,9 +11,9 @@ from softdistill.checkpoint import CheckpointError, load_checkpoint, save_checkp
 from softdistill.cli import main
 from softdistill.config import ConfigError
 from softdistill.data.prepare import prepare_data
-from softdistill.engine import RunStateError
+from softdistill.runs import RunStateError
 from softdistill.experiments import packaged_recipes
-from softdistill.config import load_vae_recipe
+from softdistill.config import load_recipe
 from softdistill.runner import product_of, run_recipe
 from softdistill.soft_labels import Dependency
 
@@ -28,7 +28,7 @@ def _keep_thread_count():
 
 
 def tiny_recipe(tmp_path, *overrides):
-    return load_vae_recipe(TINY, [f"output_dir={tmp_path / 'runs'}", "train.device=cpu", *overrides])
+    return load_recipe(TINY, [f"output_dir={tmp_path / 'runs'}", "train.device=cpu", *overrides])
 
 
 def test_vae_loss_equals_hand_computation():
@@ -99,8 +99,8 @@ def test_tiny_recipe_learns_to_reconstruct_digits(tiny_run):
     model, info = load_vae(run / "vae.pt")
     assert not model.training and not any(p.requires_grad for p in model.parameters())
     data = prepare_data("digits", val_size=200)
-    assert info["data"] == {"name": "digits", "in_channels": 1, "image_size": 8}
-    assert info["normalization"] == {"mean": list(data.mean), "std": list(data.std)}
+    assert info.data.model_dump(exclude_none=True) == {"name": "digits", "in_channels": 1, "image_size": 8}
+    assert info.normalization.model_dump() == {"mean": list(data.mean), "std": list(data.std)}
     x = data.test.images.float() / 255
     with torch.no_grad():
         vae_error = (model.decode(model.encode(x)[0]) - x).square().mean()
@@ -157,8 +157,9 @@ def test_the_resolver_trains_a_vae_recipe_once_and_refuses_a_stale_run(tmp_path)
 
 def test_load_vae_rejects_classifier_and_corrupt_files(tmp_path):
     classifier = tmp_path / "best.pt"
+    meta = {"normalization": {"mean": [0.0], "std": [1.0]}, "data": {"name": "digits"}, "config": {}}
     save_checkpoint({"model": {"name": "resnet8", "num_classes": 10, "in_channels": 1, "image_size": 28},
-                     "state_dict": {}}, classifier)
+                     "state_dict": {}, **meta}, classifier)
     with pytest.raises(CheckpointError, match=r"classifier checkpoint \(model 'resnet8'\), not a VAE; expected"):
         load_vae(classifier)
     corrupt = tmp_path / "vae.pt"
@@ -167,7 +168,10 @@ def test_load_vae_rejects_classifier_and_corrupt_files(tmp_path):
         load_vae(corrupt)
     mismatched = tmp_path / "mismatched.pt"
     save_checkpoint({"kind": "vae", "vae": {"in_channels": 1, "image_size": 8, "latent_dim": 4, "width": 4},
-                     "state_dict": ConvVAE(1, 8, latent_dim=4, width=8).state_dict()}, mismatched)
+                     "state_dict": ConvVAE(1, 8, latent_dim=4, width=8).state_dict(), **meta}, mismatched)
+    with pytest.raises(CheckpointError, match=r"not a usable softdistill checkpoint: normalization: required key"):
+        save_checkpoint({"kind": "vae", "vae": {}, "state_dict": {}}, corrupt)
+        load_vae(corrupt)
     with pytest.raises(CheckpointError, match="weights do not fit"):
         load_vae(mismatched)
 
@@ -185,13 +189,13 @@ def test_cli_train_vae_and_its_errors(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "latent_dims: unknown key; did you mean 'latent_dim'?" in err
     assert main(["train", str(TINY)]) == 2  # the wrong command for a VAE recipe says which one is right
-    assert f"is a VAE recipe: train it with 'softdistill train-vae {TINY}'" in capsys.readouterr().err
+    assert f"is a VAE recipe: run it with 'softdistill train-vae {TINY}'" in capsys.readouterr().err
 
 
 def test_recipe_errors():
     with pytest.raises(ConfigError, match="data.batch_sise: unknown key; did you mean 'batch_size'"):
-        load_vae_recipe(TINY, ["data.batch_sise=8"])
+        load_recipe(TINY, ["data.batch_sise=8"])
     with pytest.raises(ConfigError, match="beta: Input should be greater than or equal to 0"):
-        load_vae_recipe(TINY, ["beta=-1"])
+        load_recipe(TINY, ["beta=-1"])
     with pytest.raises(ConfigError, match="train.amp and train.keep_epochs are not used"):
-        load_vae_recipe(TINY, ["train.amp=bf16"])
+        load_recipe(TINY, ["train.amp=bf16"])

@@ -3,7 +3,7 @@
 A teacher checkpoint (``soft_labels.recipe``), a VAE (``method.vae.path``), a store (a label
 recipe's run folder, ``soft_labels.recipe`` of ``source: store``): the
 dependency's recipe is loaded with the machine settings of the recipe that asks for it
-(:data:`softdistill.config.INHERITED_BY_DEPENDENCIES`), refused if its run folder was made by
+(:func:`softdistill.schema.not_identity`, ``inherited``), refused if its run folder was made by
 another version of it, trained (or finished) once when its run is not finished, and the path of
 its product returned.  A dependency that names a file (a checkpoint, a vae.pt, a soft-label file)
 (or a store folder) is returned as it is.  Paths are relative to the folder of the recipe that
@@ -21,14 +21,7 @@ from softdistill.config import RunRecipe, dependency_recipe
 from softdistill.runs import RunInterrupted, check_same_recipe, run_dir_state
 from softdistill.soft_labels.base import Dependency
 
-__all__ = ["resolve_product", "PRODUCTS"]
-
-# the file of a finished run that each kind of dependency needs
-PRODUCTS: dict[str, Callable[[Dependency], str]] = {
-    "model": lambda dependency: f"{dependency.select}.pt",
-    "vae": lambda dependency: "vae.pt",
-    "store": lambda dependency: ".",  # the store is the label recipe's run folder itself
-}
+__all__ = ["resolve_product"]
 
 
 def resolve_product(recipe: RunRecipe, dependency: Dependency, run: Callable[..., Any], *, quiet: bool = False) -> Path:
@@ -48,7 +41,7 @@ def resolve_product(recipe: RunRecipe, dependency: Dependency, run: Callable[...
             run(needed, resume=(state == "partial"), quiet=quiet)
         except RunInterrupted as exc:
             raise RunInterrupted(f"while {verb} {what}: {exc.kept}", resume=False) from None
-    product = needed.run_dir / PRODUCTS[dependency.kind](dependency)
+    product = needed.product_path(dependency)
     if not product.exists():
         hint = (f" (the recipe keeps epoch checkpoints only for train.keep_epochs = {needed.train.keep_epochs})"
                 if dependency.select.startswith("epoch_") else "")

@@ -162,20 +162,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _overrides(args: argparse.Namespace) -> list[str]:
+    """The command's ``-o`` overrides, and ``--seed`` as one."""
+    return args.override + ([f"seed={args.seed}"] if args.seed is not None else [])
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
-    from softdistill.config import ConfigError, load_recipe, read_recipe_file
+    from softdistill.config import load_recipe
     from softdistill.runtime import shutdown_distributed
     from softdistill.runtime.distributed import lost_rank_errors
     from softdistill.runner import run_recipe
 
-    overrides = args.override + ([f"seed={args.seed}"] if args.seed is not None else [])
-    try:
-        recipe = load_recipe(args.recipe, overrides)
-    except ConfigError as exc:
-        if "latent_dim" in read_recipe_file(args.recipe):
-            raise ConfigError(f"{exc}\n{args.recipe} is a VAE recipe: train it with "
-                              f"'softdistill train-vae {args.recipe}'") from None
-        raise
+    recipe = load_recipe(args.recipe, _overrides(args), kind="train")
     try:
         with lost_rank_errors():
             summary = run_recipe(recipe, resume=args.resume, quiet=args.quiet)
@@ -189,10 +187,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_train_vae(args: argparse.Namespace) -> int:
-    from softdistill.config import load_vae_recipe
+    from softdistill.config import load_recipe
     from softdistill.runner import run_recipe
 
-    recipe = load_vae_recipe(args.recipe, args.override + ([f"seed={args.seed}"] if args.seed is not None else []))
+    recipe = load_recipe(args.recipe, _overrides(args), kind="vae")
     summary = run_recipe(recipe, resume=args.resume, quiet=args.quiet)
     print(f"done: test recon {summary['test_recon']:.2f}, negative ELBO {summary['test_nelbo_last']:.2f} nats per image; "
           f"{summary['seconds']:.1f}s -> {recipe.run_dir / 'vae.pt'}")
@@ -200,11 +198,11 @@ def _cmd_train_vae(args: argparse.Namespace) -> int:
 
 
 def _cmd_label(args: argparse.Namespace) -> int:
-    from softdistill.config import load_label_recipe
+    from softdistill.config import load_recipe
     from softdistill.runtime import shutdown_distributed
     from softdistill.runner import run_recipe
 
-    recipe = load_label_recipe(args.recipe, args.override + ([f"seed={args.seed}"] if args.seed is not None else []))
+    recipe = load_recipe(args.recipe, _overrides(args), kind="label")
     try:
         run_recipe(recipe, quiet=args.quiet)
     finally:
@@ -234,7 +232,7 @@ def _cmd_store(args: argparse.Namespace) -> int:
 
 def _cmd_data(args: argparse.Namespace) -> int:
     from softdistill.data.shards import pack_imagefolder, parse_shard_size, verify_pack
-    from softdistill.data.datasets import DatasetFormatError
+    from softdistill.data.samples import DatasetFormatError
 
     if args.data_command == "verify":
         if problems := verify_pack(args.folder):
@@ -313,9 +311,10 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from softdistill.atomic import FileWriteError
     from softdistill.checkpoint import CheckpointError
     from softdistill.config import ConfigError
-    from softdistill.data.datasets import DatasetFormatError, DatasetNotFoundError
+    from softdistill.data.samples import DatasetFormatError, DatasetNotFoundError
     from softdistill.data.stream import DataWorkerError
-    from softdistill.engine import NonFiniteLossError, NonFiniteStateError, RunStateError
+    from softdistill.engine import NonFiniteLossError, NonFiniteStateError
+    from softdistill.runs import RunStateError
     from softdistill.runtime.distributed import DistributedError
     from softdistill.engine.wrap import CompileError
 

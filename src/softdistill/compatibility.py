@@ -60,27 +60,24 @@ def compatibility_problems(method: Any, source: Any | None, plan: Any) -> list[s
     return problems
 
 
-# what defines the views themselves (``views`` is how many; ``replay`` only their order)
-VIEW_DEFINITION = ("seed", "crop_padding", "hflip", "mix", "mix_alpha", "resized_crop", "crop_ratio")
-
-
 def stored_view_problems(stored: Any, wanted: Any, where: str) -> list[str]:
     """What stops soft labels stored for the views of plan ``stored`` from serving a run whose
     plan is ``wanted`` (both ViewPlans); ``where`` names the store in messages.
 
     View v of a sample is the same image under any number of views, so a store of V views serves
-    a recipe that asks for V or fewer; the parameters that define the views must be equal.
+    a recipe that asks for V or fewer; the definitions of the views (:meth:`ViewPlan.definition`)
+    must be equal.
     """
-    if stored.is_random or wanted.is_random:
-        differ = [f"{key} {getattr(stored, key)!r} in the store, {getattr(wanted, key)!r} in the recipe"
-                  for key in VIEW_DEFINITION if getattr(stored, key) != getattr(wanted, key)]
-        if not stored.is_random or not wanted.is_random:
-            differ.insert(0, "the store's views are " + ("augmented" if stored.is_random else "the clean images")
-                          + ", the recipe's " + ("augmented" if wanted.is_random else "the clean images"))
-        if differ:
-            return [f"{where} holds the views of another view plan ({'; '.join(differ)}): the student would see images "
-                    "the teacher did not label. Give the recipe the store's data.augment and data.view_seed (the "
-                    "view seed is data.view_seed, else the run seed), or label a store for the recipe's views"]
+    if differ := stored.differences(wanted):
+        mine, theirs = stored.definition(), wanted.definition()
+        if not mine or not theirs:
+            said = ("the store's views are " + ("augmented" if mine else "the clean images") + ", the recipe's "
+                    + ("augmented" if theirs else "the clean images"))
+        else:
+            said = "; ".join(f"{key} {mine.get(key)!r} in the store, {theirs.get(key)!r} in the recipe" for key in differ)
+        return [f"{where} holds the views of another view plan ({said}): the student would see images the teacher "
+                "did not label. Give the recipe the store's data.augment and data.view_seed (the view seed is "
+                "data.view_seed, else the run seed), or label a store for the recipe's views"]
     have, want = stored.distinct_views, wanted.distinct_views
     if want is not None and have is not None and want > have:
         return [f"{where} holds {have} view(s) per sample, the recipe asks for {want} (data.views): set data.views to "

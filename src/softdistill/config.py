@@ -1,4 +1,5 @@
-"""Typed recipe schema, YAML loading and dotted overrides.
+"""Recipes: the typed schema of every kind, YAML loading, dotted overrides, and every rule that ties
+their sections together, decided when the recipe loads.
 
 A recipe reads like a paper's hyper-parameter table::
 
@@ -11,176 +12,60 @@ A recipe reads like a paper's hyper-parameter table::
     optim: {name: sgd, lr: 0.05}
     schedule: {name: cosine, warmup_epochs: 1}
 
-Every section forbids unknown keys; a mistake is reported with the dotted path of the key,
-the closest valid key and the allowed values.  The ``method`` and ``soft_labels`` sections are
-validated against the schema of the method or source they name (each declares its own), and
-the method, the source and the view plan are checked against each other
-(:mod:`softdistill.compatibility`) before anything runs.  Every path in a recipe is relative to
-the recipe file's folder.  ``plugins`` lists modules imported before validation, where a user
-registers methods or sources of their own.
+There are three kinds (:data:`recipe_kinds`, one registry): a training recipe (:class:`Recipe`,
+``softdistill train``), a label recipe that writes a store of soft labels (:class:`LabelRecipe`,
+``softdistill label``) and a VAE recipe (:class:`VAERecipe`, ``softdistill train-vae``).  A recipe
+names its kind with ``kind:``, or :func:`recipe_kind` tells it from its keys.
+
+Every section forbids unknown keys; a mistake is reported with the dotted path of the key, the
+closest valid key and the allowed values.  Names of models, data sets, methods and soft-label
+sources are resolved against their registries (with the closest names), the ``method`` and
+``soft_labels`` sections are validated by the schema of the entry they name, and the method, the
+source, the data and the view plan are checked against each other (:meth:`RunRecipe.problems`),
+as is every recipe the recipe depends on (:func:`check_dependencies`), before anything runs.  Every
+path in a recipe is relative to the recipe file's folder.  ``plugins`` lists modules imported
+before validation, where a user registers methods, sources, models or data sets of their own.
 """
 
 from __future__ import annotations
 
-import difflib
 import importlib
 import json
-import types
-import typing
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, field_validator, model_validator
+from pydantic import Field, SerializeAsAny, ValidationError, field_validator, model_validator
 
 from softdistill.compatibility import CAPABILITIES, MIXED, ONLINE, compatibility_problems
-from softdistill.data.prepare import STREAMED
-from softdistill.data.shifts import parse_ood_specs
-from softdistill.data.views import ViewPlan, check_resized_crop
+from softdistill.data.config import DataConfig
+from softdistill.data.readers import dataset_info
+from softdistill.data.views import ViewPlan
 from softdistill.engine.wrap import COMPILE_KEYS
-from softdistill.methods import MethodConfig, method_class, method_config_class
-from softdistill.methods.base import registry as method_registry
-from softdistill.registry import Registry
-from softdistill.soft_labels import Dependency, SourceConfig, source_class
-from softdistill.soft_labels.base import source_registry
+from softdistill.methods import MethodConfig, method_class, methods
+from softdistill.models import check_model_name
+from softdistill.registry import Registry, UnknownNameError, closest_names
+from softdistill.schema import StrictConfig, describe_errors, not_identity, not_identity_keys
+from softdistill.soft_labels import Dependency, SourceConfig, source_class, sources
+from softdistill.types import RecipeFacts
 
 __all__ = [
-    "ConfigError",
-    "StrictModel",
-    "AugmentConfig",
-    "DataConfig",
-    "OptimConfig",
-    "ScheduleConfig",
-    "TrainConfig",
-    "RunRecipe",
-    "Recipe",
-    "VAERecipe",
-    "LabelRecipe",
-    "EncodingConfig",
-    "load_recipe",
-    "load_label_recipe",
-    "load_vae_recipe",
-    "import_plugins",
-    "read_recipe_file",
-    "describe_errors",
-    "recipe_from_dict",
-    "apply_overrides",
-    "parse_override",
+    "ConfigError", "OptimConfig", "ScheduleConfig", "TrainConfig", "RunRecipe", "Recipe", "VAERecipe", "LabelRecipe",
+    "EncodingConfig", "recipe_kinds", "recipe_kind", "load_recipe", "recipe_from_dict", "import_plugins",
+    "read_recipe_file", "apply_overrides", "parse_override", "dependency_recipe", "check_dependencies",
+    "not_identity_keys", "Amp", "TeacherDtype",
 ]
+
+Amp = Literal["off", "bf16", "fp16"]
+TeacherDtype = Literal["float32", "bfloat16", "float16"]
 
 
 class ConfigError(ValueError):
     """A recipe that cannot be used; the message lists every problem with its dotted key."""
 
 
-class StrictModel(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-
-class AugmentConfig(StrictModel):
-    """Augmentation of training images (never applied to evaluation); see softdistill.data.views."""
-
-    crop_padding: int = Field(0, ge=0, description="random crop after zero-padding by this many pixels; 0 = off")
-    hflip: bool = Field(False, description="random horizontal flip with probability 0.5")
-    mix: Literal["none", "mixup", "cutmix"] = Field("none", description="mix every view with a partner's view "
-                                                                       "(for methods that learn from mixed views)")
-    mix_alpha: float = Field(1.0, gt=0, description="lambda ~ Beta(mix_alpha, mix_alpha), drawn per sample")
-    resized_crop: tuple[float, float] | None = Field(
-        None, description="ImageNet-style random resized crop to data.image_size: the range of the crop's share of "
-                          "the image area, e.g. [0.08, 1] (stream loader only); None = off")
-    crop_ratio: tuple[float, float] = Field((3 / 4, 4 / 3), description="range of the resized crop's width / height")
-
-    @model_validator(mode="after")
-    def _valid_ranges(self) -> "AugmentConfig":
-        check_resized_crop(self.resized_crop, self.crop_ratio)
-        return self
-
-
-class DataConfig(StrictModel):
-    name: str = Field("fashion-mnist", description="digits | fashion-mnist | mnist | cifar10 | cifar100 | synthetic | "
-                                                  "imagefolder | shards (a folder written by softdistill data pack)")
-    root: str | None = Field(None, description="folder holding the data; else $SOFTDISTILL_DATA, then system places")
-    download: bool = Field(False, description="download the data when it is not found")
-    image_size: int | None = Field(None, ge=4, description="resize (imagefolder and shards only; shards need it)")
-    val_size: Union[int, float] = Field(0.1, ge=0, description="validation samples held out of train: a count or a fraction")
-    per_class: int | None = Field(None, ge=1, description="keep this many training images per class (small-data regime)")
-    split_seed: int = Field(0, description="seed of the validation split and the per-class subset (not the run seed)")
-    batch_size: int = Field(128, ge=1, description="global training batch (split across DDP ranks)")
-    eval_batch_size: int = Field(1024, ge=1)
-    drop_last: bool = Field(True, description="drop the last incomplete training batch of each epoch")
-    normalize: bool = Field(True, description="standardise with the training set's per-channel mean and std")
-    augment: AugmentConfig = Field(default_factory=AugmentConfig)
-    views: int = Field(0, ge=0, description="distinct augmented views per sample (epoch e shows view (e-1) mod V); "
-                                            "0 = a fresh view every epoch")
-    view_seed: int | None = Field(None, description="seed of the views' parameters; None = the run seed")
-    replay: Literal["cycle", "random"] = Field("cycle", description="which of the V views epoch e shows: cycle = "
-                                                                   "(e-1) mod V; random = a hashed choice per sample "
-                                                                   "and epoch")
-    canvas: int | None = Field(None, ge=4, description="place every image at the centre of a black canvas of this "
-                                                       "size (before the normalisation statistics); None = off")
-    ood: list[str] = Field(default_factory=list, description="out-of-domain test sets kind:amount, e.g. shift:4, "
-                                                             "rotate:20, noise:0.2, blur:1 (see softdistill.data.shifts)")
-    loader: Literal["memory", "stream", "auto"] = Field(
-        "memory", description="memory: every split decoded onto the device; stream: an image folder or shards decoded "
-                              "batch by batch in worker processes; auto: stream those larger than 2 GiB decoded")
-    workers: int = Field(4, ge=0, description="stream loader: decoding processes (0 = in the training process)")
-    mean: list[float] | None = Field(None, description="per-channel normalisation mean in [0, 1] units (with std); "
-                                                       "None = computed from the training split")
-    std: list[float] | None = Field(None, description="per-channel normalisation std (with mean)")
-    eval_resize: int | None = Field(None, ge=4, description="stream loader: evaluation images (and training "
-                                                            "images when augment has no resized_crop) resized to "
-                                                            "this shorter side, then centre-cropped to image_size "
-                                                            "(e.g. 256 for 224); None = resized to image_size")
-    stats_samples: int = Field(1000, ge=2, description="stream loader: training images the statistics are "
-                                                       "estimated from, when mean/std are not given")
-    on_corrupt: Literal["fail", "skip"] = Field(
-        "fail", description="stream loader: an image that cannot be decoded (corrupt, truncated, not an image): "
-                            "fail = stop, naming the file; skip = leave its sample out of its batch, counted and named "
-                            "in a warning and in metrics.jsonl (train/skipped, val/skipped, test/skipped)")
-
-    @field_validator("ood")
-    @classmethod
-    def _valid_ood(cls, specs: list[str]) -> list[str]:
-        parse_ood_specs(specs)
-        return specs
-
-    @model_validator(mode="after")
-    def _valid_plan(self) -> "DataConfig":
-        self.view_plan(0)  # ViewPlan's own checks (e.g. replay: random needs data.views)
-        return self
-
-    @model_validator(mode="after")
-    def _streamable(self) -> "DataConfig":
-        if self.loader == "stream" and self.name not in STREAMED:
-            raise ValueError(f"loader: stream reads image folders (name: imagefolder) and shards (name: shards), not "
-                             f"{self.name}; the built-in sets fit in memory (loader: memory)")
-        if self.image_size is None and (self.loader == "stream" or self.name == "shards"):
-            raise ValueError(f"{'shards' if self.name == 'shards' else 'loader: stream'} needs image_size, the side "
-                             "of the images a batch holds")
-        if self.loader != "memory" and (self.canvas is not None or self.ood):
-            raise ValueError("canvas and ood are made from images in memory: use loader: memory")
-        if self.loader != "stream" and (self.augment.resized_crop is not None or self.eval_resize is not None):
-            raise ValueError("augment.resized_crop and eval_resize resize each decoded file: they need loader: stream "
-                             "(images in memory have one size; crop them with augment.crop_padding)")
-        if self.on_corrupt == "skip" and self.loader != "stream":
-            raise ValueError("on_corrupt: skip leaves unreadable images out of the stream loader's batches: it needs "
-                             "loader: stream (the memory loader decodes every image up front; to leave such files out "
-                             "for good, pack the folder with 'softdistill data pack --on-corrupt skip')")
-        if self.eval_resize is not None and self.image_size is not None and self.eval_resize < self.image_size:
-            raise ValueError(f"eval_resize {self.eval_resize} is smaller than image_size {self.image_size}: the centre "
-                             "crop must fit")
-        return self
-
-    def view_plan(self, run_seed: int) -> ViewPlan:
-        """The views of the training split (``view_seed``, else ``run_seed``)."""
-        a = self.augment
-        return ViewPlan(seed=self.view_seed if self.view_seed is not None else run_seed, views=self.views,
-                        crop_padding=a.crop_padding, hflip=a.hflip, mix=a.mix, mix_alpha=a.mix_alpha,
-                        replay=self.replay, resized_crop=a.resized_crop, crop_ratio=a.crop_ratio)
-
-
-class OptimConfig(StrictModel):
+class OptimConfig(StrictConfig):
     name: Literal["sgd", "adamw"] = "sgd"
     lr: float = Field(0.05, gt=0)
     momentum: float = Field(0.9, ge=0, lt=1, description="SGD only")
@@ -189,33 +74,52 @@ class OptimConfig(StrictModel):
     betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW only")
 
 
-class ScheduleConfig(StrictModel):
+class ScheduleConfig(StrictConfig):
     name: Literal["constant", "multistep", "cosine"] = "cosine"
-    milestones: list[int] = Field(default_factory=list, description="multistep: epochs at which lr *= gamma")
+    milestones: list[int] = Field(default_factory=list, description="multistep: epochs at which lr *= gamma "
+                                                                    "(increasing)")
     gamma: float = Field(0.1, gt=0, description="multistep factor")
     warmup_epochs: float = Field(0.0, ge=0, description="linear warm-up from 0 over this many epochs")
     min_lr: float = Field(0.0, ge=0, description="cosine floor")
 
+    @field_validator("milestones")
+    @classmethod
+    def _increasing(cls, milestones: list[int]) -> list[int]:
+        if any(b <= a for a, b in zip(milestones, milestones[1:])) or any(m < 1 for m in milestones):
+            raise ValueError(f"milestones must be increasing epochs >= 1, got {milestones}")
+        return milestones
 
-class TrainConfig(StrictModel):
-    device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
-    amp: Literal["off", "bf16", "fp16"] = Field("off", description="autocast dtype; fp16 only on CUDA")
-    threads: int | None = Field(None, ge=1, description="torch CPU threads (None = PyTorch default)")
+    def problems(self, epochs: int) -> list[str]:
+        """What does not fit a run of ``epochs`` epochs."""
+        problems = []
+        if self.warmup_epochs > epochs:
+            problems.append(f"schedule.warmup_epochs = {self.warmup_epochs:g} is longer than the run ({epochs} epochs)")
+        return problems
+
+
+class TrainConfig(StrictConfig):
+    device: str = not_identity("auto", inherited=True, description="auto | cpu | cuda | cuda:N")
+    amp: Amp = Field("off", description="autocast dtype; fp16 only on CUDA")
+    threads: int | None = not_identity(None, inherited=True, ge=1, description="torch CPU threads (None = PyTorch "
+                                                                               "default)")
     keep_epochs: list[int] = Field(default_factory=list, description="also keep epoch_N.pt for these epochs")
-    eval_every: int = Field(1, ge=1, description="evaluate every N epochs (and after the last one)")
-    checkpoint_every: int = Field(0, ge=0, description="also write last.pt every N optimiser steps inside an epoch, "
-                                                       "for an exact resume mid-epoch; 0 = at epoch ends only")
-    log_every: int = Field(50, ge=0, description="steps between log points (progress bar, non-finite check); "
-                                                 "0 = at the end of each epoch only")
-    compile: Union[bool, dict[str, Any]] = Field(False, description="torch.compile the student and an online "
-                                                                     "teacher: true, or torch.compile keywords")
-    channels_last: bool = Field(False, description="channels_last memory format for models with 2-D convolutions "
-                                                   "and their inputs")
+    eval_every: int = not_identity(1, inherited=True, ge=1, description="evaluate every N epochs (and after the "
+                                                                        "last one)")
+    checkpoint_every: int = not_identity(0, ge=0, description="also write last.pt every N optimiser steps inside an "
+                                                              "epoch, for an exact resume mid-epoch; 0 = at epoch "
+                                                              "ends only")
+    log_every: int = not_identity(50, ge=0, description="steps between log points (progress bar, non-finite check); "
+                                                        "0 = at the end of each epoch only")
+    compile: Union[bool, dict[str, Any]] = not_identity(False, description="torch.compile the student and an online "
+                                                                           "teacher: true, or torch.compile keywords")
+    channels_last: bool = not_identity(False, description="channels_last memory format for models with 2-D "
+                                                          "convolutions and their inputs")
     grad_accum: int = Field(1, ge=1, description="split every batch into this many parts, one optimiser step per batch")
     clip_grad: float | None = Field(None, gt=0, description="clip the gradient norm to this value; None = off")
-    teacher_dtype: Literal["float32", "bfloat16", "float16"] = Field(
-        "float32", description="precision of an online teacher's inference (float16 only on CUDA)")
-    cudnn_benchmark: bool = Field(False, description="let cuDNN pick the fastest convolution algorithms (CUDA only)")
+    teacher_dtype: TeacherDtype = Field("float32", description="precision of an online teacher's inference (float16 "
+                                                               "only on CUDA)")
+    cudnn_benchmark: bool = not_identity(False, description="let cuDNN pick the fastest convolution algorithms (CUDA "
+                                                            "only)")
     sync_batchnorm: bool = Field(False, description="under DDP, BatchNorm normalises with the statistics of the "
                                                      "global batch, so N processes train what one process does")
 
@@ -235,22 +139,41 @@ class TrainConfig(StrictModel):
                              "processes different numbers of parts); use one or the other")
         return self
 
+    def unused(self, used: Sequence[str]) -> list[str]:
+        """The keys outside ``used`` that are set to something else than their default."""
+        return [key for key, info in type(self).model_fields.items()
+                if key not in used and getattr(self, key) != info.get_default(call_default_factory=True)]
 
-class RunRecipe(StrictModel):
-    """What every kind of recipe has: the run's name and seed, its data, machine settings and
-    output folder (``OUTPUT_DIR/NAME/seedSEED``), and the file it was read from."""
 
-    kind: ClassVar[str] = "recipe"  # what messages call it
+#: Every kind of recipe: a name (``kind:`` in YAML) -> its schema.
+recipe_kinds: Registry[type["RunRecipe"]] = Registry("recipe kind")
+
+
+class RunRecipe(StrictConfig):
+    """What every kind of recipe has: the run's name and seed, its data, machine settings and output
+    folder (``OUTPUT_DIR/NAME/seedSEED``), and the file it was read from.
+
+    A kind declares its ``kind`` name, the ``noun`` messages call it, the ``command`` that runs it,
+    the ``product`` its run leaves for recipes that depend on it, and the sections validated by a
+    registry (``registry_sections``: key -> (registry, example)).
+    """
+
+    kind: ClassVar[str] = ""
+    noun: ClassVar[str] = "recipe"
+    command: ClassVar[str] = ""
+    product: ClassVar[str] = ""
+    registry_sections: ClassVar[dict[str, tuple[Registry, str]]] = {}
 
     name: str = Field(..., pattern=r"^[A-Za-z0-9_.\-]+$")
-    description: str = ""
-    seed: int = 0
+    description: str = not_identity("")
+    seed: int = Field(0, ge=0, le=2**31 - 1, description="seed of the run (initialisation, order, views)")
     data: DataConfig = Field(default_factory=DataConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
-    output_dir: str = Field("runs", description="runs are written to OUTPUT_DIR/NAME/seedSEED")
-    plugins: list[str] = Field(default_factory=list, description="modules imported before the recipe is validated "
-                                                                 "(methods or sources of your own)")
-    source: str | None = Field(None, exclude=True, description="file the recipe was read from (set by the loader)")
+    output_dir: str = not_identity("runs", inherited=True, description="runs are written to OUTPUT_DIR/NAME/seedSEED")
+    plugins: list[str] = not_identity(default_factory=list, description="modules imported before the recipe is "
+                                                                        "validated (methods, sources, models or "
+                                                                        "data sets of your own)")
+    recipe_file: str | None = Field(None, exclude=True, description="file the recipe was read from (set by the loader)")
 
     @field_validator("name")
     @classmethod
@@ -273,43 +196,87 @@ class RunRecipe(StrictModel):
     def run_dir(self) -> Path:
         return Path(self.output_dir) / self.name / f"seed{self.seed}"
 
+    @property
+    def view_plan(self) -> ViewPlan:
+        """The views of the training split."""
+        return self.data.view_plan(self.seed)
+
+    @property
+    def facts(self) -> RecipeFacts:
+        """What the method and soft-label source may check their settings against, at load time."""
+        names = dataset_info(self.data.name).class_names
+        return RecipeFacts(epochs=getattr(self, "epochs", 0), num_classes=len(names) if names else None,
+                           plan=self.view_plan)
+
     def resolve_path(self, path: str) -> Path:
         """A path written in the recipe, relative to the recipe file's folder when not absolute."""
         p = Path(path).expanduser()
-        if p.is_absolute() or self.source is None:
+        if p.is_absolute() or self.recipe_file is None:
             return p
-        return Path(self.source).parent / p
+        return Path(self.recipe_file).parent / p
+
+    def product_path(self, dependency: Dependency) -> Path:
+        """The file (or folder) of this recipe's finished run that ``dependency`` needs."""
+        return self.run_dir
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
 
-    @classmethod
-    def from_dict(cls, raw: Any, source: str | None = None) -> "RunRecipe":
-        """Validate a recipe given as a plain dict; raise :class:`ConfigError` listing every problem."""
-        cls._check_mapping(raw, source)
-        import_plugins(raw.get("plugins"), source)
-        try:
-            return cls.model_validate({**raw, "source": source})
-        except ValidationError as exc:
-            raise cls._invalid(source, describe_errors(exc.errors(), cls)) from None
-
     def dependencies(self) -> list[Dependency]:
         """The other recipes and files this recipe names (their paths relative to its folder)."""
+        return [d for key in self.registry_sections if (section := getattr(self, key)) is not None
+                for d in section.dependencies()]
+
+    def problems(self) -> list[str]:
+        """The rules that tie this recipe's sections together (empty when they hold)."""
         return []
 
     def dependency_problems(self, dependency: Dependency, needed: "RunRecipe") -> list[str]:
         """What stops the product of ``needed`` (the recipe ``dependency`` names) from serving this recipe."""
-        return []
+        return [p for key in self.registry_sections if (section := getattr(self, key)) is not None
+                for p in section.dependency_problems(dependency, needed, self)]
 
     @classmethod
-    def _check_mapping(cls, raw: Any, source: str | None) -> None:
+    def from_dict(cls, raw: Any, recipe_file: str | None = None) -> "RunRecipe":
+        """Validate a recipe of this kind given as a plain dict; a :class:`ConfigError` listing every problem."""
+        where = recipe_file or cls.noun
         if not isinstance(raw, dict):
-            raise ConfigError(f"{source or cls.kind}: a {cls.kind} must be a YAML mapping, got {type(raw).__name__}")
+            raise ConfigError(f"{where}: a {cls.noun} must be a YAML mapping, got {type(raw).__name__}")
+        import_plugins(raw.get("plugins"), recipe_file)
+        raw = dict(raw)
+        problems = cls._kind_problems(raw.pop("kind", cls.kind))
+        problems += [f"{key}: {RETIRED_SECTIONS[key]}" for key in RETIRED_SECTIONS if raw.pop(key, None) is not None]
+        sections = {}
+        for key, (registry, example) in cls.registry_sections.items():
+            sections[key], found = _validate_section(raw.pop(key, None), key, registry, example)
+            problems += found
+        try:
+            recipe = cls.model_validate({**raw, "recipe_file": recipe_file})
+        except ValidationError as exc:
+            raise _invalid(cls, recipe_file, describe_errors(exc.errors(), cls) + problems) from None
+        if not problems:
+            for key, section in sections.items():
+                if section is not None:
+                    setattr(recipe, key, section)
+            problems = recipe.problems()
+        if problems:
+            raise _invalid(cls, recipe_file, problems)
+        return recipe
 
     @classmethod
-    def _invalid(cls, source: str | None, problems: list[str]) -> ConfigError:
-        where = f" in {source}" if source else ""
-        return ConfigError(f"invalid {cls.kind}{where}:\n  " + "\n  ".join(problems))
+    def _kind_problems(cls, kind: Any) -> list[str]:
+        if kind == cls.kind:
+            return []
+        try:
+            other = recipe_kinds.get(kind)
+        except UnknownNameError as exc:
+            return [f"kind: {exc}"]
+        return [f"kind: {kind} is a {other.noun} (run it with 'softdistill {other.command}'), not a {cls.noun}"]
+
+
+def _invalid(cls: type[RunRecipe], recipe_file: str | None, problems: list[str]) -> ConfigError:
+    where = f" in {recipe_file}" if recipe_file else ""
+    return ConfigError(f"invalid {cls.noun}{where}:\n  " + "\n  ".join(problems))
 
 
 # Sections of earlier versions, and what to write instead.
@@ -320,61 +287,66 @@ RETIRED_SECTIONS = {
 }
 
 
+SOURCE_EXAMPLE = "{source: teacher, recipe: teacher.yaml}"
+
+
+@recipe_kinds.register("train")
 class Recipe(RunRecipe):
     """A training recipe: a student, where its soft labels come from, its method, optimiser and schedule."""
 
+    kind: ClassVar[str] = "train"
+    noun: ClassVar[str] = "recipe"
+    command: ClassVar[str] = "train"
+    product: ClassVar[str] = "model"
+    registry_sections: ClassVar[dict[str, tuple[Registry, str]]] = {
+        "method": (methods, "{name: kd, alpha: 0.9}"), "soft_labels": (sources, SOURCE_EXAMPLE)}
+
     epochs: int = Field(..., ge=1)
-    student: str = Field(..., description="model name, see softdistill.models.available_models()")
+    student: str = Field(..., description="a registered model name, see softdistill.models.available_models()")
     soft_labels: SerializeAsAny[SourceConfig] | None = Field(
-        None, description="where soft labels come from: {source: teacher | cache | weak | ..., ...}")
-    method: SerializeAsAny[MethodConfig] = Field(default_factory=lambda: method_config_class("ce")())
+        None, description="where soft labels come from: {source: teacher | cache | store | weak | ..., ...}")
+    method: SerializeAsAny[MethodConfig] = Field(default_factory=lambda: method_class("ce").Config())
     optim: OptimConfig = Field(default_factory=OptimConfig)
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
 
-    @property
-    def view_plan(self) -> ViewPlan:
-        return self.data.view_plan(self.seed)
-
-    def dependencies(self) -> list[Dependency]:
-        own = self.soft_labels.dependencies() if self.soft_labels is not None else []
-        return own + self.method.dependencies()
-
-    def dependency_problems(self, dependency: Dependency, needed: RunRecipe) -> list[str]:
-        return self.soft_labels.dependency_problems(dependency, needed, self) if self.soft_labels is not None else []
-
+    @field_validator("student")
     @classmethod
-    def from_dict(cls, raw: Any, source: str | None = None) -> "Recipe":
-        """As :meth:`RunRecipe.from_dict`; ``method`` and ``soft_labels`` are validated by the method or
-        source they name, then checked against each other and the view plan."""
-        cls._check_mapping(raw, source)
-        import_plugins(raw.get("plugins"), source)
-        raw = dict(raw)
-        problems = [f"{key}: {RETIRED_SECTIONS[key]}" for key in RETIRED_SECTIONS if key in raw]
-        for key in RETIRED_SECTIONS:
-            raw.pop(key, None)
-        method, method_problems = _validate_method(raw.pop("method", None))
-        soft_labels, source_problems = _validate_source(raw.pop("soft_labels", None))
-        problems += method_problems + source_problems
-        try:
-            recipe = cls.model_validate({**raw, "source": source})
-        except ValidationError as exc:
-            problems = describe_errors(exc.errors(), cls) + problems
-            recipe = None
-        if not problems and recipe is not None and method is not None:
-            source_cls = source_class(soft_labels.source) if soft_labels is not None else None
-            problems = compatibility_problems(method_class(method.name), source_cls, recipe.data.view_plan(recipe.seed))
-            problems += _speed_problems(recipe.train, method_class(method.name), source_cls)
-        if problems or recipe is None:
-            raise cls._invalid(source, problems)
-        recipe.method = method
-        recipe.soft_labels = soft_labels
-        return recipe
+    def _registered_model(cls, name: str) -> str:
+        check_model_name(name)
+        return name
+
+    def product_path(self, dependency: Dependency) -> Path:
+        return self.run_dir / f"{dependency.select}.pt"
+
+    def problems(self) -> list[str]:
+        method = method_class(self.method.name)
+        source = source_class(self.soft_labels.source) if self.soft_labels is not None else None
+        problems = compatibility_problems(method, source, self.view_plan)
+        if problems:
+            return problems
+        facts = self.facts
+        problems += self.method.problems(facts)
+        if self.soft_labels is not None:
+            problems += self.soft_labels.problems(facts)
+        if self.train.teacher_dtype != "float32" and (source is None or ONLINE not in source.serves):
+            problems.append(f"train.teacher_dtype: {self.train.teacher_dtype} sets the precision of a teacher run "
+                            "online (soft_labels.source: teacher); this recipe has none, so leave it at float32")
+        if self.train.grad_accum > 1 and not method.supports_grad_accum:
+            problems.append(f"train.grad_accum: method {self.method.name!r} updates its own parts inside every step, "
+                            "so accumulating over parts of a batch would change it; use 1")
+        if outside := [e for e in self.train.keep_epochs if not 1 <= e <= self.epochs]:
+            problems.append(f"train.keep_epochs {outside} lie outside the run's epochs 1..{self.epochs}")
+        return problems + self.schedule.problems(self.epochs)
 
 
+@recipe_kinds.register("vae")
 class VAERecipe(RunRecipe):
     """What ``softdistill train-vae`` trains: data, architecture, Adam, epochs."""
 
-    kind: ClassVar[str] = "VAE recipe"
+    kind: ClassVar[str] = "vae"
+    noun: ClassVar[str] = "VAE recipe"
+    command: ClassVar[str] = "train-vae"
+    product: ClassVar[str] = "vae"
 
     epochs: int = Field(..., ge=1)
     latent_dim: int = Field(16, ge=1, description="dimension of z")
@@ -383,30 +355,34 @@ class VAERecipe(RunRecipe):
     lr: float = Field(1e-3, gt=0, description="Adam learning rate (constant)")
     weight_decay: float = Field(0.0, ge=0, description="Adam's L2 penalty")
 
-    @model_validator(mode="after")
-    def _used_train_keys(self) -> "VAERecipe":
-        t = self.train
-        if t.amp != "off" or t.keep_epochs:
-            raise ValueError("train.amp and train.keep_epochs are not used by train-vae "
-                             "(it trains in float32 and keeps last.pt and vae.pt)")
-        unused = [key for key, value in (("compile", t.compile), ("channels_last", t.channels_last),
-                                         ("teacher_dtype", t.teacher_dtype != "float32"),
-                                         ("sync_batchnorm", t.sync_batchnorm)) if value]
-        if unused:
-            raise ValueError(f"train.{', train.'.join(unused)}: not used by train-vae (a small VAE in one process, "
-                             "no teacher)")
+    def product_path(self, dependency: Dependency) -> Path:
+        return self.run_dir / "vae.pt"
+
+    def problems(self) -> list[str]:
+        problems = []
+        if self.train.amp != "off" or self.train.keep_epochs:
+            problems.append("train.amp and train.keep_epochs are not used by train-vae (it trains in float32 and keeps "
+                            "last.pt and vae.pt)")
+        if unused := self.train.unused(("device", "threads", "eval_every", "checkpoint_every", "log_every",
+                                        "grad_accum", "clip_grad", "amp", "keep_epochs")):
+            problems.append(f"train.{', train.'.join(unused)}: not used by train-vae (a small VAE in one process, no "
+                            "teacher)")
         if self.data.augment.mix != "none":
-            raise ValueError("data.augment.mix is not used by train-vae (a VAE learns single images)")
+            problems.append("data.augment.mix is not used by train-vae (a VAE learns single images)")
         if self.data.loader != "memory":
-            raise ValueError("train-vae reads its data in memory: data.loader must be memory")
-        return self
+            problems.append("train-vae reads its data in memory: data.loader must be memory")
+        return problems
 
 
-class EncodingConfig(StrictModel):
+EncodingKind = Literal["full", "topk"]
+EncodingDtype = Literal["float32", "float16"]
+
+
+class EncodingConfig(StrictConfig):
     """How a store encodes each soft label (softdistill.store.encoding)."""
 
-    kind: Literal["full", "topk"] = Field("full", description="full: every logit; topk: the k largest + the tail's mass")
-    dtype: Literal["float32", "float16"] = Field("float32", description="of the logits (full) or top-k values")
+    kind: EncodingKind = Field("full", description="full: every logit; topk: the k largest + the tail's mass")
+    dtype: EncodingDtype = Field("float32", description="of the logits (full) or top-k values")
     k: int | None = Field(None, ge=1, description="topk: how many classes are kept")
 
     @model_validator(mode="after")
@@ -416,6 +392,7 @@ class EncodingConfig(StrictModel):
         return self
 
 
+@recipe_kinds.register("label")
 class LabelRecipe(RunRecipe):
     """What ``softdistill label`` writes: the store of a soft-label source's logits for every
     (sample, view) of the data section's view plan (data.augment, data.views, data.view_seed).
@@ -424,154 +401,79 @@ class LabelRecipe(RunRecipe):
     labelling batch; ``train`` gives the device, threads and ``amp`` of the teacher's forward.
     """
 
-    kind: ClassVar[str] = "label recipe"
+    kind: ClassVar[str] = "label"
+    noun: ClassVar[str] = "label recipe"
+    command: ClassVar[str] = "label"
+    product: ClassVar[str] = "store"
+    registry_sections: ClassVar[dict[str, tuple[Registry, str]]] = {"soft_labels": (sources, SOURCE_EXAMPLE)}
 
     soft_labels: SerializeAsAny[SourceConfig] | None = Field(None, description="what labels: {source: teacher, "
                                                                                "recipe: ...} (required)")
     encoding: EncodingConfig = Field(default_factory=EncodingConfig)
     shard_samples: int = Field(4096, ge=1, description="samples per shard (each shard holds all their views)")
 
-    @property
-    def view_plan(self) -> ViewPlan:
-        return self.data.view_plan(self.seed)
-
-    def dependencies(self) -> list[Dependency]:
-        return self.soft_labels.dependencies() if self.soft_labels is not None else []
-
-    @classmethod
-    def from_dict(cls, raw: Any, source: str | None = None) -> "LabelRecipe":
-        """As :meth:`RunRecipe.from_dict`; ``soft_labels`` is validated by the source it names, which
-        must serve the plan's views (mixed ones too, when the plan mixes), for a fixed number of views."""
-        cls._check_mapping(raw, source)
-        import_plugins(raw.get("plugins"), source)
-        raw = dict(raw)
-        soft_labels, problems = _validate_source(raw.pop("soft_labels", None))
-        if soft_labels is None and not problems:
-            problems = ["soft_labels: required: the source that labels, e.g. {source: teacher, recipe: teacher.yaml}"]
-        try:
-            recipe = cls.model_validate({**raw, "source": source})
-        except ValidationError as exc:
-            problems = describe_errors(exc.errors(), cls) + problems
-            recipe = None
-        if recipe is not None and soft_labels is not None:
-            problems += _label_problems(recipe, source_class(soft_labels.source))
-        if problems or recipe is None:
-            raise cls._invalid(source, problems)
-        recipe.soft_labels = soft_labels
-        return recipe
+    def problems(self) -> list[str]:
+        if self.soft_labels is None:
+            return ["soft_labels: required: the source that labels, e.g. " + SOURCE_EXAMPLE]
+        plan, source = self.view_plan, source_class(self.soft_labels.source)
+        problems = []
+        if self.soft_labels.source == "store":
+            problems.append("soft_labels.source: a label recipe labels from a teacher (or another source), not from a "
+                            "store")
+        if plan.mixes and MIXED not in source.serves:
+            problems.append(f"soft_labels.source {self.soft_labels.source!r} cannot label {CAPABILITIES[MIXED]}; use "
+                            "source: teacher")
+        if plan.distinct_views is None:
+            problems.append("data.views: a store holds a fixed number of views per sample; set data.views to how many "
+                            "views of each sample to label (the augmentation draws a fresh view otherwise)")
+        if self.train.keep_epochs:
+            problems.append("train.keep_epochs is not used by a label recipe")
+        if unused := self.train.unused(("device", "threads", "amp", "eval_every", "checkpoint_every", "log_every",
+                                        "keep_epochs")):
+            problems.append(f"train.{', train.'.join(unused)}: training options, not used by a label recipe")
+        classes = self.facts.num_classes
+        if self.encoding.k is not None and classes is not None and self.encoding.k > classes:
+            problems.append(f"encoding.k = {self.encoding.k} exceeds the {classes} classes of {self.data.name}")
+        return problems + self.soft_labels.problems(self.facts)
 
 
-def _label_problems(recipe: LabelRecipe, source: Any) -> list[str]:
-    plan, name = recipe.view_plan, source.Config.model_fields["source"].default
-    problems = []
-    if name == "store":
-        problems.append("soft_labels.source: a label recipe labels from a teacher (or another source), not from a store")
-    if plan.mixes and MIXED not in source.serves:
-        problems.append(f"soft_labels.source {name!r} cannot label {CAPABILITIES[MIXED]}; use source: teacher")
-    if plan.distinct_views is None:
-        problems.append("data.views: a store holds a fixed number of views per sample; set data.views to how many "
-                        "views of each sample to label (the augmentation draws a fresh view otherwise)")
-    if recipe.train.keep_epochs:
-        problems.append("train.keep_epochs is not used by a label recipe")
-    unused = [key for key in ("compile", "channels_last", "grad_accum", "clip_grad", "teacher_dtype", "cudnn_benchmark",
-                              "sync_batchnorm")
-              if getattr(recipe.train, key) != TrainConfig.model_fields[key].default]
-    if unused:
-        problems.append(f"train.{', train.'.join(unused)}: training options, not used by a label recipe")
-    return problems
-
-
-def _speed_problems(train: TrainConfig, method_cls: type, source_cls: type | None) -> list[str]:
-    """Speed options that the recipe's method or soft-label source cannot use."""
-    problems = []
-    if train.teacher_dtype != "float32" and (source_cls is None or ONLINE not in source_cls.serves):
-        problems.append(f"train.teacher_dtype: {train.teacher_dtype} sets the precision of a teacher run online "
-                        "(soft_labels.source: teacher); this recipe has none, so leave it at float32")
-    if train.grad_accum > 1 and not method_cls.supports_grad_accum:
-        problems.append(f"train.grad_accum: method {method_cls.Config.model_fields['name'].default!r} updates its own "
-                        "parts inside every step, so accumulating over parts of a batch would change it; use 1")
-    return problems
-
-
-# --------------------------------------------------------------------------------------------
-# error reporting
-
-def _unwrap_model(annotation: Any) -> type[BaseModel] | None:
-    """The BaseModel class inside an annotation such as ``X | None`` or ``SerializeAsAny[X]``."""
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    origin = typing.get_origin(annotation)
-    if origin in (Union, types.UnionType) or origin is typing.Annotated:
-        for arg in typing.get_args(annotation):
-            found = _unwrap_model(arg)
-            if found is not None:
-                return found
-    return None
-
-
-def _model_at(root: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] | None:
-    model: type[BaseModel] | None = root
-    for part in loc:
-        if model is None or not isinstance(part, str) or part not in model.model_fields:
-            return None
-        model = _unwrap_model(model.model_fields[part].annotation)
-    return model
-
-
-def describe_errors(errors: list[dict[str, Any]], root: type[BaseModel], prefix: tuple[str, ...] = ()) -> list[str]:
-    lines = []
-    for err in errors:
-        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
-        dotted = ".".join(str(p) for p in prefix + loc) or "(recipe)"
-        if err["type"] == "extra_forbidden":
-            parent = _model_at(root, loc[:-1])
-            allowed = sorted(parent.model_fields) if parent else []
-            allowed = [a for a in allowed if a != "source"]
-            close = difflib.get_close_matches(str(loc[-1]), allowed, n=1, cutoff=0.5)
-            hint = f"; did you mean '{close[0]}'?" if close else ""
-            lines.append(f"{dotted}: unknown key{hint} (allowed: {', '.join(allowed)})")
-        elif err["type"] == "missing":
-            lines.append(f"{dotted}: required key is missing")
-        else:
-            got = err.get("input")
-            shown = "" if isinstance(got, dict) else f", got {got!r}"
-            lines.append(f"{dotted}: {err['msg']}{shown}")
-    return lines
+def recipe_kind(raw: dict[str, Any]) -> str:
+    """The kind of a recipe given as a dict: its ``kind:``, else told from its keys (``latent_dim``: a VAE
+    recipe; ``encoding`` or ``shard_samples``, or soft labels with neither student nor method: a label
+    recipe; otherwise a training recipe)."""
+    if "kind" in raw:
+        return str(raw["kind"])
+    if "latent_dim" in raw:
+        return "vae"
+    if "encoding" in raw or "shard_samples" in raw or ("soft_labels" in raw and not {"student", "method"} & set(raw)):
+        return "label"
+    return "train"
 
 
 def _validate_section(raw: Any, section: str, registry: Registry, example: str) -> tuple[Any, list[str]]:
     """Validate a ``method`` or ``soft_labels`` section against the schema of the entry it names."""
     key = registry.key
+    if section == "method":
+        raw = {"name": "ce"} if raw is None else {"name": raw} if isinstance(raw, str) else raw
+    if raw is None:
+        return None, []
     if not isinstance(raw, dict) or key not in raw:
         return None, [f"{section}: must be a mapping with a '{key}' key, e.g. {example}"]
-    name, names = raw[key], registry.names()
-    if name not in names:
-        close = difflib.get_close_matches(str(name), names, n=1, cutoff=0.5)
-        hint = f"; did you mean '{close[0]}'?" if close else ""
-        return None, [f"{section}.{key}: unknown {registry.what} {name!r}{hint} (known: {', '.join(names)})"]
-    cls = registry.get(name).Config
+    try:
+        cls = registry.get(raw[key]).Config
+    except UnknownNameError as exc:
+        return None, [f"{section}.{key}: {exc}"]
     try:
         return cls.model_validate(raw), []
     except ValidationError as exc:
         return None, describe_errors(exc.errors(), cls, (section,))
 
 
-def _validate_method(raw: Any) -> tuple[MethodConfig | None, list[str]]:
-    raw = {"name": "ce"} if raw is None else {"name": raw} if isinstance(raw, str) else raw
-    return _validate_section(raw, "method", method_registry, "{name: kd, alpha: 0.9}")
-
-
-def _validate_source(raw: Any) -> tuple[SourceConfig | None, list[str]]:
-    if raw is None:
-        return None, []
-    return _validate_section(raw, "soft_labels", source_registry, "{source: teacher, recipe: teacher.yaml}")
-
-
-def import_plugins(modules: Any, source: str | None = None) -> None:
-    """Import the ``plugins`` modules of a recipe (where users register methods and sources)."""
+def import_plugins(modules: Any, recipe_file: str | None = None) -> None:
+    """Import the ``plugins`` modules of a recipe (where users register methods, sources, models, data sets)."""
     if modules is None:
         return
-    where = f"{source}: " if source else ""
+    where = f"{recipe_file}: " if recipe_file else ""
     if not isinstance(modules, list) or not all(isinstance(m, str) for m in modules):
         raise ConfigError(f"{where}plugins must be a list of module names, got {modules!r}")
     for module in modules:
@@ -584,9 +486,17 @@ def import_plugins(modules: Any, source: str | None = None) -> None:
             raise ConfigError(f"{where}plugin module {module!r}: {exc}") from None
 
 
-def recipe_from_dict(raw: dict[str, Any], source: str | None = None) -> Recipe:
-    """Validate a training recipe given as a plain dict (:meth:`Recipe.from_dict`)."""
-    return Recipe.from_dict(raw, source)
+def recipe_from_dict(raw: dict[str, Any], recipe_file: str | None = None) -> RunRecipe:
+    """Validate a recipe of any kind (:func:`recipe_kind`) given as a plain dict."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{recipe_file or 'recipe'}: a recipe must be a YAML mapping, got {type(raw).__name__}")
+    import_plugins(raw.get("plugins"), recipe_file)
+    kind = recipe_kind(raw)
+    try:
+        cls = recipe_kinds.get(kind)
+    except UnknownNameError as exc:
+        raise ConfigError(f"{recipe_file or 'recipe'}: kind: {exc}") from None
+    return cls.from_dict(raw, recipe_file)
 
 
 # --------------------------------------------------------------------------------------------
@@ -604,7 +514,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return key.strip().split("."), parsed
 
 
-def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
     """Return a copy of ``raw`` with each dotted ``key=value`` override applied."""
     result = yaml.safe_load(yaml.safe_dump(raw))  # deep copy of plain data
     for text in overrides:
@@ -644,33 +554,39 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 def read_recipe_file(path: str | Path, overrides: Sequence[str] = ()) -> dict[str, Any]:
     """The YAML mapping in ``path`` with dotted ``key=value`` overrides applied (not yet validated).
 
-    A key written twice in one mapping is an error naming the key and both lines."""
+    A key written twice in one mapping is an error naming the key and both lines; a missing file
+    suggests the recipes beside it with the closest names."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"recipe file not found: {path}")
+        raise ConfigError(f"recipe file not found: {path}{_nearby_recipes(path)}")
     try:
-        with path.open() as stream:
+        with path.open(encoding="utf-8") as stream:
             raw = yaml.load(stream, Loader=_UniqueKeyLoader) or {}
-    except yaml.YAMLError as exc:
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: not valid YAML:\n{exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the recipe ({exc.strerror or exc})") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: a recipe must be a YAML mapping")
-    return apply_overrides(raw, list(overrides))
+    return apply_overrides(raw, overrides)
 
 
-# Settings of the machine rather than of the experiment: a recipe that another recipe depends on
-# takes them from the one that asks for it, so that `-o data.root=...` or `-o output_dir=...`
-# reach the teacher (or VAE) too.
-INHERITED_BY_DEPENDENCIES = ("data.root", "data.download", "train.device", "train.threads", "train.eval_every",
-                             "output_dir")
-RECIPE_KINDS: dict[str, type[RunRecipe]] = {"model": Recipe, "vae": VAERecipe, "store": LabelRecipe}
-FOLDER_KINDS = ("store",)  # dependencies whose product is a folder (a store), not a file
+def _nearby_recipes(path: Path) -> str:
+    folder = path.parent if path.parent.is_dir() else None
+    if folder is None:
+        return ""
+    close = closest_names(path.name, sorted(p.name for p in folder.glob("*.y*ml")))
+    return f"; did you mean {' or '.join(str(folder / c) for c in close)}?" if close else ""
 
 
-def inherited_overrides(recipe: RunRecipe) -> list[str]:
-    """The INHERITED_BY_DEPENDENCIES settings of ``recipe`` as dotted overrides for the recipes it depends on."""
+def _inherited_overrides(recipe: RunRecipe, dependency_kind: type[RunRecipe]) -> list[str]:
+    """The settings of ``recipe`` that the recipes it depends on inherit (machine settings such as the data
+    folder or the thread count, see :func:`~softdistill.schema.not_identity`), as dotted overrides, for the
+    keys a recipe of ``dependency_kind`` has."""
     inherited = []
-    for key in INHERITED_BY_DEPENDENCIES:
+    for key in not_identity_keys(type(recipe), inherited=True):
+        if key not in not_identity_keys(dependency_kind, inherited=True):
+            continue
         value: Any = recipe
         for part in key.split("."):
             value = getattr(value, part)
@@ -681,19 +597,29 @@ def inherited_overrides(recipe: RunRecipe) -> list[str]:
 
 def dependency_recipe(recipe: RunRecipe, dependency: Dependency) -> tuple[Path, RunRecipe | None]:
     """The file a dependency names (relative to ``recipe``'s folder) and, when it is a recipe, that
-    recipe (with the inherited machine settings); a missing file is a :class:`ConfigError` that
-    names the field and where it was looked for."""
+    recipe (with the inherited machine settings), which must be of the kind whose product the dependency
+    needs; a missing file is a :class:`ConfigError` that names the field and where it was looked for."""
     path = recipe.resolve_path(dependency.path)
-    is_recipe = dependency.kind in RECIPE_KINDS and path.suffix in (".yaml", ".yml")
-    if not (path.is_file() or (dependency.kind in FOLDER_KINDS and path.is_dir() and not is_recipe)):
-        where = f"{recipe.source}: " if recipe.source else ""
-        what = "file or folder" if dependency.kind in FOLDER_KINDS else "file"
+    is_recipe = path.suffix in (".yaml", ".yml") and dependency.kind in PRODUCT_KINDS
+    folder_ok = dependency.kind == "store" and path.is_dir() and not is_recipe
+    where = f"{recipe.recipe_file}: " if recipe.recipe_file else ""
+    if not (path.is_file() or folder_ok):
+        what = "file or folder" if dependency.kind == "store" else "file"
         raise ConfigError(f"{where}{dependency.field}: no {what} {path} (paths in a recipe are relative to the "
                           "recipe's folder)")
     if not is_recipe:
         return path, None
-    loaded = RECIPE_KINDS[dependency.kind].from_dict(read_recipe_file(path, inherited_overrides(recipe)), str(path))
-    return path, loaded
+    raw = read_recipe_file(path)
+    kind = recipe_kinds.get(recipe_kind(raw)) if recipe_kind(raw) in recipe_kinds else None
+    wanted = PRODUCT_KINDS[dependency.kind]
+    if kind is not None and kind is not wanted:
+        raise ConfigError(f"{where}{dependency.field}: {path} is a {kind.noun}, but it must be a {wanted.noun} (whose "
+                          f"run gives the {dependency.kind} it needs)")
+    return path, wanted.from_dict(apply_overrides(raw, _inherited_overrides(recipe, wanted)), str(path))
+
+
+#: which kind of recipe makes each kind of product
+PRODUCT_KINDS: dict[str, type[RunRecipe]] = {cls.product: cls for cls in (Recipe, VAERecipe, LabelRecipe)}
 
 
 def check_dependencies(recipe: RunRecipe, _chain: tuple[Path, ...] = ()) -> None:
@@ -703,28 +629,24 @@ def check_dependencies(recipe: RunRecipe, _chain: tuple[Path, ...] = ()) -> None
         if loaded is None:
             continue
         if path.resolve() in _chain:
-            raise ConfigError(f"{recipe.source}: {dependency.field} makes a cycle of recipes: "
+            raise ConfigError(f"{recipe.recipe_file}: {dependency.field} makes a cycle of recipes: "
                               + " -> ".join(str(p) for p in (*_chain, path.resolve())))
         problems = recipe.dependency_problems(dependency, loaded)
         if problems:
-            raise ConfigError(f"{recipe.source}: {dependency.field}:\n  " + "\n  ".join(problems))
+            raise ConfigError(f"{recipe.recipe_file}: {dependency.field}:\n  " + "\n  ".join(problems))
         check_dependencies(loaded, (*_chain, path.resolve()))
 
 
-def load_recipe(path: str | Path, overrides: Sequence[str] | None = None) -> Recipe:
-    """Read a YAML training recipe, apply dotted overrides, validate it and every recipe it depends on."""
-    recipe = recipe_from_dict(read_recipe_file(path, list(overrides or [])), source=str(path))
+def load_recipe(path: str | Path, overrides: Sequence[str] = (), *, kind: str | None = None) -> Any:
+    """Read a YAML recipe, apply dotted overrides, validate it and every recipe it depends on.
+
+    ``kind`` (train, label, vae) is the kind the caller runs: a recipe of another kind is a
+    :class:`ConfigError` that names the command for it."""
+    raw = read_recipe_file(path, overrides)
+    if kind is not None and (found := recipe_kind(raw)) != kind and found in recipe_kinds:
+        other = recipe_kinds.get(found)
+        raise ConfigError(f"{path} is a {other.noun}: run it with 'softdistill {other.command} {path}'")
+    recipe = recipe_from_dict(raw, recipe_file=str(path))
     check_dependencies(recipe, (Path(path).resolve(),))
     return recipe
 
-
-def load_label_recipe(path: str | Path, overrides: Sequence[str] = ()) -> LabelRecipe:
-    """Read a YAML label recipe, apply dotted overrides, validate it and the recipes it depends on."""
-    recipe = LabelRecipe.from_dict(read_recipe_file(path, overrides), str(path))
-    check_dependencies(recipe, (Path(path).resolve(),))
-    return recipe
-
-
-def load_vae_recipe(path: str | Path, overrides: Sequence[str] = ()) -> VAERecipe:
-    """Read a YAML VAE recipe, apply dotted ``key=value`` overrides, validate (:class:`ConfigError` otherwise)."""
-    return VAERecipe.from_dict(read_recipe_file(path, overrides), str(path))

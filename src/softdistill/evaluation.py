@@ -6,16 +6,25 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from softdistill.checkpoint import check_model_fits, load_checkpoint, model_from_checkpoint
-from softdistill.data.loader import BatchTransform, TensorSet
-from softdistill.data.prepare import prepare_from_spec
+from softdistill.checkpoint import CheckpointMeta, check_model_fits, load_checkpoint, model_from_checkpoint
+from softdistill.config import import_plugins
+from softdistill.data.config import DataConfig
+from softdistill.data.loader import BatchTransform
+from softdistill.data.prepare import prepare_data
+from softdistill.data.samples import StreamSet, TensorSet
 from softdistill.data.shifts import ood_set, parse_ood_specs
-from softdistill.data.stream import StreamSet, split_loader
+from softdistill.data.stream import split_loader
 from softdistill.engine import evaluate
-from softdistill.runtime import DistContext
-from softdistill.runtime.distributed import resolve_device
+from softdistill.runtime import DistContext, resolve_device
 
-__all__ = ["evaluate_checkpoint", "evaluate_on_sets"]
+__all__ = ["evaluate_checkpoint", "evaluate_on_sets", "saved_data"]
+
+
+def saved_data(meta: CheckpointMeta, **changes: Any) -> DataConfig:
+    """The data section of the recipe a checkpoint was trained with (its plugins imported first), with
+    ``changes`` (e.g. another data set's ``name`` or ``root``; None keeps a key)."""
+    import_plugins(meta.config.get("plugins"))
+    return DataConfig.saved(meta.config.get("data") or {"name": meta.data.name}, **changes)
 
 
 def _evaluator(payload: dict[str, Any], path: str | os.PathLike, batch_size: int, device: str,
@@ -23,13 +32,13 @@ def _evaluator(payload: dict[str, Any], path: str | os.PathLike, batch_size: int
     """The checkpoint's model as a function of an image set, normalised (and, streamed, decoded) as in training."""
     ctx = DistContext(device=resolve_device(device))
     model = model_from_checkpoint(payload, path).to(ctx.device)
-    norm = payload["normalization"]
-    transform = BatchTransform(norm["mean"], norm["std"])
-    data = payload["config"].get("data") or {}
+    meta = CheckpointMeta.of(payload, path)
+    transform = BatchTransform(meta.normalization.mean, meta.normalization.std)
+    data = saved_data(meta)
 
     def evaluate_on(images: TensorSet | StreamSet) -> dict[str, float]:
-        loader = split_loader(images, batch_size, transform, device=ctx.device, workers=data.get("workers", 0),
-                              resize=data.get("eval_resize"))
+        loader = split_loader(images, batch_size, transform, device=ctx.device, workers=data.workers,
+                              resize=data.eval_resize)
         return evaluate(model, loader, ctx, amp)
 
     return evaluate_on
@@ -57,11 +66,10 @@ def evaluate_checkpoint(path: str | os.PathLike, *, split: str = "test", data: s
     """
     ood_specs = parse_ood_specs(ood)
     payload = load_checkpoint(path)
-    cfg = payload["config"]["data"]
-    name = data or cfg["name"]
-    bundle = prepare_from_spec({**cfg, "name": name}, root=root)
-    spec = payload["model"]
-    check_model_fits(payload, path, name, bundle.num_classes, bundle.in_channels, bundle.image_size)
+    meta = CheckpointMeta.of(payload, path)
+    config = saved_data(meta, name=data, root=root)
+    bundle = prepare_data(config)
+    check_model_fits(meta, path, config.name, bundle.num_classes, bundle.in_channels, bundle.image_size)
     chosen = {"train": bundle.train, "val": bundle.val, "test": bundle.test}[split]
     if chosen is None:
         raise ValueError(f"{path}: the recipe held out no validation set (data.val_size = 0)")
@@ -71,5 +79,5 @@ def evaluate_checkpoint(path: str | os.PathLike, *, split: str = "test", data: s
     evaluate_on = _evaluator(payload, path, batch_size, device)
     result = evaluate_on(chosen)
     shifted = {s.name: evaluate_on(ood_set(chosen, s, ood_seed)) for s in ood_specs}  # one shifted copy at a time
-    return {"checkpoint": str(path), "model": spec["name"], "data": name, "split": split, "samples": len(chosen),
+    return {"checkpoint": str(path), "model": meta.model.name, "data": config.name, "split": split, "samples": len(chosen),
             "epoch": payload.get("epoch"), **result, "ood": shifted}

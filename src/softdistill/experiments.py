@@ -22,8 +22,9 @@ from typing import Any
 
 from softdistill.atomic import write_bytes_atomic, write_text_atomic
 from softdistill.config import Recipe, dependency_recipe, load_recipe
-from softdistill.data.loader import TensorSet
-from softdistill.data.prepare import prepare_from_spec
+from softdistill.data.config import DataConfig
+from softdistill.data.prepare import prepare_data
+from softdistill.data.samples import TensorSet
 from softdistill.data.shifts import ood_set, parse_ood_spec
 from softdistill.runtime.progress import ProgressBar, progress_bar
 from softdistill.evaluation import evaluate_on_sets
@@ -49,8 +50,10 @@ class CompareResult:
 
 
 def _resolve(paths: Sequence[str | Path], seed: int, output_dir: Path, overrides: Sequence[str], epochs: int | None) -> list[Recipe]:
-    extra = [f"seed={seed}", f"output_dir={output_dir}"] + ([f"epochs={epochs}"] if epochs else [])
-    return [load_recipe(p, list(overrides) + extra) for p in paths]
+    if epochs is not None and any(text.partition("=")[0].strip() == "epochs" for text in overrides):
+        raise ValueError("--epochs and -o epochs=... both set the epochs: give one")
+    extra = [f"seed={seed}", f"output_dir={output_dir}"] + ([f"epochs={epochs}"] if epochs is not None else [])
+    return [load_recipe(p, list(overrides) + extra, kind="train") for p in paths]
 
 
 def usable_cores() -> int:
@@ -69,9 +72,9 @@ def threads_per_job(jobs: int) -> int:
     return cores // jobs
 
 
-def _run_job(raw: dict[str, Any], source: str | None, resume: bool) -> dict[str, Any]:
+def _run_job(raw: dict[str, Any], recipe_file: str | None, resume: bool) -> dict[str, Any]:
     """One run of a parallel compare, in its own process (the recipe travels as plain data)."""
-    return run_recipe(Recipe.from_dict(raw, source), resume=resume, quiet=True)
+    return run_recipe(Recipe.from_dict(raw, recipe_file), resume=resume, quiet=True)
 
 
 def _leave_interrupts_to_the_parent() -> None:
@@ -82,8 +85,8 @@ def _leave_interrupts_to_the_parent() -> None:
 def _train_dependencies_job(raws: list[tuple[dict[str, Any], str | None]]) -> None:
     """Train (or finish) every unfinished teacher, store and VAE that the given recipes name, in
     their order, in one parallel-run process; each inherits the asking recipe's thread count."""
-    for raw, source in raws:
-        resolve_dependencies(Recipe.from_dict(raw, source), quiet=True)
+    for raw, recipe_file in raws:
+        resolve_dependencies(Recipe.from_dict(raw, recipe_file), quiet=True)
 
 
 def _pending_dependencies(recipe: Recipe) -> list[Path]:
@@ -134,12 +137,12 @@ def _run_all(runs: list[tuple[Recipe, bool]], jobs: int, bar: ProgressBar, quiet
         futures: dict[Future, Recipe | None] = {}
         if dependency_dirs:
             askers = list({recipe.name: recipe for recipe, _ in waiting}.values()) or as_dependency
-            futures[pool.submit(_train_dependencies_job, [(job(r), r.source) for r in askers])] = None
+            futures[pool.submit(_train_dependencies_job, [(job(r), r.recipe_file) for r in askers])] = None
             if not quiet:
                 bar.write(f"[softdistill] training {', '.join(sorted(folder.parent.name for folder in dependency_dirs))}"
                           f" (needed by {len(waiting)} runs) alongside the {len(ready)} runs that need none")
         for recipe, resume in ready:
-            futures[pool.submit(_run_job, job(recipe), recipe.source, resume)] = recipe
+            futures[pool.submit(_run_job, job(recipe), recipe.recipe_file, resume)] = recipe
         bar.set_postfix_str(f"{jobs} runs at a time, {threads} thread(s) each")
         while futures:
             done, _ = wait(futures, return_when=FIRST_COMPLETED)
@@ -154,7 +157,7 @@ def _run_all(runs: list[tuple[Recipe, bool]], jobs: int, bar: ProgressBar, quiet
                     if not quiet:
                         bar.write(f"{run.name} seed {run.seed}: trained above as a dependency of the other runs")
                 for waiter, resume in waiting:
-                    futures[pool.submit(_run_job, job(waiter), waiter.source, resume)] = waiter
+                    futures[pool.submit(_run_job, job(waiter), waiter.recipe_file, resume)] = waiter
     except KeyboardInterrupt:
         # stop the runs at once (each keeps its last checkpoint); Python 3.14 names this terminate_workers()
         for process in list(pool._processes.values()):
@@ -267,7 +270,7 @@ def _evaluate_missing_final_sets(results: Sequence[RecipeResult]) -> list[str]:
             if not missing or not data or not (run / "last.pt").is_file():
                 continue
             if key not in test_sets:
-                test_sets[key] = prepare_from_spec(data).test
+                test_sets[key] = prepare_data(DataConfig.saved(data)).test
             for name in missing:
                 if (key, name) not in shifted:
                     shifted[key, name] = ood_set(test_sets[key], specs[name], data.get("split_seed", 0))

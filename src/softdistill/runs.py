@@ -4,8 +4,9 @@ A run folder ``OUTPUT_DIR/NAME/seedSEED`` is ``new`` (nothing to resume), ``part
 ``last.pt`` to resume from) or ``finished`` (``summary.json`` written).  A new run refuses a
 folder that holds one; a resume needs ``last.pt`` and the same recipe, and continues a run whose
 ``summary.json`` is missing (a ``last.pt`` of the final epoch, killed before the end, is finished).  A
-finished run is reused only when its recipe is the same (keys in ``NOT_IDENTITY`` aside, such as
-the data folder or thread count, which do not change what a run computes).
+finished run is reused only when its recipe is the same (settings declared outside a run's identity
+aside, such as the data folder or thread count, which do not change what a run computes:
+:func:`softdistill.schema.not_identity`).
 
 One process at a time works on a run folder: :func:`lock_run_folder` holds ``RUN_DIR/.lock``
 (:mod:`softdistill.locking`: an ``flock`` that ends with its process, even after ``kill -9``), and
@@ -25,23 +26,15 @@ import yaml
 
 from softdistill.atomic import ensure_folder, write_text_atomic  # re-exported: the run folder's text files
 from softdistill.checkpoint import load_checkpoint
+from softdistill.engine.recorder import RunStateError
 from softdistill.locking import LockHeldError, describe_holder, hold_lock
+from softdistill.schema import not_identity_keys
 
-__all__ = ["RunStateError", "RunInterrupted", "interruption", "NOT_IDENTITY", "LOCK_NAME", "write_text_atomic",
+__all__ = ["RunStateError", "RunInterrupted", "interruption", "LOCK_NAME", "write_text_atomic",
            "config_differences", "resume_checkpoint", "run_dir_state", "recipe_differences", "check_same_recipe",
            "lock_run_folder"]
 
 LOCK_NAME = ".lock"
-
-# Keys that do not change what a run computes, or change only how it is rounded (threads, device,
-# memory layout, compilation): a run folder made under other values still counts.
-NOT_IDENTITY = ("description", "output_dir", "plugins", "data.root", "data.download", "train.device", "train.threads",
-                "train.channels_last", "train.compile", "train.cudnn_benchmark", "train.eval_every",
-                "train.checkpoint_every", "train.log_every", "data.loader", "data.workers", "data.on_corrupt")
-
-
-class RunStateError(RuntimeError):
-    """The run folder does not allow the requested start (exists, finished, nothing to resume)."""
 
 
 class RunInterrupted(KeyboardInterrupt):
@@ -106,7 +99,7 @@ def resume_checkpoint(run_dir: Path, resume: bool, config_check: Callable[[Any],
 
 
 def recipe_differences(saved: Any, recipe: Any) -> list[str]:
-    """What changed between a saved config and a recipe object, ignoring ``NOT_IDENTITY`` keys.
+    """What changed between a saved config and a recipe object, ignoring the settings outside a run's identity.
 
     The saved config is read through today's schema first (``type(recipe).from_dict``), so a key
     added to the schema since then counts as unchanged when the recipe leaves it at its default.
@@ -115,7 +108,7 @@ def recipe_differences(saved: Any, recipe: Any) -> list[str]:
         saved = type(recipe).from_dict(saved).to_dict()
     except ValueError:
         pass  # a key was removed from the schema since: compare the raw dicts
-    return config_differences(saved, recipe.to_dict(), NOT_IDENTITY)
+    return config_differences(saved, recipe.to_dict(), not_identity_keys(type(recipe)))
 
 
 def check_same_recipe(recipe: Any) -> None:
@@ -125,7 +118,7 @@ def check_same_recipe(recipe: Any) -> None:
         return
     diffs = recipe_differences(yaml.safe_load(path.read_text()), recipe)
     if diffs:
-        raise RunStateError(f"{recipe.run_dir} was produced by a different version of {recipe.kind} {recipe.name!r}:\n  "
+        raise RunStateError(f"{recipe.run_dir} was produced by a different version of {recipe.noun} {recipe.name!r}:\n  "
                             + "\n  ".join(diffs) + "\nDelete that folder or choose another output_dir to rerun it.")
 
 

@@ -18,7 +18,8 @@ import torch
 from softdistill.config import ConfigError, Recipe, recipe_from_dict
 from softdistill.data.loader import BatchLoader, BatchTransform
 from softdistill.engine.predict import predict
-from softdistill.runner import load_data, run_recipe
+from softdistill.build import load_data
+from softdistill.runner import run_recipe
 from softdistill.runs import check_same_recipe, run_dir_state
 from softdistill.soft_labels import load_teacher
 from softdistill.soft_labels.table import save_soft_labels
@@ -53,7 +54,7 @@ def self_training(recipe: Recipe, rounds: int, *, select: str = "last", temperat
             "per_class": recipe.data.per_class, "split_seed": recipe.data.split_seed}
     records = []
     table = base
-    current = recipe_from_dict({**raw, "name": f"{recipe.name}-r0"}, source=recipe.source)
+    current = recipe_from_dict({**raw, "name": f"{recipe.name}-r0"}, recipe_file=recipe.recipe_file)
     for r in range(rounds + 1):
         check_same_recipe(current)
         state = run_dir_state(current.run_dir)
@@ -71,5 +72,5 @@ def self_training(recipe: Recipe, rounds: int, *, select: str = "last", temperat
                          class_names=list(data.class_names), meta=table.report())
         file_source = {"source": "weak", "kind": "file", "path": str(path.resolve()), "k": 1}
         current = recipe_from_dict({**raw, "name": f"{recipe.name}-r{r + 1}", "soft_labels": file_source},
-                                   source=recipe.source)
+                                   recipe_file=recipe.recipe_file)
     return records

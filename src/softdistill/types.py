@@ -6,21 +6,25 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from dataclasses import fields as dataclass_fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torch import Tensor
 
-__all__ = ["Batch", "StepOutput", "InputSpec", "MethodContext"]
+if TYPE_CHECKING:
+    from softdistill.data.views import ViewPlan
+
+__all__ = ["Batch", "StepOutput", "InputSpec", "MethodContext", "RecipeFacts"]
 
 
 @dataclass
 class Batch:
     """A training or evaluation batch: inputs, hard labels, and the address of every sample's view.
 
-    ``sample_id`` is each sample's stable id in its data source (not a row position after the
+    ``sample_id`` is each sample's stable id in its data set (not a row position after the
     validation split or the per-class subset) and ``view`` which of its augmented views the
     input shows (:mod:`softdistill.data.views`); cached or stored soft labels and per-sample
-    draws key on the pair.  A mixed view carries ``y`` (the label of the sample itself), ``y_b``
+    draws key on the pair (a batch of your own may leave them out when nothing looks soft labels
+    up by address).  A mixed view carries ``y`` (the label of the sample itself), ``y_b``
     (its partner's label) and ``lam`` (B,), the share of the sample:
     ``x = lam * x_a + (1 - lam) * x_b``.
 
@@ -31,8 +35,8 @@ class Batch:
 
     x: Tensor
     y: Tensor
-    sample_id: Tensor
-    view: Tensor
+    sample_id: Tensor | None = None
+    view: Tensor | None = None
     y_b: Tensor | None = None
     lam: Tensor | None = None
     host_sample_id: Tensor | None = None
@@ -53,6 +57,8 @@ class Batch:
         copies of ``sample_id`` and ``view`` (which wait for the device)."""
         if self.host_sample_id is not None and self.host_view is not None:
             return self.host_sample_id, self.host_view
+        if self.sample_id is None or self.view is None:
+            raise ValueError("soft labels looked up by address need the batch's sample_id and view")
         return self.sample_id.cpu(), self.view.cpu()
 
     def chunks(self, count: int) -> list["Batch"]:
@@ -100,3 +106,14 @@ class MethodContext:
     inputs: InputSpec
     resolve_artifact: Callable[[Any], Path] = Path
     quiet: bool = False
+
+
+@dataclass(frozen=True)
+class RecipeFacts:
+    """What a recipe fixes that a method's or source's settings may be checked against when it loads:
+    the run's ``epochs`` (0 for a recipe that does not train), the data's class count (None when the
+    data set learns it only by reading its files) and the training views' plan."""
+
+    epochs: int
+    num_classes: int | None
+    plan: "ViewPlan"

@@ -13,21 +13,21 @@ is the lowest validation negative ELBO; ``vae.pt`` holds the weights after the l
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from softdistill.augment.vae import ConvVAE, vae_loss
 from softdistill.augment.visualize import save_image_grid
-from softdistill.checkpoint import save_checkpoint
+from softdistill.checkpoint import CheckpointMeta, save_checkpoint
+from softdistill.engine.task import Task
 from softdistill.engine.wrap import unwrap
 from softdistill.types import Batch, StepOutput
 
 __all__ = ["VAETask"]
 
 
-class VAETask(nn.Module):
+class VAETask(Task):
     """``loss = recon + beta * kl`` (:func:`softdistill.augment.vae.vae_loss`) on images in [0, 1].
 
     ``student`` is the VAE (what the trainer checkpoints); ``meta`` goes into ``vae.pt``;
@@ -36,7 +36,7 @@ class VAETask(nn.Module):
 
     selection_metric = ("nelbo", "min")
 
-    def __init__(self, model: ConvVAE, beta: float, meta: dict[str, Any], samples: Tensor, seed: int) -> None:
+    def __init__(self, model: ConvVAE, beta: float, meta: CheckpointMeta, samples: Tensor, seed: int) -> None:
         super().__init__()
         self.student = model
         self.beta = beta
@@ -44,19 +44,12 @@ class VAETask(nn.Module):
         self.samples = samples
         self.seed = seed
 
-    def wrap(self, wrapper) -> None:
-        self.student = wrapper(self.student)
-
-    def trainable_parameters(self) -> list[nn.Parameter]:
-        return [p for p in self.parameters() if p.requires_grad]
-
     def forward(self, batch: Batch) -> StepOutput:
         logits, mu, logvar = self.student(batch.x)
         _, recon, kl = vae_loss(logits, batch.x, mu, logvar)
         return StepOutput(None, {"recon": recon, "kl": self.beta * kl})
 
-    @staticmethod
-    def evaluation_sums(model: nn.Module, batch: Batch) -> dict[str, Tensor]:
+    def evaluation_sums(self, model: nn.Module, batch: Batch) -> dict[str, Tensor]:
         logits, mu, logvar = model(batch.x)
         _, recon, kl = vae_loss(logits, batch.x, mu, logvar)
         n = len(batch)
@@ -65,7 +58,7 @@ class VAETask(nn.Module):
     def finish(self, run_dir: Path) -> None:
         """Write ``vae.pt`` (the weights after the last epoch) and ``reconstructions.png``."""
         model = unwrap(self.student)
-        save_checkpoint({**self.meta, "state_dict": model.state_dict()}, run_dir / "vae.pt")
+        save_checkpoint({**self.meta.to_payload(), "state_dict": model.state_dict()}, run_dir / "vae.pt")
         self._save_reconstructions(model, run_dir / "reconstructions.png")
 
     @torch.no_grad()

@@ -8,13 +8,12 @@ normalised batch to ``x01 = x * std + mean`` before encoding and back after deco
 from __future__ import annotations
 
 import os
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from softdistill.checkpoint import CheckpointError, load_checkpoint
+from softdistill.checkpoint import CheckpointError, CheckpointMeta, load_checkpoint
 
 __all__ = ["ConvVAE", "vae_loss", "load_vae"]
 
@@ -91,19 +90,19 @@ def vae_loss(recon_logits: Tensor, x01: Tensor, mu: Tensor, logvar: Tensor,
 # --------------------------------------------------------------------------------------------
 # using a trained VAE
 
-def load_vae(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> tuple[ConvVAE, dict[str, Any]]:
-    """The frozen VAE of a ``vae.pt`` (eval mode, no gradients) and its ``normalization``, ``data`` and ``config``."""
+def load_vae(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> tuple[ConvVAE, CheckpointMeta]:
+    """The frozen VAE of a ``vae.pt`` (eval mode, no gradients) and its checkpoint's metadata."""
     payload = load_checkpoint(path, map_location=map_location)
-    if payload.get("kind") != "vae":
-        spec = payload.get("model")
-        what = (f"a classifier checkpoint (model {spec.get('name')!r})" if isinstance(spec, dict)
-                else f"a softdistill checkpoint of kind {payload.get('kind')!r}")
+    meta = CheckpointMeta.of(payload, path)
+    if meta.kind != "vae" or meta.vae is None:
+        what = (f"a classifier checkpoint (model {meta.model.name!r})" if meta.model is not None
+                else f"a softdistill checkpoint of kind {meta.kind!r}")
         raise CheckpointError(f"{path} is {what}, not a VAE; expected the vae.pt that "
                               "`softdistill train-vae RECIPE` writes (kind: vae)")
     try:
-        model = ConvVAE(**payload["vae"])
+        model = ConvVAE(**meta.vae)
         model.load_state_dict(payload["state_dict"])
     except (KeyError, TypeError, ValueError, RuntimeError) as exc:
         raise CheckpointError(f"{path}: the VAE weights do not fit the architecture it describes: {exc}") from None
     model.eval().requires_grad_(False)
-    return model, {key: payload.get(key) for key in ("normalization", "data", "config")}
+    return model, meta

@@ -13,75 +13,18 @@ from __future__ import annotations
 import math
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 
+from softdistill.data.samples import TensorSet
 from softdistill.data.views import ViewParams, ViewPlan
 from softdistill.types import Batch
 
-__all__ = ["TensorSet", "IdIndex", "BatchTransform", "BatchLoader", "EpochBatches", "Fetched", "fetch", "assemble",
-           "epoch_generator", "pixel_stats"]
-
-
-def checked_ids(n: int, labels: Tensor, ids: Tensor | None) -> Tensor:
-    """The sample ids (CPU int64, default ``0..n-1``) of a split of ``n`` samples, checked against its labels."""
-    if labels.shape != (n,):
-        raise ValueError(f"{n} images but labels of shape {tuple(labels.shape)}")
-    ids = torch.arange(n) if ids is None else ids
-    if ids.shape != labels.shape:
-        raise ValueError(f"{n} samples but sample ids of shape {tuple(ids.shape)}")
-    return ids.cpu().long()
-
-
-@dataclass
-class TensorSet:
-    """Images (uint8, N x C x H x W), labels (int64, N) and sample ids (int64, N) of one split.
-
-    A sample id is the sample's position in its data source's official split, so it does not
-    change with the validation split or the per-class subset; it defaults to ``0..N-1``.
-    """
-
-    images: Tensor
-    labels: Tensor
-    ids: Tensor = field(default=None)  # type: ignore[assignment]
-
-    def __post_init__(self) -> None:
-        if self.images.dim() != 4 or self.images.dtype != torch.uint8:
-            raise ValueError(f"images must be uint8 N x C x H x W, got {self.images.dtype} {tuple(self.images.shape)}")
-        self.ids = checked_ids(self.images.shape[0], self.labels, self.ids)
-
-    def __len__(self) -> int:
-        return self.labels.shape[0]
-
-    @property
-    def image_shape(self) -> tuple[int, int, int]:
-        """(channels, height, width) of every image."""
-        return tuple(self.images.shape[1:])  # type: ignore[return-value]
-
-    def subset(self, index: Tensor) -> "TensorSet":
-        return TensorSet(self.images[index], self.labels[index], self.ids[index.cpu()])
-
-    def to(self, device: torch.device | str) -> "TensorSet":
-        return TensorSet(self.images.to(device), self.labels.to(device), self.ids)
-
-
-class IdIndex:
-    """Where sample ids sit in a tensor of distinct ids (in any order): built once, looked up many times."""
-
-    def __init__(self, ids: Tensor) -> None:
-        self.order = torch.argsort(ids)
-        self.sorted = ids[self.order]
-
-    def find(self, wanted: Tensor) -> tuple[Tensor, Tensor]:
-        """(rows, found): the position of each of ``wanted`` in the ids, and whether it is there at all
-        (rows of ids that are not there are meaningless)."""
-        if len(self.sorted) == 0:
-            return torch.zeros_like(wanted), torch.zeros_like(wanted, dtype=torch.bool)
-        pos = torch.searchsorted(self.sorted, wanted).clamp_max(len(self.sorted) - 1)
-        return self.order[pos], self.sorted[pos] == wanted
+__all__ = ["BatchTransform", "BatchLoader", "EpochBatches", "Fetched", "fetch", "assemble", "epoch_generator",
+           "pixel_stats"]
 
 
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:

@@ -1,8 +1,8 @@
-"""From a dataset name to ready train / validation / test sets with their normalisation."""
+"""From a data section to ready train / validation / test sets with their normalisation."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -10,20 +10,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from softdistill.data.loader import TensorSet, pixel_stats
-from softdistill.data.shards import shard_split
-from softdistill.data.datasets import DATASETS, load_split
-from softdistill.data.stream import StreamSet, decode_all, folder_split, sample_stats
+from softdistill.data.config import DataConfig
+from softdistill.data.readers import read_split
+from softdistill.data.loader import pixel_stats
+from softdistill.data.samples import StreamSet, TensorSet
 from softdistill.data.splits import per_class_subset, stratified_split
+from softdistill.data.stream import decode_all, sample_stats
 
-__all__ = ["DataBundle", "prepare_data", "prepare_stream", "prepare_from_spec", "channel_stats", "choose_loader",
-           "AUTO_STREAM_BYTES", "STREAMED"]
+__all__ = ["DataBundle", "prepare_data", "channel_stats", "AUTO_STREAM_BYTES"]
 
-#: The sources whose splits can be streamed: name -> ``fn(root, split, image_size) -> (split, class names)``.
-STREAMED: dict[str, Callable[[str | None, str, int], tuple[StreamSet, tuple[str, ...]]]] = {
-    "imagefolder": folder_split, "shards": shard_split}
-
-#: ``data.loader: auto`` streams an image folder whose decoded training images would exceed this.
+#: ``data.loader: auto`` streams a data set of files whose decoded training images would exceed this.
 AUTO_STREAM_BYTES = 2 * 2**30
 
 
@@ -32,9 +28,9 @@ class DataBundle:
     """The three splits of one experiment and what models need to know about them.
 
     ``mean``/``std`` are per-channel statistics of the full official training split in [0, 1] units
-    (or the recipe's, or a bounded sample's for a streamed folder), so that every experiment on a
+    (or the recipe's, or a bounded sample's for a streamed data set), so that every experiment on a
     dataset (teacher on all data, student on a subset) feeds models identically scaled inputs.  The
-    splits are in memory (:class:`TensorSet`) or streamed (a :class:`~softdistill.data.stream.StreamSet`).
+    splits are in memory (:class:`TensorSet`) or streamed (a :class:`StreamSet`).
     """
 
     name: str
@@ -78,126 +74,73 @@ def _train_val(labels: Tensor, val_size: int | float, per_class: int | None, spl
     return keep, val_index
 
 
-def choose_loader(loader: str, name: str, root: str | None, image_size: int | None) -> str:
-    """``memory`` or ``stream`` for a data section's ``loader``; ``auto`` streams an image folder or shards
-    whose training images, decoded at ``image_size``, would take more than :data:`AUTO_STREAM_BYTES`."""
-    if loader != "auto":
-        return loader
-    if name not in STREAMED or image_size is None:
-        return "memory"
-    decoded = len(STREAMED[name](root, "train", image_size)[0]) * 3 * image_size**2
-    return "stream" if decoded > AUTO_STREAM_BYTES else "memory"
+def _streams(config: DataConfig, train: TensorSet | StreamSet) -> bool:
+    """Whether the splits are streamed: ``loader: stream``; with ``auto``, a data set of files whose training
+    images, decoded at ``image_size``, would take more than :data:`AUTO_STREAM_BYTES`."""
+    if config.loader != "auto":
+        return config.loader == "stream"
+    if not isinstance(train, StreamSet) or config.image_size is None:
+        return False
+    return len(train) * 3 * config.image_size**2 > AUTO_STREAM_BYTES
 
 
-def _image_size(name: str, image_size: int | None) -> int:
-    if image_size is None:
-        raise ValueError(f"data.name: {name} with data.loader: stream (and shards with any loader) needs "
-                         "data.image_size, the side of the images a batch holds")
-    return image_size
+def prepare_data(config: DataConfig | str, **settings: Any) -> DataBundle:
+    """The splits of a data section (a :class:`DataConfig`, or a data set name with the section's settings
+    as keywords, e.g. ``prepare_data("digits", val_size=100)``) and their normalisation.
 
-
-def _in_memory(name: str, split: str, root: str | None, download: bool, image_size: int | None,
-               workers: int) -> tuple[TensorSet, tuple[str, ...]]:
-    """One official split in memory and the class names: read by :func:`load_split`, or, for a source that
-    only streams (shards), every image decoded at ``image_size`` by ``workers`` processes (ids kept)."""
-    if name in DATASETS:
-        raw = load_split(name, split, root=root, download=download, image_size=image_size)
-        return TensorSet(raw.images, raw.labels), raw.class_names
-    if name not in STREAMED:
-        load_split(name)  # the unknown-name error, with its suggestions
-    data, class_names = STREAMED[name](root, split, _image_size(name, image_size))
-    return decode_all(data, workers), class_names
-
-
-def prepare_data(name: str, *, root: str | None = None, download: bool = False, image_size: int | None = None,
-                 val_size: int | float = 0.1, per_class: int | None = None, split_seed: int = 0,
-                 normalize: bool = True, canvas: int | None = None, loader: str = "memory",
-                 mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
-                 stats_samples: int = 1000, workers: int = 0, on_corrupt: str = "fail") -> DataBundle:
-    """Load a dataset, hold out a stratified validation set, optionally keep ``per_class`` images
-    of each class for training (the small-data regime), and compute the normalisation.
-
-    With ``canvas``, every image is first placed at the centre of a black ``canvas`` x ``canvas``
-    image (room for shifted or rotated content); the normalisation is that of the canvas images.
-    ``mean``/``std`` given replace the computed statistics.  ``loader: stream`` (an image folder or
-    shards, at ``image_size``) lists the samples without decoding them (:func:`prepare_stream`);
-    ``on_corrupt="skip"`` (stream only) leaves unreadable images out of its batches, and out of the
-    statistics' sample.
+    A stratified validation set is held out of the official training split, ``per_class`` images of
+    each class are kept for training (the small-data regime), and the normalisation is computed (or
+    taken from ``mean``/``std``).  With ``canvas``, every image is first placed at the centre of a black
+    ``canvas`` x ``canvas`` image (room for shifted or rotated content).  A streamed data set (``loader:
+    stream``, or ``auto`` for a large one) is listed, not decoded: at most ``stats_samples`` training
+    images are decoded for the statistics; a data set of files read into memory is decoded by
+    ``workers`` processes.
 
     Both the validation split and the subset depend on ``split_seed`` only, not on the run's seed,
-    so that runs with different seeds (and the teacher) share the same held-out data.
+    so that runs with different seeds (and the teacher) share the same held-out data.  Sample ids are
+    those of the official split: the same sample keeps its id under any ``val_size``, ``per_class``
+    or ``split_seed``.
     """
-    if choose_loader(loader, name, root, image_size) == "stream":
-        return prepare_stream(name, root, image_size, val_size=val_size, per_class=per_class, split_seed=split_seed,
-                              normalize=normalize, mean=mean, std=std, stats_samples=stats_samples, workers=workers,
-                              on_corrupt=on_corrupt)
-    if on_corrupt != "fail":
-        raise ValueError(f"on_corrupt: {on_corrupt} needs loader: stream (the memory loader decodes every image up "
-                         "front and stops at one it cannot read; pack the folder with 'softdistill data pack "
-                         "--on-corrupt skip' to leave such files out for good)")
-    full, class_names = _in_memory(name, "train", root, download, image_size, workers)
-    test, _ = _in_memory(name, "test", root, download, image_size, workers)
-    if full.images.shape[1:] != test.images.shape[1:]:
-        raise ValueError(f"{name}: train images {tuple(full.images.shape[1:])} and test images "
-                         f"{tuple(test.images.shape[1:])} differ in shape")
-    if canvas is not None:
-        h, w = full.images.shape[-2:]
-        if canvas < max(h, w):
-            raise ValueError(f"{name}: canvas {canvas}x{canvas} is smaller than the {h}x{w} images")
-        full = replace(full, images=_on_canvas(full.images, canvas))
-        test = replace(test, images=_on_canvas(test.images, canvas))
-    mean, std = _normalisation(full.images.shape[1], normalize, mean, std, lambda: channel_stats(full.images))
-    keep, val_index = _train_val(full.labels, val_size, per_class, split_seed)
-    # sample ids are rows of the official split: the same sample keeps its id under any val_size,
-    # per_class or split_seed
+    if isinstance(config, str):
+        config = DataConfig.of({"name": config, **settings})
+    elif settings:
+        config = DataConfig.of({**config.model_dump(), **settings})
+    official, test = read_split(config, "train"), read_split(config, "test")
+    full, test_samples = official.samples, test.samples
+    if _streams(config, full):
+        assert isinstance(full, StreamSet)
+        estimate = lambda: sample_stats(full, config.stats_samples, config.workers, on_corrupt=config.on_corrupt)
+    else:
+        full, test_samples = (decode_all(s, config.workers) if isinstance(s, StreamSet) else s
+                              for s in (full, test_samples))
+        if full.images.shape[1:] != test_samples.images.shape[1:]:
+            raise ValueError(f"{config.name}: train images {tuple(full.images.shape[1:])} and test images "
+                             f"{tuple(test_samples.images.shape[1:])} differ in shape")
+        if config.canvas is not None:
+            h, w = full.images.shape[-2:]
+            if config.canvas < max(h, w):
+                raise ValueError(f"{config.name}: canvas {config.canvas}x{config.canvas} is smaller than the {h}x{w} "
+                                 "images")
+            full = replace(full, images=_on_canvas(full.images, config.canvas))
+            test_samples = replace(test_samples, images=_on_canvas(test_samples.images, config.canvas))
+        in_memory = full
+        estimate = lambda: channel_stats(in_memory.images)
+    mean, std = _normalisation(full.image_shape[0], config, estimate)
+    keep, val_index = _train_val(full.labels, config.val_size, config.per_class, config.split_seed)
     val = full.subset(val_index) if len(val_index) else None
-    return DataBundle(name, full.subset(keep), val, test, class_names, mean, std)
+    return DataBundle(config.name, full.subset(keep), val, test_samples, official.class_names, mean, std)
 
 
-def prepare_stream(name: str, root: str | None, image_size: int | None, *, val_size: int | float = 0.1,
-                   per_class: int | None = None, split_seed: int = 0, normalize: bool = True,
-                   mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
-                   stats_samples: int = 1000, workers: int = 0, on_corrupt: str = "fail") -> DataBundle:
-    """The splits of a streamed source (:data:`STREAMED`) as :class:`~softdistill.data.stream.StreamSet`
-    (nothing decoded but at most ``stats_samples`` training images for the statistics, unless
-    ``mean``/``std`` are given)."""
-    if name not in STREAMED:
-        raise ValueError(f"data.loader: stream reads {' or '.join(STREAMED)}, not {name}")
-    size = _image_size(name, image_size)
-    official, class_names = STREAMED[name](root, "train", size)
-    test, _ = STREAMED[name](root, "test", size)
-    mean, std = _normalisation(3, normalize, mean, std,
-                               lambda: sample_stats(official, stats_samples, workers, on_corrupt=on_corrupt))
-    keep, val_index = _train_val(official.labels, val_size, per_class, split_seed)
-    val = official.subset(val_index) if len(val_index) else None
-    return DataBundle(name, official.subset(keep), val, test, class_names, mean, std)
-
-
-def _normalisation(channels: int, normalize: bool, mean: Sequence[float] | None, std: Sequence[float] | None,
+def _normalisation(channels: int, config: DataConfig,
                    estimate: Callable[[], tuple[tuple[float, ...], tuple[float, ...]]]
                    ) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """The given ``mean``/``std`` (checked), else ``estimate()``, else (``normalize`` off) 0 and 1."""
-    if (mean is None) != (std is None):
-        raise ValueError("data.mean and data.std go together: give both or neither")
+    """The data section's ``mean``/``std`` (one per channel), else ``estimate()``, else (``normalize`` off) 0 and 1."""
+    mean: Sequence[float] | None = config.mean
+    std: Sequence[float] | None = config.std
     if mean is not None and std is not None:
-        if len(mean) != channels or len(std) != channels or min(std) <= 0:
-            raise ValueError(f"data.mean and data.std need {channels} values each (std > 0), got {list(mean)} "
-                             f"and {list(std)}")
+        if len(mean) != channels:
+            raise ValueError(f"data.mean and data.std need {channels} values each, got {list(mean)} and {list(std)}")
         return tuple(map(float, mean)), tuple(map(float, std))
-    if not normalize:
+    if not config.normalize:
         return (0.0,) * channels, (1.0,) * channels
     return estimate()
-
-
-def prepare_from_spec(spec: Mapping[str, Any], *, root: str | None = None, download: bool = False) -> DataBundle:
-    """:func:`prepare_data` for a data section: a recipe's ``data`` or the one saved in a checkpoint.
-
-    Keys an older section lacks take :func:`prepare_data`'s defaults; ``root``, when given,
-    replaces the section's own.
-    """
-    return prepare_data(spec["name"], root=root or spec.get("root"), download=download, image_size=spec.get("image_size"),
-                        val_size=spec.get("val_size", 0.1), per_class=spec.get("per_class"),
-                        split_seed=spec.get("split_seed", 0), normalize=spec.get("normalize", True),
-                        canvas=spec.get("canvas"), loader=spec.get("loader", "memory"), mean=spec.get("mean"),
-                        std=spec.get("std"), stats_samples=spec.get("stats_samples", 1000),
-                        workers=spec.get("workers", 0), on_corrupt=spec.get("on_corrupt", "fail"))

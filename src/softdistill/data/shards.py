@@ -42,9 +42,9 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from softdistill.atomic import ensure_folder, write_atomic, write_text_atomic
-from softdistill.data.loader import checked_ids
-from softdistill.data.datasets import DatasetFormatError, DatasetNotFoundError, list_imagefolder, open_rgb
-from softdistill.data.stream import StreamSet
+from softdistill.data.config import ON_CORRUPT
+from softdistill.data.readers import Split, list_imagefolder, register_dataset
+from softdistill.data.samples import DatasetFormatError, DatasetNotFoundError, StreamSet, checked_ids, open_rgb
 from softdistill.hashing import data_fingerprint, sha256_of
 
 __all__ = ["FORMAT", "MANIFEST", "PROGRESS", "PackError", "ShardSet", "ShardLimit", "parse_shard_size", "plan_shards",
@@ -54,7 +54,6 @@ FORMAT = "softdistill-shards-v1"
 MANIFEST = "manifest.json"
 PROGRESS = "pack-progress.json"
 SPLITS = ("train", "test")
-ON_CORRUPT = ("fail", "skip")
 INDEX_DTYPE = np.dtype([("id", "<i8"), ("label", "<i8"), ("offset", "<i8"), ("size", "<i8")])
 _SIZE = re.compile(r"(\d+)\s*([kmg]i?b)?", re.IGNORECASE)
 _UNITS = {"kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 2**10, "mib": 2**20, "gib": 2**30}
@@ -150,13 +149,14 @@ def _shard_index(folder: Path, entry: dict[str, Any]) -> np.ndarray:
     return index
 
 
-def shard_split(root: str | None, split: str, image_size: int) -> tuple[ShardSet, tuple[str, ...]]:
-    """One split (``train`` or ``test``) of the pack folder ``root`` and its class names.
+@register_dataset("shards", files=True)
+def shard_split(split: str, data: Any) -> Split:
+    """One split (``train`` or ``test``) of the pack folder ``data.root``, decoded at ``data.image_size``.
 
     Every shard must be there with its listed size (a missing or truncated one is an error naming
     it), and the ids and labels must have the fingerprint the manifest recorded."""
-    manifest = read_pack_manifest(root)
-    folder = Path(root).expanduser()  # type: ignore[arg-type]
+    manifest = read_pack_manifest(data.root)
+    folder = Path(data.root).expanduser()
     part = manifest["splits"][split]
     indexes = [_shard_index(folder, entry) for entry in part["shards"]]
     index = np.concatenate(indexes) if indexes else np.zeros(0, INDEX_DTYPE)
@@ -166,8 +166,8 @@ def shard_split(root: str | None, split: str, image_size: int) -> tuple[ShardSet
         raise DatasetFormatError(f"{folder}: the {split} shards' ids and labels do not match the fingerprint in "
                                  f"{MANIFEST} (an index was replaced); pack the folder again")
     shards = tuple(folder / entry["file"] for entry in part["shards"])
-    return ShardSet(shards, shard, index["offset"].copy(), index["size"].copy(), labels, image_size, ids), \
-        tuple(manifest["class_names"])
+    return Split(ShardSet(shards, shard, index["offset"].copy(), index["size"].copy(), labels, data.image_size, ids),
+                 tuple(manifest["class_names"]))
 
 
 def verify_pack(root: str | os.PathLike) -> list[str]:

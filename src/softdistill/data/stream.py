@@ -26,11 +26,9 @@ import signal
 import threading
 import time
 import warnings
-from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -38,77 +36,22 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 
-from softdistill.data.loader import (BatchLoader, BatchTransform, EpochBatches, Fetched, TensorSet, assemble,
-                                     checked_ids, fetch, pixel_stats)
-from softdistill.data.datasets import DatasetFormatError, UnreadableImageError, list_imagefolder, open_rgb
+from softdistill.data.loader import BatchLoader, BatchTransform, EpochBatches, Fetched, assemble, fetch, pixel_stats
+from softdistill.data.samples import DatasetFormatError, StreamSet, TensorSet, UnreadableImageError
 from softdistill.data.views import ViewParams, ViewPlan, crop
+from softdistill.data.config import ON_CORRUPT
 from softdistill.hashing import hash_keys
 from softdistill.types import Batch
 
-__all__ = ["StreamSet", "FileSet", "folder_split", "Decoder", "StreamLoader", "split_loader", "sample_stats", "decode_all",
-           "ON_CORRUPT", "CorruptImageWarning", "DataWorkerError"]
+__all__ = ["Decoder", "StreamLoader", "split_loader", "sample_stats", "decode_all", "CorruptImageWarning",
+           "DataWorkerError"]
 
-#: ``data.on_corrupt``: what the stream loader does with an image it cannot decode.
-ON_CORRUPT = ("fail", "skip")
 #: how many of the unreadable files a warning names
 NAMED = 5
 
 
 class CorruptImageWarning(UserWarning):
     """With ``data.on_corrupt: skip``, samples were left out of a pass over a split: how many, and which files."""
-
-
-class StreamSet(ABC):
-    """A streamed split: ``labels`` (int64, N), sample ``ids`` (int64, N) and each sample's encoded image,
-    opened on demand (:meth:`open`) and decoded to 3 x ``image_size`` x ``image_size``."""
-
-    labels: Tensor
-    image_size: int
-    ids: Tensor
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    @property
-    def image_shape(self) -> tuple[int, int, int]:
-        return (3, self.image_size, self.image_size)
-
-    @abstractmethod
-    def open(self, row: int) -> Any:
-        """The image of the sample at ``row`` as an RGB ``PIL.Image``; a :class:`DatasetFormatError`
-        naming the file when it cannot be read."""
-
-    @abstractmethod
-    def subset(self, index: Tensor) -> "StreamSet":
-        """The samples at rows ``index``, keeping their ids."""
-
-
-@dataclass
-class FileSet(StreamSet):
-    """Image files (one per sample), labels (int64, N) and sample ids (int64, N; default ``0..N-1``, the
-    file's position in its sorted split)."""
-
-    files: tuple[Path, ...]
-    labels: Tensor
-    image_size: int
-    ids: Tensor = field(default=None)  # type: ignore[assignment]
-
-    def __post_init__(self) -> None:
-        self.files = tuple(self.files)
-        self.ids = checked_ids(len(self.files), self.labels, self.ids)
-
-    def open(self, row: int) -> Any:
-        return open_rgb(self.files[row])
-
-    def subset(self, index: Tensor) -> "FileSet":
-        return FileSet(tuple(self.files[i] for i in index.tolist()), self.labels[index], self.image_size,
-                       self.ids[index])
-
-
-def folder_split(root: str | None, split: str, image_size: int) -> tuple[FileSet, tuple[str, ...]]:
-    """The files of one split of the image folder ``root`` and its class names (nothing decoded)."""
-    listing = list_imagefolder(root, split)
-    return FileSet(listing.files, listing.labels, image_size), listing.class_names
 
 
 @dataclass(frozen=True)
@@ -383,7 +326,7 @@ def _synchronous_worker_deaths() -> Iterator[None]:
 
 
 def check_on_corrupt(on_corrupt: str) -> bool:
-    """Whether ``on_corrupt`` (one of :data:`ON_CORRUPT`) skips."""
+    """Whether ``on_corrupt`` (one of ``data.on_corrupt``'s values) skips."""
     if on_corrupt not in ON_CORRUPT:
         raise ValueError(f"on_corrupt must be one of {ON_CORRUPT}, got {on_corrupt!r}")
     return on_corrupt == "skip"
@@ -506,9 +449,25 @@ def sample_stats(data: StreamSet, samples: int, workers: int = 0, batch_size: in
 
 
 def decode_all(data: StreamSet, workers: int = 0, batch_size: int = 256) -> TensorSet:
-    """Every image of ``data`` decoded by ``workers`` processes and resized to the square (as the memory
-    loader's image folders are), in one :class:`~softdistill.data.loader.TensorSet` with the same ids."""
+    """Every image of ``data`` decoded by ``workers`` processes and resized to the square of its
+    ``image_size`` (at their own size when it is None: then they must all have one size), in one
+    :class:`~softdistill.data.samples.TensorSet` with the same ids."""
+    if data.image_size is None:
+        return TensorSet(_own_size(data), data.labels, data.ids)
     batches = ((rows, torch.zeros_like(rows)) for rows in torch.arange(len(data)).split(batch_size))
     chunks = [f.images for f in decoded(data, Decoder(data.image_size), None, batches, workers, pin=False,
                                         what=f"decoding {len(data)} images")]
     return TensorSet(torch.cat(chunks), data.labels, data.ids)
+
+
+def _own_size(data: StreamSet) -> Tensor:
+    """uint8 N x 3 x H x W: the images of ``data`` at their own size, which must be the same for all."""
+    arrays = []
+    for row in range(len(data)):
+        array = np.asarray(data.open(row), dtype=np.uint8)
+        if arrays and array.shape != arrays[0].shape:
+            raise DatasetFormatError(f"images differ in size: {data.where(row)} is {array.shape[1]}x{array.shape[0]}, "
+                                     f"{data.where(0)} is {arrays[0].shape[1]}x{arrays[0].shape[0]}; set "
+                                     "data.image_size to resize all")
+        arrays.append(array)
+    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()

@@ -31,25 +31,30 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import asdict, dataclass
-from typing import Literal
+from dataclasses import dataclass
+from typing import Any, Literal, get_args
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from pydantic import ConfigDict, Field, model_validator
 from scipy.special import betaincinv
 from torch import Tensor
 
 from softdistill.hashing import hash_below, hash_keys, hash_uniform, to_uniform
+from softdistill.schema import StrictConfig
 
-__all__ = ["ViewPlan", "ViewParams", "crop", "hflip_", "check_resized_crop", "MIX_KINDS", "RESIZED_CROP_ATTEMPTS"]
+__all__ = ["AugmentConfig", "ViewPlan", "ViewParams", "crop", "hflip_", "Mix", "Replay", "MIX_KINDS", "REPLAYS",
+           "RESIZED_CROP_ATTEMPTS"]
 
-MIX_KINDS = ("none", "mixup", "cutmix")
+Mix = Literal["none", "mixup", "cutmix"]
+Replay = Literal["cycle", "random"]
+MIX_KINDS: tuple[str, ...] = get_args(Mix)
+REPLAYS: tuple[str, ...] = get_args(Replay)
 
 # component numbers of the hashed draws (never reuse one for another meaning); the random resized
 # crop's attempt a draws its scale, ratio, top and left at _RESIZED_CROP + 4 a + (0, 1, 2, 3)
 _CROP_ROW, _CROP_COL, _FLIP, _PARTNER, _LAM, _BOX_ROW, _BOX_COL, _REPLAY, _RESIZED_CROP = range(1, 10)
-REPLAYS = ("cycle", "random")
 RESIZED_CROP_ATTEMPTS = 10
 
 
@@ -75,15 +80,6 @@ def hflip_(x: Tensor, flip: Tensor) -> Tensor:
     return x
 
 
-def check_resized_crop(scale: tuple[float, float] | None, ratio: tuple[float, float]) -> None:
-    """ValueError unless ``scale`` (the crop's share of the area) is [low, high] in (0, 1] and ``ratio``
-    (width / height) [low, high] positive."""
-    if scale is not None and not 0 < scale[0] <= scale[1] <= 1:
-        raise ValueError(f"resized_crop must be [low, high] with 0 < low <= high <= 1, got {list(scale)}")
-    if not 0 < ratio[0] <= ratio[1]:
-        raise ValueError(f"crop_ratio must be [low, high] with 0 < low <= high, got {list(ratio)}")
-
-
 @dataclass(frozen=True)
 class ViewParams:
     """The parameters of a batch of views (CPU tensors, one row per sample).
@@ -100,41 +96,84 @@ class ViewParams:
     box: Tensor | None = None
 
 
-@dataclass(frozen=True)
-class ViewPlan:
-    """How the views of a training split are made; see the module docstring."""
+class AugmentConfig(StrictConfig):
+    """How training images are augmented (``data.augment`` of a recipe; never applied to evaluation):
+    with the plan's seed, these settings define every view (:meth:`ViewPlan.definition`)."""
 
-    seed: int = 0
-    views: int = 0
-    crop_padding: int = 0
-    hflip: bool = False
-    mix: Literal["none", "mixup", "cutmix"] = "none"
-    mix_alpha: float = 1.0
-    replay: Literal["cycle", "random"] = "cycle"
-    resized_crop: tuple[float, float] | None = None
-    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    crop_padding: int = Field(0, ge=0, description="random crop after zero-padding by this many pixels; 0 = off")
+    hflip: bool = Field(False, description="random horizontal flip with probability 0.5")
+    mix: Mix = Field("none", description="mix every view with a partner's view (for methods that learn from mixed "
+                                         "views)")
+    mix_alpha: float = Field(1.0, gt=0, description="lambda ~ Beta(mix_alpha, mix_alpha), drawn per sample")
+    resized_crop: tuple[float, float] | None = Field(
+        None, description="ImageNet-style random resized crop to data.image_size: the range of the crop's share of "
+                          "the image area, e.g. [0.08, 1] (stream loader only); None = off")
+    crop_ratio: tuple[float, float] = Field((3 / 4, 4 / 3), description="range of the resized crop's width / height")
 
-    def __post_init__(self) -> None:
-        if self.views < 0 or self.crop_padding < 0:
-            raise ValueError(f"views and crop_padding must be >= 0, got {self.views} and {self.crop_padding}")
-        check_resized_crop(self.resized_crop, self.crop_ratio)
-        if self.mix not in MIX_KINDS:
-            raise ValueError(f"mix must be one of {MIX_KINDS}, got {self.mix!r}")
-        if self.mix != "none" and self.mix_alpha <= 0:
-            raise ValueError(f"mix_alpha (the Beta parameter) must be > 0, got {self.mix_alpha}")
-        if self.replay not in REPLAYS:
-            raise ValueError(f"replay must be one of {REPLAYS}, got {self.replay!r}")
-        if self.replay == "random" and self.is_random and self.views == 0:
-            raise ValueError("replay: random chooses among a fixed number of views per sample: set data.views")
-
-    @property
-    def mixes(self) -> bool:
-        return self.mix != "none"
+    @model_validator(mode="after")
+    def _valid_ranges(self) -> "AugmentConfig":
+        scale, ratio = self.resized_crop, self.crop_ratio
+        if scale is not None and not 0 < scale[0] <= scale[1] <= 1:
+            raise ValueError(f"resized_crop must be [low, high] with 0 < low <= high <= 1, got {list(scale)}")
+        if not 0 < ratio[0] <= ratio[1]:
+            raise ValueError(f"crop_ratio must be [low, high] with 0 < low <= high, got {list(ratio)}")
+        return self
 
     @property
     def is_random(self) -> bool:
         """Whether views differ from the clean image at all."""
-        return self.crop_padding > 0 or self.hflip or self.mixes or self.resized_crop is not None
+        return self.crop_padding > 0 or self.hflip or self.mix != "none" or self.resized_crop is not None
+
+
+class ViewPlan(AugmentConfig):
+    """How the views of a training split are made: the augmentation, the ``seed`` of its draws, how
+    many distinct ``views`` each sample has (0: a fresh one every epoch) and the order they are
+    replayed in; see the module docstring."""
+
+    model_config = ConfigDict(frozen=True)
+
+    seed: int = 0
+    views: int = Field(0, ge=0)
+    replay: Replay = "cycle"
+
+    @model_validator(mode="after")
+    def _replay_needs_views(self) -> "ViewPlan":
+        if self.replay == "random" and self.is_random and self.views == 0:
+            raise ValueError("replay: random chooses among a fixed number of views per sample: set data.views")
+        return self
+
+    @classmethod
+    def of(cls, augment: AugmentConfig, *, seed: int, views: int = 0, replay: Replay = "cycle") -> "ViewPlan":
+        """The plan of ``augment`` with its seed, number of views and replay."""
+        return cls(**augment.model_dump(), seed=seed, views=views, replay=replay)
+
+    def definition(self) -> dict[str, Any]:
+        """What defines the views themselves (not how many there are, nor their order), as JSON holds it:
+        two plans show the same view v of a sample exactly when their definitions are equal.  A plan that
+        does not augment shows the clean image (empty definition); settings that change nothing (the
+        resized crop's ratio without a resized crop, ``mix_alpha`` without mixing) are left out."""
+        if not self.is_random:
+            return {}
+        left_out = {"views", "replay"} | ({"resized_crop", "crop_ratio"} if self.resized_crop is None else set())
+        left_out |= {"mix_alpha"} if self.mix == "none" else set()
+        return self.model_dump(mode="json", exclude=left_out)
+
+    def fingerprint(self) -> str:
+        """A short hash of the plan's settings and number of views, recorded in manifests (the same value as
+        earlier versions computed: the replay order is not part of it, nor, without a resized crop, its
+        settings).  Whether two plans show the same views is :meth:`definition`'s to say, not this hash's."""
+        left_out = {"replay"} | ({"resized_crop", "crop_ratio"} if self.resized_crop is None else set())
+        settings = self.model_dump(mode="json", exclude=left_out)
+        return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+
+    def differences(self, other: "ViewPlan") -> list[str]:
+        """The settings whose values make ``other``'s views differ from this plan's (empty: the same views)."""
+        mine, theirs = self.definition(), other.definition()
+        return [key for key in sorted(set(mine) | set(theirs)) if mine.get(key) != theirs.get(key)]
+
+    @property
+    def mixes(self) -> bool:
+        return self.mix != "none"
 
     @property
     def distinct_views(self) -> int | None:
@@ -156,14 +195,6 @@ class ViewPlan:
         if self.replay == "random" and self.is_random:
             return hash_below(self.views, self.seed, ids, epoch, _REPLAY)
         return torch.full_like(ids, self.view_in_epoch(epoch))
-
-    def fingerprint(self) -> str:
-        """A short hash of everything that defines the views (for manifests and cache keys); the
-        order they are replayed in (``replay``) is not part of it, nor, without a resized crop, its
-        settings (so plans of earlier versions keep their fingerprints)."""
-        left_out = {"replay"} | ({"resized_crop", "crop_ratio"} if self.resized_crop is None else set())
-        fields = {k: v for k, v in asdict(self).items() if k not in left_out}
-        return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 
     # ------------------------------------------------------------------ parameters
     def geometry(self, sample_ids: Tensor, views: Tensor) -> ViewParams:

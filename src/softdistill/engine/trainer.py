@@ -1,106 +1,46 @@
-"""One training loop for teachers and students alike.
+"""One training loop for every task: teachers, students, the VAE.
 
-The trainer calls ``method(batch)`` for a :class:`~softdistill.types.StepOutput`, sums its loss
-terms, steps the optimiser and logs every term; it evaluates ``method.student`` on the
-evaluation sets after each epoch and writes the run folder (rank 0 only):
+The trainer calls ``task(batch)`` for a :class:`~softdistill.types.StepOutput` (the task is a
+:class:`~softdistill.engine.task.Task`: a method, or the VAE), sums its loss terms, steps the
+optimiser and logs every term; it evaluates ``task.student`` on the evaluation sets after each epoch
+and hands each epoch's record to its :class:`~softdistill.engine.recorder.Recorder`, which writes the
+run folder.  ``final_loaders`` (e.g. out-of-domain versions of the test set) are evaluated once,
+after the last epoch, and reported as ``final/NAME/acc``.
 
-- ``last.pt`` every epoch, and every ``checkpoint_every`` steps (model, optimiser, history: enough to resume exactly),
-  ``best.pt`` at the best value of the selection metric, ``epoch_N.pt`` for requested epochs;
-- ``metrics.jsonl``: one record per epoch; ``summary.json`` when the run has finished.
-
-``final_loaders`` (e.g. out-of-domain versions of the test set) are evaluated once, after the
-last epoch, and reported as ``final/NAME/acc`` and in the summary.  The method's hooks
-(``start_epoch``, ``end_epoch``, ``training_state``/``load_training_state``, ``finish``, see
-:class:`~softdistill.methods.base.Method`) are called when the method has them.  A task whose
-evaluation is not top-1 accuracy (e.g. the VAE) gives ``evaluation_sums(model, batch)`` (per-batch
-sums, averaged over the set) and ``selection_metric`` (name, "max" or "min"); ``StepOutput.logits``
-may then be None.
-
-Every write is atomic.  Exact resume: all randomness of an epoch is seeded by (seed, epoch),
-so continuing from the end of epoch e reproduces the weights of an uninterrupted run.  With
-``checkpoint_every=N``, ``last.pt`` is also written every N optimiser steps inside an epoch, with
-the epoch's running sums and the RNG state of every rank: a resume skips the batches done and
-continues bit-identically.
-
-Crash consistency: ``last.pt`` is written first and commits the epoch; ``best.pt``, ``epoch_N.pt``
-and ``metrics.jsonl`` follow from it, and a resume rewrites whichever a kill left missing or stale
-(the only best that can be missing is the epoch of ``last.pt`` itself).  A mid-epoch ``last.pt`` is
-written only after every file of the epochs before it, so it implies them all (a resume from it
-checks them and rewrites nothing).  A resume from the final epoch's ``last.pt`` (killed before
-``summary.json``) writes those files, calls ``finish`` and writes the summary; the final
-evaluations are part of the final epoch's record.  No checkpoint, at an epoch's end or mid-epoch,
-holds a non-finite parameter or buffer (:class:`NonFiniteStateError`).
+Exact resume: all randomness of an epoch is seeded by (seed, epoch), so continuing from the end of
+epoch e reproduces the weights of an uninterrupted run.  With ``checkpoint_every=N``, ``last.pt`` is
+also written every N optimiser steps inside an epoch, with the epoch's running sums and the RNG
+state of every rank: a resume skips the batches done and continues bit-identically.  The loop knows
+no recipe and no run-folder rule: whoever starts it says whether it continues a ``last.pt``
+(:meth:`Trainer.fit`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import math
-import os
 import time
-from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
 import torch
-from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from tqdm.auto import tqdm
 
-from softdistill.atomic import ensure_folder, remove_stale_temporaries
-from softdistill.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from softdistill.data.loader import EpochBatches
-from softdistill.runtime.distributed import DistContext, all_reduce_min, all_reduce_sum, barrier
 from softdistill.engine.optim import LRSchedule
-from softdistill.engine.predict import autocast, classification_sums, evaluate
-from softdistill.runtime.progress import progress_bar
+from softdistill.engine.predict import autocast, evaluate
+from softdistill.engine.recorder import NonFiniteStateError, Recorder, rng_state, set_rng_state
+from softdistill.engine.task import Task
 from softdistill.engine.wrap import compile_errors, unwrap
-from softdistill.runs import RunStateError, config_differences, resume_checkpoint, write_text_atomic
+from softdistill.runtime.distributed import DistContext, all_reduce_min, all_reduce_sum, barrier
+from softdistill.runtime.progress import progress_bar
 from softdistill.types import Batch, StepOutput
 
-__all__ = ["Trainer", "evaluate", "NonFiniteLossError", "NonFiniteStateError", "RunStateError"]
+__all__ = ["Trainer", "evaluate", "NonFiniteLossError", "NonFiniteStateError"]
 
 
 class NonFiniteLossError(FloatingPointError):
     """A loss term became NaN or infinite; the message names the epoch, step and term."""
-
-
-class NonFiniteStateError(FloatingPointError):
-    """At a checkpoint (an epoch's end or a mid-epoch one) the student holds a NaN or infinite
-    parameter or buffer (e.g. a BatchNorm running variance); that checkpoint is not written."""
-
-
-def _checkpoint_epoch(path: Path) -> int | None:
-    """The epoch of the checkpoint at ``path``; None when there is none or it cannot be read."""
-    try:
-        return load_checkpoint(path)["epoch"]
-    except CheckpointError:
-        return None
-
-
-def _rng_state() -> dict[str, Any]:
-    """This process's torch RNG states (CPU, and CUDA when available)."""
-    state: dict[str, Any] = {"cpu": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    """Restore :func:`_rng_state` (its tensors may have been loaded onto the training device)."""
-    torch.set_rng_state(state["cpu"].cpu())
-    if "cuda" in state:
-        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
-
-
-def _gather_objects(obj: Any, ctx: DistContext) -> list[Any]:
-    """``obj`` of every rank, in rank order (a list of one in a single process)."""
-    if not ctx.distributed:
-        return [obj]
-    gathered: list[Any] = [None] * ctx.world_size
-    torch.distributed.all_gather_object(gathered, obj)
-    return gathered
 
 
 def _non_finite_cause(inputs_finite: bool, logits_finite: bool | None) -> str:
@@ -164,128 +104,75 @@ class FiniteWatch:
 
 
 class Trainer:
-    """Train ``method`` (an ``nn.Module`` returning StepOutput) and write the run folder.
+    """Train ``task`` for the recorder's epochs (see the module docstring).
 
-    ``method.student`` is what gets evaluated and checkpointed; ``checkpoint_meta`` (model
-    spec, normalisation, resolved config) goes into every checkpoint so that it stands alone.
-    A run resumes only under the same config: ``config_check(saved_config)`` lists the differences
-    (default: every differing key of ``checkpoint_meta["config"]``).
-    Selection ("best") uses the ``val`` set when given, else ``test`` (flagged in the summary).
+    ``train_loader`` gives the batches of an epoch (``set_epoch``), ``eval_loaders`` the sets evaluated
+    after each ``eval_every``-th epoch and the last (a ``test`` set is required; ``val``, when given,
+    selects "best"), ``final_loaders`` those evaluated after the last epoch only.  ``grad_accum`` splits
+    every batch into parts whose gradients are summed; ``clip_grad`` clips the gradient norm;
+    ``log_every`` steps between log points (progress bar, non-finite check).
     """
 
-    def __init__(self, method: nn.Module, optimizer: torch.optim.Optimizer, schedule: LRSchedule,
-                 train_loader: EpochBatches, eval_loaders: Mapping[str, EpochBatches], run_dir: str | os.PathLike, *,
-                 epochs: int, seed: int, checkpoint_meta: Mapping[str, Any], ctx: DistContext = DistContext(),
-                 amp: str = "off", keep_epochs: Sequence[int] = (), quiet: bool = False,
-                 config_check: Callable[[Any], list[str]] | None = None, eval_every: int = 1,
+    def __init__(self, task: Task, optimizer: torch.optim.Optimizer, schedule: LRSchedule,
+                 train_loader: EpochBatches, eval_loaders: Mapping[str, EpochBatches], recorder: Recorder, *,
+                 ctx: DistContext = DistContext(), amp: str = "off", eval_every: int = 1,
                  final_loaders: Mapping[str, EpochBatches] | None = None, checkpoint_every: int = 0,
                  grad_accum: int = 1, clip_grad: float | None = None, log_every: int = 50) -> None:
         if amp == "fp16" and ctx.device.type != "cuda":
             raise ValueError("amp: fp16 needs a CUDA device; on the CPU use amp: bf16")
         if "test" not in eval_loaders:
             raise ValueError("the trainer needs a 'test' evaluation set")
-        self.method = method
+        self.task = task
         self.optimizer = optimizer
         self.schedule = schedule
         self.train_loader = train_loader
         self.eval_loaders = dict(eval_loaders)
         self.final_loaders = dict(final_loaders or {})
-        self.run_dir = Path(run_dir)
-        self.epochs = epochs
-        self.seed = seed
-        self.meta = dict(checkpoint_meta)
+        self.recorder = recorder
+        self.epochs = recorder.epochs
+        self.seed = recorder.seed
         self.ctx = ctx
         self.amp = amp
-        self.keep_epochs = set(keep_epochs)
-        self.quiet = quiet or not ctx.is_main
-        self.config_check = config_check or (lambda saved: config_differences(saved, self.meta.get("config")))
+        self.quiet = recorder.quiet
         self.eval_every = eval_every
         self.checkpoint_every = checkpoint_every
         self.grad_accum = grad_accum
         self.clip_grad = clip_grad
         self.log_every = log_every
-        self._ddp_modules = [m for m in method.modules() if isinstance(m, DistributedDataParallel)]
-        self.kept = "none yet"  # the last checkpoint written, for the non-finite error
-        self.resume_step: dict[str, Any] | None = None  # where a mid-epoch checkpoint left the current epoch
+        self._ddp_modules = [m for m in task.modules() if isinstance(m, DistributedDataParallel)]
         self.scaler = torch.amp.GradScaler(ctx.device.type, enabled=(amp == "fp16"))
-        self.selection = "val" if "val" in self.eval_loaders else "test"
-        # what "best" means: the method's (metric, max | min), top-1 accuracy by default
-        self.metric, self.goal = getattr(method, "selection_metric", ("acc", "max"))
-        self.eval_sums = getattr(method, "evaluation_sums", classification_sums)
-        self.history: list[dict[str, Any]] = []
         self.loss_names: set[str] = set()
         self.epoch = 0
 
-    # ---------------------------------------------------------------- state
-    def _hook(self, name: str, *args: Any) -> Any:
-        hook = getattr(self.method, name, None)
-        return hook(*args) if hook is not None else None
-
     @property
-    def student(self) -> nn.Module:
-        return unwrap(self.method.student)
-
-    def _payload(self, with_optimizer: bool) -> dict[str, Any]:
-        payload = {**self.meta, "epoch": self.epoch, "epochs": self.epochs, "seed": self.seed,
-                   "state_dict": self.student.state_dict(), "history": self.history}
-        if with_optimizer:
-            payload["optimizer"] = self.optimizer.state_dict()
-            payload["scaler"] = self.scaler.state_dict()
-            payload["method_state"] = self._hook("training_state") or {}
-        return payload
-
-    def _start(self, resume: bool) -> None:
-        state = resume_checkpoint(self.run_dir, resume, self.config_check, self.ctx.device)
-        if state is None:
-            return
-        try:
-            self.student.load_state_dict(state["state_dict"])
-            self.optimizer.load_state_dict(state["optimizer"])
-            self._hook("load_training_state", state.get("method_state", {}))
-        except (RuntimeError, ValueError, KeyError) as exc:
-            raise CheckpointError(f"{self.run_dir / 'last.pt'} does not fit this run's model or optimiser: {exc}") from None
-        self.scaler.load_state_dict(state["scaler"])
-        self.history = list(state["history"])
-        self.epoch = state["epoch"]
-        self.resume_step = state.get("step")
-        self.kept = (f"epoch {self.epoch}" if self.resume_step is None
-                     else f"step {self.resume_step['step']} of epoch {self.epoch + 1}")
-        if self.resume_step is not None and len(self.resume_step["ranks"]) != self.ctx.world_size:
-            raise RunStateError(f"{self.run_dir / 'last.pt'} was written in the middle of epoch {self.epoch + 1} by "
-                                f"{len(self.resume_step['ranks'])} process(es): resume it with as many")
+    def student(self) -> torch.nn.Module:
+        return unwrap(self.task.student)
 
     # ---------------------------------------------------------------- loop
-    def fit(self, resume: bool = False) -> dict[str, Any]:
-        """Run the remaining epochs; return the summary (also written to summary.json)."""
-        self._start(resume)
-        if self.ctx.is_main:
-            remove_stale_temporaries(ensure_folder(self.run_dir))  # left by a process killed mid-write
-            if self.history:
-                self._write_epoch_files(repair=True)  # what a kill after last.pt left unwritten
+    def fit(self, resume_from: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Run the remaining epochs (after those of ``resume_from``, a ``last.pt`` payload, when given);
+        return the summary (also written to summary.json)."""
+        record = self.recorder
+        if resume_from is not None:
+            record.restore(resume_from, self.task, self.optimizer, self.scaler)
+        self.epoch = record.epoch
+        record.begin(self.task)
         while self.epoch < self.epochs:
             self.epoch += 1
-            record = self.train_epoch()
-            self._hook("end_epoch", self.epoch, self.run_dir / "report" if self.ctx.is_main else None)
+            epoch = self.train_epoch()
+            self.task.end_epoch(self.epoch, record.run_dir / "report" if self.ctx.is_main else None)
             evaluated = dict(self.eval_loaders) if self.epoch % self.eval_every == 0 or self.epoch == self.epochs else {}
             if self.epoch == self.epochs:
                 evaluated.update({f"final/{name}": loader for name, loader in self.final_loaders.items()})
             for name, loader in evaluated.items():
-                for key, value in evaluate(self.student, loader, self.ctx, self.amp, self.eval_sums).items():
-                    record[f"{name}/{key}"] = value
+                for key, value in evaluate(self.student, loader, self.ctx, self.amp, self.task.evaluation_sums).items():
+                    epoch[f"{name}/{key}"] = value
                 if getattr(loader, "skipped", None) is not None:  # samples left out of the evaluation (unreadable)
-                    record[f"{name}/skipped"] = self._total(loader.skipped)
-            record["seconds"] = time.perf_counter() - record.pop("_start")
-            self.history.append(record)
-            self._check_finite_state(f"epoch {self.epoch}")
-            if self.ctx.is_main:
-                save_checkpoint(self._payload(with_optimizer=True), self.run_dir / "last.pt")  # commits the epoch
-                self._write_epoch_files()
-                self._log(record)
-            self.kept = f"epoch {self.epoch}"
-        summary = self.summary()
-        if self.ctx.is_main:
-            self._hook("finish", self.run_dir)
-            write_text_atomic(self.run_dir / "summary.json", json.dumps(summary, indent=2))
+                    epoch[f"{name}/skipped"] = self._total(loader.skipped)
+            epoch["seconds"] = time.perf_counter() - epoch.pop("_start")
+            record.end_epoch(epoch, self.task, self.optimizer, self.scaler)
+            record.log(epoch, self.loss_names, [*self.eval_loaders, *(f"final/{n}" for n in self.final_loaders)])
+        summary = record.finish(self.task)
         barrier(self.ctx)  # every rank returns once the run folder is complete, and they leave together
         return summary
 
@@ -297,16 +184,16 @@ class Trainer:
         and at the epoch's end.
         """
         ctx, epoch = self.ctx, self.epoch
-        first, resumed = (0, None) if self.resume_step is None else (self.resume_step["step"],
-                                                                     self.resume_step["ranks"][ctx.rank])
-        self.resume_step = None
+        at = self.recorder.resume_step
+        first, resumed = (0, None) if at is None else (at["step"], at["ranks"][ctx.rank])
+        self.recorder.resume_step = None
         if resumed is None:
             torch.manual_seed(self.seed * 1_000_003 + epoch + 500_000)  # model-side randomness of this epoch
         else:
-            _set_rng_state(resumed["rng"])
+            set_rng_state(resumed["rng"])
         self.train_loader.set_epoch(epoch, skip=first)
-        self.method.train()
-        self._hook("start_epoch", epoch, self.epochs)
+        self.task.train()
+        self.task.start_epoch(epoch, self.epochs)
         steps = len(self.train_loader)
         self._sums = {k: v.to(ctx.device) for k, v in (resumed or {}).get("sums", {}).items()}
         self._correct = torch.zeros((), dtype=torch.float64, device=ctx.device)
@@ -332,7 +219,7 @@ class Trainer:
             bar.update(1)
             done = (epoch - 1) * steps + step + 1
             if self.checkpoint_every and done % self.checkpoint_every == 0 and step + 1 < steps:
-                watch.raise_if_bad(epoch, ctx, self.kept)  # never write weights a non-finite step has touched
+                watch.raise_if_bad(epoch, ctx, self.recorder.kept)  # never write weights a non-finite step has touched
                 self._save_step(step + 1)
         bar.close()
         sums = self._sums
@@ -373,7 +260,7 @@ class Trainer:
                         stack.enter_context(module.no_sync())
                 with compile_errors():
                     with autocast(self.ctx.device, self.amp):
-                        out = self.method(part)
+                        out = self.task(part)
                     loss = sum(term.float() for term in out.losses.values())
                     self.scaler.scale(loss * (len(part) / len(batch))).backward()
             self.loss_names.update(out.losses)
@@ -400,7 +287,7 @@ class Trainer:
 
     def _examine(self, watch: "FiniteWatch", bar: Any) -> None:
         """The log point: raise if a loss term became non-finite (on any rank); update the progress bar."""
-        watch.raise_if_bad(self.epoch, self.ctx, self.kept)
+        watch.raise_if_bad(self.epoch, self.ctx, self.recorder.kept)
         if not self.quiet:
             loss, correct, seen = torch.stack([self._sums["loss"], self._correct, self._seen]).tolist()
             shown = {"loss": f"{loss / seen:.4f}"}
@@ -409,118 +296,9 @@ class Trainer:
             bar.set_postfix(shown, refresh=False)
 
     def _save_step(self, step: int) -> None:
-        """``last.pt`` after ``step`` steps of the current epoch: what an epoch checkpoint holds, plus the
-        epoch's running sums and RNG state of every rank, so that a resume continues at step ``step``
-        exactly (the loader skips the batches done; their order and views are stateless).  Written only
-        when every parameter and buffer is finite (the check reads the device once, here only)."""
-        self._check_finite_state(f"step {step} of epoch {self.epoch}")
-        own = {"rng": _rng_state(), "sums": {k: v.cpu() for k, v in self._sums.items()},
+        """``last.pt`` after ``step`` steps of the current epoch, with this rank's running sums and RNG state."""
+        own = {"rng": rng_state(), "sums": {k: v.cpu() for k, v in self._sums.items()},
                "correct": self._correct.cpu(), "seen": self._seen.cpu()}
         if self._skipped() is not None:
             own["skipped"] = self._skipped()
-        ranks = _gather_objects(own, self.ctx)
-        self.kept = f"step {step} of epoch {self.epoch}"
-        if not self.ctx.is_main:
-            return
-        payload = self._payload(with_optimizer=True)
-        payload["epoch"] = self.epoch - 1  # epochs complete
-        payload["step"] = {"step": step, "ranks": ranks}
-        save_checkpoint(payload, self.run_dir / "last.pt")
-
-    def _check_finite_state(self, when: str) -> None:
-        """:class:`NonFiniteStateError` (on every rank) unless every floating-point parameter and buffer
-        of the student is finite on every rank, so that no checkpoint with NaN or inf is ever written.
-        Called at checkpoints only: one host read, never inside a step."""
-        tensors = {k: v for k, v in self.student.state_dict().items() if v.is_floating_point()}
-        if not tensors:
-            return
-        bad = torch.stack([~torch.isfinite(v).all() for v in tensors.values()]).float()
-        all_reduce_sum(bad, self.ctx)
-        names = [name for name, count in zip(tensors, bad.tolist()) if count]
-        if not names:
-            return
-        shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
-        raise NonFiniteStateError(
-            f"after {when} the student holds NaN or infinite values in {shown}: training diverged (lower the "
-            f"learning rate). That state was not written: the run folder keeps its last good checkpoint "
-            f"({self.kept}), whose every parameter and buffer is finite.")
-
-    def _write_epoch_files(self, repair: bool = False) -> None:
-        """The files that ``last.pt`` (written first, the epoch's commit point) implies: ``best.pt`` when
-        this epoch is the selected one, ``epoch_N.pt`` when kept, ``metrics.jsonl``.  ``repair`` (on
-        resume): rewrite only the checkpoints that a kill after ``last.pt`` left missing or stale.  A
-        mid-epoch ``last.pt`` holds later weights than epoch ``self.epoch``'s, but is written after all
-        of that epoch's files, so a missing or stale one there means the folder was changed by hand."""
-        selected = self._selected()
-        names = (["best.pt"] if selected is not None and selected["epoch"] == self.epoch else []) + (
-            [f"epoch_{self.epoch}.pt"] if self.epoch in self.keep_epochs else [])
-        stale = [name for name in names if not repair or _checkpoint_epoch(self.run_dir / name) != self.epoch]
-        if stale and self.resume_step is not None:
-            raise RunStateError(
-                f"{self.run_dir}: {', '.join(stale)} should hold epoch {self.epoch} but is missing or holds another "
-                f"epoch, while last.pt was written in the middle of epoch {self.epoch + 1}, after every file of epoch "
-                f"{self.epoch}: the folder was changed by hand. Restore the file, or delete the folder to train again.")
-        if stale:
-            payload = self._payload(with_optimizer=False)
-            for name in stale:
-                save_checkpoint(payload, self.run_dir / name)
-        lines = "".join(json.dumps(r) + "\n" for r in self.history)
-        write_text_atomic(self.run_dir / "metrics.jsonl", lines)
-
-    def _selected(self) -> dict[str, Any] | None:
-        """The epoch record "best" means: the best value of the selection metric on the selection set
-        among the evaluated epochs (ties: the earliest); None before the first evaluation."""
-        key, sign = f"{self.selection}/{self.metric}", (1 if self.goal == "max" else -1)
-        return max((r for r in self.history if key in r), key=lambda r: (sign * r[key], -r["epoch"]), default=None)
-
-    def _log(self, record: dict[str, Any]) -> None:
-        if self.quiet:
-            return
-        train = {k[6:]: v for k, v in record.items() if k.startswith("train/")
-                 and k not in ("train/loss", "train/acc", "train/skipped")}
-        losses = ", ".join(f"{k} {v:.4f}" for k, v in train.items() if k in self.loss_names)
-        diagnostics = ", ".join(f"{k} {v:.3f}" for k, v in train.items() if k not in self.loss_names)
-        names = [*self.eval_loaders, *(f"final/{name}" for name in self.final_loaders)]
-        unit = "%" if self.metric == "acc" else ""
-        evals = "  ".join(f"{name} {record[f'{name}/{self.metric}']:.2f}{unit}" for name in names
-                          if f"{name}/{self.metric}" in record)
-        train_acc = f"train {record['train/acc']:.2f}%  " if "train/acc" in record else ""
-        tqdm.write(f"epoch {record['epoch']:>3}/{self.epochs}  loss {record['train/loss']:.4f} ({losses})  "
-                   f"{train_acc}{evals}  lr {record['lr']:.4g}  {record['seconds']:.1f}s"
-                   + (f"  | {diagnostics}" if diagnostics else "")
-                   + (f"  | {record['train/skipped']} unreadable sample(s) left out" if record.get("train/skipped")
-                      else ""))
-
-    def summary(self) -> dict[str, Any]:
-        """Last-epoch and best-epoch test value of the selection metric (``test_acc_last``, ...), the
-        test value at the epoch selected on ``selection``, timing, and the final evaluations."""
-        m, sign = self.metric, (1 if self.goal == "max" else -1)
-        hist = [r for r in self.history if f"test/{m}" in r]  # the evaluated epochs
-        sel = self._selected()
-        assert sel is not None  # the last epoch is always evaluated
-        best_test = max(hist, key=lambda r: (sign * r[f"test/{m}"], -r["epoch"]))
-        seconds = sum(r["seconds"] for r in self.history)
-        return {
-            "name": self.meta.get("config", {}).get("name"),
-            "seed": self.seed,
-            "epochs": self.epochs,
-            f"test_{m}_last": hist[-1][f"test/{m}"],
-            f"test_{m}_best": best_test[f"test/{m}"],
-            "best_test_epoch": best_test["epoch"],
-            "selection": self.selection,
-            "selected_epoch": sel["epoch"],
-            f"test_{m}_selected": sel[f"test/{m}"],
-            f"val_{m}_best": sel[f"val/{m}"] if self.selection == "val" else None,
-            **{k.replace("/", "_"): v for k, v in hist[-1].items() if k.startswith(("test/", "val/"))
-               and not k.endswith(f"/{m}")},
-            "seconds": seconds,
-            "seconds_per_epoch": seconds / len(self.history),
-            "parameters": sum(p.numel() for p in self.student.parameters()),
-            f"final_{m}": {k.split("/")[1]: v for k, v in self.history[-1].items()
-                           if k.startswith("final/") and k.endswith(f"/{m}")},
-            # data.on_corrupt: skip: the training samples left out, over the whole run (val_ and test_skipped
-            # above are those of the last evaluation)
-            **({"train_skipped": sum(r.get("train/skipped", 0) for r in self.history)}
-               if "train/skipped" in self.history[-1] else {}),
-            "finished": True,
-        }
+        self.recorder.save_step(step, own, self.task, self.optimizer, self.scaler)

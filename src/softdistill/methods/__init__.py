@@ -6,18 +6,14 @@ every module here is imported on first use, so a new method touches one file (pl
 
 from __future__ import annotations
 
-from softdistill.methods.base import Method, MethodConfig, register_method, registry
+from softdistill.methods.base import Method, MethodConfig, methods, register_method
 
-__all__ = ["Method", "MethodConfig", "register_method", "method_names", "method_config_class", "method_class"]
+__all__ = ["Method", "MethodConfig", "register_method", "methods", "method_names", "method_class"]
 
 
 def method_names() -> list[str]:
-    return registry.names()
+    return methods.names()
 
 
 def method_class(name: str) -> type[Method]:
-    return registry.get(name)
-
-
-def method_config_class(name: str) -> type[MethodConfig]:
-    return method_class(name).Config
+    return methods.get(name)

@@ -10,43 +10,56 @@ and its views is declared in class attributes and checked when the recipe loads
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from pathlib import Path
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict
-from torch import nn
+from torch import Tensor, nn
 
 from softdistill.registry import Registry
+from softdistill.schema import StrictConfig
 from softdistill.soft_labels.base import Dependency
-from softdistill.types import Batch, MethodContext, StepOutput
+from softdistill.engine.task import Task
+from softdistill.types import Batch, MethodContext, RecipeFacts, StepOutput
 
-__all__ = ["Method", "MethodConfig", "register_method", "registry"]
+__all__ = ["Method", "MethodConfig", "register_method", "methods"]
 
 
-class MethodConfig(BaseModel):
+class MethodConfig(StrictConfig):
     """Base of every method's hyper-parameters; subclasses add fields and fix ``name``."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
     name: str
 
     def dependencies(self) -> list[Dependency]:
         """Other recipes or files this method's settings name (e.g. HARD's VAE), resolved like the source's."""
         return []
 
+    def dependency_problems(self, dependency: Dependency, needed: Any, recipe: Any) -> list[str]:
+        """What stops the product of ``needed`` (the recipe ``dependency`` names) from serving ``recipe``."""
+        return []
 
-registry = Registry("method", "name", "softdistill.methods")
-register_method = registry.register
+    def problems(self, facts: RecipeFacts) -> list[str]:
+        """What in these settings does not fit the recipe (its epochs, classes, views), checked when it
+        loads; none by default."""
+        return []
 
 
-class Method(nn.Module):
-    """Base class.
+#: Every method recipes can name (``method.name``); a plugin module adds its own with :func:`register_method`.
+methods: Registry[type["Method"]] = Registry("method", "softdistill.methods", key="name")
+register_method = methods.register
 
-    ``uses_soft_labels``: the recipe must give a soft-label source (held as ``self.soft_labels``);
-    ``mixed_views``: the method learns from mixed views (batches with ``y_b`` and ``lam``);
-    ``source_needs``: capabilities the source must serve beyond soft labels of the plan's views
-    (see :mod:`softdistill.compatibility`); ``supports_grad_accum``: a batch may be split into
-    parts whose gradients are summed (false for a method that updates parts of itself in the step).
+
+class Method(Task):
+    """Base class of every method: a :class:`~softdistill.engine.task.Task` holding the student and, when
+    it learns from soft labels, its soft-label source (``self.soft_labels``).
+
+    ``uses_soft_labels``: the recipe must give a soft-label source; ``mixed_views``: the method learns
+    from mixed views (batches with ``y_b`` and ``lam``); ``source_needs``: capabilities the source must
+    serve beyond soft labels of the plan's views (see :mod:`softdistill.compatibility`);
+    ``supports_grad_accum``: a batch may be split into parts whose gradients are summed (false for a
+    method that updates parts of itself in the step).
+
+    A method is called on a :class:`~softdistill.types.Batch`, or in a loop of your own as
+    ``method(x, y)`` (and ``y_b=``, ``lam=`` for mixed views; ``sample_id=``, ``view=`` where the
+    source looks soft labels up by address): see :meth:`__call__`.
     """
 
     Config: ClassVar[type[MethodConfig]] = MethodConfig
@@ -68,30 +81,17 @@ class Method(nn.Module):
         self.num_classes = num_classes
         self.context = context
 
+    def __call__(self, batch: Batch | Tensor, y: Tensor | None = None, **address: Tensor) -> StepOutput:
+        """The method's loss terms for ``batch``, or for inputs ``x`` (the first argument) with labels ``y``
+        and, as keywords, the rest of a :class:`~softdistill.types.Batch` (``y_b``, ``lam``, ``sample_id``,
+        ``view``)."""
+        if not isinstance(batch, Batch):
+            if y is None:
+                raise TypeError("call a method with a Batch, or with inputs and labels: method(x, y)")
+            batch = Batch(x=batch, y=y, **address)
+        elif y is not None or address:
+            raise TypeError("a method called with a Batch takes no further arguments")
+        return super().__call__(batch)
+
     def forward(self, batch: Batch) -> StepOutput:  # pragma: no cover - abstract
         raise NotImplementedError
-
-    def wrap(self, wrapper: Callable[[nn.Module], nn.Module]) -> None:
-        """Wrap the modules the trainer's optimiser trains (compile, DDP): the student by default."""
-        self.student = wrapper(self.student)
-
-    # Hooks the trainer calls; the defaults do nothing.
-    def trainable_parameters(self) -> list[nn.Parameter]:
-        """What the trainer's optimiser updates: every parameter that requires grad, unless a
-        method trains some parts itself."""
-        return [p for p in self.parameters() if p.requires_grad]
-
-    def start_epoch(self, epoch: int, epochs: int) -> None:
-        """Called before training epoch ``epoch`` (1-based) of ``epochs``, after the epoch's seeding."""
-
-    def end_epoch(self, epoch: int, report_dir: Path | None) -> None:
-        """Called after training epoch ``epoch``; ``report_dir`` is where to write figures (None
-        on ranks other than 0)."""
-
-    def training_state(self) -> dict[str, Any]:
-        """State beyond the student's weights that an exact resume needs (saved in last.pt)."""
-        return {}
-
-    def load_training_state(self, state: dict[str, Any]) -> None:
-        if state:
-            raise ValueError(f"{type(self).__name__} keeps no training state, but the checkpoint has {sorted(state)}")

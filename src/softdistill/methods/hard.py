@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 from torch import Tensor, nn
 
 from softdistill.augment.learned import AffineAugmentor, Augmentor, VAEAugmentor
@@ -37,16 +37,13 @@ from softdistill.losses import cross_entropy, kd_loss, teacher_student_divergenc
 from softdistill.methods.base import Method, MethodConfig, register_method
 from softdistill.soft_labels.base import Dependency
 from softdistill.metrics.bias_variance import regularization_stats
+from softdistill.schema import StrictConfig
 from softdistill.types import Batch, MethodContext, StepOutput
 
 GRID_FILE = "hard-augmentations.png"
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-
-class AffineSettings(_Section):
+class AffineSettings(StrictConfig):
     """Bounds of the spatial-transformer augmentor (0 switches a component off)."""
 
     translate: float = Field(4.0, ge=0, description="max shift in pixels, per axis")
@@ -57,7 +54,7 @@ class AffineSettings(_Section):
     width: int = Field(16, ge=1, description="channels of the augmentor's first conv layer")
 
 
-class VAESettings(_Section):
+class VAESettings(StrictConfig):
     """The VAE augmentor: a frozen VAE whose latent code a small network moves."""
 
     path: str | None = Field(None, description="a VAE checkpoint (vae.pt) or a VAE recipe (.yaml, trained once "
@@ -273,8 +270,8 @@ def build_augmentor(config: HardKD.Config, context: MethodContext) -> Augmentor:
     v = config.vae
     assert v.path is not None
     path = context.resolve_artifact(config.dependencies()[0])
-    vae, info = load_vae(path)
-    shape = (info["data"]["in_channels"], info["data"]["image_size"])
+    vae, meta = load_vae(path)
+    shape = (meta.data.in_channels, meta.data.image_size)
     if shape != (spec.in_channels, spec.image_size):
         raise ValueError(f"the VAE {path} was trained on {shape[0]}-channel {shape[1]}x{shape[1]} images, the data has "
                          f"{spec.in_channels}-channel {spec.image_size}x{spec.image_size}; train a VAE on this data")

@@ -5,12 +5,14 @@
 model ends in a linear layer named ``fc``.  Names: see :func:`available_models`, plus the patterns
 ``mlp-H`` and ``wrn-D-W`` and the external sources ``torchvision:NAME`` / ``timm:NAME``.
 ``resnet18-imagenet`` / ``resnet34-imagenet`` are torchvision's ResNets when it is installed and
-our identical copies otherwise (:mod:`softdistill.models.resnet_imagenet`).
+our identical copies otherwise (:mod:`softdistill.models.resnet_imagenet`).  A model of your own is a
+builder registered with :func:`register_model` in any module (a recipe's ``plugins`` imports it).
 """
 
 from __future__ import annotations
 
-from softdistill.models import mobilenet, resnet_cifar, resnet_imagenet, small, wrn  # noqa: F401  (register the built-ins)
-from softdistill.models.registry import available_models, build_model, count_parameters, register_model
+from softdistill.models.registry import (available_models, build_model, check_model_name, count_parameters, models,
+                                         register_model, register_pattern)
 
-__all__ = ["build_model", "available_models", "register_model", "count_parameters"]
+__all__ = ["build_model", "check_model_name", "available_models", "register_model", "register_pattern",
+           "count_parameters", "models"]

@@ -11,16 +11,15 @@ import importlib
 
 from torch import nn
 
-__all__ = ["EXTERNAL_FORMS", "build_external"]
+__all__ = ["EXTERNAL_FORMS", "build_external", "check_external"]
 
 # source prefix -> name of the softdistill extra that installs it
 _EXTRAS = {"torchvision": "vision", "timm": "timm"}
 EXTERNAL_FORMS = tuple(f"'{source}:NAME'" for source in _EXTRAS)
 
 
-def build_external(name: str, num_classes: int, in_channels: int, image_size: int) -> nn.Module:
-    """Build ``torchvision:NAME`` (via ``torchvision.models.get_model``) or ``timm:NAME``
-    (via ``timm.create_model``)."""
+def check_external(name: str) -> tuple[str, str]:
+    """(source, model name) of ``torchvision:NAME`` or ``timm:NAME``; ValueError for another form."""
     source, _, model_name = name.partition(":")
     if source not in _EXTRAS:
         raise ValueError(
@@ -28,6 +27,13 @@ def build_external(name: str, num_classes: int, in_channels: int, image_size: in
         )
     if not model_name:
         raise ValueError(f"missing model name after {source + ':'!r} in {name!r}")
+    return source, model_name
+
+
+def build_external(name: str, num_classes: int, in_channels: int, image_size: int) -> nn.Module:
+    """Build ``torchvision:NAME`` (via ``torchvision.models.get_model``) or ``timm:NAME``
+    (via ``timm.create_model``)."""
+    source, model_name = check_external(name)
     module_name = "torchvision.models" if source == "torchvision" else "timm"
     try:
         module = importlib.import_module(module_name)

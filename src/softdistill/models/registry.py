@@ -1,97 +1,34 @@
-"""Model registry: exact names, name patterns (``mlp-H``, ``wrn-D-W``) and external sources.
+"""The model registry: exact names, name patterns (``mlp-H``, ``wrn-D-W``) and external sources.
 
-A builder is any callable ``fn(num_classes, in_channels, image_size) -> nn.Module``.  Names of the
-form ``source:NAME`` go to :mod:`softdistill.models.external`; other names are looked up exactly,
-then among the patterns (by their prefix, e.g. ``"wrn-"``).
+A builder is any callable ``fn(num_classes, in_channels, image_size) -> nn.Module`` registered with
+:func:`register_model` (a pattern's builder takes its integers first, :func:`register_pattern`).
+Names of the form ``source:NAME`` go to :mod:`softdistill.models.external`.
 """
 
 from __future__ import annotations
 
-import difflib
 import numbers
-import os
-import re
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from torch import nn
 
-from softdistill.models.external import EXTERNAL_FORMS, build_external
+from softdistill.models.external import EXTERNAL_FORMS, build_external, check_external
+from softdistill.registry import Registry, UnknownNameError
 
-__all__ = [
-    "Builder",
-    "build_model",
-    "available_models",
-    "register_model",
-    "register_pattern",
-    "count_parameters",
-]
+__all__ = ["Builder", "models", "build_model", "check_model_name", "available_models", "register_model",
+           "register_pattern", "count_parameters"]
 
 Builder = Callable[[int, int, int], nn.Module]
-PatternBuilder = Callable[..., nn.Module]
 
-
-@dataclass(frozen=True)
-class _Pattern:
-    form: str  # human-readable form, e.g. "wrn-D-W"
-    prefix: str  # names starting with this belong to the pattern, e.g. "wrn-"
-    regex: re.Pattern[str]  # integer capture groups, passed positionally to the builder
-    builder: PatternBuilder
-    examples: tuple[str, ...]
-
-
-_BUILDERS: dict[str, Builder] = {}
-_PATTERNS: list[_Pattern] = []
-
-
-def register_model(name: str) -> Callable[[Builder], Builder]:
-    """Decorator registering ``fn(num_classes, in_channels, image_size) -> nn.Module`` as ``name``."""
-    if not isinstance(name, str) or not name:
-        raise ValueError(f"model name must be a non-empty string, got {name!r}")
-    if ":" in name:
-        raise ValueError(f"model name {name!r} may not contain ':' (reserved for external sources)")
-    if name in _BUILDERS:
-        raise ValueError(f"model {name!r} is already registered")
-    for pattern in _PATTERNS:
-        if pattern.regex.fullmatch(name):
-            raise ValueError(f"model name {name!r} is already provided by the pattern {pattern.form!r}")
-
-    def decorator(builder: Builder) -> Builder:
-        _BUILDERS[name] = builder
-        return builder
-
-    return decorator
-
-
-def register_pattern(
-    form: str, regex: str, examples: tuple[str, ...]
-) -> Callable[[PatternBuilder], PatternBuilder]:
-    """Decorator registering a family of names such as ``wrn-D-W``.
-
-    ``regex`` must fully match the names and capture integers; the builder is called as
-    ``fn(*ints, num_classes, in_channels, image_size)`` and may raise ``ValueError`` for invalid
-    values.  ``examples`` are the names listed by :func:`available_models`.
-    """
-    prefix = form[: form.index("-") + 1]
-
-    compiled = re.compile(regex)
-    clashes = [name for name in _BUILDERS if compiled.fullmatch(name)]
-    if clashes:
-        raise ValueError(f"pattern {form!r} would shadow the registered models {clashes}")
-
-    def decorator(builder: PatternBuilder) -> PatternBuilder:
-        _PATTERNS.append(_Pattern(form, prefix, compiled, builder, tuple(examples)))
-        return builder
-
-    return decorator
+#: Every model softdistill can build by name (the built-ins register when :mod:`softdistill.models` loads).
+models: Registry[Builder] = Registry("model", "softdistill.models")
+register_model = models.register
+register_pattern = models.register_pattern
 
 
 def available_models() -> list[str]:
-    """Sorted built-in model names; patterns are represented by their example names."""
-    names = set(_BUILDERS)
-    for pattern in _PATTERNS:
-        names.update(pattern.examples)
-    return sorted(names)
+    """Sorted model names; patterns are represented by their example names."""
+    return models.names()
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -105,27 +42,18 @@ def _check_int(what: str, value: object, minimum: int) -> int:
     return int(value)
 
 
-def _close_matches(name: str, known: list[str]) -> list[str]:
-    """Up to 3 names with a ``difflib`` similarity >= 0.6, ties broken by the longer common prefix."""
-
-    def score(candidate: str) -> tuple[float, int]:
-        ratio = difflib.SequenceMatcher(None, name, candidate).ratio()
-        return ratio, len(os.path.commonprefix([name, candidate]))
-
-    scores = {candidate: score(candidate) for candidate in known}
-    close = [c for c in known if scores[c][0] >= 0.6]
-    return sorted(close, key=lambda c: (-scores[c][0], -scores[c][1], c))[:3]
-
-
-def _unknown_model_message(name: str) -> str:
-    known = available_models()
-    close = _close_matches(name, known)
-    hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
-    forms = ", ".join(p.form for p in _PATTERNS)
-    return (
-        f"unknown model {name!r}.{hint} Known models: {', '.join(known)}; "
-        f"patterns: {forms}; external: {', '.join(EXTERNAL_FORMS)}."
-    )
+def check_model_name(name: str) -> None:
+    """ValueError unless ``name`` names a model (a registered one, a pattern's or an external source's);
+    builds nothing (an external model's package is imported only when it is built)."""
+    if not isinstance(name, str):
+        raise ValueError(f"model name must be a string, got {name!r}")
+    if ":" in name:
+        check_external(name)
+        return
+    try:
+        models.get(name)
+    except UnknownNameError as exc:
+        raise UnknownNameError(f"{exc}; external: {', '.join(EXTERNAL_FORMS)}") from None
 
 
 def build_model(name: str, num_classes: int, in_channels: int = 3, image_size: int = 32) -> nn.Module:
@@ -137,19 +65,7 @@ def build_model(name: str, num_classes: int, in_channels: int = 3, image_size: i
     num_classes = _check_int("num_classes", num_classes, 2)
     in_channels = _check_int("in_channels", in_channels, 1)
     image_size = _check_int("image_size", image_size, 1)
-    if not isinstance(name, str):
-        raise ValueError(f"model name must be a string, got {name!r}")
+    check_model_name(name)
     if ":" in name:
         return build_external(name, num_classes, in_channels, image_size)
-    if name in _BUILDERS:
-        return _BUILDERS[name](num_classes, in_channels, image_size)
-    for pattern in _PATTERNS:
-        if name.startswith(pattern.prefix):
-            match = pattern.regex.fullmatch(name)
-            if match is None:
-                raise ValueError(
-                    f"model name {name!r} does not match the pattern {pattern.form!r} "
-                    f"(e.g. {', '.join(pattern.examples)})"
-                )
-            return pattern.builder(*(int(g) for g in match.groups()), num_classes, in_channels, image_size)
-    raise ValueError(_unknown_model_message(name))
+    return models.get(name)(num_classes, in_channels, image_size)

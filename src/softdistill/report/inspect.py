@@ -32,9 +32,12 @@ from torch import Tensor, nn
 
 from softdistill.atomic import save_figure_atomic, write_text_atomic
 from softdistill.checkpoint import FORMAT as CHECKPOINT_FORMAT
-from softdistill.checkpoint import CheckpointError, check_model_fits, load_checkpoint, model_from_checkpoint
-from softdistill.data.loader import BatchLoader, BatchTransform, TensorSet
-from softdistill.data.prepare import DataBundle, prepare_from_spec
+from softdistill.checkpoint import (CheckpointError, CheckpointMeta, check_model_fits, load_checkpoint,
+                                    model_from_checkpoint)
+from softdistill.data.config import DataConfig
+from softdistill.data.loader import BatchLoader, BatchTransform
+from softdistill.data.prepare import DataBundle, prepare_data
+from softdistill.data.samples import TensorSet
 from softdistill.runtime.distributed import resolve_device
 from softdistill.engine.predict import predict
 from softdistill.runtime.progress import tracked
@@ -117,6 +120,11 @@ def _mixed_logits(model: nn.Module, images: TensorSet, normalization: dict[str, 
     return torch.cat(out)
 
 
+def _prepare(spec: dict[str, Any], root: str | None) -> DataBundle:
+    """The splits a saved data section (or a soft-label file's ``data`` entry) describes."""
+    return prepare_data(DataConfig.saved({k: v for k, v in spec.items() if k in DataConfig.model_fields}, root=root))
+
+
 def _read_source(path: Path, data: str | None, split: str, root: str | None, device: torch.device,
                  batch_size: int, quiet: bool) -> _Source:
     if not path.is_file():
@@ -127,19 +135,21 @@ def _read_source(path: Path, data: str | None, split: str, root: str | None, dev
         raise CheckpointError(f"cannot read {path}: not a softdistill checkpoint or soft-label file ({exc})") from None
     if isinstance(blob, dict) and blob.get("format") == CHECKPOINT_FORMAT:
         payload = blob  # already read and recognised as a checkpoint above: no second load
-        spec = dict(payload["config"]["data"])
+        meta = CheckpointMeta.of(payload, path)
+        spec = dict(meta.config["data"])
         if data is not None and data != spec["name"]:
             spec = {"name": data, "val_size": spec.get("val_size", 0.1), "split_seed": spec.get("split_seed", 0)}
-        bundle = prepare_from_spec(spec, root=root)
-        model_spec = payload["model"]
-        check_model_fits(payload, path, spec["name"], bundle.num_classes, bundle.in_channels, bundle.image_size)
+        bundle = _prepare(spec, root)
+        model_name = meta.model.name if meta.model is not None else "?"
+        check_model_fits(meta, path, spec["name"], bundle.num_classes, bundle.in_channels, bundle.image_size)
         images = _split(bundle, split, str(path))
         model = model_from_checkpoint(payload, path)
-        logits = _logits(model, images, payload["normalization"], device, batch_size,
-                         f"teacher {model_spec['name']} on {spec['name']} {split}", quiet)
+        normalization = meta.normalization.model_dump()
+        logits = _logits(model, images, normalization, device, batch_size,
+                         f"teacher {model_name} on {spec['name']} {split}", quiet)
         spec = {**{k: spec.get(k) for k in ("name", "val_size", "per_class", "split_seed")}, "split": split}
         return _Source("checkpoint", path, torch.softmax(logits, dim=1), images.labels.clone(), bundle.class_names,
-                       images, model, payload["normalization"], spec, logits, model_spec["name"])
+                       images, model, normalization, spec, logits, model_name)
     if isinstance(blob, dict) and (blob.get("format") == SOFT_LABEL_FORMAT or "labels" in blob):
         table = load_soft_labels(path)
         spec = table["data"]
@@ -147,7 +157,7 @@ def _read_source(path: Path, data: str | None, split: str, root: str | None, dev
         names = tuple(table["class_names"] or [str(i) for i in range(table["soft_labels"].shape[1])])
         soft, labels = table["soft_labels"], table["labels"]
         if spec:
-            bundle = prepare_from_spec(spec, root=root)
+            bundle = _prepare(spec, root)
             images = _split(bundle, spec.get("split", "train"), str(path))
             try:
                 soft, labels = rows_for_split(table, images)
@@ -543,20 +553,21 @@ def inspect_soft_labels(source: str | os.PathLike, *, data: str | None = None, s
             raise ValueError(f"{path}: --student needs the images of the soft labels' split, but the soft-label "
                              "file has no 'data' entry naming them")
         payload = load_checkpoint(student)
-        if payload["model"]["num_classes"] != classes:
-            raise CheckpointError(f"student {student} predicts {payload['model']['num_classes']} classes, the soft "
-                                  f"labels have {classes}")
+        student_meta = CheckpointMeta.of(payload, student)
+        predicts = student_meta.model.num_classes if student_meta.model is not None else None
+        if predicts != classes:
+            raise CheckpointError(f"student {student} predicts {predicts} classes, the soft labels have {classes}")
         s_model = model_from_checkpoint(payload, student)
-        s_logits = _logits(s_model, src.images, payload["normalization"], dev, batch_size,
-                           f"student {payload['model']['name']}", quiet)[keep]
+        s_logits = _logits(s_model, src.images, student_meta.normalization.model_dump(), dev, batch_size,
+                           f"student {student_meta.model.name}", quiet)[keep]
         t_logits = src.logits[keep] if src.logits is not None else probs.clamp_min(1e-12).log()
         stats = regularization_stats(s_logits, t_logits, labels)
-        summary["student"] = {"path": str(student), "model": payload["model"]["name"],
+        summary["student"] = {"path": str(student), "model": student_meta.model.name,
                               "accuracy": 100.0 * (s_logits.argmax(1) == labels).double().mean().item(),
                               "agreement": 100.0 * (s_logits.argmax(1) == probs.argmax(1)).double().mean().item(),
                               "reg_share": 100.0 * stats["reg_share"].item(),
                               **{k: stats[k].item() for k in ("w_mean", "w_q1", "w_median", "w_q3")}}
-        student_pair = (s_model, payload["normalization"])
+        student_pair = (s_model, student_meta.normalization.model_dump())
     if src.model is not None and src.images is not None:
         summary["mixup"] = _mixup(src, student_pair, dev, batch_size, seed, quiet)
     elif store_mix is not None:

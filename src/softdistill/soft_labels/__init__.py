@@ -8,16 +8,16 @@ Every module of this package is imported on first use, so a new source touches o
 from __future__ import annotations
 
 from softdistill.soft_labels.base import (Dependency, SoftLabelSource, SourceConfig, SourceSetup, register_source,
-                                      source_registry)
+                                      sources)
 from softdistill.soft_labels.teacher import CachedTeacher, FrozenTeacher, load_teacher
 
-__all__ = ["SoftLabelSource", "SourceConfig", "SourceSetup", "Dependency", "register_source", "source_names",
+__all__ = ["SoftLabelSource", "SourceConfig", "SourceSetup", "Dependency", "register_source", "sources", "source_names",
            "source_class", "FrozenTeacher", "CachedTeacher", "load_teacher"]
 
 
 def source_names() -> list[str]:
-    return source_registry.names()
+    return sources.names()
 
 
 def source_class(name: str) -> type[SoftLabelSource]:
-    return source_registry.get(name)
+    return sources.get(name)

@@ -11,28 +11,29 @@ source for a run.  A new source is one module that defines such a class and deco
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
-from pydantic import BaseModel, ConfigDict
 from torch import Tensor, nn
 
+from softdistill.data.config import DataConfig
 from softdistill.data.prepare import DataBundle
+from softdistill.data.samples import IdIndex
 from softdistill.data.views import ViewPlan
 from softdistill.registry import Registry
-from softdistill.types import Batch
+from softdistill.schema import StrictConfig
+from softdistill.types import Batch, RecipeFacts
 
 __all__ = ["SourceConfig", "SoftLabelSource", "LookupSource", "SourceSetup", "Dependency", "register_source",
-           "source_registry", "check_origin"]
+           "sources", "check_origin"]
 
 
-class SourceConfig(BaseModel):
+class SourceConfig(StrictConfig):
     """Base of every source's recipe section; subclasses fix ``source`` and add fields."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
     source: str
 
     def dependencies(self) -> list["Dependency"]:
@@ -42,6 +43,10 @@ class SourceConfig(BaseModel):
     def dependency_problems(self, dependency: "Dependency", needed: Any, recipe: Any) -> list[str]:
         """What stops the product of ``needed`` (the recipe ``dependency`` names) from serving
         ``recipe``: checked when the recipe loads, before anything is trained; none by default."""
+        return []
+
+    def problems(self, facts: RecipeFacts) -> list[str]:
+        """What in these settings does not fit the recipe (its classes, views), checked when it loads."""
         return []
 
 
@@ -72,21 +77,25 @@ class Dependency:
 
 @dataclass
 class SourceSetup:
-    """What a source may use to build itself for a run.
-
-    ``product(dependency)`` returns the file one of the config's ``dependencies()`` names (the run
-    resolved each once, training its recipe first if needed); ``plan`` is the training views' plan;
-    ``train_loader()`` makes a loader over the training split that shows the plan's views in order; ``seed`` is the run's seed;
-    ``data_spec`` the recipe's data section (for messages that say what differs).
-    """
+    """What a source is built from, for one run, in the order the run is set up: its ``data`` (with the
+    recipe's ``data_config``), the training views' ``plan`` and a loader that shows them (``views``:
+    ``in_order(view)`` gives every training sample as one view, ``batch_of(rows, views)`` any views), the
+    run's ``seed`` and ``device``, the ``student`` (built before the source, so that a source may be made
+    of it, as an EMA of the student is), and the file each of the config's ``dependencies()`` names
+    (``products``, made or found before the run starts)."""
 
     data: DataBundle
-    device: torch.device
+    data_config: DataConfig
     plan: ViewPlan
+    views: Any
     seed: int
-    product: Callable[[Dependency], Path]
-    train_loader: Callable[..., Any]
-    data_spec: dict[str, Any] = field(default_factory=dict)
+    device: torch.device
+    student: nn.Module | None = None
+    products: Mapping[Dependency, Path] = field(default_factory=dict)
+
+    def product(self, dependency: Dependency) -> Path:
+        """The file (or store folder) ``dependency`` names."""
+        return self.products[dependency]
 
 
 class SoftLabelSource(nn.Module):
@@ -117,7 +126,8 @@ class SoftLabelSource(nn.Module):
 
 
 class LookupSource(SoftLabelSource):
-    """A source that stores soft labels per sample id (sorted, in the buffer ``ids``), looked up per batch.
+    """A source that stores soft labels per sample id (in the buffer ``ids``), looked up per batch
+    (:class:`~softdistill.data.samples.IdIndex`).
 
     A lookup checks that the batch's ids are stored, which reads the device, until
     :meth:`verify_lookups` has checked every id the run's training loader can show.
@@ -128,16 +138,21 @@ class LookupSource(SoftLabelSource):
     def __init__(self) -> None:
         super().__init__()
         self.lookups_verified = False
+        self._index: IdIndex | None = None
 
     def missing(self) -> str:
         """The error message for a sample id (or view) without soft labels."""
         return "a sample id of the batch has no soft label in this source"
 
-    def rows(self, sample_ids: Tensor) -> Tensor:
+    def rows(self, sample_ids: Tensor | None) -> Tensor:
         """Positions of ``sample_ids`` in ``ids``; ValueError for an id that is not stored (unless verified)."""
-        ids = sample_ids.to(self.ids.device)
-        rows = torch.searchsorted(self.ids, ids).clamp_max(len(self.ids) - 1)
-        if not self.lookups_verified and not torch.equal(self.ids[rows], ids):
+        if sample_ids is None:
+            raise ValueError(f"{type(self).__name__} looks soft labels up by sample id, but the batch has none: give "
+                             "the batch its sample_id (and view)")
+        if self._index is None or self._index.sorted.device != self.ids.device:
+            self._index = IdIndex(self.ids)
+        rows, found = self._index.find(sample_ids)
+        if not self.lookups_verified and not bool(found.all()):
             raise ValueError(self.missing())
         return rows
 
@@ -147,5 +162,7 @@ class LookupSource(SoftLabelSource):
         self.lookups_verified = True
 
 
-source_registry = Registry("soft-label source", "source", "softdistill.soft_labels")
-register_source = source_registry.register
+#: Every soft-label source recipes can name (``soft_labels.source``); a plugin module adds its own with
+#: :func:`register_source`.
+sources: Registry[type["SoftLabelSource"]] = Registry("soft-label source", "softdistill.soft_labels", key="source")
+register_source = sources.register

@@ -17,7 +17,8 @@ from pydantic import Field, model_validator
 from torch import Tensor
 
 from softdistill.compatibility import MIXED, stored_view_problems
-from softdistill.data.loader import IdIndex, TensorSet
+from softdistill.data.config import DataConfig
+from softdistill.data.samples import IdIndex, StreamSet, TensorSet
 from softdistill.data.views import ViewPlan
 from softdistill.store import Store, StoreError
 from softdistill.store.format import data_fingerprint, sha256_of
@@ -25,10 +26,8 @@ from softdistill.soft_labels.base import (Dependency, SoftLabelSource, SourceCon
                                       register_source)
 from softdistill.types import Batch
 
-__all__ = ["StoreConfig", "StoredSoftLabels", "DATA_IDENTITY", "data_problems"]
+__all__ = ["StoreConfig", "StoredSoftLabels", "data_problems"]
 
-# the data-section keys that decide which samples a split holds, and their pixels
-DATA_IDENTITY = ("name", "image_size", "val_size", "per_class", "split_seed", "normalize", "canvas")
 
 
 class StoreConfig(SourceConfig):
@@ -60,26 +59,27 @@ class StoreConfig(SourceConfig):
             return []
         where = f"the store of label recipe {dependency.path}"
         differ = [f"data.{key}: {getattr(needed.data, key)!r} in the label recipe, {getattr(recipe.data, key)!r} here"
-                  for key in DATA_IDENTITY if getattr(needed.data, key) != getattr(recipe.data, key)]
+                  for key in needed.data.split_differences(recipe.data)]
         problems = [f"{where} is made for other data ({'; '.join(differ)})"] if differ else []
         return problems + stored_view_problems(needed.view_plan, recipe.view_plan, where)
 
 
-def data_problems(store: Store, train: TensorSet, num_classes: int, plan: ViewPlan, where: str,
-                  spec: dict[str, Any] | None = None) -> list[str]:
+def data_problems(store: Store, train: TensorSet | StreamSet, num_classes: int, plan: ViewPlan, where: str,
+                  data: DataConfig | None = None) -> list[str]:
     """What differs between a store's data and a run's training split (empty: the store fits).
 
     The same fingerprint (ids and labels in row order) always fits; otherwise a plan that does not
     mix is served when every sample of the split is in the store with the same label (a subset);
     mixed views pair rows of the labelled split, so they need the very same split.
     """
-    data = store.manifest["data"]
+    stored = store.manifest["data"]
     if store.num_classes != num_classes:
         return [f"{where} holds soft labels of {store.num_classes} classes, the data has {num_classes}"]
-    if data["fingerprint"] == data_fingerprint(train.ids, train.labels):
+    if stored["fingerprint"] == data_fingerprint(train.ids, train.labels):
         return []
-    differ = [f"data.{key}: {data.get(key)!r} in the store, {spec.get(key)!r} here" for key in DATA_IDENTITY
-              if spec is not None and data.get(key) != spec.get(key)]
+    here = data.split_identity() if data is not None else {}
+    differ = [f"data.{key}: {stored.get(key)!r} in the store, {value!r} here" for key, value in here.items()
+              if stored.get(key) != value]
     said = f" ({'; '.join(differ)})" if differ else ""
     store_ids, store_labels = store.sample_ids, store.labels
     rows, found = IdIndex(store_ids).find(train.ids)
@@ -117,7 +117,7 @@ class StoredSoftLabels(SoftLabelSource):
         store = Store(setup.product(dependencies[0]))
         where = f"store {store.folder}"
         problems = data_problems(store, setup.data.train, setup.data.num_classes, setup.plan, where,
-                                 setup.data_spec)
+                                 setup.data_config)
         problems += stored_view_problems(store.plan, setup.plan, where)
         if config.teacher is not None:
             problems += _teacher_problems(store, setup.product(dependencies[1]), config.teacher, where)

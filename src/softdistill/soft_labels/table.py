@@ -28,7 +28,7 @@ from torch import Tensor
 
 from softdistill.atomic import torch_save_atomic
 from softdistill.compatibility import ANY_VIEW
-from softdistill.data.loader import IdIndex, TensorSet
+from softdistill.data.samples import IdIndex, TensorSet
 from softdistill.soft_labels.base import LookupSource
 from softdistill.types import Batch
 

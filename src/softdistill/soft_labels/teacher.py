@@ -11,7 +11,7 @@ import torch
 from pydantic import Field, model_validator
 from torch import Tensor, nn
 
-from softdistill.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
+from softdistill.checkpoint import CheckpointError, CheckpointMeta, load_checkpoint, model_from_checkpoint
 from softdistill.compatibility import ANY_VIEW, INPUT_GRAD, MIXED, ONLINE
 from softdistill.runtime.distributed import DistContext
 from softdistill.engine.predict import predict
@@ -146,7 +146,7 @@ class CachedTeacher(LookupSource):
     @classmethod
     def build(cls, config: TeacherConfig, setup: SourceSetup) -> "CachedTeacher":
         teacher = config.teacher(setup)
-        loader = setup.train_loader()
+        loader = setup.views
         views = setup.plan.distinct_views
         assert views is not None, "the compatibility rules refuse a cache of unbounded views"
         passes = [predict(teacher, loader.in_order(v)) for v in range(views)]
@@ -201,16 +201,19 @@ def load_teacher(path: str | os.PathLike, num_classes: int, in_channels: int,
     The class count must match; a different input normalisation is bridged per channel.
     """
     payload = load_checkpoint(path)
-    spec = payload["model"]
-    if spec["num_classes"] != num_classes:
+    meta = CheckpointMeta.of(payload, path)
+    spec = meta.model
+    if spec is None:
+        raise CheckpointError(f"teacher {path} holds a {meta.kind}, not a classifier")
+    if spec.num_classes != num_classes:
         raise CheckpointError(
-            f"teacher {path} predicts {spec['num_classes']} classes but the data has {num_classes}; "
+            f"teacher {path} predicts {spec.num_classes} classes but the data has {num_classes}; "
             "teacher and student must be trained on the same label set"
         )
-    if spec["in_channels"] != in_channels:
-        raise CheckpointError(f"teacher {path} takes {spec['in_channels']}-channel images, the data has {in_channels}")
+    if spec.in_channels != in_channels:
+        raise CheckpointError(f"teacher {path} takes {spec.in_channels}-channel images, the data has {in_channels}")
     model = model_from_checkpoint(payload, path)
-    t_mean, t_std = payload["normalization"]["mean"], payload["normalization"]["std"]
+    t_mean, t_std = meta.normalization.mean, meta.normalization.std
     scale = [s / ts for s, ts in zip(std, t_std)]
     shift = [(m - tm) / ts for m, tm, ts in zip(mean, t_mean, t_std)]
     same = all(abs(a - 1) < 1e-7 for a in scale) and all(abs(b) < 1e-7 for b in shift)

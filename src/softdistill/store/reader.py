@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from softdistill.data.loader import IdIndex
+from softdistill.data.samples import IdIndex
 from softdistill.data.views import ViewPlan
 from softdistill.store.encoding import Encoding
 from softdistill.store.format import SAMPLES, StoreError, read_manifest, read_samples, sha256_of
@@ -25,11 +25,8 @@ __all__ = ["Store", "plan_of"]
 
 def plan_of(manifest: dict[str, Any]) -> ViewPlan:
     """The view plan a manifest records."""
-    v = manifest["views"]
-    resized = v.get("resized_crop")  # absent from stores of earlier versions: no resized crop
-    return ViewPlan(seed=v["seed"], views=v["views"], crop_padding=v["crop_padding"], hflip=v["hflip"], mix=v["mix"],
-                    mix_alpha=v["mix_alpha"], resized_crop=tuple(resized) if resized is not None else None,
-                    crop_ratio=tuple(v.get("crop_ratio", ViewPlan.crop_ratio)))
+    recorded = manifest["views"]  # a store of an earlier version lacks the resized crop's keys: it had none
+    return ViewPlan.model_validate({key: value for key, value in recorded.items() if key in ViewPlan.model_fields})
 
 
 class Store:

@@ -1,7 +1,17 @@
-"""Dataset readers: from a dataset name to one split in memory (:class:`RawSplit`).
+"""Data sets by name: the one registry of readers (``data.name`` of a recipe), the built-in readers,
+and the checks every reader's output passes.
 
-File-based sets (``fashion-mnist``, ``mnist``, ``cifar10``, ``cifar100``) are looked up in ``root``
-when it is given: the dataset folder itself or a parent holding it (``root/fashion-mnist``,
+A reader is a function ``read(split, data) -> Split`` registered with :func:`register_dataset`, where
+``split`` is ``"train"`` or ``"test"`` and ``data`` the recipe's data section
+(:class:`~softdistill.data.config.DataConfig`: its ``root``, ``download`` and ``image_size``).  It
+returns the split's samples, in memory (:class:`~softdistill.data.samples.TensorSet`) or as image files
+read on demand (a :class:`~softdistill.data.samples.StreamSet` such as
+:class:`~softdistill.data.samples.FileSet`, which the stream loader decodes batch by batch and the
+memory loader decodes up front), with the class names.  A plugin module registers its own the same
+way (docs/data.md, "Your own data set").
+
+The built-in file-based sets (``fashion-mnist``, ``mnist``, ``cifar10``, ``cifar100``) are looked up in
+``root`` when it is given: the dataset folder itself or a parent holding it (``root/fashion-mnist``,
 ``root/cifar-10-batches-py``, ...), and nowhere else, so that the data a run reads is the data its
 recipe names.  Without ``root``, in order, in
 
@@ -10,18 +20,17 @@ recipe names.  Without ``root``, in order, in
 3. the download cache, ``~/.cache/softdistill/<folder>`` (:data:`CACHE_DIR`).
 
 A folder counts only if it holds every file of the set (both splits).  When none does and
-``download=True``, the official files (:data:`DOWNLOADS`, md5-checked) are fetched into the dataset
+``download`` is set, the official files (:data:`DOWNLOADS`, md5-checked) are fetched into the dataset
 folder under ``root``, else ``$SOFTDISTILL_DATA``, else the cache; otherwise
 :class:`DatasetNotFoundError` lists every place searched and how to get the data.
 
 ``digits`` (scikit-learn's bundled 8x8 digits) and ``synthetic`` need no files; ``imagefolder``
-reads ``root/train/<class>/*`` and ``root/test/<class>/*`` (or ``root/val``) with Pillow.
-``download`` is ignored for these three.
+lists ``root/train/<class>/*`` and ``root/test/<class>/*`` (or ``root/val``); ``shards``
+(:mod:`softdistill.data.shards`) reads a folder written by ``softdistill data pack``.
 """
 
 from __future__ import annotations
 
-import difflib
 import gzip
 import hashlib
 import http.client
@@ -32,23 +41,159 @@ import tarfile
 import tempfile
 import urllib.request
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from math import prod
 from pathlib import Path, PurePosixPath
-from typing import IO
+from typing import IO, TYPE_CHECKING, Literal, get_args
 
 import numpy as np
 import torch
 
 from softdistill.atomic import write_atomic
+from softdistill.data.samples import (DatasetFormatError, DatasetNotFoundError, FileSet, StreamSet, TensorSet,
+                                      UnreadableImageError, _pillow)
 from softdistill.data.splits import stratified_split
+from softdistill.registry import Registry
 
-__all__ = ["RawSplit", "DatasetNotFoundError", "DatasetFormatError", "UnreadableImageError", "DATASETS", "SPLITS",
-           "load_split", "FileList", "list_imagefolder", "open_rgb", "read_image"]
+if TYPE_CHECKING:
+    from softdistill.data.config import DataConfig
 
-DATASETS: tuple[str, ...] = ("digits", "fashion-mnist", "mnist", "cifar10", "cifar100", "synthetic", "imagefolder")
-SPLITS: tuple[str, ...] = ("train", "test")
+__all__ = ["Split", "DatasetInfo", "Reader", "datasets", "register_dataset", "read_split", "load_split",
+           "SplitName", "SPLITS", "FileList", "list_imagefolder", "DatasetNotFoundError", "DatasetFormatError",
+           "UnreadableImageError"]
+
+SplitName = Literal["train", "test"]
+SPLITS: tuple[str, ...] = get_args(SplitName)
+
+
+@dataclass(frozen=True)
+class Split:
+    """One split as its reader gives it: the samples (in memory, or image files read on demand) and the
+    class names (label k names ``class_names[k]``)."""
+
+    samples: TensorSet | StreamSet
+    class_names: tuple[str, ...]
+
+    @property
+    def labels(self) -> torch.Tensor:
+        return self.samples.labels
+
+    @property
+    def ids(self) -> torch.Tensor:
+        return self.samples.ids
+
+    @property
+    def images(self) -> torch.Tensor:
+        """The uint8 N x C x H x W images of a split in memory."""
+        if not isinstance(self.samples, TensorSet):
+            raise ValueError("the split is read from files: decode it first (softdistill.data.stream.decode_all)")
+        return self.samples.images
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What a registered data set declares about itself, so that a recipe is checked before any data is
+    read: whether its images are files (``files``: the stream loader can read it; ``data.image_size``
+    resizes them), its class names, channels and image side where they are fixed (None: unknown until
+    read)."""
+
+    files: bool = False
+    class_names: tuple[str, ...] | None = None
+    channels: int | None = None
+    image_size: int | None = None
+
+
+Reader = Callable[[str, "DataConfig"], Split]
+
+
+@dataclass(frozen=True)
+class _Dataset:
+    """A registered reader with what it declares."""
+
+    name: str
+    read: Reader
+    info: DatasetInfo
+
+
+#: Every data set recipes can name (``data.name``); a plugin module adds its own with :func:`register_dataset`.
+datasets: Registry[_Dataset] = Registry("dataset", "softdistill.data")
+
+
+def register_dataset(name: str, *, files: bool = False, class_names: tuple[str, ...] | None = None,
+                     channels: int | None = None, image_size: int | None = None) -> Callable[[Reader], Reader]:
+    """Decorator: register ``read(split, data) -> Split`` as data set ``name`` (see the module docstring);
+    the keywords declare what :class:`DatasetInfo` says, checked against what it reads."""
+    info = DatasetInfo(files, tuple(class_names) if class_names is not None else None, channels, image_size)
+
+    def decorator(read: Reader) -> Reader:
+        datasets.register(_Dataset(name, read, info), name=name)
+        return read
+
+    return decorator
+
+
+def dataset_info(name: str) -> DatasetInfo:
+    """What data set ``name`` declares; an :class:`~softdistill.registry.UnknownNameError` suggesting the
+    closest names when none is registered under it."""
+    return datasets.get(name).info
+
+
+def read_split(data: "DataConfig", split: str) -> Split:
+    """Split ``split`` (``"train"`` or ``"test"``) of the data set ``data.name``, read by its registered
+    reader and checked: a reader that gives something else than it declares, or samples whose labels,
+    ids and images disagree, is a ValueError in one paragraph naming the reader."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {', '.join(map(repr, SPLITS))}, got {split!r}")
+    dataset = datasets.get(data.name)
+    got = dataset.read(split, data)
+    where = f"data set {dataset.name!r} (read by {dataset.read.__module__}.{dataset.read.__qualname__}), {split} split"
+    if not isinstance(got, Split):
+        raise ValueError(f"{where}: the reader must return a softdistill.data.Split (samples and class names), "
+                         f"got {type(got).__name__}")
+    problems = _split_problems(got, dataset.info)
+    if problems:
+        raise ValueError(f"{where}: " + "; ".join(problems))
+    return got
+
+
+def _split_problems(split: Split, info: DatasetInfo) -> list[str]:
+    samples, names = split.samples, split.class_names
+    if not isinstance(samples, (TensorSet, StreamSet)):
+        return [f"its samples must be a TensorSet (in memory) or a StreamSet such as FileSet (files), got "
+                f"{type(samples).__name__}"]
+    problems = []
+    if not names or not all(isinstance(n, str) for n in names):
+        problems.append(f"class_names must be a non-empty tuple of strings, got {names!r}")
+    labels = samples.labels
+    if len(labels) == 0:
+        problems.append("it holds no sample")
+    elif int(labels.min()) < 0 or int(labels.max()) >= len(names):
+        problems.append(f"labels range over [{int(labels.min())}, {int(labels.max())}], but there are {len(names)} "
+                        "class names (labels are class indices 0..K-1)")
+    if info.class_names is not None and tuple(names) != info.class_names:
+        problems.append(f"class names {list(names)} differ from the {list(info.class_names)} it declares")
+    if info.files != isinstance(samples, StreamSet):
+        declared = "image files (files=True)" if info.files else "images in memory"
+        problems.append(f"it declares {declared} but gave {type(samples).__name__}")
+    if isinstance(samples, TensorSet) and info.channels is not None and samples.image_shape[0] != info.channels:
+        problems.append(f"its images have {samples.image_shape[0]} channels, it declares {info.channels}")
+    return problems
+
+
+def load_split(name: str, split: str = "train", root: str | os.PathLike | None = None, download: bool = False,
+               image_size: int | None = None) -> Split:
+    """One split of data set ``name``, read and checked (:func:`read_split`) with these data settings."""
+    from softdistill.data.config import DataConfig
+
+    config = DataConfig.of({"name": name, "root": None if root is None else str(root), "download": download,
+                            "image_size": image_size})
+    return read_split(config, split)
+
 
 FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
                          "Ankle boot")
@@ -97,66 +242,6 @@ _SYNTHETIC_SEED = 1234
 _SYNTHETIC_SIZES = {"train": 600, "test": 200}
 _SYNTHETIC_CONTRAST, _SYNTHETIC_NOISE = 0.2, 0.17  # linear models reach ~80% test accuracy (chance: 10%)
 _IMAGE_SUFFIXES = frozenset({".bmp", ".gif", ".jpeg", ".jpg", ".pgm", ".png", ".ppm", ".tif", ".tiff", ".webp"})
-
-
-@dataclass(frozen=True)
-class RawSplit:
-    """One split in memory: uint8 images (N x C x H x W, contiguous), int64 labels (N) and the class names."""
-
-    images: torch.Tensor
-    labels: torch.Tensor
-    class_names: tuple[str, ...]
-
-    def __post_init__(self) -> None:
-        if self.images.dim() != 4 or self.images.dtype != torch.uint8:
-            raise ValueError(f"images must be uint8 N x C x H x W, got {self.images.dtype} {tuple(self.images.shape)}")
-        if self.labels.dtype != torch.int64 or self.labels.shape != (self.images.shape[0],):
-            raise ValueError(f"labels must be int64 of shape ({self.images.shape[0]},), "
-                             f"got {self.labels.dtype} {tuple(self.labels.shape)}")
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.class_names)
-
-
-class DatasetNotFoundError(FileNotFoundError):
-    """A dataset is in none of the places searched; the message lists them, in order, and how to get it."""
-
-
-class DatasetFormatError(ValueError):
-    """A dataset file is corrupt, truncated or not in the expected format; the message names the file."""
-
-
-class UnreadableImageError(DatasetFormatError):
-    """An image file (or a shard's sample) that Pillow cannot decode: corrupt, truncated, not an image.
-    The stream loader's ``data.on_corrupt: skip`` leaves such samples out; every other format error
-    stops the run."""
-
-
-def load_split(name: str, split: str = "train", root: str | os.PathLike | None = None,
-               download: bool = False, image_size: int | None = None) -> RawSplit:
-    """Load one split (``"train"`` or ``"test"``) of dataset ``name`` (one of :data:`DATASETS`) into memory.
-
-    ``root``/``download`` drive the look-up of file-based sets (see the module docstring);
-    ``image_size`` resizes ``imagefolder`` images to ``image_size`` x ``image_size`` and is
-    refused for the other sets, which have a fixed size.
-    """
-    if not isinstance(name, str) or name not in DATASETS:
-        close = difflib.get_close_matches(str(name), DATASETS, n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else "."
-        raise ValueError(f"unknown dataset {name!r}{hint} Known: {', '.join(DATASETS)}")
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {', '.join(map(repr, SPLITS))}, got {split!r}")
-    if image_size is not None and name != "imagefolder":
-        raise ValueError(f"image_size applies to imagefolder only; {name} images have a fixed size")
-    if name == "digits":
-        return _digits(split)
-    if name == "synthetic":
-        return _synthetic(split)
-    if name == "imagefolder":
-        return _imagefolder(root, split, image_size)
-    folder = _locate(name, root, download)
-    return _load_idx(name, folder, split) if name in _IDX_CLASSES else _load_cifar(name, folder, split)
 
 
 # ----------------------------------------------------------------------------------------------- look-up
@@ -341,7 +426,7 @@ def _read_idx(path: Path, magic: int) -> np.ndarray:
     return np.frombuffer(data, np.uint8, size, header).reshape(dims)
 
 
-def _load_idx(name: str, folder: Path, split: str) -> RawSplit:
+def _load_idx(name: str, folder: Path, split: str) -> Split:
     image_path, label_path = (_file_in(folder, f, gz_ok=True) for f in _IDX_FILES[split])
     images, labels = _read_idx(image_path, _IDX_IMAGES), _read_idx(label_path, _IDX_LABELS)
     if len(images) != len(labels):
@@ -349,7 +434,8 @@ def _load_idx(name: str, folder: Path, split: str) -> RawSplit:
     classes = _IDX_CLASSES[name]
     if labels.size and labels.max() >= len(classes):
         raise DatasetFormatError(f"{label_path}: label {labels.max()} out of range for {len(classes)} classes")
-    return RawSplit(torch.from_numpy(images[:, None].copy()), torch.from_numpy(labels.astype(np.int64)), classes)
+    return Split(TensorSet(torch.from_numpy(images[:, None].copy()), torch.from_numpy(labels.astype(np.int64))),
+                 classes)
 
 
 class _ArrayUnpickler(pickle.Unpickler):
@@ -384,7 +470,7 @@ def _entry(record: dict[str, object], key: str, path: Path) -> object:
     return record[key]
 
 
-def _load_cifar(name: str, folder: Path, split: str) -> RawSplit:
+def _load_cifar(name: str, folder: Path, split: str) -> Split:
     batches, label_key, meta_file, names_key = _CIFAR[name]
     meta_path = folder / meta_file
     raw_names = _entry(_unpickle(meta_path), names_key, meta_path)
@@ -405,10 +491,25 @@ def _load_cifar(name: str, folder: Path, split: str) -> RawSplit:
             raise DatasetFormatError(f"{path}: labels outside 0..{len(classes) - 1}")
         images.append(data.reshape(-1, 3, 32, 32))
         labels.append(target.astype(np.int64))
-    return RawSplit(torch.from_numpy(np.concatenate(images)), torch.from_numpy(np.concatenate(labels)), classes)
+    return Split(TensorSet(torch.from_numpy(np.concatenate(images)), torch.from_numpy(np.concatenate(labels))), classes)
 
 
-def _digits(split: str) -> RawSplit:
+@register_dataset("fashion-mnist", class_names=FASHION_MNIST_CLASSES, channels=1, image_size=28)
+@register_dataset("mnist", class_names=DIGIT_CLASSES, channels=1, image_size=28)
+def _idx_dataset(split: str, data: "DataConfig") -> Split:
+    """Fashion-MNIST (Xiao et al. 2017) or MNIST from their official IDX files (gzipped or not)."""
+    return _load_idx(data.name, _locate(data.name, data.root, data.download), split)
+
+
+@register_dataset("cifar10", channels=3, image_size=32)
+@register_dataset("cifar100", channels=3, image_size=32)
+def _cifar_dataset(split: str, data: "DataConfig") -> Split:
+    """CIFAR-10 / CIFAR-100 (Krizhevsky 2009) from their official Python pickles."""
+    return _load_cifar(data.name, _locate(data.name, data.root, data.download), split)
+
+
+@register_dataset("digits", class_names=DIGIT_CLASSES, channels=1, image_size=8)
+def _digits(split: str, data: "DataConfig") -> Split:
     """scikit-learn's 1797 8x8 digits, values 0..16 scaled to round(v * 255 / 16), with a fixed stratified split."""
     from sklearn.datasets import load_digits
 
@@ -417,10 +518,11 @@ def _digits(split: str) -> RawSplit:
     labels = torch.from_numpy(bunch.target.astype(np.int64))
     train_idx, test_idx = stratified_split(labels, DIGITS_TEST_SIZE, DIGITS_SPLIT_SEED)
     index = train_idx if split == "train" else test_idx
-    return RawSplit(images[index].contiguous(), labels[index].contiguous(), DIGIT_CLASSES)
+    return Split(TensorSet(images[index].contiguous(), labels[index].contiguous()), DIGIT_CLASSES)
 
 
-def _synthetic(split: str) -> RawSplit:
+@register_dataset("synthetic", class_names=tuple(f"class{k}" for k in range(10)), channels=1, image_size=8)
+def _synthetic(split: str, data: "DataConfig") -> Split:
     """10 balanced classes of 1 x 8 x 8 images: a fixed random low-contrast prototype per class plus
     Gaussian noise, all from one fixed seed (600 train, then 200 test images)."""
     gen = torch.Generator().manual_seed(_SYNTHETIC_SEED)
@@ -429,8 +531,8 @@ def _synthetic(split: str) -> RawSplit:
     for part, n in _SYNTHETIC_SIZES.items():
         labels = torch.arange(10).repeat(n // 10)[torch.randperm(n, generator=gen)]
         x = prototypes[labels] + _SYNTHETIC_NOISE * torch.randn(n, 1, 8, 8, generator=gen)
-        sets[part] = RawSplit(x.clamp(0, 1).mul(255).round().to(torch.uint8), labels,
-                              tuple(f"class{k}" for k in range(10)))
+        sets[part] = Split(TensorSet(x.clamp(0, 1).mul(255).round().to(torch.uint8), labels),
+                           tuple(f"class{k}" for k in range(10)))
     return sets[split]
 
 
@@ -448,14 +550,6 @@ class FileList:
 
     def __len__(self) -> int:
         return len(self.files)
-
-
-def _pillow():
-    try:
-        from PIL import Image
-    except ImportError as exc:
-        raise ImportError("the imagefolder dataset needs Pillow: pip install 'softdistill[vision]'") from exc
-    return Image
 
 
 def list_imagefolder(root: str | os.PathLike | None, split: str) -> FileList:
@@ -497,38 +591,9 @@ def list_imagefolder(root: str | os.PathLike | None, split: str) -> FileList:
     return FileList(tuple(files), torch.tensor(labels, dtype=torch.int64), classes)
 
 
-def open_rgb(path: Path | IO[bytes], name: str | None = None):
-    """The decoded image at ``path`` (a file, or an open binary handle) as an RGB ``PIL.Image`` (grey,
-    palette, RGBA and CMYK images are converted); an image Pillow cannot read is a
-    :class:`UnreadableImageError` naming it (``name``, else ``path``)."""
-    image_module = _pillow()
-    try:
-        with image_module.open(path) as img:
-            return img.convert("RGB")
-    except OSError as exc:  # includes PIL.UnidentifiedImageError and truncated files
-        raise UnreadableImageError(f"{name or path}: cannot read image ({exc})") from exc
-
-
-def read_image(path: Path, image_size: int | None = None) -> np.ndarray:
-    """The image at ``path`` as uint8 H x W x 3, resized (bilinear) to ``image_size`` squared when given."""
-    img = open_rgb(path)
-    if image_size is not None:
-        img = img.resize((image_size, image_size), _pillow().BILINEAR)
-    return np.asarray(img, dtype=np.uint8)
-
-
-def _imagefolder(root: str | os.PathLike | None, split: str, image_size: int | None) -> RawSplit:
-    """All images of ``root/<split>/<class>/`` (:func:`list_imagefolder`) decoded into memory."""
-    if image_size is not None and (isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1):
-        raise ValueError(f"image_size must be a positive int, got {image_size!r}")
-    listing = list_imagefolder(root, split)
-    arrays = []
-    for f in listing.files:
-        array = read_image(f, image_size)
-        if arrays and array.shape != arrays[0].shape:
-            raise ValueError(f"imagefolder images differ in size: {f} is {array.shape[1]}x{array.shape[0]}, "
-                             f"{listing.files[0]} is {arrays[0].shape[1]}x{arrays[0].shape[0]}; "
-                             "set image_size to resize all")
-        arrays.append(array)
-    images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
-    return RawSplit(images, listing.labels, listing.class_names)
+@register_dataset("imagefolder", files=True)
+def _imagefolder(split: str, data: "DataConfig") -> Split:
+    """The image files of ``root/<split>/<class>/*`` (:func:`list_imagefolder`), decoded at ``data.image_size``
+    (their own size when it is not set)."""
+    listing = list_imagefolder(data.root, split)
+    return Split(FileSet(listing.files, listing.labels, data.image_size), listing.class_names)

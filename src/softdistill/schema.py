@@ -1,0 +1,86 @@
+"""The one strict base of every typed setting (recipe sections, method and source configs), the
+declaration of what a setting means for a run's identity, and readable validation errors.
+
+Every section forbids unknown keys; :func:`describe_errors` turns pydantic's errors into lines with
+the dotted key, the closest valid key and the allowed keys.  A field declared with :func:`not_identity`
+does not change what a run computes (where the data lies, how many threads, how fast): a run folder
+made under another value of it still counts as the same run, and ``inherited`` ones pass from a
+recipe to the recipes it depends on.
+"""
+
+from __future__ import annotations
+
+import types
+import typing
+from typing import Any, Union
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from softdistill.registry import did_you_mean
+
+__all__ = ["StrictConfig", "not_identity", "not_identity_keys", "describe_errors"]
+
+
+class StrictConfig(BaseModel):
+    """Base of every typed setting: unknown keys are errors, assignments are validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+def not_identity(default: Any = ..., *, inherited: bool = False, **kwargs: Any) -> Any:
+    """A pydantic ``Field`` that is not part of a run's identity (``inherited``: dependencies take it too)."""
+    return Field(default, json_schema_extra={"identity": False, "inherited": inherited}, **kwargs)
+
+
+def _unwrap_model(annotation: Any) -> type[BaseModel] | None:
+    """The BaseModel class inside an annotation such as ``X | None`` or ``SerializeAsAny[X]``."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    origin = typing.get_origin(annotation)
+    if origin in (Union, types.UnionType) or origin is typing.Annotated:
+        for arg in typing.get_args(annotation):
+            found = _unwrap_model(arg)
+            if found is not None:
+                return found
+    return None
+
+
+def not_identity_keys(model: type[BaseModel], *, inherited: bool = False, prefix: str = "") -> list[str]:
+    """The dotted keys of ``model`` (and its nested sections) declared with :func:`not_identity`
+    (``inherited``: only those that dependencies inherit)."""
+    keys = []
+    for name, info in model.model_fields.items():
+        extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
+        if extra.get("identity") is False and (extra.get("inherited") or not inherited):
+            keys.append(prefix + name)
+        elif (nested := _unwrap_model(info.annotation)) is not None:
+            keys += not_identity_keys(nested, inherited=inherited, prefix=f"{prefix}{name}.")
+    return keys
+
+
+def _model_at(root: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    model: type[BaseModel] | None = root
+    for part in loc:
+        if model is None or not isinstance(part, str) or part not in model.model_fields:
+            return None
+        model = _unwrap_model(model.model_fields[part].annotation)
+    return model
+
+
+def describe_errors(errors: list[dict[str, Any]], root: type[BaseModel], prefix: tuple[str, ...] = ()) -> list[str]:
+    """One line per pydantic error of validating ``root``: the dotted key (under ``prefix``) and what is wrong."""
+    lines = []
+    for err in errors:
+        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+        dotted = ".".join(str(p) for p in prefix + loc) or "(recipe)"
+        if err["type"] == "extra_forbidden":
+            parent = _model_at(root, loc[:-1])
+            allowed = sorted(k for k, f in parent.model_fields.items() if not f.exclude) if parent else []
+            lines.append(f"{dotted}: unknown key{did_you_mean(str(loc[-1]), allowed)} (allowed: {', '.join(allowed)})")
+        elif err["type"] == "missing":
+            lines.append(f"{dotted}: required key is missing")
+        else:
+            got = err.get("input")
+            shown = "" if isinstance(got, dict) else f", got {got!r}"
+            lines.append(f"{dotted}: {err['msg'].removeprefix('Value error, ')}{shown}")
+    return lines

@@ -952,24 +952,25 @@ def mlkd_loss(student_logits_weak: Tensor, teacher_logits_weak: Tensor, student_
     teacher_weak, teacher_strong = teacher_logits_weak.detach(), teacher_logits_strong.detach()
     batch, classes = student_logits_weak.shape
 
-    p_t = _log_softmax_at(teacher_weak).exp()
-    confidence, class_confidence = p_t.amax(dim=1), p_t.sum(dim=0)
+    p_teacher = _log_softmax_at(teacher_weak).exp()
+    confidence, class_confidence = p_teacher.amax(dim=1), p_teacher.sum(dim=0)
     sample_mask = confidence <= confidence.quantile(0.5)
     class_mask = class_confidence <= class_confidence.quantile(0.5)
 
     kd_weak = _standardized(student_logits_weak, teacher_weak, standardize)
     kd_strong = _standardized(student_logits_strong, teacher_strong, standardize)
     loss_kd = loss_cc = loss_bc = 0.0
-    for index, t in enumerate(temperatures):
+    for index, tau in enumerate(temperatures):
         kd_view = kd_weak if strong_views == "reference" and index >= 3 else kd_strong
-        loss_kd = (loss_kd + _masked_term(_soft_kl_rows(*kd_weak, t), sample_mask, batch, confidence_masks)
-                   + _soft_kl_rows(*kd_view, t).mean())
-        p_s_t = _log_softmax_at(student_logits_weak, t).exp()
-        p_t_t = _log_softmax_at(teacher_weak, t).exp()
-        loss_cc = loss_cc + _masked_term(_relation_gap(p_s_t, p_t_t, over_batch=False), class_mask, classes,
+        loss_kd = (loss_kd + _masked_term(_soft_kl_rows(*kd_weak, tau), sample_mask, batch, confidence_masks)
+                   + _soft_kl_rows(*kd_view, tau).mean())
+        p_s = _log_softmax_at(student_logits_weak, tau).exp()
+        p_t = _log_softmax_at(teacher_weak, tau).exp()
+        loss_cc = loss_cc + _masked_term(_relation_gap(p_s, p_t, over_batch=False), class_mask, classes,
                                          confidence_masks)
-        loss_bc = loss_bc + _masked_term(_relation_gap(p_s_t, p_t_t, over_batch=True), sample_mask, batch,
+        loss_bc = loss_bc + _masked_term(_relation_gap(p_s, p_t, over_batch=True), sample_mask, batch,
                                          confidence_masks)
+    labels = labels.long()
     loss_ce = cross_entropy(student_logits_weak, labels) + cross_entropy(student_logits_strong, labels)
     return {"loss_ce": ce_weight * loss_ce, "loss_kd": kd_weight * loss_kd, "loss_cc": kd_weight * loss_cc,
             "loss_bc": kd_weight * loss_bc}

@@ -205,7 +205,7 @@ class RunRecipe(StrictConfig):
     def facts(self) -> RecipeFacts:
         """What the method and soft-label source may check their settings against, at load time."""
         names = dataset_info(self.data.name).class_names
-        return RecipeFacts(epochs=getattr(self, "epochs", 0), num_classes=len(names) if names else None,
+        return RecipeFacts(epochs=getattr(self, "epochs", None), num_classes=len(names) if names else None,
                            plan=self.view_plan)
 
     def resolve_path(self, path: str) -> Path:

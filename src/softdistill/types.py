@@ -110,10 +110,10 @@ class MethodContext:
 
 @dataclass(frozen=True)
 class RecipeFacts:
-    """What a recipe fixes that a method's or source's settings may be checked against when it loads:
-    the run's ``epochs`` (0 for a recipe that does not train), the data's class count (None when the
-    data set learns it only by reading its files) and the training views' plan."""
+    """What a recipe fixes that a method's or source's settings may be checked against: the run's
+    ``epochs``, the data's class count and the training views' ``plan``; None where it is not known
+    (a recipe that does not train has no epochs; a data set of files knows its classes once read)."""
 
-    epochs: int
-    num_classes: int | None
-    plan: "ViewPlan"
+    epochs: int | None = None
+    num_classes: int | None = None
+    plan: "ViewPlan | None" = None

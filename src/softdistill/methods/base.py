@@ -37,8 +37,9 @@ class MethodConfig(StrictConfig):
         return []
 
     def problems(self, facts: RecipeFacts) -> list[str]:
-        """What in these settings does not fit the recipe (its epochs, classes, views), checked when it
-        loads; none by default."""
+        """What in these settings does not fit the run (its epochs, classes, views; each None where not
+        known), checked when the recipe loads and again, for the class count, when the method is built;
+        none by default."""
         return []
 
 
@@ -75,6 +76,8 @@ class Method(Task):
             name = self.Config.model_fields["name"].default
             raise ValueError(f"method {name!r} " + ("needs a soft-label source" if self.uses_soft_labels
                                                    else "takes no soft-label source"))
+        if problems := config.problems(RecipeFacts(num_classes=num_classes)):
+            raise ValueError("; ".join(problems))
         self.config = config
         self.student = student
         self.soft_labels = soft_labels

@@ -38,7 +38,7 @@ from softdistill.methods.base import Method, MethodConfig, register_method
 from softdistill.soft_labels.base import Dependency
 from softdistill.metrics.bias_variance import regularization_stats
 from softdistill.schema import StrictConfig
-from softdistill.types import Batch, MethodContext, StepOutput
+from softdistill.types import Batch, MethodContext, RecipeFacts, StepOutput
 
 GRID_FILE = "hard-augmentations.png"
 
@@ -101,6 +101,12 @@ class HardKD(Method):
                 return []
             return [Dependency("method.vae.path", self.vae.path, "vae")]
 
+        def problems(self, facts: RecipeFacts) -> list[str]:
+            if facts.epochs is not None and self.warmup_epochs >= facts.epochs:
+                return [f"method.warmup_epochs = {self.warmup_epochs} leaves no epoch for the augmentor (the run has "
+                        f"{facts.epochs}); lower it"]
+            return []
+
         @model_validator(mode="after")
         def _vae_needs_path(self) -> "HardKD.Config":
             if self.augmentor == "vae" and self.vae.path is None:
@@ -141,9 +147,6 @@ class HardKD(Method):
 
     def start_epoch(self, epoch: int, epochs: int) -> None:
         c = self.config
-        if c.warmup_epochs >= epochs:
-            raise ValueError(f"method.warmup_epochs = {c.warmup_epochs} leaves no epoch for the augmentor "
-                             f"(the run has {epochs}); lower it")
         self.active = epoch > c.warmup_epochs
         first = c.warmup_epochs + 1
         count = min(c.visualize_points, epochs - first + 1)

@@ -28,7 +28,7 @@ from torch import Tensor
 from softdistill.hashing import hash_keys
 from softdistill.losses import at_least_float32
 from softdistill.methods.base import Method, MethodConfig, register_method
-from softdistill.types import Batch, StepOutput
+from softdistill.types import Batch, RecipeFacts, StepOutput
 
 __all__ = ["SkillfulButBad", "sbt_distractors", "sbt_losses"]
 
@@ -86,11 +86,15 @@ class SkillfulButBad(Method):
         margin: float = Field(1.0, ge=0, description="delta: logit margin of both hinges")
         seed: int = Field(0, description="seed of the per-sample random wrong classes")
 
+        def problems(self, facts: RecipeFacts) -> list[str]:
+            classes = facts.num_classes
+            if classes is not None and self.k > classes - 1:
+                return [f"method.k = {self.k} needs at least {self.k + 1} classes, the data has {classes}"]
+            return []
+
     def forward(self, batch: Batch) -> StepOutput:
         logits = self.student(batch.x)
         c = self.config
-        if c.k > self.num_classes - 1:
-            raise ValueError(f"sbt: k = {c.k} needs at least {c.k + 1} classes, the data has {self.num_classes}")
         distractors = sbt_distractors(batch.sample_id, batch.y, self.num_classes, c.k - 1, c.seed)
         terms = sbt_losses(logits, batch.y, distractors, k=c.k, punish=c.punish, compensate=c.compensate,
                            push=c.push, margin=c.margin)

@@ -24,7 +24,7 @@ from torch import Tensor
 from softdistill.losses import at_least_float32
 from softdistill.methods.base import Method, MethodConfig, register_method
 from softdistill.metrics.soft_labels import top_k_indices
-from softdistill.types import Batch, StepOutput
+from softdistill.types import Batch, RecipeFacts, StepOutput
 
 __all__ = ["SoftLabelLearning", "candidate_set_loss", "soft_label_targets"]
 
@@ -73,14 +73,17 @@ class SoftLabelLearning(Method):
         k: int = Field(1, ge=1, description="candidate_set: the candidate set is the soft label's top-k")
         temperature: float = Field(1.0, gt=0, description="soft_ce: the soft label is taken at this temperature")
 
+        def problems(self, facts: RecipeFacts) -> list[str]:
+            if facts.num_classes is not None and self.k > facts.num_classes:
+                return [f"method.k = {self.k} exceeds the {facts.num_classes} classes of the data"]
+            return []
+
     def forward(self, batch: Batch) -> StepOutput:
         logits = self.student(batch.x)
         c = self.config
         with torch.no_grad():
             target = soft_label_targets(self.soft_labels, batch, c.temperature if c.loss == "soft_ce" else 1.0)
             supervised = target.sum(dim=1) > 0
-            if c.k > target.shape[1]:
-                raise ValueError(f"soft-label: k = {c.k} exceeds the {target.shape[1]} classes")
             top = top_k_indices(target, c.k)
             candidates = torch.zeros_like(target, dtype=torch.bool).scatter_(1, top, True) & (target > 0)
         weights = supervised.float()

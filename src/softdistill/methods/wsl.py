@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from softdistill.losses import cross_entropy, weighted_soft_cross_entropy, wsl_weights
+from softdistill.losses import cross_entropy, wsl_loss
 from softdistill.methods.base import Method, MethodConfig, register_method
 from softdistill.metrics.bias_variance import regularization_stats
 from softdistill.types import Batch, StepOutput
@@ -33,9 +33,7 @@ class WeightedSoftLabels(Method):
         logits = self.student(batch.x)
         teacher_logits = self.soft_labels(batch)
         labels = teacher_logits.argmax(dim=1) if self.config.label_free else batch.y
-        t = self.config.temperature
-        weights = wsl_weights(logits, teacher_logits, labels)
-        return StepOutput(logits, {
-            "ce": cross_entropy(logits, labels),
-            "wsl": self.config.alpha * t * t * weighted_soft_cross_entropy(logits, teacher_logits, weights, t),
-        }, regularization_stats(logits.detach(), teacher_logits, batch.y))
+        loss = wsl_loss(logits, teacher_logits, labels, self.config.temperature, self.config.alpha)
+        metrics = {"ce": cross_entropy(logits.detach(), labels), **regularization_stats(logits.detach(),
+                                                                                       teacher_logits, batch.y)}
+        return StepOutput(logits, {"wsl": loss}, metrics)

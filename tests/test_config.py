@@ -6,9 +6,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from softdistill.config import ConfigError, apply_overrides, load_recipe, parse_override, recipe_from_dict
+from softdistill.cli import main
+from softdistill.config import ConfigError, VAERecipe, apply_overrides, load_recipe, parse_override, recipe_from_dict
 from softdistill.experiments import packaged_recipes
-from softdistill.config import VAERecipe
 
 BASE = {"name": "r", "student": "mlp", "epochs": 2}
 
@@ -100,11 +100,9 @@ def test_every_shipped_recipe_validates():
     folder = packaged_recipes("")
     paths = sorted(folder.rglob("*.yaml"))
     assert len(paths) >= 8
-    for path in paths:  # the VAE recipes of HARD are trained by train-vae, label recipes by label, all others by train
-        if "encoding" in yaml.safe_load(path.read_text()):
-            load_recipe(path)
-        else:
-            (load_recipe if path.stem.startswith("vae") else load_recipe)(path)
+    kinds = {path.relative_to(folder).as_posix(): load_recipe(path).kind for path in paths}
+    assert kinds["hard/vae.yaml"] == "vae" and kinds["store/fmnist-cropflip.yaml"] == "label"
+    assert kinds["quickstart/kd.yaml"] == "train"
 
 
 def test_a_key_written_twice_is_an_error_naming_key_file_and_lines(tmp_path):
@@ -141,3 +139,78 @@ def test_names_that_leave_the_output_folder_are_refused(tmp_path, name):
 def test_accepted_names_keep_the_run_folder_inside_output_dir(tmp_path, name):
     recipe = recipe_from_dict({**BASE, "name": name, "output_dir": str(tmp_path / "runs"), "seed": 3})
     assert recipe.run_dir.resolve().parent.parent == (tmp_path / "runs").resolve()
+
+
+# ------------------------------------------------------------------------- decided when the recipe loads
+
+LOAD_TIME = {  # a change to a valid recipe -> what the error says; each fires before anything runs
+    "student: mlpp": "student: unknown model 'mlpp'; did you mean 'mlp'",
+    "data.name: fmnist": "data.name: unknown dataset 'fmnist'; did you mean 'fashion-mnist' or 'mnist'",
+    "method: {name: kdd}": "method.name: unknown method 'kdd'; did you mean 'kd'",
+    "soft_labels: {source: teachr, checkpoint: t.pt}": "unknown soft-label source 'teachr'; did you mean 'teacher'",
+    "method: {name: sbt, k: 10}": "method.k = 10 needs at least 11 classes, the data has 10",
+    "method: {name: soft-label, k: 11}": "method.k = 11 exceeds the 10 classes of the data",
+    "method: {name: hard, warmup_epochs: 2}": "method.warmup_epochs = 2 leaves no epoch for the augmentor",
+    "train.keep_epochs: [3]": r"train.keep_epochs \[3\] lie outside the run's epochs 1..2",
+    "schedule.milestones: [2, 1]": "milestones must be increasing epochs >= 1",
+    "schedule.warmup_epochs: 3": "schedule.warmup_epochs = 3 is longer than the run",
+    "data.augment.crop_padding: 8": "crop_padding 8 is not smaller than the 8-pixel images",
+    "seed: -1": "seed: Input should be greater than or equal to 0",
+    "seed: 99999999999": "seed: Input should be less than or equal to 2147483647",
+    "kind: label": "invalid label recipe:\n  epochs: unknown key",
+    "kind: trian": "kind: unknown recipe kind 'trian'; did you mean 'train'",
+}
+
+
+@pytest.mark.parametrize("change", LOAD_TIME, ids=lambda c: c.split(":")[0] + ":" + c.split(":")[1][:12])
+def test_every_check_fires_when_the_recipe_loads(change, tmp_path):
+    raw = {"name": "r", "student": "mlp", "epochs": 2, "data": {"name": "digits"}, "output_dir": str(tmp_path / "runs")}
+    raw = apply_overrides(raw, [change.replace(": ", "=", 1)])
+    if raw.get("method", {}).get("name") in ("sbt", "soft-label", "hard") and "soft_labels" not in raw:
+        raw["soft_labels"] = {"source": "teacher", "checkpoint": "t.pt"} if raw["method"]["name"] != "sbt" else None
+        raw = {k: v for k, v in raw.items() if v is not None}
+    with pytest.raises(ConfigError, match=LOAD_TIME[change]):
+        recipe_from_dict(raw)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_typo_in_the_last_recipe_of_a_comparison_fails_in_seconds_and_writes_nothing(tmp_path, capsys):
+    teacher = tmp_path / "teacher.yaml"
+    teacher.write_text(yaml.safe_dump({"name": "t", "student": "mlp", "epochs": 50, "data": {"name": "digits"}}))
+    good = {"name": "kd", "student": "mlp", "epochs": 50, "data": {"name": "digits"}, "method": {"name": "kd"},
+            "soft_labels": {"source": "teacher", "recipe": "teacher.yaml"}}
+    (tmp_path / "kd.yaml").write_text(yaml.safe_dump(good))
+    (tmp_path / "typo.yaml").write_text(yaml.safe_dump({**good, "name": "typo", "student": "cnn-smal"}))
+    out = tmp_path / "runs"
+    assert main(["compare", str(tmp_path / "kd.yaml"), str(tmp_path / "typo.yaml"), "--output", str(out)]) == 2
+    assert "unknown model 'cnn-smal'; did you mean 'cnn-small'" in capsys.readouterr().err
+    assert not out.exists()  # the teacher was not trained, nothing was written
+
+
+def test_a_teacher_of_other_data_is_refused_when_the_recipe_loads_unless_asked_for(tmp_path):
+    from softdistill.runner import run_recipe
+
+    teacher = {"name": "t", "student": "mlp", "epochs": 1, "data": {"name": "digits", "val_size": 100},
+               "output_dir": str(tmp_path / "runs"), "train": {"device": "cpu"}}
+    (tmp_path / "t.yaml").write_text(yaml.safe_dump(teacher))
+    student = {"name": "s", "student": "mlp", "epochs": 1, "data": {"name": "fashion-mnist", "per_class": 5},
+               "method": {"name": "kd"}, "output_dir": str(tmp_path / "runs")}
+    other = "the teacher was trained on other data \\(data set 'digits' there, 'fashion-mnist' here; .*image size 8 " \
+            "there, 28 here\\).*allow_other_data: true"
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump({**student, "soft_labels": {"source": "teacher", "recipe": "t.yaml"}}))
+    with pytest.raises(ConfigError, match=other):
+        load_recipe(tmp_path / "s.yaml")
+    assert not (tmp_path / "runs").exists()  # refused before the teacher trained
+    run_recipe(recipe_from_dict(teacher), quiet=True)
+    checkpoint = tmp_path / "runs" / "t" / "seed0" / "best.pt"
+    for source in ("teacher", "cache"):  # a checkpoint: its recorded data
+        (tmp_path / "s.yaml").write_text(yaml.safe_dump({**student, "soft_labels": {"source": source,
+                                                                                    "checkpoint": str(checkpoint)}}))
+        with pytest.raises(ConfigError, match=other):
+            load_recipe(tmp_path / "s.yaml")
+    # asked for on purpose: the shapes must still fit (8x8 digits cannot teach 28x28 images)
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump({**student, "soft_labels": {
+        "source": "teacher", "checkpoint": str(checkpoint), "allow_other_data": True}}))
+    recipe = load_recipe(tmp_path / "s.yaml")
+    with pytest.raises(Exception, match="was trained on 8x8 images, the data has 28x28"):
+        run_recipe(recipe, quiet=True)

@@ -231,8 +231,9 @@ class RunRecipe(StrictConfig):
         """The rules that tie this recipe's sections together (empty when they hold)."""
         return []
 
-    def dependency_problems(self, dependency: Dependency, needed: "RunRecipe") -> list[str]:
-        """What stops the product of ``needed`` (the recipe ``dependency`` names) from serving this recipe."""
+    def dependency_problems(self, dependency: Dependency, needed: "RunRecipe | Path") -> list[str]:
+        """What stops what ``dependency`` names (``needed``: the recipe that makes it, or its file) from
+        serving this recipe."""
         return [p for key in self.registry_sections if (section := getattr(self, key)) is not None
                 for p in section.dependency_problems(dependency, needed, self)]
 
@@ -627,6 +628,8 @@ def check_dependencies(recipe: RunRecipe, _chain: tuple[Path, ...] = ()) -> None
     for dependency in recipe.dependencies():
         path, loaded = dependency_recipe(recipe, dependency)
         if loaded is None:
+            if problems := recipe.dependency_problems(dependency, path):
+                raise ConfigError(f"{recipe.recipe_file}: {dependency.field}:\n  " + "\n  ".join(problems))
             continue
         if path.resolve() in _chain:
             raise ConfigError(f"{recipe.recipe_file}: {dependency.field} makes a cycle of recipes: "

@@ -9,6 +9,7 @@ validated, before anything is read.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, ClassVar, Literal, Union, get_args
 
 from pydantic import Field, ValidationError, field_validator, model_validator
@@ -18,7 +19,7 @@ from softdistill.data.shifts import parse_ood_specs
 from softdistill.data.views import AugmentConfig, Replay, ViewPlan
 from softdistill.schema import StrictConfig, describe_errors, not_identity
 
-__all__ = ["DataConfig", "Loader", "OnCorrupt", "LOADERS", "ON_CORRUPT"]
+__all__ = ["DataConfig", "DataFacts", "Loader", "OnCorrupt", "LOADERS", "ON_CORRUPT"]
 
 Loader = Literal["memory", "stream", "auto"]
 OnCorrupt = Literal["fail", "skip"]
@@ -156,3 +157,26 @@ class DataConfig(StrictConfig):
         """The views of the training split (``view_seed``, else ``run_seed``)."""
         seed = self.view_seed if self.view_seed is not None else run_seed
         return ViewPlan.of(self.augment, seed=seed, views=self.views, replay=self.replay)
+
+
+@dataclass(frozen=True)
+class DataFacts:
+    """What a model trained on some data is bound to: the data set's name, its class names, the images'
+    channels and side (None where not known without reading the data)."""
+
+    name: str
+    class_names: tuple[str, ...] | None
+    channels: int | None
+    image_size: int | None
+
+    @classmethod
+    def of(cls, data: DataConfig) -> "DataFacts":
+        """The facts of a data section, from what its data set declares (no data is read)."""
+        info = dataset_info(data.name)
+        return cls(data.name, info.class_names, info.channels, data.canvas or data.image_size or info.image_size)
+
+    def differences(self, other: "DataFacts") -> list[str]:
+        """What differs from ``other`` (this one is "there", ``other`` "here"), among the facts both know."""
+        labels = {"name": "data set", "class_names": "class names", "channels": "channels", "image_size": "image size"}
+        return [f"{label} {getattr(self, key)!r} there, {getattr(other, key)!r} here" for key, label in labels.items()
+                if None not in (getattr(self, key), getattr(other, key)) and getattr(self, key) != getattr(other, key)]

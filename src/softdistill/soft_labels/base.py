@@ -41,8 +41,9 @@ class SourceConfig(StrictConfig):
         return []
 
     def dependency_problems(self, dependency: "Dependency", needed: Any, recipe: Any) -> list[str]:
-        """What stops the product of ``needed`` (the recipe ``dependency`` names) from serving
-        ``recipe``: checked when the recipe loads, before anything is trained; none by default."""
+        """What stops what ``dependency`` names -- ``needed``, the recipe that makes it, or its file (a Path)
+        -- from serving ``recipe``: checked when the recipe loads, before anything is trained; none by
+        default."""
         return []
 
     def problems(self, facts: RecipeFacts) -> list[str]:

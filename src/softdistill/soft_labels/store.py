@@ -55,7 +55,7 @@ class StoreConfig(SourceConfig):
     def dependency_problems(self, dependency: Dependency, needed: Any, recipe: Any) -> list[str]:
         """A label recipe's store must hold the training recipe's data and views: checked when the
         recipe loads, before anything is labelled."""
-        if dependency.kind != "store":
+        if dependency.kind != "store" or isinstance(needed, Path):  # a store named by its folder: checked as it opens
             return []
         where = f"the store of label recipe {dependency.path}"
         differ = [f"data.{key}: {getattr(needed.data, key)!r} in the label recipe, {getattr(recipe.data, key)!r} here"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -13,6 +14,8 @@ from torch import Tensor, nn
 
 from softdistill.checkpoint import CheckpointError, CheckpointMeta, load_checkpoint, model_from_checkpoint
 from softdistill.compatibility import ANY_VIEW, INPUT_GRAD, MIXED, ONLINE
+from softdistill.data.config import DataFacts
+from softdistill.schema import not_identity
 from softdistill.runtime.distributed import DistContext
 from softdistill.engine.predict import predict
 from softdistill.engine.wrap import wrap
@@ -34,11 +37,34 @@ class TeacherConfig(SourceConfig):
     select: str = Field("best", description="which checkpoint of the teacher recipe's run: best | last | epoch_N")
     batchnorm_train_mode: bool = Field(False, description="run the teacher's BatchNorm in training mode (a quirk of "
                                                           "some reference code; off = frozen statistics)")
+    allow_other_data: bool = not_identity(False, description="accept a teacher trained on another data set (same "
+                                                             "class count and image shape): distillation across data "
+                                                             "sets on purpose; off = refused when the recipe loads")
 
     @model_validator(mode="after")
     def _one_origin(self) -> "TeacherConfig":
         check_origin({"checkpoint": self.checkpoint, "recipe": self.recipe}, self.select)
         return self
+
+    def dependency_problems(self, dependency: Dependency, needed: Any, recipe: Any) -> list[str]:
+        """A teacher trained on other data (data set, class names, channels or image size) is refused, unless
+        ``allow_other_data``; checked when the recipe loads, from the teacher's recipe or checkpoint."""
+        if self.allow_other_data:
+            return []
+        if isinstance(needed, Path):
+            meta = CheckpointMeta.of(load_checkpoint(needed), needed)
+            if meta.model is None:
+                return [f"{needed} holds a {meta.kind}, not a classifier"]
+            theirs = DataFacts(meta.data.name, tuple(meta.data.class_names) if meta.data.class_names else None,
+                               meta.model.in_channels, meta.model.image_size)
+        else:
+            theirs = DataFacts.of(needed.data)
+        differ = theirs.differences(DataFacts.of(recipe.data))
+        if not differ:
+            return []
+        return [f"the teacher was trained on other data ({'; '.join(differ)}), so its soft labels "
+                "are not about these images. Give a teacher of this data, or set soft_labels.allow_other_data: true "
+                "to distil across data sets on purpose (the class count and image shape must still fit)"]
 
     def dependencies(self) -> list[Dependency]:
         if self.checkpoint is not None:
@@ -49,7 +75,8 @@ class TeacherConfig(SourceConfig):
     def teacher(self, setup: SourceSetup) -> "FrozenTeacher":
         d = setup.data
         path = setup.product(self.dependencies()[0])
-        return load_teacher(path, d.num_classes, d.in_channels, d.mean, d.std, self.batchnorm_train_mode).to(setup.device)
+        return load_teacher(path, d.num_classes, d.in_channels, d.mean, d.std, self.batchnorm_train_mode,
+                            image_size=d.image_size).to(setup.device)
 
 
 @register_source
@@ -195,10 +222,13 @@ class CachedTeacher(LookupSource):
 
 
 def load_teacher(path: str | os.PathLike, num_classes: int, in_channels: int,
-                 mean: Sequence[float], std: Sequence[float], batchnorm_train_mode: bool = False) -> FrozenTeacher:
+                 mean: Sequence[float], std: Sequence[float], batchnorm_train_mode: bool = False, *,
+                 image_size: int | None = None) -> FrozenTeacher:
     """A :class:`FrozenTeacher` from a checkpoint, checked against the student's data.
 
-    The class count must match; a different input normalisation is bridged per channel.
+    The class count and channels must match, and the image size when given (a network that pools
+    globally would run on any size, and be silently wrong); a different input normalisation is bridged
+    per channel.
     """
     payload = load_checkpoint(path)
     meta = CheckpointMeta.of(payload, path)
@@ -212,6 +242,9 @@ def load_teacher(path: str | os.PathLike, num_classes: int, in_channels: int,
         )
     if spec.in_channels != in_channels:
         raise CheckpointError(f"teacher {path} takes {spec.in_channels}-channel images, the data has {in_channels}")
+    if image_size is not None and spec.image_size != image_size:
+        raise CheckpointError(f"teacher {path} was trained on {spec.image_size}x{spec.image_size} images, the data "
+                              f"has {image_size}x{image_size}")
     model = model_from_checkpoint(payload, path)
     t_mean, t_std = meta.normalization.mean, meta.normalization.std
     scale = [s / ts for s, ts in zip(std, t_std)]

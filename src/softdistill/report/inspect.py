@@ -38,6 +38,7 @@ from softdistill.data.config import DataConfig
 from softdistill.data.loader import BatchLoader, BatchTransform
 from softdistill.data.prepare import DataBundle, prepare_data
 from softdistill.data.samples import TensorSet
+from softdistill.data.views import ViewPlan
 from softdistill.runtime.distributed import resolve_device
 from softdistill.engine.predict import predict
 from softdistill.runtime.progress import tracked
@@ -228,19 +229,24 @@ def _order_diagnostics(logits: dict[str, Tensor], labels_a: Tensor, labels_b: Te
 
 def _mixup(source: _Source, student: tuple[nn.Module, dict] | None, device: torch.device, batch_size: int,
            seed: int, quiet: bool, alpha: float = 1.0) -> dict[str, Any]:
+    """The teacher's (and student's) order diagnostics on one mixup view of every sample of the split:
+    the views of a mixing plan (:class:`~softdistill.data.views.ViewPlan`), partner and λ a pure function of
+    (seed, sample id)."""
     assert source.images is not None and source.model is not None and source.normalization is not None
     n = len(source.images)
-    rng = np.random.default_rng(seed)
-    partner = torch.from_numpy(rng.permutation(n)).long()
-    lam = torch.from_numpy(rng.beta(alpha, alpha, size=n)).float()
+    plan = ViewPlan(mix="mixup", mix_alpha=alpha, seed=seed, views=1)
+    rows = torch.arange(n)
+    mixing = plan.mixing(source.images.ids, torch.zeros(n, dtype=torch.long), rows, n,
+                         tuple(source.images.images.shape[-2:]))
+    partner, lam = mixing.partner, mixing.lam
     labels_a, labels_b = source.labels, source.labels[partner]
     models = {"teacher": (source.model, source.normalization)}
     if student is not None:
         models["student"] = student
     logits = {name: _mixed_logits(model, source.images, norm, partner, lam, device, batch_size, name, quiet)
               for name, (model, norm) in models.items()}
-    what = (f"{n} mixed samples λ·x_a + (1 − λ)·x_b of the split, partner b a random permutation, "
-            f"λ ~ Beta({alpha:g}, {alpha:g}), seed {seed}")
+    what = (f"{n} mixed samples λ·x_a + (1 − λ)·x_b of the split, one mixup view of each sample (partner and λ a "
+            f"function of the sample id), λ ~ Beta({alpha:g}, {alpha:g}), view seed {seed}")
     return {"alpha": alpha, "samples": n, "seed": seed, "same_class_pairs": int((labels_a == labels_b).sum()),
             "what": what, **_order_diagnostics(logits, labels_a, labels_b, lam)}
 

@@ -29,6 +29,7 @@ from softdistill.data.shifts import ood_sets
 from softdistill.data.stream import StreamLoader, split_loader
 from softdistill.data.views import ViewPlan
 from softdistill.engine import LRSchedule, Trainer, build_optimizer
+from softdistill.engine.predict import TEACHER_DTYPES
 from softdistill.engine.recorder import Recorder
 from softdistill.engine.wrap import has_4d_weights, wrap
 from softdistill.methods import method_class
@@ -38,9 +39,7 @@ from softdistill.soft_labels import Dependency, SoftLabelSource, SourceSetup, so
 from softdistill.types import InputSpec, MethodContext
 from softdistill.vae_training import VAETask
 
-__all__ = ["Run", "Loaders", "machine", "load_data", "make_loaders", "build_source", "build_run", "TEACHER_DTYPES"]
-
-TEACHER_DTYPES = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
+__all__ = ["Run", "Loaders", "machine", "load_data", "make_loaders", "build_source", "build_run"]
 
 
 def machine(recipe: RunRecipe, *, distributed: bool = True) -> DistContext:

@@ -32,6 +32,8 @@ def _recipe_arguments(parser: argparse.ArgumentParser, recipe_help: str, *, over
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from softdistill.enums import ON_CORRUPT
+
     parser = argparse.ArgumentParser(
         prog="softdistill",
         description="Knowledge distillation built around the soft label. Every command takes YAML recipes "
@@ -81,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     pack.add_argument("--shard-size", default="1000", metavar="SIZE",
                       help="images per shard (e.g. 1000), or source bytes per shard with a unit (e.g. 256MB, 1GiB); "
                            "default 1000")
-    pack.add_argument("--on-corrupt", choices=["fail", "skip"], default="fail",
+    pack.add_argument("--on-corrupt", choices=ON_CORRUPT, default="fail",
                       help="an image Pillow cannot decode: fail (default; the error names the file) or skip it, "
                            "count it and list it in the manifest")
     pack.add_argument("--workers", type=int, default=0,

@@ -42,23 +42,23 @@ from softdistill.compatibility import CAPABILITIES, MIXED, ONLINE, compatibility
 from softdistill.data.config import DataConfig
 from softdistill.data.readers import dataset_info
 from softdistill.data.views import ViewPlan
+from softdistill.engine.predict import Amp, TeacherDtype
 from softdistill.engine.wrap import COMPILE_KEYS
 from softdistill.methods import MethodConfig, method_class, methods
 from softdistill.models import check_model_name
 from softdistill.registry import Registry, UnknownNameError, closest_names
 from softdistill.schema import StrictConfig, describe_errors, not_identity, not_identity_keys
 from softdistill.soft_labels import Dependency, SourceConfig, source_class, sources
+from softdistill.store.encoding import EncodingConfig
 from softdistill.types import RecipeFacts
 
 __all__ = [
     "ConfigError", "OptimConfig", "ScheduleConfig", "TrainConfig", "RunRecipe", "Recipe", "VAERecipe", "LabelRecipe",
     "EncodingConfig", "recipe_kinds", "recipe_kind", "load_recipe", "recipe_from_dict", "import_plugins",
     "read_recipe_file", "apply_overrides", "parse_override", "dependency_recipe", "check_dependencies",
-    "not_identity_keys", "Amp", "TeacherDtype",
+    "not_identity_keys",
 ]
 
-Amp = Literal["off", "bf16", "fp16"]
-TeacherDtype = Literal["float32", "bfloat16", "float16"]
 
 
 class ConfigError(ValueError):
@@ -373,24 +373,6 @@ class VAERecipe(RunRecipe):
         if self.data.loader != "memory":
             problems.append("train-vae reads its data in memory: data.loader must be memory")
         return problems
-
-
-EncodingKind = Literal["full", "topk"]
-EncodingDtype = Literal["float32", "float16"]
-
-
-class EncodingConfig(StrictConfig):
-    """How a store encodes each soft label (softdistill.store.encoding)."""
-
-    kind: EncodingKind = Field("full", description="full: every logit; topk: the k largest + the tail's mass")
-    dtype: EncodingDtype = Field("float32", description="of the logits (full) or top-k values")
-    k: int | None = Field(None, ge=1, description="topk: how many classes are kept")
-
-    @model_validator(mode="after")
-    def _k_for_topk(self) -> "EncodingConfig":
-        if (self.kind == "topk") != (self.k is not None):
-            raise ValueError("encoding.k is needed for kind: topk and only there")
-        return self
 
 
 @recipe_kinds.register("label")

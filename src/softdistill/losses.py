@@ -10,6 +10,7 @@ logits (B x K), p^T = softmax(z / T).
 from __future__ import annotations
 
 import math
+from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -25,10 +26,12 @@ __all__ = [
     "KDLoss",
     "SoftCrossEntropy",
     "SMOOTHING_CONVENTIONS",
+    "SmoothingConvention",
     "at_least_float32",
     "virtual_teacher_probs",
     "tfkd_reg_loss",
     "TFKD_MODES",
+    "TfkdMode",
     "TFKD_DEFAULT_CORRECT_PROB",
     "wsl_weights",
     "wsl_loss",
@@ -64,7 +67,8 @@ __all__ = [
     "MLKDLoss",
 ]
 
-SMOOTHING_CONVENTIONS = ("uniform", "others")
+SmoothingConvention = Literal["uniform", "others"]
+SMOOTHING_CONVENTIONS: tuple[str, ...] = get_args(SmoothingConvention)
 #: The largest temperature a loss accepts: far beyond any useful one (KD approaches logit matching
 #: long before), and where float64 still computes T^2 KL to about 1e-4.
 MAX_TEMPERATURE = 1e6
@@ -181,7 +185,8 @@ def label_smoothing_targets(
     return targets
 
 
-TFKD_MODES = ("paper", "reference")
+TfkdMode = Literal["paper", "reference"]
+TFKD_MODES: tuple[str, ...] = get_args(TfkdMode)
 # The virtual teacher's probability of the truth when none is given: the paper's 0.9, and the
 # 0.99 that the authors' code hard-codes for the reference mode.
 TFKD_DEFAULT_CORRECT_PROB = {"paper": 0.9, "reference": 0.99}

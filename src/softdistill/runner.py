@@ -28,7 +28,7 @@ from softdistill.runs import (RunInterrupted, RunStateError, check_same_recipe, 
                              recipe_differences, resume_checkpoint, run_dir_state, write_text_atomic)
 from softdistill.runtime.distributed import DistContext, all_reduce_sum
 from softdistill.soft_labels import Dependency
-from softdistill.store import Encoding, write_store
+from softdistill.store import write_store
 from softdistill.store.format import sha256_of
 from softdistill.types import Batch
 
@@ -93,9 +93,8 @@ def label_store(recipe: LabelRecipe, *, quiet: bool = False) -> dict[str, Any] |
               "normalization": {"mean": list(data.mean), "std": list(data.std)},
               "teacher": _labeller_identity(recipe, products),
               "views": {**plan.model_dump(mode="json", exclude={"replay"}), "fingerprint": plan.fingerprint()}}
-    e = recipe.encoding
     return write_store(run_dir, header, data.train.ids, data.train.labels, label,
-                       encoding=Encoding(e.kind, data.num_classes, e.dtype, e.k), views=plan.distinct_views,
+                       encoding=recipe.encoding.encoding(data.num_classes), views=plan.distinct_views,
                        shard_samples=recipe.shard_samples, batch_size=recipe.data.eval_batch_size, ctx=ctx,
                        quiet=quiet)
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -29,7 +29,10 @@ from torch import Tensor, nn
 
 from softdistill.augment.vae import ConvVAE
 
-__all__ = ["Augmentor", "AffineAugmentor", "VAEAugmentor", "affine_matrices"]
+__all__ = ["Augmentor", "AffineAugmentor", "VAEAugmentor", "affine_matrices", "VAEOutput"]
+
+#: what the VAE augmentor returns: x + dec(z~) - dec(mu) (``residual``, the identity at zero) or dec(z~)
+VAEOutput = Literal["residual", "decoded"]
 
 
 def _channel_view(values: Sequence[float]) -> Tensor:
@@ -197,13 +200,13 @@ class VAEAugmentor(Augmentor):
     """
 
     def __init__(self, vae: ConvVAE, mean: Sequence[float], std: Sequence[float], *,
-                 bound: float = 1.0, output: Literal["residual", "decoded"] = "residual", noise_dim: int = 8,
+                 bound: float = 1.0, output: VAEOutput = "residual", noise_dim: int = 8,
                  width: int = 128) -> None:
         super().__init__(mean, std, noise_dim)
         if bound < 0:
             raise ValueError("the latent bound must be >= 0")
-        if output not in ("residual", "decoded"):
-            raise ValueError(f"output must be 'residual' or 'decoded', got {output!r}")
+        if output not in get_args(VAEOutput):
+            raise ValueError(f"output must be one of {get_args(VAEOutput)}, got {output!r}")
         self.vae = vae.requires_grad_(False).eval()
         self.bound = bound
         self.output = output

@@ -10,21 +10,18 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal, Union, get_args
+from typing import Any, ClassVar, Union
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
+from softdistill.enums import Loader, OnCorrupt, Replay
 from softdistill.data.readers import dataset_info
 from softdistill.data.shifts import parse_ood_specs
-from softdistill.data.views import AugmentConfig, Replay, ViewPlan
+from softdistill.data.views import AugmentConfig, ViewPlan
 from softdistill.schema import StrictConfig, describe_errors, not_identity
 
-__all__ = ["DataConfig", "DataFacts", "Loader", "OnCorrupt", "LOADERS", "ON_CORRUPT"]
+__all__ = ["DataConfig", "DataFacts"]
 
-Loader = Literal["memory", "stream", "auto"]
-OnCorrupt = Literal["fail", "skip"]
-LOADERS: tuple[str, ...] = get_args(Loader)
-ON_CORRUPT: tuple[str, ...] = get_args(OnCorrupt)
 
 
 class DataConfig(StrictConfig):

@@ -34,7 +34,7 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
@@ -42,7 +42,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from softdistill.atomic import ensure_folder, write_atomic, write_text_atomic
-from softdistill.data.config import ON_CORRUPT
+from softdistill.enums import ON_CORRUPT, OnCorrupt
 from softdistill.data.readers import Split, list_imagefolder, register_dataset
 from softdistill.data.samples import DatasetFormatError, DatasetNotFoundError, StreamSet, checked_ids, open_rgb
 from softdistill.hashing import data_fingerprint, sha256_of
@@ -347,7 +347,7 @@ def _run_tasks(tasks: list[_ShardTask], workers: int) -> Iterator[tuple[_ShardTa
 
 
 def pack_imagefolder(source: str | os.PathLike, out: str | os.PathLike, shard_size: ShardLimit,
-                     on_corrupt: Literal["fail", "skip"] = "fail", workers: int = 0, quiet: bool = False,
+                     on_corrupt: OnCorrupt = "fail", workers: int = 0, quiet: bool = False,
                      progress: Callable[..., Any] = tqdm) -> dict[str, Any]:
     """Pack the image folder ``source`` into shards in ``out`` (see the module docstring); returns the manifest.
 

@@ -39,7 +39,7 @@ from torch.utils.data import DataLoader, Dataset, get_worker_info
 from softdistill.data.loader import BatchLoader, BatchTransform, EpochBatches, Fetched, assemble, fetch, pixel_stats
 from softdistill.data.samples import DatasetFormatError, StreamSet, TensorSet, UnreadableImageError
 from softdistill.data.views import ViewParams, ViewPlan, crop
-from softdistill.data.config import ON_CORRUPT
+from softdistill.enums import ON_CORRUPT
 from softdistill.hashing import hash_keys
 from softdistill.types import Batch
 

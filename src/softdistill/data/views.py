@@ -32,7 +32,7 @@ import hashlib
 import json
 import math
 from dataclasses import dataclass
-from typing import Any, Literal, get_args
+from typing import Any
 
 import numpy as np
 import torch
@@ -41,16 +41,13 @@ from pydantic import ConfigDict, Field, model_validator
 from scipy.special import betaincinv
 from torch import Tensor
 
+from softdistill.enums import MIX_KINDS, REPLAYS, Mix, Replay
 from softdistill.hashing import hash_below, hash_keys, hash_uniform, to_uniform
 from softdistill.schema import StrictConfig
 
 __all__ = ["AugmentConfig", "ViewPlan", "ViewParams", "crop", "hflip_", "Mix", "Replay", "MIX_KINDS", "REPLAYS",
            "RESIZED_CROP_ATTEMPTS"]
 
-Mix = Literal["none", "mixup", "cutmix"]
-Replay = Literal["cycle", "random"]
-MIX_KINDS: tuple[str, ...] = get_args(Mix)
-REPLAYS: tuple[str, ...] = get_args(Replay)
 
 # component numbers of the hashed draws (never reuse one for another meaning); the random resized
 # crop's attempt a draws its scale, ratio, top and left at _RESIZED_CROP + 4 a + (0, 1, 2, 3)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -13,10 +14,18 @@ from torch import Tensor, nn
 from softdistill.runtime.distributed import DistContext, all_reduce_sum
 from softdistill.types import Batch
 
-__all__ = ["Predictions", "predict", "evaluate", "classification_sums", "autocast"]
+__all__ = ["Predictions", "predict", "evaluate", "classification_sums", "autocast", "Amp", "TeacherDtype",
+           "TEACHER_DTYPES"]
 
 
-def autocast(device: torch.device, amp: str):
+#: ``train.amp``: the autocast dtype of a run
+Amp = Literal["off", "bf16", "fp16"]
+#: ``train.teacher_dtype``: the precision of an online teacher's inference, and its torch dtype (None: as trained)
+TeacherDtype = Literal["float32", "bfloat16", "float16"]
+TEACHER_DTYPES: dict[str, torch.dtype | None] = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def autocast(device: torch.device, amp: Amp | str):
     """Autocast to ``amp`` (off | bf16 | fp16) on ``device``'s type."""
     if amp == "off":
         return contextlib.nullcontext()

@@ -28,7 +28,7 @@ import torch
 from pydantic import Field, model_validator
 from torch import Tensor, nn
 
-from softdistill.augment.learned import AffineAugmentor, Augmentor, VAEAugmentor
+from softdistill.augment.learned import AffineAugmentor, Augmentor, VAEAugmentor, VAEOutput
 from softdistill.augment.vae import load_vae
 from softdistill.augment.visualize import save_image_grid
 from softdistill.compatibility import INPUT_GRAD, ONLINE
@@ -60,7 +60,7 @@ class VAESettings(StrictConfig):
     path: str | None = Field(None, description="a VAE checkpoint (vae.pt) or a VAE recipe (.yaml, trained once "
                                                "if its run is missing); relative to this recipe's folder")
     bound: float = Field(1.0, ge=0, description="max latent shift per dimension, in prior standard deviations")
-    output: Literal["residual", "decoded"] = Field(
+    output: VAEOutput = Field(
         "residual", description="residual: x + dec(z~) - dec(mu) (identity at zero); decoded: dec(z~)")
     noise_dim: int = Field(8, ge=0)
     width: int = Field(128, ge=1, description="hidden width of the latent perturbation network")

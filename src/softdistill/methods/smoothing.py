@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from softdistill.losses import label_smoothing_targets, soft_cross_entropy
+from softdistill.losses import SmoothingConvention, label_smoothing_targets, soft_cross_entropy
 from softdistill.methods.base import Method, MethodConfig, register_method
 from softdistill.types import Batch, StepOutput
 
@@ -22,7 +22,7 @@ class LabelSmoothing(Method):
     class Config(MethodConfig):
         name: Literal["ls"] = "ls"
         epsilon: float = Field(0.1, ge=0, lt=1)
-        convention: Literal["uniform", "others"] = "uniform"
+        convention: SmoothingConvention = "uniform"
 
     def forward(self, batch: Batch) -> StepOutput:
         logits = self.student(batch.x)

@@ -10,7 +10,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from softdistill.losses import tfkd_reg_loss
+from softdistill.losses import TfkdMode, tfkd_reg_loss
 from softdistill.methods.base import Method, MethodConfig, register_method
 from softdistill.types import Batch, StepOutput
 
@@ -28,7 +28,7 @@ class VirtualTeacher(Method):
         temperature: float = Field(20.0, gt=0)
         correct_prob: float | None = Field(None, gt=0, lt=1, description="a: the virtual teacher's probability of "
                                            "the truth (default 0.9 in paper mode, 0.99 in reference mode)")
-        mode: Literal["paper", "reference"] = "paper"
+        mode: TfkdMode = "paper"
         multiplier: float = Field(1.0, gt=0, description="reference mode only: the authors' per-model factor (50-100)")
 
         @model_validator(mode="after")

@@ -7,9 +7,9 @@ top-k with its rebuilding rule), ``writer`` (labelling, resumable and distribute
 store is :mod:`softdistill.soft_labels.store`.
 """
 
-from softdistill.store.encoding import Encoding, topk_encode, topk_logits
+from softdistill.store.encoding import Encoding, EncodingConfig, topk_encode, topk_logits
 from softdistill.store.format import FORMAT, StoreError
 from softdistill.store.reader import Store, plan_of
 from softdistill.store.writer import write_store
 
-__all__ = ["Encoding", "topk_encode", "topk_logits", "FORMAT", "StoreError", "Store", "plan_of", "write_store"]
+__all__ = ["Encoding", "EncodingConfig", "topk_encode", "topk_logits", "FORMAT", "StoreError", "Store", "plan_of", "write_store"]

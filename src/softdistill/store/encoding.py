@@ -20,13 +20,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import numpy as np
 import torch
+from pydantic import Field, model_validator
 from torch import Tensor
 
-__all__ = ["Encoding", "topk_encode", "topk_logits"]
+from softdistill.schema import StrictConfig
+
+__all__ = ["Encoding", "EncodingConfig", "EncodingKind", "EncodingDtype", "ENCODING_KINDS", "ENCODING_DTYPES",
+           "topk_encode", "topk_logits"]
 
 
 def topk_encode(logits: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
@@ -49,20 +53,44 @@ def topk_logits(values: Tensor, indices: Tensor, tail: Tensor, num_classes: int)
     return fill.scatter(-1, indices.long(), values.float())
 
 
+EncodingKind = Literal["full", "topk"]
+EncodingDtype = Literal["float32", "float16"]
+ENCODING_KINDS: tuple[str, ...] = get_args(EncodingKind)
+ENCODING_DTYPES: tuple[str, ...] = get_args(EncodingDtype)
+
+
+class EncodingConfig(StrictConfig):
+    """``encoding:`` of a label recipe: how a store encodes each soft label (see the module docstring)."""
+
+    kind: EncodingKind = Field("full", description="full: every logit; topk: the k largest + the tail's mass")
+    dtype: EncodingDtype = Field("float32", description="of the logits (full) or top-k values")
+    k: int | None = Field(None, ge=1, description="topk: how many classes are kept")
+
+    @model_validator(mode="after")
+    def _k_for_topk(self) -> "EncodingConfig":
+        if (self.kind == "topk") != (self.k is not None):
+            raise ValueError("encoding.k is needed for kind: topk and only there")
+        return self
+
+    def encoding(self, num_classes: int) -> "Encoding":
+        """The encoding of these settings for ``num_classes`` classes."""
+        return Encoding(self.kind, num_classes, self.dtype, self.k)
+
+
 @dataclass(frozen=True)
 class Encoding:
     """An encoding (``full`` or ``topk``, see the module docstring) for ``num_classes`` classes."""
 
-    kind: Literal["full", "topk"]
+    kind: EncodingKind
     num_classes: int
-    dtype: Literal["float32", "float16"] = "float32"
+    dtype: EncodingDtype = "float32"
     k: int | None = None
 
     def __post_init__(self) -> None:
-        if self.kind not in ("full", "topk"):
-            raise ValueError(f"encoding kind must be full or topk, got {self.kind!r}")
-        if self.dtype not in ("float32", "float16"):
-            raise ValueError(f"encoding dtype must be float32 or float16, got {self.dtype!r}")
+        if self.kind not in ENCODING_KINDS:
+            raise ValueError(f"encoding kind must be one of {ENCODING_KINDS}, got {self.kind!r}")
+        if self.dtype not in ENCODING_DTYPES:
+            raise ValueError(f"encoding dtype must be one of {ENCODING_DTYPES}, got {self.dtype!r}")
         if self.kind == "topk" and (self.k is None or not 1 <= self.k <= self.num_classes):
             raise ValueError(f"a topk encoding needs 1 <= k <= {self.num_classes} (the class count), got k = {self.k}")
         if self.kind == "full" and self.k is not None:

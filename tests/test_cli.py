@@ -325,3 +325,16 @@ def test_a_file_with_pickled_objects_is_refused_without_advice_to_load_it_unsafe
     with pytest.raises(ValueError, match="cannot read soft-label file") as info:
         load_soft_labels(unsafe)
     assert "weights_only" not in str(info.value)
+
+
+def test_a_report_is_never_written_through_a_planted_link(tmp_path):
+    recipe = write_recipe(tmp_path, epochs=1, output_dir=str(tmp_path / "runs"))
+    assert main(["train", str(recipe), "--quiet"]) == 0
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    report = tmp_path / "report"
+    report.mkdir()
+    for name in ("report.md", "report.json"):
+        (report / name).symlink_to(victim)
+    assert main(["inspect", str(tmp_path / "runs" / "syn" / "seed0" / "best.pt"), "--output", str(report), "--quiet"]) == 0
+    assert victim.read_text() == "precious" and not any(p.is_symlink() for p in report.iterdir())

@@ -140,3 +140,13 @@ def test_a_read_only_or_full_disk_of_any_size_is_one_paragraph_for_every_command
         stopped[r["verb"]].append(r["size"])
     for verb, sizes in stopped.items():  # every command was stopped by a full disk at several sizes
         assert len(sizes) >= 3, (verb, sizes)
+
+
+def test_a_download_folder_that_cannot_be_made_is_one_paragraph(tmp_path, capsys):
+    blocker = tmp_path / "data"
+    blocker.write_text("a file")
+    recipe = tmp_path / "mnist.yaml"
+    recipe.write_text(yaml.safe_dump({**SYNTHETIC, "output_dir": str(tmp_path / "runs"),
+                                      "data": {"name": "mnist", "root": str(blocker / "mnist"), "download": True}}))
+    message = assert_one_paragraph("train", main(["train", str(recipe), "--quiet"]), capsys.readouterr().err)
+    assert f"{blocker} is a file, not a folder" in message  # before any download is tried

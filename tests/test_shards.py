@@ -2,7 +2,9 @@
 
 import json
 import os
+import re
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -302,9 +304,18 @@ def swap_contents(m):
     shards[1].update(a)
 
 
+def test_a_manifest_names_files_only_inside_its_pack(tmp_path):
+    _, shards = packed(tmp_path)
+    shutil.copy(shards / "train-00001.tar", tmp_path / "outside.tar")  # the same bytes, outside the pack
+    for name in ("../outside.tar", str(tmp_path / "outside.tar")):
+        edit_manifest(shards, lambda m: m["splits"]["train"]["shards"][1].update(file=name))
+        with pytest.raises(DatasetFormatError, match=rf"train shard entry 1: files '{re.escape(name)}', "
+                                                     r"'train-00001\.idx\.npy' \(expected 'train-00001\.tar'"):
+            shard_split(str(shards), "train", 8)
+        assert any("train shard entry 1" in p for p in verify_folder(shards, (PACK,)).problems)
+
+
 @pytest.mark.parametrize("edit, message", [
-    (lambda m: m["splits"]["train"]["shards"][1].update(file="../folder/train/ant/000.png"),
-     r"train shard entry 1: files '\.\./folder/train/ant/000\.png', 'train-00001\.idx\.npy' \(expected 'train-00001\.tar'"),
     (swap_entries, r"train shard entry 0: files 'train-00001\.tar', 'train-00001\.idx\.npy' \(expected 'train-00000\.tar'"),
     (lambda m: m["splits"]["train"]["shards"].pop(), r"the train shards hold 16 samples, the manifest's train\.samples "
                                                      r"says 18"),

@@ -466,7 +466,7 @@ def test_a_manifest_names_files_only_inside_its_store(labelled, tmp_path):
     outside.mkdir()
     shard = sorted(folder.glob("shard-00001-*.npy"))[0]
     shutil.copy(shard, outside / shard.name)
-    for name in (f"../../../../outside/{shard.name}", str(outside / shard.name)):
+    for name in (f"../../../outside/{shard.name}", str(outside / shard.name)):  # the store is tmp/runs/store/seed0
         edit_manifest(folder, lambda m: m["shards"][1].update(name=name))
         with pytest.raises(StoreError, match=r"is not the name of a file inside the folder"):
             Store(folder)
@@ -576,8 +576,14 @@ def test_a_label_lock_link_is_refused_and_no_store_file_is_written_through_a_lin
     err = capsys.readouterr().err
     assert f"the lock file {folder / LOCK} is a symbolic link" in err and victim.read_text() == "precious"
     (folder / LOCK).unlink()
-    for name in ("samples.npy",):  # (a summary.json would make the folder a training run's)
-        (folder / name).symlink_to(victim)
+    (folder / "manifest.json").symlink_to(victim)
+    assert main(["label", str(recipe.source), "--quiet"]) == 2
+    assert f"manifest.json is a symbolic link to {victim}, outside the folder" in capsys.readouterr().err
+    (folder / "manifest.json").unlink()
+    reference = load_label_recipe(label_recipe(tmp_path / "reference", teacher))
+    label_store(reference, quiet=True)  # the same shards: their names (with their hashes) are known
+    for name in ["samples.npy", *(p.name for p in store_folder(tmp_path / "reference").glob("shard-*.npy"))]:
+        (folder / name).symlink_to(victim)  # (a summary.json would make the folder a training run's)
     label_store(recipe, quiet=True)
     assert victim.read_text() == "precious" and Store(folder).verify() == []
     assert not any(p.is_symlink() for p in folder.iterdir())

@@ -148,17 +148,16 @@ class _Manifest(Section):
 
 @dataclass
 class StoreContents:
-    """A store's files as :func:`check_store` found them: every ``problem`` (empty: the store is sound),
-    the ``damaged`` shards (by index: missing, of another size or header, or another sha256 when
-    hashed), and what was opened on the way: the sample table and each shard memory-mapped."""
+    """A store's files as :func:`check_store` found them: every ``problem`` (empty: the store is sound)
+    and what was opened on the way: the encoding, the view plan, the sample table and each shard
+    memory-mapped (None for one that is missing or damaged)."""
 
     problems: list[str] = field(default_factory=list)
-    damaged: set[int] = field(default_factory=set)
     encoding: Encoding | None = None
     plan: ViewPlan | None = None
     ids: Tensor | None = None
     labels: Tensor | None = None
-    shards: list[np.ndarray] = field(default_factory=list)
+    shards: list[np.ndarray | None] = field(default_factory=list)
 
 
 def check_store(folder: Path, manifest: dict[str, Any], deep: bool = False) -> StoreContents:
@@ -204,11 +203,8 @@ def check_store(folder: Path, manifest: dict[str, Any], deep: bool = False) -> S
     if manifest["bytes"] != total:
         problems.append(f"bytes is {manifest['bytes']}, its files add up to {total}")
     _check_samples(folder, manifest, deep, found)
-    for position, entry in enumerate(entries):
-        array = _checked_shard(folder, entry, (entry["samples"], views), encoding.record_dtype, deep, found)
-        if array is None:
-            found.damaged.add(position)
-        found.shards.append(array)
+    found.shards = [_checked_shard(folder, entry, (entry["samples"], views), encoding.record_dtype, deep, found)
+                    for entry in entries]
     return found
 
 

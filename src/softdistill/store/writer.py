@@ -74,8 +74,8 @@ def _agree(error: BaseException | None, ctx: DistContext, what: str) -> None:
 
 def _prepare(folder: Path, header: dict[str, Any], ids: Tensor, labels: Tensor, lock: WriterLock, verify: bool,
              quiet: bool) -> bool:
-    """Check what ``folder`` holds, take the lock, remove what is damaged, write samples.npy and the
-    incomplete manifest; True when the same store is already complete and sound."""
+    """Check what ``folder`` holds, take the lock, write samples.npy and the incomplete manifest; True
+    when the same store is already complete and sound (a damaged one is made incomplete)."""
     ensure_folder(folder)
     held = [name for name in RUN_FILES if (folder / name).exists()]
     if held and not (folder / MANIFEST).exists():
@@ -89,15 +89,14 @@ def _prepare(folder: Path, header: dict[str, Any], ids: Tensor, labels: Tensor, 
             raise StoreError(f"{folder} holds another store (labelled with other settings):\n  " + "\n  ".join(diffs)
                              + "\nChoose another output folder, or delete that one to label it again.")
         if existing.get("complete"):
-            found = check_store(folder, existing, deep=verify)
-            if not found.problems:
+            problems = check_store(folder, existing, deep=verify).problems
+            if not problems:
                 return True
-            for index in sorted(found.damaged):
-                (folder / existing["shards"][index]["name"]).unlink(missing_ok=True)
+            # labelled again below: every shard file whose bytes do not match the hash in its name is removed
             (folder / "summary.json").unlink(missing_ok=True)
             if not quiet:
-                print(f"[softdistill] {folder}: the complete store is damaged ({'; '.join(found.problems)}): its "
-                      "damaged shards are labelled again")
+                print(f"[softdistill] {folder}: the complete store is damaged ({'; '.join(problems)}): its damaged "
+                      "shards are labelled again")
     remove_stale_temporaries(folder)  # left by a killed writer: never part of the store
     write_npy_atomic(folder / SAMPLES, samples_array(ids, labels))
     write_manifest(folder, {**header, "complete": False, "shards": []})

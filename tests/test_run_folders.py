@@ -327,3 +327,17 @@ def test_a_planted_lock_link_is_refused_and_no_run_file_is_written_through_a_lin
     assert victim.read_text() == "precious"
     assert all((recipe.run_dir / name).is_file() and not (recipe.run_dir / name).is_symlink() for name in written)
     assert load_checkpoint(recipe.run_dir / "last.pt")["epoch"] == 1
+
+
+def test_an_unreadable_copy_of_the_recipe_is_named(tmp_path, capsys):
+    from softdistill.cli import main
+
+    recipe = make_recipe(tmp_path, epochs=1)
+    recipe_file = tmp_path / "syn.yaml"
+    recipe_file.write_text(json.dumps(recipe.to_dict()))
+    assert main(["train", str(recipe_file), "--quiet"]) == 0
+    (recipe.run_dir / "config.yaml").write_bytes(b"\x00\xff{{: [")
+    capsys.readouterr()
+    assert main(["train", str(recipe_file), "--quiet", "--resume"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"{recipe.run_dir / 'config.yaml'} is not a readable copy of a recipe" in err and "\n" not in err

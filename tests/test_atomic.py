@@ -6,6 +6,7 @@ import stat
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -130,3 +131,65 @@ def test_stale_temporaries_of_dead_processes_are_removed(tmp_path):
     assert remove_stale_temporaries(tmp_path) == [stale]
     assert sorted(tmp_path.iterdir()) == sorted([live, *others])
     assert remove_stale_temporaries(tmp_path / "missing") == []
+
+
+# ------------------------------------------------------------------------------------------ symbolic links
+
+@pytest.fixture
+def victim(tmp_path):
+    """A file outside the folder written to, that a planted link points at: it must never change."""
+    path = tmp_path / "elsewhere" / "victim.txt"
+    path.parent.mkdir()
+    path.write_text("precious")
+    return path
+
+
+def test_a_link_at_a_written_path_is_replaced_never_written_through(tmp_path, victim):
+    folder = tmp_path / "run"
+    folder.mkdir()
+    writers = {"metrics.jsonl": lambda p: write_text_atomic(p, "{}\n"),
+               "last.pt": lambda p: save_checkpoint({"epoch": 1}, p),
+               "soft.pt": lambda p: torch_save_atomic(p, {"x": torch.zeros(2)}),
+               "index.npy": lambda p: write_atomic(p, lambda handle: np.save(handle, np.zeros(3)))}
+    for name, write in writers.items():
+        (folder / name).symlink_to(victim)
+        write(folder / name)
+        assert not (folder / name).is_symlink() and (folder / name).is_file(), name
+    assert victim.read_text() == "precious"
+
+
+def test_a_link_planted_at_the_temporary_name_is_refused(tmp_path, victim, monkeypatch):
+    import secrets
+
+    monkeypatch.setattr(secrets, "token_hex", lambda n: "0123456789abcdef")
+    (tmp_path / f".summary.json.{os.getpid()}.0123456789abcdef.tmp").symlink_to(victim)
+    with pytest.raises(FileWriteError, match="summary.json: File exists"):
+        write_text_atomic(tmp_path / "summary.json", "{}")
+    assert victim.read_text() == "precious" and not (tmp_path / "summary.json").exists()
+
+
+def test_a_lock_file_that_is_a_link_is_refused_naming_it(tmp_path, victim):
+    from softdistill.locking import hold_lock
+
+    lock = tmp_path / ".lock"
+    lock.symlink_to(victim)
+    with pytest.raises(FileWriteError, match=rf"the lock file {lock} is a symbolic link \(to {victim}\): softdistill "
+                                             "never writes through a link"):
+        with hold_lock(lock):
+            pass
+    lock.unlink()
+    os.link(victim, lock)  # a hard link: the same file under a second name
+    with pytest.raises(FileWriteError, match=r"\.lock has other names \(hard links\)"):
+        with hold_lock(lock):
+            pass
+    assert victim.read_text() == "precious"
+
+
+def test_numpys_short_write_on_a_full_disk_is_a_clear_error(tmp_path):
+    def short(handle):  # what ndarray.tofile raises when the C library writes less than asked
+        raise OSError("192 requested and 99 written")
+
+    with pytest.raises(FileWriteError, match=r"shard\.npy: numpy's file writer could write only part of the data, "
+                                             r"typically because the disk is full") as info:
+        write_atomic(tmp_path / "shard.npy", short)
+    assert info.value.disk_full and os.listdir(tmp_path) == []

@@ -308,3 +308,33 @@ def test_eval_refuses_images_of_another_shape_than_the_model_was_trained_on(tmp_
     assert main(["eval", str(tmp_path / "wide.pt"), "--data", "synthetic"]) == 2
     err = one_paragraph_error(capsys, "eval")
     assert "holds a model for 10 classes and 1x12x12 images; synthetic has 10 classes and 1x8x8 images" in err
+
+
+def test_a_file_with_pickled_objects_is_refused_without_advice_to_load_it_unsafely(tmp_path, capsys):
+    import argparse
+
+    from softdistill.soft_labels.table import load_soft_labels
+
+    unsafe = tmp_path / "unsafe.pt"
+    torch.save({"format": "softdistill-checkpoint-v1", "payload": argparse.Namespace(x=1)}, unsafe)
+    for argv in (["eval", str(unsafe)], ["inspect", str(unsafe), "--output", str(tmp_path / "report")]):
+        assert main(argv) == 2
+        err = one_paragraph_error(capsys, argv[0])
+        assert str(unsafe) in err and "not plain data or tensors (Unsupported global: GLOBAL argparse.Namespace" in err
+        assert "weights_only" not in err and "add_safe_globals" not in err and "trust" not in err
+    with pytest.raises(ValueError, match="cannot read soft-label file") as info:
+        load_soft_labels(unsafe)
+    assert "weights_only" not in str(info.value)
+
+
+def test_a_report_is_never_written_through_a_planted_link(tmp_path):
+    recipe = write_recipe(tmp_path, epochs=1, output_dir=str(tmp_path / "runs"))
+    assert main(["train", str(recipe), "--quiet"]) == 0
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    report = tmp_path / "report"
+    report.mkdir()
+    for name in ("report.md", "report.json"):
+        (report / name).symlink_to(victim)
+    assert main(["inspect", str(tmp_path / "runs" / "syn" / "seed0" / "best.pt"), "--output", str(report), "--quiet"]) == 0
+    assert victim.read_text() == "precious" and not any(p.is_symlink() for p in report.iterdir())

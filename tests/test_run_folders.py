@@ -304,3 +304,41 @@ def test_a_run_folder_that_cannot_hold_a_lock_is_a_clear_error(tmp_path, monkeyp
     with pytest.raises(FileWriteError, match=r"cannot create the lock file .*run/\.lock: Read-only file system"):
         with lock_run_folder(tmp_path / "run"):
             pass
+
+
+def test_a_planted_lock_link_is_refused_and_no_run_file_is_written_through_a_link(tmp_path, capsys):
+    from softdistill.cli import main
+
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    recipe = make_recipe(tmp_path, epochs=1)
+    recipe_file = tmp_path / "syn.yaml"
+    recipe_file.write_text(json.dumps(recipe.to_dict()))
+    recipe.run_dir.mkdir(parents=True)
+    (recipe.run_dir / ".lock").symlink_to(victim)  # ln -s /some/file RUN/.lock; softdistill train ...
+    assert main(["train", str(recipe_file), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert f"the lock file {recipe.run_dir / '.lock'} is a symbolic link (to {victim})" in err and "\n" not in err.strip()
+    assert victim.read_text() == "precious"
+    (recipe.run_dir / ".lock").unlink()
+    written = ("config.yaml", "best.pt", "metrics.jsonl")  # (a last.pt or summary.json would make it a run's folder)
+    for name in written:
+        (recipe.run_dir / name).symlink_to(victim)
+    run_recipe(recipe, quiet=True)  # a new run: its files replace the links, never write into what they point at
+    assert victim.read_text() == "precious"
+    assert all((recipe.run_dir / name).is_file() and not (recipe.run_dir / name).is_symlink() for name in written)
+    assert load_checkpoint(recipe.run_dir / "last.pt")["epoch"] == 1
+
+
+def test_an_unreadable_copy_of_the_recipe_is_named(tmp_path, capsys):
+    from softdistill.cli import main
+
+    recipe = make_recipe(tmp_path, epochs=1)
+    recipe_file = tmp_path / "syn.yaml"
+    recipe_file.write_text(json.dumps(recipe.to_dict()))
+    assert main(["train", str(recipe_file), "--quiet"]) == 0
+    (recipe.run_dir / "config.yaml").write_bytes(b"\x00\xff{{: [")
+    capsys.readouterr()
+    assert main(["train", str(recipe_file), "--quiet", "--resume"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"{recipe.run_dir / 'config.yaml'} is not a readable copy of a recipe" in err and "\n" not in err

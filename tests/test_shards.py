@@ -2,7 +2,15 @@
 
 import json
 import os
+import re
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
 import tarfile
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,13 +19,13 @@ import torch
 from softdistill.cli import main
 from softdistill.data.loader import BatchLoader, BatchTransform
 from softdistill.data.prepare import prepare_data
-from softdistill.data.readers import load_split
-from softdistill.data.shards import (MANIFEST, PROGRESS, PackError, ShardLimit, pack_imagefolder, parse_shard_size,
-                                     plan_shards, verify_pack)
-from softdistill.data.readers import DatasetFormatError, DatasetNotFoundError
+from softdistill.data.readers import DatasetFormatError, DatasetNotFoundError, load_split
+from softdistill.data.shards import PACK, PROGRESS, PackError, ShardLimit, pack_imagefolder, parse_shard_size, plan_shards
 from softdistill.data.stream import CorruptImageWarning, StreamLoader
 from softdistill.data.views import ViewPlan
+from softdistill.atomic import process_alive
 from softdistill.hashing import data_fingerprint
+from softdistill.sharded import MANIFEST, seal, verify_folder
 from test_stream import assert_same_batches, write_folder
 
 Image = pytest.importorskip("PIL.Image")
@@ -72,7 +80,7 @@ def test_a_shard_is_a_webdataset_tar_and_its_index_points_at_each_image(tmp_path
         assert tar.extractfile(members[1]).read() == b"0"
         assert tar.extractfile(members[2]).read() == (folder / "train" / "ant" / "001.jpg").read_bytes()
     assert [len(p["shards"]) for p in manifest["splits"].values()] == [5, 2]  # 18 train and 6 test images by 4
-    assert verify_pack(shards) == []
+    assert verify_folder(shards, (PACK,)).problems == []
 
 
 def test_shards_need_an_image_size_and_a_pack_folder(tmp_path):
@@ -127,7 +135,7 @@ def test_a_stopped_pack_continues_and_a_half_written_shard_is_never_taken(tmp_pa
     resumed = pack_imagefolder(source, out, ShardLimit(images=4), quiet=True)
     assert (out / "train-00000.tar").stat().st_mtime_ns == kept and not (out / PROGRESS).exists()
     assert {k: v for k, v in resumed.items() if k != "source"} == {k: v for k, v in reference.items() if k != "source"}
-    assert verify_pack(out) == []
+    assert verify_folder(out, (PACK,)).problems == []
     assert pack_imagefolder(source, out, ShardLimit(images=4), quiet=True) == resumed  # finished: left as it is
     with pytest.raises(DatasetFormatError, match="finished pack of other files or settings"):
         pack_imagefolder(source, out, ShardLimit(images=3), quiet=True)
@@ -137,12 +145,12 @@ def test_a_missing_or_truncated_shard_is_named(tmp_path):
     _, shards = packed(tmp_path)
     tar = shards / "train-00001.tar"
     tar.write_bytes(tar.read_bytes()[:-600])
-    with pytest.raises(DatasetFormatError, match=r"train-00001\.tar: \d+ bytes, but .*manifest\.json lists \d+ "
-                                                 r"\(truncated or altered\)"):
+    with pytest.raises(DatasetFormatError, match=r"train shard 1 train-00001\.tar is truncated \(\d+ bytes, the "
+                                                 r"manifest says \d+\)"):
         load_split("shards", "train", root=str(shards), image_size=8)
-    assert any("train-00001.tar" in p for p in verify_pack(shards))
+    assert any("train-00001.tar" in p for p in verify_folder(shards, (PACK,)).problems)
     tar.unlink()
-    with pytest.raises(DatasetFormatError, match=r"train-00001\.tar: missing shard file"):
+    with pytest.raises(DatasetFormatError, match=r"train shard 1 train-00001\.tar is missing"):
         prepare_data("shards", root=str(shards), image_size=8, loader="stream")
     assert main(["data", "verify", str(shards)]) == 2
 
@@ -269,3 +277,203 @@ def test_a_store_labelled_on_the_folder_serves_a_run_on_its_shards(tmp_path):
         for batch in loader:  # each view of the shards is the view the teacher labelled on the folder
             with torch.inference_mode():
                 torch.testing.assert_close(store.logits(store.rows_of(batch.sample_id), batch.view), model(batch.x))
+
+
+# ------------------------------------------------------------------------------------------ untrusted manifests
+
+def edit_manifest(folder, change, reseal=True):
+    """Apply ``change(manifest)`` to a pack's manifest by hand (``reseal``: and recompute its own hash)."""
+    path = folder / MANIFEST
+    manifest = json.loads(path.read_text())
+    change(manifest)
+    path.write_text(json.dumps(seal(manifest) if reseal else manifest))
+
+
+def swap_entries(m):
+    shards = m["splits"]["train"]["shards"]
+    shards[0], shards[1] = shards[1], shards[0]
+
+
+def swap_contents(m):
+    """Entries 0 and 1 keep their names, but each lists the other's sizes and hashes (the files swapped)."""
+    shards = m["splits"]["train"]["shards"]
+    keys = ("samples", "bytes", "sha256", "index_bytes", "index_sha256")
+    a, b = ({k: s[k] for k in keys} for s in shards[:2])
+    shards[0].update(b)
+    shards[1].update(a)
+
+
+def test_a_manifest_names_files_only_inside_its_pack(tmp_path):
+    _, shards = packed(tmp_path)
+    shutil.copy(shards / "train-00001.tar", tmp_path / "outside.tar")  # the same bytes, outside the pack
+    for name in ("../outside.tar", str(tmp_path / "outside.tar")):
+        edit_manifest(shards, lambda m: m["splits"]["train"]["shards"][1].update(file=name))
+        with pytest.raises(DatasetFormatError, match=rf"train shard entry 1: files '{re.escape(name)}', "
+                                                     r"'train-00001\.idx\.npy' \(expected 'train-00001\.tar'"):
+            load_split("shards", "train", root=str(shards), image_size=8)
+        assert any("train shard entry 1" in p for p in verify_folder(shards, (PACK,)).problems)
+
+
+@pytest.mark.parametrize("edit, message", [
+    (swap_entries, r"train shard entry 0: files 'train-00001\.tar', 'train-00001\.idx\.npy' \(expected 'train-00000\.tar'"),
+    (lambda m: m["splits"]["train"]["shards"].pop(), r"the train shards hold 16 samples, the manifest's train\.samples "
+                                                     r"says 18"),
+    (lambda m: m["splits"]["train"].update(samples="18"), r"splits\.train\.samples: input should be a valid integer"),
+])
+def test_every_manifest_rule_is_checked_when_shards_are_read(tmp_path, edit, message):
+    _, shards = packed(tmp_path)
+    edit_manifest(shards, edit)
+    with pytest.raises(DatasetFormatError, match=message):
+        load_split("shards", "train", root=str(shards), image_size=8)
+
+
+def test_swapped_shard_files_are_found_by_the_order_of_their_samples(tmp_path):
+    _, shards = packed(tmp_path)
+    for suffix in (".tar", ".idx.npy"):  # the files of shards 0 and 1 swapped, the manifest made to match
+        a, b = shards / f"train-00000{suffix}", shards / f"train-00001{suffix}"
+        a.rename(tmp_path / "x")
+        b.rename(a)
+        (tmp_path / "x").rename(b)
+    edit_manifest(shards, swap_contents)
+    with pytest.raises(DatasetFormatError, match="the train shards' sample ids are not in increasing order"):
+        load_split("shards", "train", root=str(shards), image_size=8)
+
+
+def test_an_edited_pack_manifest_is_refused_and_verify_lists_every_problem(tmp_path, capsys):
+    _, shards = packed(tmp_path)
+    edit_manifest(shards, lambda m: m.update(class_names=["ant", "bee", "wasp"]), reseal=False)
+    with pytest.raises(DatasetFormatError, match="the manifest was changed after it was written"):
+        load_split("shards", "train", root=str(shards), image_size=8)
+    tar = shards / "test-00001.tar"
+    tar.write_bytes(tar.read_bytes()[:-512])
+    index = shards / "train-00002.idx.npy"
+    index.unlink()
+    for argv in (["verify", str(shards)], ["data", "verify", str(shards)]):  # one command, and its alias
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert "3 problem(s) found" in err and "the manifest was changed after it was written" in err
+        assert "test shard 1 test-00001.tar is truncated" in err and "the index of train shard 2 train-00002.idx.npy is " \
+                                                                   "missing" in err and "Pack the image folder again" in err
+
+
+def test_a_pack_of_the_version_before_the_self_hash_is_read(tmp_path, capsys):
+    _, shards = packed(tmp_path)
+
+    def legacy(m):
+        m.pop("manifest_sha256")
+        m["format"] = "softdistill-shards-v1"
+
+    edit_manifest(shards, legacy, reseal=False)
+    split = load_split("shards", "train", root=str(shards), image_size=8)
+    data, classes = split.samples, split.class_names
+    assert len(data) == 18 and classes == ("ant", "bee", "cat")
+    assert main(["verify", str(shards)]) == 0 and "carries no hash of its own" in capsys.readouterr().out
+    edit_manifest(shards, lambda m: m["splits"]["train"]["shards"].pop(), reseal=False)
+    with pytest.raises(DatasetFormatError, match="the train shards hold 16 samples"):
+        load_split("shards", "train", root=str(shards), image_size=8)
+
+
+# ------------------------------------------------------------------------------------------ the pack's process
+
+def test_pack_refuses_a_folder_with_other_files_or_inside_its_source(tmp_path):
+    source = write_folder(tmp_path / "folder")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(DatasetFormatError, match=r"out is not empty: it holds notes\.txt, which are not part of a pack"):
+        pack_imagefolder(source, out, ShardLimit(images=4), quiet=True)
+    for inside in (source, source / "train" / "packed"):
+        with pytest.raises(DatasetFormatError, match="is inside the image folder .*: the shards would be mixed with"):
+            pack_imagefolder(source, inside, ShardLimit(images=4), quiet=True)
+    assert (out / "notes.txt").read_text() == "mine" and not (source / "train" / "packed").exists()
+    assert not list(source.rglob("*.tar"))
+
+
+PACK_PAUSER = '''
+import os, sys, time
+from pathlib import Path
+import softdistill.data.shards as shards
+from softdistill.atomic import write_atomic
+from softdistill.cli import main
+
+MARKS = Path(os.environ["MARKS"])
+write_shard = shards._write_shard
+
+
+def pausing_write_shard(task):
+    """From train shard 2 on: a temporary file half written, a mark with this process's id, then a long sleep."""
+    if task.split == "train" and task.number >= 2:
+        def half(handle):
+            handle.write(b"half a shard")
+            handle.flush()
+            (MARKS / str(os.getpid())).touch()
+            print("PAUSED", flush=True)
+            time.sleep(600)
+        write_atomic(Path(task.out) / f"train-{task.number:05d}.tar", half)
+    return write_shard(task)
+
+
+shards._write_shard = pausing_write_shard
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
+'''
+
+
+def paused_pack(tmp_path, *extra):
+    """A ``softdistill data pack`` process paused in train shard 2 (each worker in its own), and the marks
+    folder where each paused process leaves its id."""
+    source = write_folder(tmp_path / "folder")
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    (tmp_path / "pauser.py").write_text(PACK_PAUSER)
+    argv = ["data", "pack", str(source), str(tmp_path / "out"), "--shard-size", "4", "--quiet", *extra]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src"), "MARKS": str(marks),
+           "PYTHONUNBUFFERED": "1"}
+    process = subprocess.Popen([sys.executable, str(tmp_path / "pauser.py"), *argv], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, env=env, start_new_session=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    return process, argv, marks
+
+
+def test_a_killed_pack_leaves_no_worker_running_and_a_rerun_clears_its_temporaries(tmp_path):
+    process, argv, marks = paused_pack(tmp_path, "--workers", "2")
+    try:
+        deadline = time.monotonic() + 120
+        while len(list(marks.iterdir())) < 2:  # both workers are writing a shard
+            assert process.poll() is None and time.monotonic() < deadline, process.stderr.read()
+            time.sleep(0.1)
+        workers = [int(p.name) for p in marks.iterdir()]
+        assert process.pid not in workers
+        process.kill()  # SIGKILL to the pack alone, as the out-of-memory killer would
+        process.wait()
+        deadline = time.monotonic() + 10
+        while any(process_alive(pid) for pid in workers) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not any(process_alive(pid) for pid in workers), "a pack worker outlived the pack"
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)  # whatever is left of its group
+    out = tmp_path / "out"
+    assert len(list(out.glob(".train-*.tmp"))) == 2  # the half-written shards of the killed workers
+    assert main(argv) == 0
+    assert not list(out.glob("*.tmp")) and not list(out.glob(".*")) and verify_folder(out, (PACK,)).problems == []
+
+
+def test_an_interrupted_pack_says_that_its_finished_shards_are_kept(tmp_path):
+    process, argv, _ = paused_pack(tmp_path)
+    try:
+        for line in process.stdout:
+            if line.strip() == "PAUSED":
+                os.killpg(process.pid, signal.SIGINT)
+                break
+        _, err = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    out = tmp_path / "out"
+    assert process.returncode == 130 and "Traceback" not in err
+    assert err.strip() == (f"softdistill data: interrupted; the shards finished so far are kept in {out} (the one "
+                           f"being written is not). Run the same command again to continue: "
+                           f"{shlex.join(['softdistill', *argv])}")
+    assert sorted(p.name for p in out.iterdir()) == ["pack-progress.json", "train-00000.idx.npy", "train-00000.tar",
+                                                     "train-00001.idx.npy", "train-00001.tar"]
+    assert main(argv) == 0 and verify_folder(out, (PACK,)).problems == []

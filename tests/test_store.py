@@ -14,7 +14,7 @@ import torch
 import torch.multiprocessing as mp
 import yaml
 
-import softdistill.store.format as store_format
+import softdistill.sharded as sharded
 import softdistill.store.writer as writer
 from softdistill.checkpoint import load_checkpoint
 from softdistill.cli import main
@@ -252,7 +252,7 @@ def test_two_writers_are_refused_and_a_stale_lock_is_taken_over(tmp_path, teache
     folder = store_folder(tmp_path)
     folder.mkdir(parents=True)
     with hold_lock(folder / LOCK):  # held as another process holds it: a lock of another open file
-        with pytest.raises(StoreError, match=r"is being written by another labelling process \(pid \d+ .*two writers "
+        with pytest.raises(StoreError, match=r"is being written by another 'softdistill label' process \(pid \d+ .*two writers "
                                              "on one store are refused"):
             label_store(recipe, quiet=True)
     dead = mp.get_context("spawn").Process(target=int)
@@ -277,7 +277,7 @@ def test_labelling_into_a_training_runs_folder_is_refused_and_the_run_kept(tmp_p
 
 def test_a_full_disk_stops_labelling_with_the_store_resumable(tmp_path, teacher, monkeypatch):
     recipe = load_recipe(label_recipe(tmp_path, teacher))
-    real_write = store_format.write_atomic
+    real_write = sharded.write_atomic
     calls = []
 
     def full_disk(handle):
@@ -287,12 +287,12 @@ def test_a_full_disk_stops_labelling_with_the_store_resumable(tmp_path, teacher,
         calls.append(path)
         return real_write(path, full_disk if len(calls) == 3 else write)  # the sample table, shard 0, then shard 1
 
-    monkeypatch.setattr(store_format, "write_atomic", disk_fills)
+    monkeypatch.setattr(sharded, "write_atomic", disk_fills)
     with pytest.raises(StoreError, match=r"the disk is full while writing shard 1 .*shards written so far are complete "
                                          "and kept .*run the same command again to continue"):
         label_store(recipe, quiet=True)
     assert not list(store_folder(tmp_path).glob("*.tmp"))  # the half-written shard was removed
-    monkeypatch.setattr(store_format, "write_atomic", real_write)
+    monkeypatch.setattr(sharded, "write_atomic", real_write)
     assert label_store(recipe, quiet=True)["labelled_records"] == (128 + 128 + 116) * 2
     assert Store(store_folder(tmp_path)).verify() == []
 
@@ -360,7 +360,7 @@ def test_damaged_and_foreign_folders_are_named(tmp_path, teacher, capsys):
     shards[1].write_bytes(bytes(data))
     assert main(["store", "verify", str(folder)]) == 2
     err = capsys.readouterr().err
-    assert f"shard 1 {shards[1].name}: its sha256 differs from the manifest's (the file is corrupted)" in err
+    assert f"shard 1 {shards[1].name}: its sha256 differs from the manifest's (the file is damaged or was replaced)" in err
     shards[2].write_bytes(shards[2].read_bytes()[:100])
     with pytest.raises(StoreError, match=rf"shard 2 {shards[2].name} is truncated \(100 bytes, the manifest says"):
         Store(folder)
@@ -413,3 +413,190 @@ def test_label_recipes_are_checked_when_they_load():
         raw = {k: v for k, v in {**base, **change}.items() if v is not None}
         with pytest.raises(ConfigError, match=message):
             LabelRecipe.from_dict(raw)
+
+
+# ------------------------------------------------------------------------------------------ untrusted files
+
+def edit_manifest(folder, change, reseal=True):
+    """Apply ``change(manifest)`` to a store's manifest by hand; ``reseal``: recompute its own hash, as a
+    careful forger would, so that the rule under test is the one that must catch the edit."""
+    path = folder / "manifest.json"
+    manifest = json.loads(path.read_text())
+    change(manifest)
+    path.write_text(json.dumps(sharded.seal(manifest) if reseal else manifest))
+
+
+@pytest.fixture
+def labelled(tmp_path, teacher):
+    """A complete store (4 shards of 128, 128, 128, 116 samples x 2 views) and its label recipe."""
+    recipe = load_recipe(label_recipe(tmp_path, teacher))
+    label_store(recipe, quiet=True)
+    return store_folder(tmp_path), recipe
+
+
+def test_an_edited_manifest_is_refused_by_its_own_hash(labelled):
+    folder, _ = labelled
+    edit_manifest(folder, lambda m: m["views"].update(crop_padding=2), reseal=False)
+    with pytest.raises(StoreError, match=r"manifest.json: the manifest was changed after it was written: its content no "
+                                         r"longer has the sha256 it records \(manifest_sha256\)"):
+        Store(folder)
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda m: m["views"].update(crop_padding=2, fingerprint="0" * 16),
+     r"views.fingerprint is '0{16}', the view plan the manifest records has '[0-9a-f]{16}': the views were edited"),
+    (lambda m: m["shards"].__setitem__(slice(0, 2), [{**m["shards"][0], **{k: m["shards"][1][k] for k in ("name", "sha256")}},
+                                                   {**m["shards"][1], **{k: m["shards"][0][k] for k in ("name", "sha256")}}]),
+     r"shard entry 0: name 'shard-00001-[0-9a-f]{16}.npy' \(expected 'shard-00000-"),
+    (lambda m: m["shards"][1].update(first=100), r"shard entry 1: first 100 \(expected 128\)"),
+    (lambda m: m["shards"].pop(2), r"the shard table lists 3 shard\(s\); 500 samples in shards of 128 make 4: an entry "
+                                   r"was deleted or added"),
+    (lambda m: m["shards"][0].update(first="0"), r"shards.0.first: input should be a valid integer"),
+    (lambda m: m.pop("samples_file"), r"samples_file: field required"),
+])
+def test_every_manifest_rule_is_checked_when_a_store_opens(labelled, edit, message):
+    folder, _ = labelled
+    edit_manifest(folder, edit)
+    with pytest.raises(StoreError, match=message):
+        Store(folder)
+
+
+def test_a_manifest_names_files_only_inside_its_store(labelled, tmp_path):
+    folder, _ = labelled
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    shard = sorted(folder.glob("shard-00001-*.npy"))[0]
+    shutil.copy(shard, outside / shard.name)
+    for name in (f"../../../outside/{shard.name}", str(outside / shard.name)):  # the store is tmp/runs/store/seed0
+        edit_manifest(folder, lambda m: m["shards"][1].update(name=name))
+        with pytest.raises(StoreError, match=r"is not the name of a file inside the folder"):
+            Store(folder)
+    edit_manifest(folder, lambda m: m["shards"][1].update(name=shard.name))
+    Store(folder)
+    shard.unlink()
+    shard.symlink_to(outside / shard.name)  # the same bytes, but leading out of the store
+    with pytest.raises(StoreError, match=rf"shard 1: {shard.name} is a symbolic link to {outside / shard.name}, "
+                                         "outside the folder"):
+        Store(folder)
+
+
+def test_verify_reports_every_problem_it_is_shown(labelled, capsys):
+    folder, _ = labelled
+    shards = sorted(folder.glob("shard-*.npy"))
+    data = bytearray(shards[0].read_bytes())
+    data[-1] ^= 0xFF
+    shards[0].write_bytes(bytes(data))
+    shards[3].write_bytes(shards[3].read_bytes()[:-4])
+    edit_manifest(folder, lambda m: m["shards"][1].update(first=5), reseal=False)
+    assert main(["verify", str(folder)]) == 2
+    err = capsys.readouterr().err
+    for expected in ("the manifest was changed after it was written", "shard entry 1: first 5 (expected 128)",
+                     f"shard 0 {shards[0].name}: its sha256 differs", f"shard 3 {shards[3].name} is truncated",
+                     "Delete the store and label it again"):
+        assert expected in err, expected
+    assert "4 problem(s) found" in err and "Traceback" not in err
+
+
+def test_a_store_of_the_version_before_the_self_hash_is_read_by_every_rule(labelled, capsys):
+    folder, _ = labelled
+
+    def legacy(m):
+        m.pop("manifest_sha256")
+        m["format"] = "softdistill-store-v1"
+
+    edit_manifest(folder, legacy, reseal=False)
+    assert Store(folder).views == 2
+    assert main(["store", "verify", str(folder)]) == 0  # the alias of 'softdistill verify'
+    assert "carries no hash of its own" in capsys.readouterr().out
+    edit_manifest(folder, lambda m: m["views"].update(crop_padding=2), reseal=False)
+    with pytest.raises(StoreError, match="views.fingerprint is .* the views were edited"):
+        Store(folder)
+    edit_manifest(folder, lambda m: m["views"].update(crop_padding=1), reseal=False)
+    edit_manifest(folder, lambda m: m["shards"].pop(), reseal=False)
+    with pytest.raises(StoreError, match="an entry was deleted or added"):
+        Store(folder)
+
+
+def test_a_deleted_entry_stops_training_when_the_store_opens_not_mid_epoch(labelled, tmp_path, capsys):
+    folder, _ = labelled
+    edit_manifest(folder, lambda m: m["shards"].pop())
+    recipe = student_recipe(tmp_path, {"source": "store", "path": str(folder)}, "deleted")
+    assert main(["train", str(recipe), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "an entry was deleted or added" in err and "\n" not in err and "IndexError" not in err
+    assert not (tmp_path / "runs" / "deleted").exists() or not list((tmp_path / "runs" / "deleted").rglob("*.pt"))
+
+
+def test_a_shard_with_a_broken_header_is_named(labelled):
+    folder, _ = labelled
+    shard = sorted(folder.glob("shard-*.npy"))[2]
+    data = shard.read_bytes()
+    length = int.from_bytes(data[8:10], "little")  # a format 1.0 header: magic, version, 2-byte length, text
+    objects = "{'descr': '|O', 'fortran_order': False, 'shape': (128, 2), }".ljust(length - 1) + "\n"
+    for header in (objects, "{'descr': [('logits', ".ljust(length - 1) + "\n"):  # object records; a cut header
+        shard.write_bytes(data[:10] + header.encode("latin1") + data[10 + length:])
+        with pytest.raises(StoreError, match=rf"{shard}: not a readable .npy file of plain records"):
+            Store(folder)
+
+
+def test_label_repairs_a_damaged_complete_store_and_training_from_it_works(labelled, tmp_path, monkeypatch, capsys):
+    folder, recipe = labelled
+    before = shard_hashes(folder)
+    shards = sorted(folder.glob("shard-*.npy"))
+    shards[1].write_bytes(shards[1].read_bytes()[:-100])  # truncated
+    student = student_recipe(tmp_path, {"source": "store", "path": str(folder)}, "s1")
+    assert main(["train", str(student), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "is truncated" in err and "'softdistill label RECIPE --verify' keeps the intact shards" in err
+    labelled_again = []
+    original = writer.write_shard
+    monkeypatch.setattr(writer, "write_shard", lambda f, i, records: labelled_again.append(i) or original(f, i, records))
+    assert main(["label", str(recipe.recipe_file), "--quiet"]) == 0
+    assert labelled_again == [1] and shard_hashes(folder) == before
+    assert main(["train", str(student), "--quiet"]) == 0
+    data = bytearray(shards[2].read_bytes())
+    data[-1] ^= 0xFF  # a flipped bit: same size and header
+    shards[2].write_bytes(bytes(data))
+    assert label_store(recipe, quiet=True) is None  # sizes and headers only: nothing to repair seen
+    hashed = student_recipe(tmp_path, {"source": "store", "path": str(folder), "verify": True}, "s2")
+    assert main(["train", str(hashed), "--quiet"]) == 2
+    assert "its sha256 differs from the manifest's" in capsys.readouterr().err
+    assert main(["label", str(recipe.recipe_file), "--verify", "--quiet"]) == 0
+    assert labelled_again == [1, 2] and shard_hashes(folder) == before and Store(folder).verify() == []
+    assert main(["train", str(hashed), "--quiet"]) == 0
+
+
+def test_a_label_lock_link_is_refused_and_no_store_file_is_written_through_a_link(tmp_path, teacher, capsys):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    recipe = load_recipe(label_recipe(tmp_path, teacher))
+    folder = store_folder(tmp_path)
+    folder.mkdir(parents=True)
+    (folder / LOCK).symlink_to(victim)
+    assert main(["label", str(recipe.recipe_file), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert f"the lock file {folder / LOCK} is a symbolic link" in err and victim.read_text() == "precious"
+    (folder / LOCK).unlink()
+    (folder / "manifest.json").symlink_to(victim)
+    assert main(["label", str(recipe.recipe_file), "--quiet"]) == 2
+    assert f"manifest.json is a symbolic link to {victim}, outside the folder" in capsys.readouterr().err
+    (folder / "manifest.json").unlink()
+    reference = load_recipe(label_recipe(tmp_path / "reference", teacher))
+    label_store(reference, quiet=True)  # the same shards: their names (with their hashes) are known
+    for name in ["samples.npy", *(p.name for p in store_folder(tmp_path / "reference").glob("shard-*.npy"))]:
+        (folder / name).symlink_to(victim)  # (a summary.json would make the folder a training run's)
+    label_store(recipe, quiet=True)
+    assert victim.read_text() == "precious" and Store(folder).verify() == []
+    assert not any(p.is_symlink() for p in folder.iterdir())
+
+
+def test_a_store_recipe_whose_folder_cannot_be_made_is_one_paragraph(tmp_path, teacher, capsys):
+    blocker = tmp_path / "blocked"
+    blocker.write_text("a file")
+    label_recipe(tmp_path, teacher)
+    student = student_recipe(tmp_path, {"source": "store", "recipe": "store.yaml"}, "s")
+    # the store (labelled first, in the student's output_dir) cannot get its folder
+    assert main(["train", str(student), "-o", f"output_dir={blocker}", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"cannot create the folder {blocker / 'store' / 'seed0'}: {blocker} is a file, not a folder" in err
+    assert "\n" not in err and "Traceback" not in err and blocker.read_text() == "a file"

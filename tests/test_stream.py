@@ -119,8 +119,24 @@ def test_a_corrupt_image_stops_the_epoch_naming_the_file(tmp_path, workers, how)
     damage(root / "train" / "bee" / "001.jpg", how)
     loader = StreamLoader(stream.train, 4, BatchTransform(stream.mean, stream.std), device=torch.device("cpu"),
                           workers=workers)  # on_corrupt: fail, the default
-    with pytest.raises(DatasetFormatError, match=r"bee/001\.jpg: cannot read image"):
+    with pytest.raises(DatasetFormatError, match=r"bee/001\.jpg: cannot read image") as info:
         list(loader)
+    assert "\n" not in str(info.value) and "DataLoader worker" not in str(info.value)  # the file's error, as it is
+
+
+def test_an_unreadable_image_read_by_a_worker_stops_training_with_one_paragraph(tmp_path, capsys):
+    from softdistill.cli import main
+
+    root = write_folder(tmp_path / "images")
+    damage(root / "train" / "bee" / "001.jpg", "truncated")
+    recipe = {"name": "s", "student": "mlp", "epochs": 1, "output_dir": str(tmp_path / "runs"),
+              "data": {"name": "imagefolder", "root": str(root), "image_size": 8, "val_size": 3, "batch_size": 4,
+                       "loader": "stream", "workers": 1, "mean": [0.5] * 3, "std": [0.25] * 3},
+              "train": {"device": "cpu", "threads": 1}}
+    (tmp_path / "s.yaml").write_text(json.dumps(recipe))
+    assert main(["train", str(tmp_path / "s.yaml"), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert re.fullmatch(r"softdistill train: error: \S+/train/bee/001\.jpg: cannot read image \(.*\)", err), err
 
 
 # ------------------------------------------------------------------------------ data.on_corrupt: skip

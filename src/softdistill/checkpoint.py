@@ -1,7 +1,8 @@
 """Checkpoint files: written atomically, read as untrusted input with clear errors, self-describing.
 
 A checkpoint is a dict saved with ``torch.save`` and read with ``weights_only=True`` (plain data
-and tensors only, no pickled code).  Its metadata has a typed schema (:class:`CheckpointMeta`):
+and tensors only, no pickled code; :func:`torch_load_plain`, which every file softdistill reads
+with ``torch.load`` goes through).  Its metadata has a typed schema (:class:`CheckpointMeta`):
 the model it holds (architecture, class count, input shape) or, for a VAE, its settings; the input
 normalisation; the data it was trained on; and the recipe.  So a checkpoint alone rebuilds a
 working model, and a checkpoint made on other data can be refused.  Beside the metadata: the
@@ -13,6 +14,7 @@ for a checkpoint written inside an epoch).
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -25,13 +27,36 @@ from softdistill.models import build_model
 from softdistill.schema import StrictConfig, describe_errors
 
 __all__ = ["CheckpointError", "FORMAT", "ModelSpec", "Normalization", "DataSpec", "CheckpointMeta", "save_checkpoint",
-           "load_checkpoint", "model_from_checkpoint", "check_model_fits"]
+           "load_checkpoint", "model_from_checkpoint", "check_model_fits", "UnreadableTorchFile", "torch_load_plain"]
 
 FORMAT = "softdistill-checkpoint-v1"
 
 
 class CheckpointError(RuntimeError):
     """A checkpoint that is missing, unreadable, or does not fit what it is loaded into."""
+
+
+class UnreadableTorchFile(ValueError):
+    """``torch.load`` could not read a file as plain data and tensors; the message says why in one line."""
+
+
+def torch_load_plain(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Any:
+    """``torch.load(path, weights_only=True)``: plain data and tensors only, never code.  Any failure is an
+    :class:`UnreadableTorchFile` that says why in one line, without torch's advice to load the file with
+    ``weights_only=False`` or to allow-list its classes, which must never be followed for a file whose
+    origin is unknown."""
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # torch raises several types for truncated, foreign or unsafe files
+        text = " ".join(str(exc).split())
+        unsafe = re.search(r"WeightsUnpickler error: (.*?\.)(?= |$)", text)
+        if unsafe:
+            reason = f"it holds Python objects that are not plain data or tensors ({unsafe[1]})"
+        elif "weights_only" in text:
+            reason = f"{type(exc).__name__}: it holds Python objects that are not plain data or tensors"
+        else:
+            reason = text or type(exc).__name__
+        raise UnreadableTorchFile(reason) from None
 
 
 class ModelSpec(StrictConfig):
@@ -100,10 +125,10 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path}")
     try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # torch raises several types for truncated or foreign files
+        payload = torch_load_plain(path, map_location)
+    except UnreadableTorchFile as exc:
         raise CheckpointError(
-            f"cannot read checkpoint {path}: the file is truncated, corrupt or not a PyTorch file ({exc})"
+            f"cannot read checkpoint {path}: the file is truncated, corrupt or not a PyTorch file of plain data ({exc})"
         ) from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path} is a PyTorch file but not a softdistill checkpoint (format {FORMAT})")

@@ -1,4 +1,4 @@
-"""The ``softdistill`` command: train, train-vae, label, store, data, eval, compare, quickstart, inspect.
+"""The ``softdistill`` command: train, train-vae, label, verify, store, data, eval, compare, quickstart, inspect.
 
 Also reachable as ``python -m softdistill`` (which is what torchrun needs:
 ``torchrun --nproc_per_node=2 -m softdistill train RECIPE``).
@@ -12,6 +12,7 @@ import os
 import shlex
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 __all__ = ["main", "build_parser"]
 
@@ -29,6 +30,17 @@ def _recipe_arguments(parser: argparse.ArgumentParser, recipe_help: str, *, over
         parser.add_argument("--resume", action="store_true",
                             help="continue the run in its folder from last.pt; the result equals an uninterrupted run")
     parser.add_argument("--quiet", action="store_true", help=quiet_help)
+
+
+def _verify_parser(sub: Any, name: str, folder_help: str) -> None:
+    """The ``verify`` command (also ``store verify`` and ``data verify``): one handler for either folder."""
+    verify = sub.add_parser(name, help="check a store or shard folder: every file's sha256 and every manifest rule",
+                            description="Check FOLDER (a store written by 'softdistill label' or shards written by "
+                                        "'softdistill data pack', recognised by its manifest): the manifest's own "
+                                        "hash and rules, every file's size and sha256. Exit status 2 with every "
+                                        "problem named when one is found.")
+    verify.add_argument("folder", metavar="FOLDER", help=folder_help)
+    verify.set_defaults(handler=_cmd_verify)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -62,13 +74,14 @@ def build_parser() -> argparse.ArgumentParser:
                                      "under torchrun to label disjoint shards per process.")
     _recipe_arguments(lab, "path of a YAML label recipe", resume=False, quiet_help="no progress bar",
                       seed_help="shortcut for -o seed=N (the view seed unless data.view_seed is set)")
+    lab.add_argument("--verify", action="store_true",
+                     help="hash every file of a store that is already complete (without it: sizes and headers) and "
+                          "label its damaged shards again")
 
+    _verify_parser(sub, "verify", "a store or shard folder")
     st = sub.add_parser("store", help="check a store", description="Commands on a store folder.")
     st_sub = st.add_subparsers(dest="store_command", required=True, metavar="STORE_COMMAND")
-    verify = st_sub.add_parser("verify", help="check every shard of a store against its manifest's sha256",
-                               description="Hash every file of STORE and compare with the manifest; exit status 2 "
-                                           "and the damaged shards named when one differs.")
-    verify.add_argument("store", help="a store folder")
+    _verify_parser(st_sub, "verify", "a store folder (the same as 'softdistill verify STORE')")
 
     dat = sub.add_parser("data", help="pack an image folder into shards, check shards",
                          description="Commands on data sets (docs/data.md).")
@@ -76,8 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
     pack = dat_sub.add_parser("pack", help="pack an image folder into shards (data.name: shards)",
                               description="Write the images of SRC_FOLDER/train/<class>/* and SRC_FOLDER/val/<class>/* "
                                           "(or test/) into OUT: tar shards of the files' own bytes, an index per "
-                                          "shard and manifest.json (sizes, sha256). Every file is written "
-                                          "atomically; a stopped pack continues where it stopped when run again.")
+                                          "shard and manifest.json (sizes, sha256). OUT must be new or empty, and "
+                                          "outside SRC_FOLDER. Every file is written atomically; a stopped pack "
+                                          "continues where it stopped when run again.")
     pack.add_argument("source", metavar="SRC_FOLDER", help="an image folder: train/<class>/*, val/<class>/*")
     pack.add_argument("out", metavar="OUT", help="the folder the shards go to")
     pack.add_argument("--shard-size", default="1000", metavar="SIZE",
@@ -89,10 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     pack.add_argument("--workers", type=int, default=0,
                       help="processes that read, check and write shards (default 0: this process)")
     pack.add_argument("--quiet", action="store_true", help="no progress bar")
-    dverify = dat_sub.add_parser("verify", help="check every shard against the manifest's sha256",
-                                 description="Hash every file of a pack folder and compare with its manifest; exit "
-                                             "status 2 and the damaged files named when one differs.")
-    dverify.add_argument("folder", help="a folder written by softdistill data pack")
+    _verify_parser(dat_sub, "verify", "a folder written by softdistill data pack (the same as 'softdistill verify "
+                                      "FOLDER')")
 
     ev = sub.add_parser("eval", help="evaluate a checkpoint on a data split",
                         description="Top-1 accuracy and cross-entropy of a checkpoint. The data set, validation split "
@@ -206,7 +218,7 @@ def _cmd_label(args: argparse.Namespace) -> int:
 
     recipe = load_recipe(args.recipe, _overrides(args), kind="label")
     try:
-        run_recipe(recipe, quiet=args.quiet)
+        run_recipe(recipe, quiet=args.quiet, verify=args.verify)
     finally:
         shutdown_distributed()
     if int(os.environ.get("RANK", "0")) == 0:
@@ -214,43 +226,36 @@ def _cmd_label(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_store(args: argparse.Namespace) -> int:
-    from softdistill.store import Store, StoreError
-    from softdistill.store.writer import human_bytes
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from softdistill.data.shards import PACK
+    from softdistill.sharded import verify_folder
+    from softdistill.store.format import STORE
 
-    store = Store(args.store)
-    problems = store.verify()
-    if problems:
-        raise StoreError(f"{args.store}: {len(problems)} damaged file(s):\n  " + "\n  ".join(problems)
-                         + "\nLabel the store again (delete the named shards and run the label recipe: only they are "
-                           "labelled again).")
-    m = store.manifest
-    e = m["encoding"]
-    encoding = e["kind"] + (f" k={e['k']}" if e["k"] else "") + f" {e['dtype']}"
-    print(f"{args.store}: intact; {m['samples']} samples x {store.views} views, {encoding}, "
-          f"{len(m['shards'])} shard(s), {human_bytes(m['bytes'])}")
+    result = verify_folder(args.folder, (STORE, PACK))
+    fmt = result.fmt
+    if result.problems:
+        raise fmt.error(f"{args.folder}: {len(result.problems)} problem(s) found:\n  " + "\n  ".join(result.problems)
+                        + f"\n{fmt.redo if result.edited else fmt.repair}.")
+    unsealed = "" if result.sealed else (f"; its manifest ({result.manifest['format']}, written by an earlier version) "
+                                         "carries no hash of its own, so an edit that keeps every rule of the format "
+                                         "would go unnoticed")
+    print(f"{args.folder}: intact; {fmt.describe(result.manifest)}{unsealed}")
     return 0
 
 
 def _cmd_data(args: argparse.Namespace) -> int:
-    from softdistill.data.shards import pack_imagefolder, parse_shard_size, verify_pack
-    from softdistill.data.samples import DatasetFormatError
+    from softdistill.data.shards import describe, pack_imagefolder, parse_shard_size
+    from softdistill.runs import RunInterrupted, interruption
 
-    if args.data_command == "verify":
-        if problems := verify_pack(args.folder):
-            raise DatasetFormatError(f"{args.folder}: {len(problems)} damaged file(s):\n  " + "\n  ".join(problems)
-                                     + "\nPack the folder again (into a new folder).")
-        print(f"{args.folder}: intact")
-        return 0
     if args.workers < 0:
         raise ValueError(f"--workers must be >= 0, got {args.workers}")
-    manifest = pack_imagefolder(args.source, args.out, parse_shard_size(args.shard_size), on_corrupt=args.on_corrupt,
-                                workers=args.workers, quiet=args.quiet)
-    splits = ", ".join(f"{name} {part['samples']} images in {len(part['shards'])} shard(s)"
-                       for name, part in manifest["splits"].items())
+    kept = f"the shards finished so far are kept in {args.out} (the one being written is not)"
+    with interruption(lambda: RunInterrupted(kept, resume=False)):
+        manifest = pack_imagefolder(args.source, args.out, parse_shard_size(args.shard_size),
+                                    on_corrupt=args.on_corrupt, workers=args.workers, quiet=args.quiet)
     skipped = f"; skipped {len(manifest['skipped'])} unreadable image(s), listed in the manifest" \
         if manifest["skipped"] else ""
-    print(f"done: {args.out}: {splits}{skipped}")
+    print(f"done: {args.out}: {describe(manifest)}{skipped}")
     return 0
 
 
@@ -342,11 +347,10 @@ def _interrupted_message(command: str, argv: Sequence[str], exc: KeyboardInterru
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
-    handlers = {"train": _cmd_train, "train-vae": _cmd_train_vae, "label": _cmd_label, "store": _cmd_store,
-                "data": _cmd_data, "eval": _cmd_eval,
-                "compare": _cmd_compare, "quickstart": _cmd_quickstart, "inspect": _cmd_inspect}
+    handlers = {"train": _cmd_train, "train-vae": _cmd_train_vae, "label": _cmd_label, "data": _cmd_data,
+                "eval": _cmd_eval, "compare": _cmd_compare, "quickstart": _cmd_quickstart, "inspect": _cmd_inspect}
     try:
-        return handlers[args.command](args)
+        return getattr(args, "handler", handlers.get(args.command))(args)
     except _user_errors() as exc:
         if args.debug:
             raise

@@ -9,6 +9,10 @@ file system carries ``flock`` between clients (NFSv4; Linux NFS clients map it t
 locks), and a crashed host's lock ends when the server's lease expires (about 90 s on NFSv4);
 where the file system has no locks at all, the process goes ahead with a warning that nothing
 stops a second one.
+
+The lock file is opened without following a symbolic link, and must be a plain file with no other
+name (hard link): a lock file planted to make the holder's details overwrite another file is
+refused, naming it.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import fcntl
 import json
 import os
 import socket
+import stat
 import sys
 import time
 import warnings
@@ -26,7 +31,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from softdistill.atomic import FileWriteError
+from softdistill.atomic import DISK_FULL, FileWriteError
 
 __all__ = ["LockHeldError", "hold_lock", "describe_holder"]
 
@@ -57,18 +62,47 @@ def _read_holder(fd: int) -> dict[str, Any]:
     return holder if isinstance(holder, dict) else {}
 
 
+def _open_lock_file(path: Path) -> int:
+    """A read-write descriptor of the plain lock file ``path``, created if missing; never through a
+    symbolic link, never a file with another name.  :class:`FileWriteError` otherwise."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o666)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP and path.is_symlink():
+            raise FileWriteError(f"the lock file {path} is a symbolic link (to {os.readlink(path)}): softdistill never "
+                                 "writes through a link. Delete the link, then run again.") from None
+        raise FileWriteError(f"cannot create the lock file {path}: {exc.strerror}; fix the folder's permissions, "
+                             "free disk space or choose another output folder", exc.errno in DISK_FULL) from exc
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode) or info.st_nlink > 1:
+        os.close(fd)
+        what = "has other names (hard links)" if stat.S_ISREG(info.st_mode) else "is not a plain file"
+        raise FileWriteError(f"the lock file {path} {what}: writing the holder's details into it would change "
+                             "another file. Delete it, then run again.")
+    return fd
+
+
+def _write_holder(fd: int, path: Path) -> None:
+    """Write this process's details into the lock file (a full disk is a :class:`FileWriteError`)."""
+    mine = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S %z"),
+            "command": " ".join(sys.argv)}
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(mine).encode(), 0)
+    except OSError as exc:
+        raise FileWriteError(f"cannot write the lock file {path}: {exc.strerror}; free disk space or fix the "
+                             "folder's permissions, then run again", exc.errno in DISK_FULL) from exc
+
+
 @contextlib.contextmanager
 def hold_lock(path: str | os.PathLike) -> Iterator[dict[str, Any]]:
     """Hold the lock ``path`` while the block runs; yields what a previous holder that ended without
     releasing it had written (empty when there was none).  :class:`LockHeldError` when another
-    process holds it, :class:`~softdistill.atomic.FileWriteError` when the file cannot be created."""
+    process holds it, :class:`~softdistill.atomic.FileWriteError` when the file cannot be created
+    or is not a plain file of its own (a symbolic or hard link)."""
     path = Path(path)
     while True:
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
-        except OSError as exc:
-            raise FileWriteError(f"cannot create the lock file {path}: {exc.strerror}; fix the folder's permissions "
-                                 "or choose another output folder") from exc
+        fd = _open_lock_file(path)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -90,10 +124,7 @@ def hold_lock(path: str | os.PathLike) -> Iterator[dict[str, Any]]:
         os.close(fd)  # locked a file that its last holder had just removed: lock the new one
     try:
         left = _read_holder(fd)
-        mine = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S %z"),
-                "command": " ".join(sys.argv)}
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps(mine).encode(), 0)
+        _write_holder(fd, path)
         yield left
     finally:
         path.unlink(missing_ok=True)  # while still locked, so that no one locks the old file after us

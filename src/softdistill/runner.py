@@ -19,6 +19,7 @@ import torch
 import yaml
 
 from softdistill.artifacts import resolve_product
+from softdistill.atomic import ensure_folder
 from softdistill.build import Run, build_run, build_source, load_data, machine, make_loaders
 from softdistill.checkpoint import CheckpointMeta, load_checkpoint
 from softdistill.config import LabelRecipe, Recipe, RunRecipe, VAERecipe
@@ -67,9 +68,10 @@ def _labeller_identity(recipe: LabelRecipe, products: dict[Dependency, Path]) ->
             "normalization": normalization, "amp": recipe.train.amp}
 
 
-def label_store(recipe: LabelRecipe, *, quiet: bool = False) -> dict[str, Any] | None:
-    """Write (or continue) the store of ``recipe`` into ``recipe.run_dir``; the summary on rank 0
-    (None on other ranks or when the store was complete already)."""
+def label_store(recipe: LabelRecipe, *, quiet: bool = False, verify: bool = False) -> dict[str, Any] | None:
+    """Write (or continue, or repair) the store of ``recipe`` into ``recipe.run_dir``; the summary on
+    rank 0 (None on other ranks or when the store was complete and sound already).  ``verify``: a
+    complete store's files are hashed, not only sized."""
     ctx = machine(recipe)
     products = resolve_dependencies(recipe, quiet)
     data = load_data(recipe)
@@ -85,7 +87,7 @@ def label_store(recipe: LabelRecipe, *, quiet: bool = False) -> dict[str, Any] |
 
     run_dir = recipe.run_dir
     if ctx.is_main and run_dir_state(run_dir) == "new" and not (run_dir / "config.yaml").exists():
-        run_dir.mkdir(parents=True, exist_ok=True)
+        ensure_folder(run_dir)
         write_text_atomic(run_dir / "config.yaml", yaml.safe_dump(recipe.to_dict(), sort_keys=False))
     header = {"data": {**recipe.data.split_identity(), "class_names": list(data.class_names),
                        "image_shape": list(data.train.image_shape)},
@@ -96,7 +98,7 @@ def label_store(recipe: LabelRecipe, *, quiet: bool = False) -> dict[str, Any] |
     return write_store(run_dir, header, data.train.ids, data.train.labels, label,
                        encoding=recipe.encoding.encoding(data.num_classes), views=plan.distinct_views,
                        shard_samples=recipe.shard_samples, batch_size=recipe.data.eval_batch_size, ctx=ctx,
-                       quiet=quiet)
+                       quiet=quiet, verify=verify)
 
 
 def _interrupted_run(recipe: RunRecipe, run: Run | None) -> RunInterrupted:
@@ -137,10 +139,12 @@ def _holding_run_folder(run_dir: Path, ctx: DistContext) -> Iterator[None]:
         yield
 
 
-def run_recipe(recipe: RunRecipe, *, resume: bool = False, quiet: bool = False) -> dict[str, Any] | None:
+def run_recipe(recipe: RunRecipe, *, resume: bool = False, quiet: bool = False, verify: bool = False
+               ) -> dict[str, Any] | None:
     """Train what the recipe describes into ``recipe.run_dir`` (a label recipe: label its store,
-    which always continues where it stopped); return the run summary.  A training run's folder is
-    locked from its first write to the end: a second process on it is refused.
+    which always continues where it stopped and repairs damaged shards, hashing every file with
+    ``verify``); return the run summary.  A training run's folder is locked from its first write to
+    the end: a second process on it is refused.
 
     ``resume`` continues the run from its ``last.pt``; a finished run is left as it is.  Ctrl-C
     becomes a :class:`RunInterrupted` that says what the run folder keeps.
@@ -148,7 +152,7 @@ def run_recipe(recipe: RunRecipe, *, resume: bool = False, quiet: bool = False) 
     if isinstance(recipe, LabelRecipe):
         kept = f"{recipe.run_dir}: the shards labelled so far are kept"
         with interruption(lambda: RunInterrupted(kept, resume=False)):
-            return label_store(recipe, quiet=quiet)
+            return label_store(recipe, quiet=quiet, verify=verify)
     if resume and run_dir_state(recipe.run_dir) == "finished":
         return _finished_run(recipe, quiet)
     run = None

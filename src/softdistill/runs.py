@@ -116,7 +116,12 @@ def check_same_recipe(recipe: Any) -> None:
     path = recipe.run_dir / "config.yaml"
     if not path.is_file():
         return
-    diffs = recipe_differences(yaml.safe_load(path.read_text()), recipe)
+    try:
+        saved = yaml.safe_load(path.read_text())
+    except (UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise RunStateError(f"{path} is not a readable copy of a recipe ({' '.join(str(exc).split())}): restore it, or "
+                            f"delete {recipe.run_dir} to run it again") from None
+    diffs = recipe_differences(saved, recipe)
     if diffs:
         raise RunStateError(f"{recipe.run_dir} was produced by a different version of {recipe.noun} {recipe.name!r}:\n  "
                             + "\n  ".join(diffs) + "\nDelete that folder or choose another output_dir to rerun it.")

@@ -50,7 +50,7 @@ from typing import IO, TYPE_CHECKING, Literal, get_args
 import numpy as np
 import torch
 
-from softdistill.atomic import write_atomic
+from softdistill.atomic import ensure_folder, write_atomic
 from softdistill.data.samples import (DatasetFormatError, DatasetNotFoundError, FileSet, StreamSet, TensorSet,
                                       UnreadableImageError, _pillow)
 from softdistill.data.splits import stratified_split
@@ -333,7 +333,7 @@ def _locate(name: str, root: str | os.PathLike | None, download: bool) -> Path:
 
 def _download(name: str, target: Path) -> None:
     """Fetch the official files of ``name`` into its dataset folder ``target``, md5-checked."""
-    target.mkdir(parents=True, exist_ok=True)
+    ensure_folder(target)
     for url, md5 in DOWNLOADS[name]:
         filename = url.rsplit("/", 1)[-1]
         if filename.endswith(".tar.gz"):

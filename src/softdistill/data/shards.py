@@ -4,7 +4,7 @@
 ``SRC/val/<class>/*`` (or ``test/``)::
 
     OUT/manifest.json          format, class names, and per split: samples, fingerprint, shard table
-                               (file, index file, samples, bytes and sha256 of each)
+                               (file, index file, samples, bytes and sha256 of each); manifest_sha256
     OUT/train-00000.tar        a POSIX tar in the WebDataset layout: for every sample ``ID.EXT`` (the
                                source file's bytes, unchanged) and ``ID.cls`` (its label), ID = the
                                sample id on nine digits
@@ -12,13 +12,15 @@
                                bytes sit in the tar, so that one sample is one read
     OUT/test-00000.tar ...
     OUT/pack-progress.json     only while packing: the shards done, so that a stopped pack continues
+    OUT/pack.lock              only while packing: the one process that packs into OUT
 
 A sample's id is its row in the folder's official split (its position in the sorted listing, as
 the image folder source numbers it) and its image is the file's own bytes, so a split read from
 shards (``data.name: shards``, :func:`shard_split`) has the ids, labels and fingerprint of the
 folder and decodes to the same pixels: a soft-label store labelled on one serves the other.
 Every file is written atomically; a shard counts only once the manifest (or, while packing, the
-progress file) lists it, with its size and sha256.
+progress file) lists it, with its size and sha256.  The manifest is checked by the rules of
+:func:`check_pack` (with :mod:`softdistill.sharded`'s) whenever a split is read.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ import json
 import os
 import re
 import tarfile
+import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -38,25 +42,31 @@ from typing import Any
 
 import numpy as np
 import torch
+from pydantic import Field
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from softdistill.atomic import ensure_folder, write_atomic, write_text_atomic
-from softdistill.enums import ON_CORRUPT, OnCorrupt
+from softdistill.atomic import ensure_folder, process_alive, remove_stale_temporaries, write_atomic
 from softdistill.data.readers import Split, list_imagefolder, register_dataset
 from softdistill.data.samples import DatasetFormatError, DatasetNotFoundError, StreamSet, checked_ids, open_rgb
+from softdistill.enums import ON_CORRUPT, OnCorrupt
 from softdistill.hashing import data_fingerprint, sha256_of
+from softdistill.sharded import (HEX64, MANIFEST, FolderFormat, ListedFile, Section, WriterLock, load_npy,
+                                 read_manifest, shape_problems, write_manifest, write_npy_atomic)
 
-__all__ = ["FORMAT", "MANIFEST", "PROGRESS", "PackError", "ShardSet", "ShardLimit", "parse_shard_size", "plan_shards",
-           "pack_imagefolder", "read_pack_manifest", "shard_split", "verify_pack", "ON_CORRUPT"]
+__all__ = ["FORMAT", "LEGACY_FORMAT", "PACK", "PROGRESS", "PackError", "ShardSet", "ShardLimit", "parse_shard_size",
+           "plan_shards", "pack_imagefolder", "read_pack_manifest", "check_pack", "shard_split", "describe", "ON_CORRUPT"]
 
-FORMAT = "softdistill-shards-v1"
-MANIFEST = "manifest.json"
+FORMAT = "softdistill-shards-v2"
+LEGACY_FORMAT = "softdistill-shards-v1"  # before the manifest carried its own hash
 PROGRESS = "pack-progress.json"
 SPLITS = ("train", "test")
 INDEX_DTYPE = np.dtype([("id", "<i8"), ("label", "<i8"), ("offset", "<i8"), ("size", "<i8")])
 _SIZE = re.compile(r"(\d+)\s*([kmg]i?b)?", re.IGNORECASE)
 _UNITS = {"kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 2**10, "mib": 2**20, "gib": 2**30}
+# the files of a pack folder: its shards, indexes, manifest, progress file, lock and their temporaries
+_OWN = re.compile(r"\.?((train|test)-\d{5}\.(tar|idx\.npy)|manifest\.json|pack-progress\.json|pack\.lock)"
+                  r"(\.\d+\.[0-9a-f]{16}\.tmp)?")
 
 
 # ------------------------------------------------------------------------------------------------ reading
@@ -98,92 +108,170 @@ class ShardSet(StreamSet):
                         self.image_size, self.ids[index])
 
 
+def _shard_names(split: str, number: int) -> tuple[str, str]:
+    return f"{split}-{number:05d}.tar", f"{split}-{number:05d}.idx.npy"
+
+
+class _Shard(Section):
+    file: str
+    index: str
+    samples: int = Field(ge=0)
+    bytes: int = Field(ge=0)
+    sha256: str = Field(pattern=HEX64)
+    index_bytes: int = Field(ge=0)
+    index_sha256: str = Field(pattern=HEX64)
+
+
+class _Split(Section):
+    samples: int = Field(ge=0)
+    fingerprint: str
+    shards: list[_Shard]
+
+
+class _Splits(Section):
+    train: _Split
+    test: _Split
+
+
+class _Manifest(Section):
+    """The keys of a pack's manifest that reading it relies on."""
+
+    class_names: list[str]
+    splits: _Splits
+
+
+@dataclass
+class PackContents:
+    """What :func:`check_pack` found: every ``problem`` (empty: sound) and, per split it checked and
+    found sound, the shard files and the concatenated index of their samples."""
+
+    problems: list[str] = field(default_factory=list)
+    shards: dict[str, tuple[Path, ...]] = field(default_factory=dict)
+    index: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+def check_pack(folder: Path, manifest: dict[str, Any], splits: tuple[str, ...] = SPLITS,
+               deep: bool = False) -> PackContents:
+    """Every problem of the pack folder ``folder`` against its ``manifest``, for ``splits``: the
+    manifest's keys and types; each split's shard table (names in order, sample counts adding up to
+    the split's); each tar and index file against its entry (inside the folder, size; with ``deep``
+    sha256); each index against its shard (records, byte ranges inside the tar); the ids in
+    increasing order over the split, the labels among the classes and the split's fingerprint."""
+    found = PackContents()
+    if shape := shape_problems(manifest, _Manifest):
+        return PackContents(shape)
+    classes = len(manifest["class_names"])
+    for split in splits:
+        part = manifest["splits"][split]
+        problems: list[str] = []
+        indexes = []
+        for number, entry in enumerate(part["shards"]):
+            names = _shard_names(split, number)
+            if (entry["file"], entry["index"]) != names:
+                problems.append(f"{split} shard entry {number}: files {entry['file']!r}, {entry['index']!r} (expected "
+                                f"{names[0]!r}, {names[1]!r})")
+                continue
+            index = _checked_index(folder, entry, f"{split} shard {number}", deep, problems)
+            if index is not None:
+                indexes.append(index)
+        if sum(entry["samples"] for entry in part["shards"]) != part["samples"]:
+            problems.append(f"the {split} shards hold {sum(e['samples'] for e in part['shards'])} samples, the "
+                            f"manifest's {split}.samples says {part['samples']}")
+        if not problems:
+            index = np.concatenate(indexes) if indexes else np.zeros(0, INDEX_DTYPE)
+            problems += _index_problems(index, split, classes, part["fingerprint"])
+        if problems:
+            found.problems += problems
+            continue
+        found.shards[split] = tuple(folder / entry["file"] for entry in part["shards"])
+        found.index[split] = index
+    return found
+
+
+def _listed(entry: dict[str, Any], what: str) -> tuple[ListedFile, ListedFile]:
+    """The tar and the index file of a shard entry."""
+    return (ListedFile(what, entry["file"], entry["bytes"], entry["sha256"]),
+            ListedFile(f"the index of {what}", entry["index"], entry["index_bytes"], entry["index_sha256"]))
+
+
+def _checked_index(folder: Path, entry: dict[str, Any], what: str, deep: bool, problems: list[str]
+                   ) -> np.ndarray | None:
+    """The index of one shard, checked against its entry and its tar; None with a problem added."""
+    if bad := [p for f in _listed(entry, what) if (p := f.problem(folder, deep)) is not None]:
+        problems += bad
+        return None
+    path = folder / entry["index"]
+    try:
+        index = load_npy(path, DatasetFormatError)
+    except DatasetFormatError as exc:
+        problems.append(str(exc))
+        return None
+    if index.dtype != INDEX_DTYPE or index.shape != (entry["samples"],):
+        problems.append(f"{path}: expected {entry['samples']} records of {INDEX_DTYPE}, found {index.shape} of "
+                        f"{index.dtype}")
+        return None
+    if len(index) and (int(index["offset"].min()) < 0 or int(index["size"].min()) < 0
+                       or int((index["offset"] + index["size"]).max()) > entry["bytes"]):
+        problems.append(f"{path}: points outside {folder / entry['file']}")
+        return None
+    return index
+
+
+def _index_problems(index: np.ndarray, split: str, classes: int, fingerprint: str) -> list[str]:
+    """The samples of a split's shards against the rules: increasing ids, known labels, the fingerprint."""
+    ids, labels = torch.from_numpy(index["id"].copy()), torch.from_numpy(index["label"].copy())
+    if len(ids) > 1 and not bool((ids[1:] > ids[:-1]).all()):
+        return [f"the {split} shards' sample ids are not in increasing order: shards were swapped or replaced"]
+    if len(labels) and not (0 <= int(labels.min()) and int(labels.max()) < classes):
+        return [f"the {split} shards hold labels outside the {classes} classes of the manifest"]
+    if data_fingerprint(ids, labels) != fingerprint:
+        return [f"the {split} shards' ids and labels do not match the fingerprint in {MANIFEST} (an index was "
+                "replaced)"]
+    return []
+
+
 def read_pack_manifest(root: str | os.PathLike | None) -> dict[str, Any]:
     """The manifest of the pack folder ``root``; a :class:`DatasetNotFoundError` or :class:`DatasetFormatError`
-    saying what is wrong (no folder, an unfinished pack, another format)."""
+    saying what is wrong (no folder, an unfinished pack, another format, an edited manifest)."""
     if root is None:
         raise ValueError("data.name: shards needs data.root: a folder written by 'softdistill data pack'")
     folder = Path(root).expanduser()
-    path = folder / MANIFEST
-    if not path.is_file():
+    if not (folder / MANIFEST).is_file():
         unfinished = " (a pack was started there but not finished: run the same pack command again)" \
             if (folder / PROGRESS).is_file() else ""
         raise DatasetNotFoundError(f"{folder}: no shards, {MANIFEST} is missing{unfinished}; a shard folder is "
                                    "written by 'softdistill data pack SRC_FOLDER OUT'")
-    try:
-        manifest = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise DatasetFormatError(f"{path}: not a readable shard manifest ({exc})") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        found = manifest.get("format") if isinstance(manifest, dict) else None
-        raise DatasetFormatError(f"{path}: format {found!r}, expected {FORMAT!r} (written by 'softdistill data pack')")
-    return manifest
-
-
-def _checked_file(folder: Path, entry: dict[str, Any], key: str) -> Path:
-    """``folder / entry[key]``, which must exist with the size the manifest lists."""
-    path = folder / entry[key]
-    if not path.is_file():
-        raise DatasetFormatError(f"{path}: missing shard file listed in {folder / MANIFEST}; copy it back or "
-                                 "pack the folder again")
-    size, listed = path.stat().st_size, entry["bytes" if key == "file" else "index_bytes"]
-    if size != listed:
-        raise DatasetFormatError(f"{path}: {size} bytes, but {folder / MANIFEST} lists {listed} (truncated or "
-                                 "altered); copy it again or pack the folder again")
-    return path
-
-
-def _shard_index(folder: Path, entry: dict[str, Any]) -> np.ndarray:
-    """The index of one shard, checked against the manifest and the shard's size."""
-    tar = _checked_file(folder, entry, "file")
-    path = _checked_file(folder, entry, "index")
-    try:
-        index = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        raise DatasetFormatError(f"{path}: not a readable shard index ({exc})") from exc
-    if index.dtype != INDEX_DTYPE or index.shape != (entry["samples"],):
-        raise DatasetFormatError(f"{path}: expected {entry['samples']} records of {INDEX_DTYPE}, found "
-                                 f"{index.shape} of {index.dtype}")
-    if len(index) and int((index["offset"] + index["size"]).max()) > entry["bytes"]:
-        raise DatasetFormatError(f"{path}: points past the end of {tar}")
-    return index
+    return read_manifest(folder, PACK)
 
 
 @register_dataset("shards", files=True)
 def shard_split(split: str, data: Any) -> Split:
-    """One split (``train`` or ``test``) of the pack folder ``data.root``, decoded at ``data.image_size``.
-
-    Every shard must be there with its listed size (a missing or truncated one is an error naming
-    it), and the ids and labels must have the fingerprint the manifest recorded."""
+    """One split (``train`` or ``test``) of the pack folder ``data.root``, decoded at ``data.image_size``,
+    after the checks of :func:`check_pack` (a missing, truncated or inconsistent file is an error naming it)."""
     manifest = read_pack_manifest(data.root)
     folder = Path(data.root).expanduser()
-    part = manifest["splits"][split]
-    indexes = [_shard_index(folder, entry) for entry in part["shards"]]
-    index = np.concatenate(indexes) if indexes else np.zeros(0, INDEX_DTYPE)
-    shard = np.repeat(np.arange(len(indexes), dtype=np.int32), [len(i) for i in indexes])
+    found = check_pack(folder, manifest, (split,))
+    if found.problems:
+        raise DatasetFormatError(f"{folder} is damaged or was edited: " + "; ".join(found.problems) + f". {PACK.repair}.")
+    index = found.index[split]
+    sizes = [entry["samples"] for entry in manifest["splits"][split]["shards"]]
+    shard = np.repeat(np.arange(len(sizes), dtype=np.int32), sizes)
     ids, labels = torch.from_numpy(index["id"].copy()), torch.from_numpy(index["label"].copy())
-    if data_fingerprint(ids, labels) != part["fingerprint"]:
-        raise DatasetFormatError(f"{folder}: the {split} shards' ids and labels do not match the fingerprint in "
-                                 f"{MANIFEST} (an index was replaced); pack the folder again")
-    shards = tuple(folder / entry["file"] for entry in part["shards"])
-    return Split(ShardSet(shards, shard, index["offset"].copy(), index["size"].copy(), labels, data.image_size, ids),
-                 tuple(manifest["class_names"]))
+    return Split(ShardSet(found.shards[split], shard, index["offset"].copy(), index["size"].copy(), labels,
+                          data.image_size, ids), tuple(manifest["class_names"]))
 
 
-def verify_pack(root: str | os.PathLike) -> list[str]:
-    """Every file of the pack folder ``root`` hashed and compared with its manifest: the damaged ones."""
-    manifest = read_pack_manifest(root)
-    folder = Path(root).expanduser()
-    problems = []
-    for part in manifest["splits"].values():
-        for entry in part["shards"]:
-            for name, digest in ((entry["file"], entry["sha256"]), (entry["index"], entry["index_sha256"])):
-                path = folder / name
-                if not path.is_file():
-                    problems.append(f"{path}: missing")
-                elif sha256_of(path) != digest:
-                    problems.append(f"{path}: sha256 differs from the manifest's (damaged or altered)")
-    return problems
+def describe(manifest: dict[str, Any]) -> str:
+    """What a sound pack holds: the images and shards of each split."""
+    return ", ".join(f"{name} {part['samples']} images in {len(part['shards'])} shard(s)"
+                     for name, part in manifest["splits"].items())
+
+
+PACK = FolderFormat(
+    name=FORMAT, legacy=(LEGACY_FORMAT,), noun="shard folder", writer="softdistill data pack", error=DatasetFormatError,
+    lock="pack.lock", redo="Pack the image folder again, into an empty folder ('softdistill data pack SRC_FOLDER OUT')",
+    repair="Copy the named files again from an intact copy, or pack the image folder again into an empty folder",
+    check=lambda folder, manifest, deep: check_pack(folder, manifest, deep=deep).problems, describe=describe)
 
 
 # ------------------------------------------------------------------------------------------------ writing
@@ -241,10 +329,6 @@ class _ShardTask:
     on_corrupt: str
 
 
-def _shard_names(split: str, number: int) -> tuple[str, str]:
-    return f"{split}-{number:05d}.tar", f"{split}-{number:05d}.idx.npy"
-
-
 def _checked_image(path: Path, on_corrupt: str) -> bytes | None:
     """The bytes of the image file ``path`` once Pillow has decoded all of it; None for a corrupt file
     when skipping, else a :class:`DatasetFormatError` naming it."""
@@ -289,8 +373,7 @@ def _write_shard(task: _ShardTask) -> dict[str, Any]:
 
     out = Path(task.out)
     tar_path = write_atomic(out / tar_name, write)
-    index_path = write_atomic(out / index_name, lambda handle: np.lib.format.write_array(
-        handle, np.array(records, dtype=INDEX_DTYPE), allow_pickle=False))
+    index_path = write_npy_atomic(out / index_name, np.array(records, dtype=INDEX_DTYPE))
     return {"file": tar_name, "index": index_name, "samples": len(records), "bytes": tar_path.stat().st_size,
             "sha256": sha256_of(tar_path), "index_bytes": index_path.stat().st_size,
             "index_sha256": sha256_of(index_path), "skipped": skipped}
@@ -307,32 +390,49 @@ def _source_identity(source: Path, listings: dict[str, Any], sizes: dict[str, li
     return h.hexdigest()
 
 
-def _done_shards(out: Path, identity: str) -> dict[str, dict[str, Any]]:
-    """The shards a stopped pack of the same source wrote (by file name), each still there whole."""
-    path = out / PROGRESS
-    if not path.is_file():
+def _done_shards(out: Path, identity: str, tasks: list[_ShardTask]) -> dict[str, dict[str, Any]]:
+    """The shards of ``tasks`` that a stopped pack of the same source wrote (by file name), each still
+    there whole; none when the progress file is unreadable or was edited (they are written again)."""
+    if not (out / PROGRESS).is_file():
         return {}
     try:
-        progress = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        progress = read_manifest(out, PACK, name=PROGRESS)
+    except DatasetFormatError:
         return {}
     if progress.get("source") != identity:
-        raise DatasetFormatError(f"{out}: holds an unfinished pack of other files or settings ({path}); give "
-                                 "another output folder, or delete this one to start again")
-    return {entry["file"]: entry for entry in progress["shards"]
-            if all((out / entry[key]).is_file() and (out / entry[key]).stat().st_size == entry[size]
-                   for key, size in (("file", "bytes"), ("index", "index_bytes")))}
+        raise DatasetFormatError(f"{out}: holds an unfinished pack of other files or settings ({out / PROGRESS}); "
+                                 "give another output folder, or delete this one to start again")
+    names = {_shard_names(t.split, t.number) for t in tasks}
+    entries = [e for e in progress.get("shards", []) if not shape_problems(e, _Shard)]
+    return {e["file"]: e for e in entries
+            if (e["file"], e["index"]) in names and not any(f.problem(out) for f in _listed(e, e["file"]))}
+
+
+def _exit_with_parent(parent: int) -> None:
+    """Run in each pack worker as it starts: a thread that ends the worker once the pack's process
+    ``parent`` is gone (the worker is then given another parent), so that no worker outlives a
+    killed pack.  A worker whose parent died as it started ends at once."""
+    watched = os.getppid()  # the pack's process, or the fork server under that start method
+    if watched != parent and not process_alive(parent):
+        os._exit(1)
+
+    def watch() -> None:
+        while os.getppid() == watched:
+            time.sleep(0.1)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
 def _run_tasks(tasks: list[_ShardTask], workers: int) -> Iterator[tuple[_ShardTask, dict[str, Any]]]:
     """Each task with its shard's entry, in task order (a shard finished ahead of an earlier one waits for
-    it); in ``workers`` processes (0: here).  A worker's error stops the pack with that error; a worker
-    that dies stops it with a message, never a hang."""
+    it); in ``workers`` processes (0: here), which end with this process however it ends.  A worker's
+    error stops the pack with that error; a worker that dies stops it with a message, never a hang."""
     if workers == 0:
         for task in tasks:
             yield task, _write_shard(task)
         return
-    with ProcessPoolExecutor(max_workers=workers) as pool:
+    with ProcessPoolExecutor(max_workers=workers, initializer=_exit_with_parent, initargs=(os.getpid(),)) as pool:
         futures: dict[Future, _ShardTask] = {pool.submit(_write_shard, task): task for task in tasks}
         try:
             for future in futures:
@@ -346,18 +446,34 @@ def _run_tasks(tasks: list[_ShardTask], workers: int) -> Iterator[tuple[_ShardTa
                 pending.cancel()
 
 
+def _check_target(source: Path, out: Path) -> None:
+    """Refuse an output folder inside the source folder, or one that holds files other than a pack's."""
+    if out.resolve().is_relative_to(source.resolve()):
+        raise DatasetFormatError(f"{out} is inside the image folder {source}: the shards would be mixed with the "
+                                 "images they are made of; give an output folder outside it")
+    foreign = sorted(p.name for p in out.iterdir() if not _OWN.fullmatch(p.name)) if out.is_dir() else []
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        raise DatasetFormatError(f"{out} is not empty: it holds {shown}, which are not part of a pack; give an empty "
+                                 "(or new) output folder, or the folder of an unfinished pack of the same images to "
+                                 "continue it")
+
+
 def pack_imagefolder(source: str | os.PathLike, out: str | os.PathLike, shard_size: ShardLimit,
                      on_corrupt: OnCorrupt = "fail", workers: int = 0, quiet: bool = False,
                      progress: Callable[..., Any] = tqdm) -> dict[str, Any]:
     """Pack the image folder ``source`` into shards in ``out`` (see the module docstring); returns the manifest.
 
     ``on_corrupt``: ``fail`` stops at the first image Pillow cannot decode, naming it; ``skip`` leaves
-    such files out and lists them in the manifest (``skipped``).  A pack that stopped continues with
-    the shards it finished; one finished already is left as it is."""
+    such files out and lists them in the manifest (``skipped``).  ``out`` must be new, empty or hold
+    a pack of the same images: a pack that stopped continues with the shards it finished (the
+    temporary files of a killed one are removed); one finished already is left as it is.  One
+    process at a time packs into a folder (``pack.lock``)."""
     if on_corrupt not in ON_CORRUPT:
         raise ValueError(f"on_corrupt must be one of {ON_CORRUPT}, got {on_corrupt!r}")
     source, out = Path(source).expanduser(), Path(out).expanduser()
     listings = {split: list_imagefolder(source, split) for split in SPLITS}
+    _check_target(source, out)
     sizes = {split: [f.stat().st_size for f in listing.files] for split, listing in listings.items()}
     identity = _source_identity(source, listings, sizes, shard_size, on_corrupt)
     if (out / MANIFEST).is_file():
@@ -366,14 +482,26 @@ def pack_imagefolder(source: str | os.PathLike, out: str | os.PathLike, shard_si
             raise DatasetFormatError(f"{out}: holds a finished pack of other files or settings; give another output "
                                      "folder, or delete this one to pack again")
         return manifest
-    ensure_folder(out)
-    done = _done_shards(out, identity)
+    lock = WriterLock(ensure_folder(out), PACK, quiet)
+    lock.acquire()
+    try:
+        remove_stale_temporaries(out)  # of a killed pack: its workers are gone with it
+        return _pack(source, out, listings, sizes, identity, shard_size, on_corrupt, workers, quiet, progress)
+    finally:
+        lock.release()
+
+
+def _pack(source: Path, out: Path, listings: dict[str, Any], sizes: dict[str, list[int]], identity: str,
+          shard_size: ShardLimit, on_corrupt: str, workers: int, quiet: bool, progress: Callable[..., Any]
+          ) -> dict[str, Any]:
+    """The shards a stopped pack has not written yet, then the manifest (the lock held)."""
     tasks = []
     for split, listing in listings.items():
         labels = listing.labels.tolist()
         for number, (start, end) in enumerate(plan_shards(sizes[split], shard_size)):
             tasks.append(_ShardTask(str(out), split, number, tuple(str(f) for f in listing.files[start:end]),
                                     tuple(labels[start:end]), tuple(range(start, end)), on_corrupt))
+    done = _done_shards(out, identity, tasks)
     entries = dict(done)
     todo = [t for t in tasks if _shard_names(t.split, t.number)[0] not in done]
     total = sum(len(listing) for listing in listings.values())
@@ -382,10 +510,9 @@ def pack_imagefolder(source: str | os.PathLike, out: str | os.PathLike, shard_si
     with bar:
         for task, entry in _run_tasks(todo, workers):
             entries[entry["file"]] = entry
-            write_text_atomic(out / PROGRESS, json.dumps({"source": identity, "shards": list(entries.values())}))
+            write_manifest(out, {"format": FORMAT, "source": identity, "shards": list(entries.values())}, PROGRESS)
             bar.update(len(task.files))
-    manifest = _manifest(source, listings, tasks, entries, identity, shard_size, on_corrupt)
-    write_text_atomic(out / MANIFEST, json.dumps(manifest, indent=1))
+    manifest = write_manifest(out, _manifest(source, listings, tasks, entries, identity, shard_size, on_corrupt))
     (out / PROGRESS).unlink(missing_ok=True)
     return manifest
 

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from softdistill.data.loader import TensorSet
+from softdistill.data.samples import TensorSet
 
 __all__ = ["OOD_KINDS", "OODSpec", "parse_ood_spec", "parse_ood_specs", "ood_set", "ood_sets", "translate", "rotate",
            "gaussian_noise", "gaussian_blur"]

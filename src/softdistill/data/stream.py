@@ -148,13 +148,20 @@ class _Batches(Dataset):
     def __init__(self, data: StreamSet, decoder: Decoder, plan: ViewPlan | None, skip: bool = False) -> None:
         self.data, self.decoder, self.plan, self.skip = data, decoder, plan, skip
 
-    def __getitem__(self, key: tuple[Tensor | np.ndarray, Tensor | np.ndarray]) -> Fetched:
+    def __getitem__(self, key: tuple[Tensor | np.ndarray, Tensor | np.ndarray]) -> Fetched | DatasetFormatError:
+        """The batch of ``key``; in a DataLoader worker, a file's format error is returned, not raised, so that
+        the training process raises it as it is (PyTorch would wrap it in the worker's traceback)."""
         rows, views = (torch.as_tensor(k) for k in key)
         d = self.data
-        if not self.skip:
-            return fetch(rows, views, d.labels, d.ids, lambda r, v: self.decoder.batch(d, r, v), self.plan,
-                         placed=True)
-        return self._skipping(rows, views)
+        try:
+            if not self.skip:
+                return fetch(rows, views, d.labels, d.ids, lambda r, v: self.decoder.batch(d, r, v), self.plan,
+                             placed=True)
+            return self._skipping(rows, views)
+        except DatasetFormatError as exc:
+            if get_worker_info() is None:
+                raise
+            return exc
 
     def _skipping(self, rows: Tensor, views: Tensor) -> Fetched:
         d = self.data
@@ -196,8 +203,16 @@ class _Batches(Dataset):
         return fetched
 
 
-def _as_is(item: Fetched) -> Fetched:
+def _as_is(item: Fetched | DatasetFormatError) -> Fetched | DatasetFormatError:
     return item
+
+
+def _raised(items: Iterable[Fetched | DatasetFormatError]) -> Iterator[Fetched]:
+    """The batches of ``items``; a format error a worker returned is raised here, with its own message."""
+    for item in items:
+        if isinstance(item, DatasetFormatError):
+            raise item
+        yield item
 
 
 class DataWorkerError(RuntimeError):
@@ -229,7 +244,7 @@ def decoded(data: StreamSet, decoder: Decoder, plan: ViewPlan | None, batches: I
             try:
                 iterator = iter(loader)  # starts the workers
                 _keep_default_sigchld()  # PyTorch installs its handler at a process's first one
-                yield from iterator
+                yield from _raised(iterator)
             except Exception as exc:
                 died = _death_of(iterator, workers, what, exc)
                 if died is None:

@@ -32,8 +32,8 @@ from torch import Tensor, nn
 
 from softdistill.atomic import save_figure_atomic, write_text_atomic
 from softdistill.checkpoint import FORMAT as CHECKPOINT_FORMAT
-from softdistill.checkpoint import (CheckpointError, CheckpointMeta, check_model_fits, load_checkpoint,
-                                    model_from_checkpoint)
+from softdistill.checkpoint import (CheckpointError, CheckpointMeta, UnreadableTorchFile, check_model_fits,
+                                    load_checkpoint, model_from_checkpoint, torch_load_plain)
 from softdistill.data.config import DataConfig
 from softdistill.data.loader import BatchLoader, BatchTransform
 from softdistill.data.prepare import DataBundle, prepare_data
@@ -131,8 +131,8 @@ def _read_source(path: Path, data: str | None, split: str, root: str | None, dev
     if not path.is_file():
         raise ValueError(f"no file at {path}")
     try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
+        blob = torch_load_plain(path)
+    except UnreadableTorchFile as exc:
         raise CheckpointError(f"cannot read {path}: not a softdistill checkpoint or soft-label file ({exc})") from None
     if isinstance(blob, dict) and blob.get("format") == CHECKPOINT_FORMAT:
         payload = blob  # already read and recognised as a checkpoint above: no second load

@@ -1,4 +1,13 @@
-"""Process-group set-up for torchrun/DDP, and the few collectives the trainer needs."""
+"""Process-group set-up for torchrun/DDP (or a launch by hand: RANK, WORLD_SIZE, MASTER_ADDR and
+MASTER_PORT set for each process), and the few collectives the trainer needs.
+
+Every wait for the other processes is bounded by :func:`dist_timeout`: the rendezvous (a process
+other than rank 0 first waits, in Python, for rank 0's address to answer, so that it never sits
+in PyTorch's connection retries, which take twice the timeout) and every collective.  A failure
+is one paragraph (:func:`lost_rank_errors`); what PyTorch's C++ side writes to stderr while the
+process group forms (connection retries with stack frames) is held back, and shown, without the
+stack frames, only when the group forms.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +15,10 @@ import contextlib
 import math
 import os
 import re
+import socket
+import sys
+import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
@@ -18,7 +31,9 @@ __all__ = ["DistContext", "DistributedError", "init_distributed", "resolve_devic
 
 #: Environment variable: seconds a process waits for the others (rendezvous and collectives).
 TIMEOUT_ENV = "SOFTDISTILL_DIST_TIMEOUT"
-DEFAULT_DIST_TIMEOUT = 600
+DEFAULT_DIST_TIMEOUT = 180
+# the lines of a C++ stack trace that PyTorch appends to its logged errors
+_CPP_FRAME = re.compile(r"(frame #\d+: |Exception raised from |<omitting python frames>)")
 
 
 class DistributedError(RuntimeError):
@@ -90,9 +105,53 @@ def init_distributed(preference: str = "auto") -> DistContext:
         torch.cuda.set_device(device)
     if not dist.is_initialized():
         timeout = dist_timeout()
-        with lost_rank_errors():
+        with lost_rank_errors(), _cpp_messages_held():
+            if int(os.environ.get("RANK", "0")) != 0:
+                _wait_for_rank_zero(timeout)
             dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo", timeout=timeout)
     return DistContext(rank=dist.get_rank(), world_size=dist.get_world_size(), device=device)
+
+
+def _wait_for_rank_zero(timeout: timedelta) -> None:
+    """Wait until rank 0's rendezvous address (MASTER_ADDR:MASTER_PORT) accepts a connection, at most
+    ``timeout``; a :class:`DistributedError` when it never does."""
+    address, port = os.environ.get("MASTER_ADDR"), os.environ.get("MASTER_PORT")
+    if address is None or port is None or not port.isdigit():
+        return  # PyTorch reports the missing variables
+    deadline = time.monotonic() + timeout.total_seconds()
+    while True:
+        left = deadline - time.monotonic()
+        try:
+            with socket.create_connection((address, int(port)), timeout=max(min(left, 5.0), 0.1)):
+                return
+        except OSError as exc:
+            if left <= 0:
+                raise DistributedError(_lost_contact(f"nothing answered at MASTER_ADDR:MASTER_PORT = {address}:{port} "
+                                                     f"({exc.strerror or exc})")) from None
+            time.sleep(min(0.5, max(left, 0.0)))
+
+
+@contextlib.contextmanager
+def _cpp_messages_held() -> Iterator[None]:
+    """Send file descriptor 2 to a temporary file while the block runs (PyTorch's C++ side writes its
+    connection retries there, each with a stack trace); when the block succeeds, write what was held
+    to stderr without the stack frames; when it fails, drop it (the error says what happened)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    succeeded = False
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            yield
+            succeeded = True
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            if succeeded:
+                held.seek(0)
+                lines = held.read().decode(errors="replace").splitlines(keepends=True)
+                sys.stderr.write("".join(line for line in lines if not _CPP_FRAME.match(line.strip())))
 
 
 def _is_collective_failure(exc: RuntimeError) -> bool:
@@ -111,12 +170,16 @@ def lost_rank_errors() -> Iterator[None]:
     except RuntimeError as exc:
         if not _is_collective_failure(exc):
             raise
-        rank, world = os.environ.get("RANK", "?"), os.environ.get("WORLD_SIZE", "?")
         cause = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise DistributedError(
-            f"process {rank} of {world} lost contact with the others ({cause}). Another process died, never "
-            f"started or stopped responding; each gives up after {TIMEOUT_ENV} = {dist_timeout().total_seconds():g} s. "
-            "Restart every process (a run continues with --resume).") from exc
+        raise DistributedError(_lost_contact(cause)) from exc
+
+
+def _lost_contact(cause: str) -> str:
+    """The one paragraph of a process that lost the others, with its ``cause``."""
+    rank, world = os.environ.get("RANK", "?"), os.environ.get("WORLD_SIZE", "?")
+    return (f"process {rank} of {world} lost contact with the others ({cause}). Another process died, never "
+            f"started or stopped responding; each gives up after {TIMEOUT_ENV} = {dist_timeout().total_seconds():g} s "
+            f"(default {DEFAULT_DIST_TIMEOUT}). Restart every process (a run continues with --resume).")
 
 
 def all_reduce_sum(tensor: torch.Tensor, ctx: DistContext) -> torch.Tensor:

@@ -27,6 +27,7 @@ import torch
 from torch import Tensor
 
 from softdistill.atomic import torch_save_atomic
+from softdistill.checkpoint import UnreadableTorchFile, torch_load_plain
 from softdistill.compatibility import ANY_VIEW
 from softdistill.data.samples import IdIndex, TensorSet
 from softdistill.soft_labels.base import LookupSource
@@ -112,8 +113,8 @@ def load_soft_labels(path: str | os.PathLike) -> dict[str, Any]:
     if not path.is_file():
         raise ValueError(f"no soft-label file at {path}")
     try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
+        blob = torch_load_plain(path)
+    except UnreadableTorchFile as exc:
         raise ValueError(f"cannot read soft-label file {path}: {exc}") from None
     if not isinstance(blob, dict) or "labels" not in blob:
         raise ValueError(f"{path} is not a soft-label file: expected a dict with 'labels' and 'soft_labels' "

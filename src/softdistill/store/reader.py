@@ -1,32 +1,26 @@
 """Reading a store: memory-mapped shards, records looked up by (sample id, view).
 
-Opening a store reads its manifest and ``samples.npy`` and maps every shard after checking its
-size and header against the manifest (a truncated shard is named); it does not read the
-records, so it costs the same for any store size.  :meth:`Store.verify` checks every byte
-against the manifest's sha256 (``softdistill store verify``).
+Opening a store reads its manifest (which must be as it was written: its own sha256 matches) and
+``samples.npy``, and maps every shard after checking the manifest's rules and each file against
+them (:func:`~softdistill.store.format.check_store`: sizes, headers, the shard table's order and
+counts, the sample table's fingerprint; every problem is named); it does not read the records, so
+it costs the same for any store size.  :meth:`Store.verify` also checks every byte against the
+manifest's sha256 (``softdistill verify``).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from softdistill.data.samples import IdIndex
-from softdistill.data.views import ViewPlan
-from softdistill.store.encoding import Encoding
-from softdistill.store.format import SAMPLES, StoreError, read_manifest, read_samples, sha256_of
+from softdistill.sharded import read_manifest
+from softdistill.store.format import STORE, StoreError, check_store, plan_of
 
 __all__ = ["Store", "plan_of"]
-
-
-def plan_of(manifest: dict[str, Any]) -> ViewPlan:
-    """The view plan a manifest records."""
-    recorded = manifest["views"]  # a store of an earlier version lacks the resized crop's keys: it had none
-    return ViewPlan.model_validate({key: value for key, value in recorded.items() if key in ViewPlan.model_fields})
 
 
 class Store:
@@ -38,37 +32,20 @@ class Store:
 
     def __init__(self, folder: str | Path) -> None:
         self.folder = Path(folder)
-        self.manifest = manifest = read_manifest(self.folder)
+        self.manifest = manifest = read_manifest(self.folder, STORE)
         if not manifest.get("complete"):
             raise StoreError(f"{self.folder} is an incomplete store: labelling stopped before every shard was written "
                              "(run the same 'softdistill label' command again to continue)")
-        self.encoding = Encoding.from_dict(manifest["encoding"])
+        found = check_store(self.folder, manifest)
+        if found.problems:
+            raise StoreError(f"{self.folder} is damaged or was edited: " + "; ".join(found.problems) + f". {STORE.repair}.")
+        assert found.encoding is not None and found.plan is not None and found.ids is not None
+        self.encoding, self.plan = found.encoding, found.plan
         self.views = int(manifest["views_per_sample"])
         self.shard_samples = int(manifest["shard_samples"])
-        self.plan = plan_of(manifest)
-        samples = self.folder / SAMPLES
-        self._check_size(samples, manifest["samples_file"]["bytes"], "its sample table")
-        self.sample_ids, self.labels = read_samples(samples)
-        if len(self.sample_ids) != manifest["samples"]:
-            raise StoreError(f"{samples}: {len(self.sample_ids)} samples, the manifest says {manifest['samples']}")
+        self.sample_ids, self.labels = found.ids, found.labels
         self._index = IdIndex(self.sample_ids)
-        self.shards: list[np.memmap] = []
-        for entry in manifest["shards"]:
-            path = self.folder / entry["name"]
-            self._check_size(path, entry["bytes"], f"shard {entry['index']}")
-            array = np.load(path, mmap_mode="r", allow_pickle=False)
-            if array.shape != (entry["samples"], self.views) or array.dtype != self.encoding.record_dtype:
-                raise StoreError(f"{path}: records of shape {array.shape} and type {array.dtype}, the manifest says "
-                                 f"{(entry['samples'], self.views)} of {self.encoding.record_dtype}: the shard is damaged")
-            self.shards.append(array)
-
-    def _check_size(self, path: Path, expected: int, what: str) -> None:
-        if not path.is_file():
-            raise StoreError(f"{self.folder}: {what} {path.name} is missing")
-        size = path.stat().st_size
-        if size != expected:
-            raise StoreError(f"{self.folder}: {what} {path.name} is {'truncated' if size < expected else 'too long'} "
-                             f"({size} bytes, the manifest says {expected}); label the store again or restore the file")
+        self.shards: list[np.ndarray] = found.shards
 
     @property
     def teacher_checkpoint(self) -> Path | None:
@@ -122,11 +99,5 @@ class Store:
         return torch.cat(chunks)
 
     def verify(self) -> list[str]:
-        """Problems found by hashing every file against the manifest (empty: the store is intact)."""
-        problems = []
-        entries = [(self.manifest["samples_file"], "the sample table")]
-        entries += [(entry, f"shard {entry['index']}") for entry in self.manifest["shards"]]
-        for entry, what in entries:
-            if sha256_of(self.folder / entry["name"]) != entry["sha256"]:
-                problems.append(f"{what} {entry['name']}: its sha256 differs from the manifest's (the file is corrupted)")
-        return problems
+        """Every problem found by hashing each file against the manifest, and by its rules (empty: intact)."""
+        return check_store(self.folder, self.manifest, deep=True).problems

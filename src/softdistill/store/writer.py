@@ -8,7 +8,9 @@ the same bytes as one uninterrupted process).
 
 Under torchrun, rank r labels the shards i with ``i mod world_size = r``; rank 0 holds the lock,
 writes ``samples.npy`` and the manifest.  An interrupted run continues where it stopped: every
-shard already there and matching its hash is kept, every other one labelled again.
+shard already there and matching its hash is kept, every other one labelled again.  A complete
+store is checked first (:func:`~softdistill.store.format.check_store`: sizes and headers, and with
+``verify`` every file's sha256): a damaged or missing shard is removed and labelled again.
 """
 
 from __future__ import annotations
@@ -23,14 +25,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from softdistill.atomic import FileWriteError, remove_stale_temporaries, write_text_atomic
+from softdistill.atomic import FileWriteError, ensure_folder, remove_stale_temporaries, write_text_atomic
 from softdistill.runtime.distributed import DistContext, all_reduce_sum, barrier
 from softdistill.runtime.progress import progress_bar
 from softdistill.runs import config_differences
+from softdistill.sharded import MANIFEST, WriterLock, load_npy, read_manifest, write_manifest, write_npy_atomic
 from softdistill.store.encoding import Encoding
-from softdistill.store.format import (DISK_FULL, FORMAT, MANIFEST, SAMPLES, StoreError, WriterLock, data_fingerprint,
-                                      read_manifest, samples_array, sha256_of, shard_files, write_array_atomic,
-                                      write_manifest, write_shard)
+from softdistill.store.format import (FORMAT, SAMPLES, STORE, StoreError, check_store, data_fingerprint, human_bytes,
+                                      samples_array, sha256_of, shard_files, write_shard)
 
 __all__ = ["write_store", "human_bytes", "IDENTITY_KEYS"]
 
@@ -39,25 +41,20 @@ IDENTITY_KEYS = ("data", "teacher", "views", "encoding", "shard_samples", "recor
 RUN_FILES = ("last.pt", "best.pt", "summary.json")
 
 
-def human_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    raise AssertionError  # pragma: no cover
-
-
 def _valid_shard(folder: Path, index: int, shape: tuple[int, int], dtype: np.dtype) -> tuple[Path, str] | None:
     """The file of shard ``index`` whose bytes match the hash in its name and whose header is
-    ``shape`` / ``dtype``, with its sha256; any other file of that shard is removed (it is
-    labelled again)."""
+    ``shape`` / ``dtype``, with its sha256; any other file of that shard (a symbolic link among
+    them) is removed (it is labelled again)."""
     found = None
     for path in shard_files(folder, index):
-        digest = sha256_of(path) if found is None else ""
+        digest = sha256_of(path) if found is None and not path.is_symlink() else ""
         ok = digest.startswith(path.stem.rsplit("-", 1)[1]) and bool(digest)
         if ok:
-            array = np.load(path, mmap_mode="r", allow_pickle=False)
-            ok = array.shape == shape and array.dtype == dtype
+            try:
+                array = load_npy(path, StoreError, mmap=True)
+                ok = array.shape == shape and array.dtype == dtype
+            except StoreError:
+                ok = False
         if ok:
             found = (path, digest)
         else:
@@ -75,52 +72,59 @@ def _agree(error: BaseException | None, ctx: DistContext, what: str) -> None:
                          "are kept, run the same command again to continue")
 
 
-def _prepare(folder: Path, header: dict[str, Any], ids: Tensor, labels: Tensor, lock: WriterLock) -> bool:
-    """Check what ``folder`` holds, take the lock, write samples.npy and the incomplete manifest;
-    True when the same store is already complete."""
-    folder.mkdir(parents=True, exist_ok=True)
-    if (folder / MANIFEST).is_file():
-        existing = read_manifest(folder)
+def _prepare(folder: Path, header: dict[str, Any], ids: Tensor, labels: Tensor, lock: WriterLock, verify: bool,
+             quiet: bool) -> bool:
+    """Check what ``folder`` holds, take the lock, write samples.npy and the incomplete manifest; True
+    when the same store is already complete and sound (a damaged one is made incomplete)."""
+    ensure_folder(folder)
+    held = [name for name in RUN_FILES if (folder / name).exists()]
+    if held and not (folder / MANIFEST).exists():
+        raise StoreError(f"{folder} holds a training run ({', '.join(held)}), not a store: choose another "
+                         "output folder or name for the label recipe")
+    lock.acquire()
+    if (folder / MANIFEST).exists():
+        existing = read_manifest(folder, STORE)
         diffs = config_differences({k: existing.get(k) for k in IDENTITY_KEYS}, {k: header[k] for k in IDENTITY_KEYS})
         if diffs:
             raise StoreError(f"{folder} holds another store (labelled with other settings):\n  " + "\n  ".join(diffs)
                              + "\nChoose another output folder, or delete that one to label it again.")
         if existing.get("complete"):
-            if all((folder / entry["name"]).is_file() for entry in existing["shards"]):
+            problems = check_store(folder, existing, deep=verify).problems
+            if not problems:
                 return True
-            (folder / "summary.json").unlink(missing_ok=True)  # shards were deleted: label them again
-    else:
-        held = [name for name in RUN_FILES if (folder / name).exists()]
-        if held:
-            raise StoreError(f"{folder} holds a training run ({', '.join(held)}), not a store: choose another "
-                             "output folder or name for the label recipe")
-    lock.acquire()
+            # labelled again below: every shard file whose bytes do not match the hash in its name is removed
+            (folder / "summary.json").unlink(missing_ok=True)
+            if not quiet:
+                print(f"[softdistill] {folder}: the complete store is damaged ({'; '.join(problems)}): its damaged "
+                      "shards are labelled again")
     remove_stale_temporaries(folder)  # left by a killed writer: never part of the store
-    write_array_atomic(folder / SAMPLES, samples_array(ids, labels))
+    write_npy_atomic(folder / SAMPLES, samples_array(ids, labels))
     write_manifest(folder, {**header, "complete": False, "shards": []})
     return False
 
 
 def write_store(folder: str | Path, header: dict[str, Any], ids: Tensor, labels: Tensor,
                 label: Callable[[Tensor, Tensor], Tensor], *, encoding: Encoding, views: int, shard_samples: int,
-                batch_size: int, ctx: DistContext = DistContext(), quiet: bool = False) -> dict[str, Any] | None:
+                batch_size: int, ctx: DistContext = DistContext(), quiet: bool = False, verify: bool = False
+                ) -> dict[str, Any] | None:
     """Label every (sample, view) of ``ids`` (store rows ``0..N-1``) into ``folder``.
 
     ``header`` holds the manifest's identity sections (data, teacher, views, encoding); ``label(rows,
-    views)`` returns float logits (B x K) of the views ``views`` of the samples at ``rows``.
+    views)`` returns float logits (B x K) of the views ``views`` of the samples at ``rows``.  A
+    complete store is checked (``verify``: every file hashed) and its damaged shards labelled again.
     Returns the summary (also ``summary.json``) on rank 0, None elsewhere or when the store was
-    already complete.
+    already complete and sound.
     """
     folder = Path(folder)
     n = len(ids)
     header = {**header, "data": {**header["data"], "samples": n, "fingerprint": data_fingerprint(ids, labels)},
               "format": FORMAT, "encoding": encoding.to_dict(), "shard_samples": shard_samples,
               "record_bytes": encoding.record_bytes, "samples": n, "views_per_sample": views}
-    lock = WriterLock(folder, quiet)
+    lock = WriterLock(folder, STORE, quiet)
     complete, error = False, None
     if ctx.is_main:
         try:
-            complete = _prepare(folder, header, ids, labels, lock)
+            complete = _prepare(folder, header, ids, labels, lock, verify, quiet)
         except (StoreError, OSError) as exc:
             error = exc
     try:
@@ -128,7 +132,8 @@ def write_store(folder: str | Path, header: dict[str, Any], ids: Tensor, labels:
         complete = bool(all_reduce_sum(torch.tensor(float(complete), device=ctx.device), ctx).item())
         if complete:
             if ctx.is_main and not quiet:
-                print(f"[softdistill] {folder}: the store is complete; nothing to label")
+                checked = "every file matches its sha256" if verify else "every file has its size and header"
+                print(f"[softdistill] {folder}: the store is complete; nothing to label ({checked})")
             return None
         return _label_shards(folder, header, label, encoding, views, shard_samples, batch_size, ctx, quiet)
     finally:
@@ -166,10 +171,9 @@ def _label_shards(folder: Path, header: dict[str, Any], label: Callable[[Tensor,
             try:
                 write_shard(folder, i, encoding.encode(logits))
             except FileWriteError as exc:
-                cause = exc.__cause__
-                if not isinstance(cause, OSError) or cause.errno not in DISK_FULL:
+                if not exc.disk_full:
                     raise
-                raise StoreError(f"the disk is full while writing shard {i} of {folder} ({cause.strerror}): the shards "
+                raise StoreError(f"the disk is full while writing shard {i} of {folder} ({exc.__cause__}): the shards "
                                  "written so far are complete and kept (the half-written one was removed); free "
                                  f"{human_bytes(total)} at most and run the same command again to continue") from None
     except (StoreError, OSError) as exc:

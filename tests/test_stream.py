@@ -23,7 +23,8 @@ from softdistill.data.loader import BatchLoader, BatchTransform
 from softdistill.data.prepare import prepare_data
 from softdistill.data.readers import DatasetFormatError
 from softdistill.data.samples import FileSet
-from softdistill.data.stream import CorruptImageWarning, DataWorkerError, Decoder, StreamLoader
+from softdistill.data.stream import CorruptImageWarning, Decoder, StreamLoader
+from softdistill.data.workers import DataWorkerError
 from softdistill.data.views import ViewPlan
 from softdistill.runner import run_recipe
 

@@ -319,7 +319,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from softdistill.checkpoint import CheckpointError
     from softdistill.config import ConfigError
     from softdistill.data.samples import DatasetFormatError, DatasetNotFoundError
-    from softdistill.data.stream import DataWorkerError
+    from softdistill.data.workers import DataWorkerError
     from softdistill.engine import NonFiniteLossError, NonFiniteStateError
     from softdistill.runs import RunStateError
     from softdistill.runtime.distributed import DistributedError

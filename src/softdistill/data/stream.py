@@ -22,29 +22,25 @@ files.
 
 from __future__ import annotations
 
-import signal
-import threading
-import time
 import warnings
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, get_worker_info
+from torch.utils.data import Dataset, get_worker_info
 
 from softdistill.data.loader import BatchLoader, BatchTransform, EpochBatches, Fetched, assemble, fetch, pixel_stats
 from softdistill.data.samples import DatasetFormatError, StreamSet, TensorSet, UnreadableImageError
 from softdistill.data.views import ViewParams, ViewPlan, crop
+from softdistill.data.workers import in_workers
 from softdistill.enums import ON_CORRUPT
 from softdistill.hashing import hash_keys
 from softdistill.types import Batch
 
-__all__ = ["Decoder", "StreamLoader", "split_loader", "sample_stats", "decode_all", "CorruptImageWarning",
-           "DataWorkerError"]
+__all__ = ["Decoder", "StreamLoader", "split_loader", "sample_stats", "decode_all", "CorruptImageWarning"]
 
 #: how many of the unreadable files a warning names
 NAMED = 5
@@ -203,141 +199,15 @@ class _Batches(Dataset):
         return fetched
 
 
-def _as_is(item: Fetched | DatasetFormatError) -> Fetched | DatasetFormatError:
-    return item
-
-
-def _raised(items: Iterable[Fetched | DatasetFormatError]) -> Iterator[Fetched]:
-    """The batches of ``items``; a format error a worker returned is raised here, with its own message."""
-    for item in items:
-        if isinstance(item, DatasetFormatError):
-            raise item
-        yield item
-
-
-class DataWorkerError(RuntimeError):
-    """A DataLoader worker process of the stream loader stopped (killed, crashed) while the epoch needed it."""
-
-
 def decoded(data: StreamSet, decoder: Decoder, plan: ViewPlan | None, batches: Iterable[tuple[Tensor, Tensor]],
             workers: int, pin: bool, what: str, skip: bool = False) -> Iterator[Fetched]:
-    """The :class:`Fetched` of each ``(rows, views)`` of ``batches``, decoded by ``workers`` processes (0: here);
-    ``skip`` leaves out the samples whose image cannot be decoded (see :class:`_Batches`).
-
-    An error in a worker (a corrupt file) ends the iteration with that error; a worker that dies (killed,
-    crashed) ends it with a :class:`DataWorkerError` naming ``what`` was under way and how the worker ended.
-    The workers are shut down when the iteration ends, however it ends, with SIGCHLD left at its default
-    meanwhile (see :func:`_synchronous_worker_deaths`).  The DataLoader draws its workers' seeds from a
-    generator of its own, never from torch's global RNG, which belongs to the model (a mid-epoch resume
-    restores it; decoding draws no random number)."""
+    """The :class:`Fetched` of each ``(rows, views)`` of ``batches``, decoded by ``workers`` processes (0: here;
+    :func:`softdistill.data.workers.in_workers`); ``skip`` leaves out the samples whose image cannot be
+    decoded (see :class:`_Batches`).  A corrupt file ends the pass with its own error; a worker that dies,
+    with a :class:`~softdistill.data.workers.DataWorkerError` naming ``what`` was under way."""
     # keys as numpy arrays: pickled whole to a worker, where a tensor would be shared through a file descriptor
     keys = [(rows.numpy(), views.numpy()) for rows, views in batches]
-    loader = DataLoader(_Batches(data, decoder, plan, skip), batch_size=None, sampler=keys,
-                        num_workers=workers, collate_fn=_as_is, pin_memory=pin, generator=torch.Generator())
-    if workers == 0:
-        yield from loader
-        return
-    iterator = None
-    died = None
-    with _synchronous_worker_deaths():
-        try:
-            try:
-                iterator = iter(loader)  # starts the workers
-                _keep_default_sigchld()  # PyTorch installs its handler at a process's first one
-                yield from _raised(iterator)
-            except Exception as exc:
-                died = _death_of(iterator, workers, what, exc)
-                if died is None:
-                    raise
-        finally:
-            _shut_down(iterator)
-    if died is not None:  # raised here, outside the handler, it holds no frame of the iterator or its queues
-        raise died
-
-
-#: how long a failed pass waits for a worker whose pipe broke to be seen dead, in seconds
-DEATH_WAIT = 5.0
-
-
-def _death_of(iterator: Any, workers: int, what: str, exc: Exception) -> DataWorkerError | None:
-    """A :class:`DataWorkerError` when ``exc`` came of a worker of ``iterator`` that died, else ``None`` (an
-    error the worker raised, such as a corrupt file, is its own).  A worker killed while it hands a batch
-    over breaks the pipe (EOFError, ConnectionResetError) a moment before it can be seen dead: wait for it."""
-    if "in DataLoader worker process" in str(exc):  # PyTorch re-raising what a worker raised
-        return None
-    processes = getattr(iterator, "_workers", ())  # PyTorch's worker processes (multiprocessing.Process)
-    deadline = time.monotonic() + (DEATH_WAIT if isinstance(exc, (EOFError, OSError)) else 0.0)
-    while True:
-        dead = [p for p in processes if p.exitcode is not None]
-        if dead or time.monotonic() >= deadline:
-            break
-        time.sleep(0.05)
-    if not dead and not str(exc).startswith("DataLoader worker"):
-        return None
-    ended = "; ".join(f"process {p.pid} {_ending(p.exitcode)}" for p in dead) or str(exc)
-    return DataWorkerError(
-        f"{what}: a data worker stopped ({ended}) and the pass cannot go on (data.workers: {workers}). A worker "
-        "killed by SIGKILL was most often stopped by the out-of-memory killer (fewer data.workers or a smaller "
-        "data.batch_size need less memory); one that crashed may have met a bad file in an image library "
-        "(data.workers: 0 decodes in the training process and shows the error where it happens). A run "
-        "continues from its last checkpoint with --resume.")
-
-
-def _ending(exitcode: int) -> str:
-    if exitcode < 0:
-        try:
-            return f"was killed by signal {signal.Signals(-exitcode).name}"
-        except ValueError:
-            return f"was killed by signal {-exitcode}"
-    return f"exited with code {exitcode}"
-
-
-def _shut_down(iterator: Any) -> None:
-    """Stop the workers of ``iterator`` now (PyTorch joins them, or kills them after a timeout), not whenever
-    the iterator is garbage-collected; a no-op for an iterator that has already done so."""
-    shut_down = getattr(iterator, "_shutdown_workers", None)
-    if shut_down is not None:
-        shut_down()
-
-
-_quiet_depth = 0
-_saved_handler: Any = None
-
-
-def _keep_default_sigchld() -> None:
-    """Within :func:`_synchronous_worker_deaths`: SIGCHLD back at its default if PyTorch has just installed its
-    handler (it does so once a process, when its first worker starts), to be restored with the outermost."""
-    global _saved_handler
-    if _quiet_depth and signal.getsignal(signal.SIGCHLD) is not signal.SIG_DFL:
-        _saved_handler = signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-
-
-@contextmanager
-def _synchronous_worker_deaths() -> Iterator[None]:
-    """SIGCHLD at its default action while stream workers run (restored after the outermost).
-
-    PyTorch's SIGCHLD handler raises "DataLoader worker ... is killed by signal" in the main thread at
-    whatever line it is on when a worker dies: in a training step, or inside ``Queue.put`` between taking
-    the queue's lock and the ``with`` block that would release it, so that the workers' clean-up later waits
-    for that lock forever (seen: one try in five).  Without the handler PyTorch still finds a dead worker,
-    where it waits for a batch (within its 5-second status check, or at once from a broken pipe), and the
-    error comes from one place.  Only the main thread can set a handler: elsewhere this does nothing."""
-    global _quiet_depth, _saved_handler
-    if not hasattr(signal, "SIGCHLD") or threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    if _quiet_depth == 0:
-        # PyTorch installs its handler once a process, as its first worker starts: now, so that it cannot
-        # replace the default then (if this PyTorch has no such function, _keep_default_sigchld does it after)
-        getattr(torch.utils.data._utils.signal_handling, "_set_SIGCHLD_handler", lambda: None)()
-        _saved_handler = signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-    _quiet_depth += 1
-    try:
-        yield
-    finally:
-        _quiet_depth -= 1
-        if _quiet_depth == 0:
-            signal.signal(signal.SIGCHLD, _saved_handler)
+    return in_workers(_Batches(data, decoder, plan, skip), keys, workers, pin=pin, what=what)
 
 
 def check_on_corrupt(on_corrupt: str) -> bool:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,10 +28,10 @@ from softdistill.atomic import ensure_folder, write_text_atomic  # re-exported: 
 from softdistill.checkpoint import load_checkpoint
 from softdistill.engine.recorder import RunStateError
 from softdistill.locking import LockHeldError, describe_holder, hold_lock
-from softdistill.schema import not_identity_keys
+from softdistill.schema import config_differences, not_identity_keys
 
 __all__ = ["RunStateError", "RunInterrupted", "interruption", "LOCK_NAME", "write_text_atomic",
-           "config_differences", "resume_checkpoint", "run_dir_state", "recipe_differences", "check_same_recipe",
+           "resume_checkpoint", "run_dir_state", "recipe_differences", "check_same_recipe",
            "lock_run_folder"]
 
 LOCK_NAME = ".lock"
@@ -57,17 +57,6 @@ def interruption(describe: Callable[[], RunInterrupted]) -> Iterator[None]:
         raise
     except KeyboardInterrupt:
         raise describe() from None
-
-
-def config_differences(old: Any, new: Any, ignore: Sequence[str] = (), prefix: str = "") -> list[str]:
-    """Dotted keys whose values differ between two nested dicts (keys in ``ignore`` are skipped)."""
-    if isinstance(old, dict) and isinstance(new, dict):
-        diffs = []
-        for key in sorted(set(old) | set(new)):
-            if f"{prefix}{key}" not in ignore:
-                diffs += config_differences(old.get(key), new.get(key), ignore, f"{prefix}{key}.")
-        return diffs
-    return [] if old == new else [f"{prefix.rstrip('.')}: {old!r} -> {new!r}"]
 
 
 def run_dir_state(run_dir: str | os.PathLike) -> str:

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import types
 import typing
+from collections.abc import Sequence
 from typing import Any, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from softdistill.registry import did_you_mean
 
-__all__ = ["StrictConfig", "not_identity", "not_identity_keys", "describe_errors"]
+__all__ = ["StrictConfig", "not_identity", "not_identity_keys", "describe_errors", "config_differences"]
 
 
 class StrictConfig(BaseModel):
@@ -84,3 +85,14 @@ def describe_errors(errors: list[dict[str, Any]], root: type[BaseModel], prefix:
             shown = "" if isinstance(got, dict) else f", got {got!r}"
             lines.append(f"{dotted}: {err['msg'].removeprefix('Value error, ')}{shown}")
     return lines
+
+
+def config_differences(old: Any, new: Any, ignore: Sequence[str] = (), prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two nested dicts (keys in ``ignore`` are skipped)."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        diffs = []
+        for key in sorted(set(old) | set(new)):
+            if f"{prefix}{key}" not in ignore:
+                diffs += config_differences(old.get(key), new.get(key), ignore, f"{prefix}{key}.")
+        return diffs
+    return [] if old == new else [f"{prefix.rstrip('.')}: {old!r} -> {new!r}"]

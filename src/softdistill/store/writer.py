@@ -28,7 +28,7 @@ from torch import Tensor
 from softdistill.atomic import FileWriteError, ensure_folder, remove_stale_temporaries, write_text_atomic
 from softdistill.runtime.distributed import DistContext, all_reduce_sum, barrier
 from softdistill.runtime.progress import progress_bar
-from softdistill.runs import config_differences
+from softdistill.schema import config_differences
 from softdistill.sharded import MANIFEST, WriterLock, load_npy, read_manifest, write_manifest, write_npy_atomic
 from softdistill.store.encoding import Encoding
 from softdistill.store.format import (FORMAT, SAMPLES, STORE, StoreError, check_store, data_fingerprint, human_bytes,

@@ -170,7 +170,7 @@ def _recipe(tmp_path, module, **top):
 
 
 def test_a_data_set_of_your_own_trains_labels_a_store_and_streams(tmp_path, plugins):
-    module, name = plugins(SHAPES, "my_shapes")
+    module, name = plugins(SHAPES, "shape_sets_of_a_test")
     teacher = _recipe(tmp_path, module, name="teacher", epochs=4, data={"name": name})
     summary = run_recipe(recipe_from_dict(teacher), quiet=True)
     assert summary["finished"] and summary["test_acc_last"] > 50  # three easy shapes: far above chance (33 %)
@@ -226,6 +226,26 @@ def test_a_source_built_from_the_student_trains(tmp_path, plugins):
     summary = run.trainer.fit()
     assert summary["finished"] and source.updates == 2 * len(run.trainer.train_loader)
     assert not torch.equal(next(source.average.parameters()), next(student.parameters()))  # an average, not a copy
+
+
+def test_the_documented_data_set_of_ones_own_trains(tmp_path, monkeypatch):
+    """The example of docs/data.md, "Your own data set", as it is written there."""
+    import re
+    from pathlib import Path
+
+    page = (Path(__file__).parents[1] / "docs" / "data.md").read_text()
+    section = page[page.index("## Your own data set"):]
+    module, recipe = re.findall(r"```(?:python|yaml)\n(.*?)```", section, re.S)[:2]
+    (tmp_path / "my_shapes.py").write_text(module)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    raw = yaml.safe_load(recipe)
+    raw.update(output_dir=str(tmp_path / "runs"), train={"device": "cpu"})
+    summary = run_recipe(recipe_from_dict(raw), quiet=True)
+    assert summary["finished"] and summary["test_acc_last"] > 60
+    files = recipe_from_dict({**raw, "name": "shape-files-run", "data": {
+        "name": "shape-files", "root": str(tmp_path / "images"), "image_size": 12, "val_size": 10, "batch_size": 16,
+        "loader": "stream", "workers": 0}})
+    assert run_recipe(files, quiet=True)["finished"]
 
 
 def test_a_method_in_a_loop_of_your_own(tmp_path):

@@ -214,3 +214,9 @@ def test_a_teacher_of_other_data_is_refused_when_the_recipe_loads_unless_asked_f
     recipe = load_recipe(tmp_path / "s.yaml")
     with pytest.raises(Exception, match="was trained on 8x8 images, the data has 28x28"):
         run_recipe(recipe, quiet=True)
+
+
+def test_a_quickstart_of_no_jobs_is_refused_before_it_starts(tmp_path, capsys):
+    assert main(["quickstart", "--tiny", "--jobs", "0", "--output", str(tmp_path / "qs")]) == 2
+    assert "--jobs must be at least 1, got 0" in capsys.readouterr().err
+    assert not (tmp_path / "qs").exists()

@@ -395,4 +395,4 @@ def quickstart(*, tiny: bool = False, seeds: int = 3, output_dir: str | Path | N
     # every second epoch is enough for the curves.
     overrides = ["train.eval_every=2", *overrides]
     return compare(paths, seeds=seeds, overrides=overrides, output_dir=output_dir, quiet=quiet, title=title,
-                   jobs=jobs or usable_cores())
+                   jobs=usable_cores() if jobs is None else jobs)

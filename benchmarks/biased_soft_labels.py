@@ -77,7 +77,7 @@ def run_sbt(out: Path, seeds: list[int], rec: Path) -> dict:
                        for split in ("train", "test")}
         log(f"SBT seed {s}: train top-1 {teachers[s]['train']['soft_labels']['accuracy']:.2f}%, "
             f"test top-1 {teachers[s]['test']['soft_labels']['accuracy']:.2f}%")
-        teacher = f"soft_labels={{source: cache, checkpoint: {ckpt}}}"
+        teacher = f"soft_labels={{source: cache, checkpoint: {ckpt.resolve()}}}"  # recipe paths: from its folder
         compare([rec / "sbt-candidate-set.yaml", rec / "sbt-soft-ce.yaml"], seeds=[s], output_dir=out,
                 overrides=THREADS + [teacher], quiet=True, report_dir=out / "reports" / "scratch")
         compare([rec / "sbt-candidate-set.yaml"], seeds=[s], output_dir=out, quiet=True,

@@ -2,7 +2,6 @@
 stream loader's workers), a store labelled from Python in one call and looked up by id and view, the
 fit check recipes use, the global-batch sampler, and exact DDP with uneven slices."""
 
-import json
 import os
 
 import numpy as np
@@ -14,6 +13,7 @@ import torch.nn.functional as F
 import softdistill as sd
 from softdistill.data.samples import FileSet
 from softdistill.data.stream import StreamLoader, decode_all
+from softdistill.store import Encoding
 
 Image = pytest.importorskip("PIL.Image")
 
@@ -146,6 +146,20 @@ def test_a_global_rng_pipeline_is_addressable_with_draws_from_global_and_leaves_
     assert torch.equal(state, torch.get_rng_state())  # seeded per view inside a fork: the model's RNG is untouched
 
 
+def test_torchvisions_own_randaugment_is_addressable_in_memory_and_in_workers(tmp_path):
+    """The optional vision extra: torchvision's pipeline draws from torch's global RNG (draws_from='global')."""
+    v2 = pytest.importorskip("torchvision.transforms.v2")
+    files = write_files(tmp_path / "images")
+    plan = sd.ViewPlan(seed=3, views=4, transform=sd.ViewTransform(v2.RandAugment(), "tv-randaugment",
+                                                                  draws_from="global"))
+    memory = sd.BatchLoader(decode_all(files), 8, TRANSFORM, shuffle=True, plan=plan, seed=1)
+    stream = StreamLoader(files, 8, TRANSFORM, device=torch.device("cpu"), workers=2, shuffle=True, plan=plan, seed=1)
+    for a, b in zip(memory, stream, strict=True):
+        assert torch.equal(a.x, b.x)
+    with pytest.raises(sd.ViewTransformError, match="made two different images"):  # the generator is ignored
+        list(sd.BatchLoader(decode_all(files), 8, TRANSFORM, plan=plan_with(lambda image, g: v2.RandAugment()(image))))
+
+
 def test_a_pipeline_returning_the_wrong_kind_of_image_is_named(tmp_path):
     data = decode_all(write_files(tmp_path / "images", n=4))
     floats = sd.BatchLoader(data, 4, TRANSFORM, plan=plan_with(lambda image, generator: image.float()))
@@ -201,6 +215,9 @@ def test_label_store_in_one_call_resumes_and_refuses_another_store(tmp_path, sma
     batch = sd.BatchLoader(small, 20, sd.BatchTransform(**NORM), plan=plan).batch(small.ids, 2)
     # labelled 8 at a time, compared in one batch of 20: equal to the rounding of another GEMM blocking
     torch.testing.assert_close(store.lookup(small.ids, views=2), teacher(batch.x).detach())
+    with pytest.raises(ValueError, match="the encoding is for 5 classes, the labeller gives 3 logits"):
+        sd.label_store(teacher, small, plan, tmp_path / "other", **NORM, encoding=Encoding("full", 5),
+                       quiet=True)
     with pytest.raises(sd.StoreError, match=r"holds another store \(labelled with other settings\):\n  views.fingerprint: "
                                             r"'\w+' -> '\w+'\n  views.seed: 1 -> 2\n"):
         sd.label_store(lambda batch: teacher(batch.x), small, plan.model_copy(update={"seed": 2}), tmp_path / "s",
@@ -223,7 +240,7 @@ def test_store_lookup_by_id_and_view_on_a_device_and_its_bad_input(tmp_path, sma
 
 
 def test_write_store_checks_its_header_and_the_labels_at_write_time(tmp_path, small):
-    enc = sd.Store.__init__.__globals__["np"] and __import__("softdistill.store", fromlist=["Encoding"]).Encoding("full", 3)
+    enc = Encoding("full", 3)
     ids, labels = small.ids, small.labels
     ones = lambda rows, views: torch.ones(len(rows), 3)  # noqa: E731
     write = lambda header, label=ones, views=1: sd.write_store(  # noqa: E731

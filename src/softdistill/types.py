@@ -89,8 +89,17 @@ class Batch:
             >>> Batch(x=torch.zeros(2, 3), y=torch.tensor([0, 1])).to("cpu").x.device
             device(type='cpu')
         """
+        return self._mapped(lambda tensor: tensor.to(device, non_blocking=non_blocking))
+
+    def pin_memory(self) -> "Batch":
+        """The batch in page-locked memory, for copies to a GPU without waiting (a DataLoader with
+        ``pin_memory=True`` calls it); the host copies of the address stay as they are."""
+        return self._mapped(Tensor.pin_memory)
+
+    def _mapped(self, fn: Callable[[Tensor], Tensor]) -> "Batch":
+        """A new batch of ``fn`` of every tensor, but for the host copies of the address."""
         host = {"host_sample_id", "host_view"}
-        return Batch(**{f.name: value if value is None or f.name in host else value.to(device, non_blocking=non_blocking)
+        return Batch(**{f.name: value if value is None or f.name in host else fn(value)
                         for f in dataclass_fields(self) for value in [getattr(self, f.name)]})
 
     def chunks(self, count: int) -> list["Batch"]:

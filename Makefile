@@ -1,6 +1,7 @@
 # Set-up and the two everyday commands: `make quickstart` and `make test`.
 # Each installs what it needs on a fresh Debian/Ubuntu machine: the Fashion-MNIST package,
-# a virtual environment with the CPU build of PyTorch, and softdistill itself (editable).
+# a virtual environment with the CPU build of PyTorch, and softdistill itself (editable) with the
+# extras the tests and examples/ need (pytest, lightning; lightning keeps the torch installed first).
 
 VENV ?= .venv
 PYTHON ?= python3
@@ -26,7 +27,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install -q --upgrade pip
 	$(VENV)/bin/python -m pip install -q $(TORCH)
-	$(VENV)/bin/python -m pip install -q -e '.[test]'
+	$(VENV)/bin/python -m pip install -q -e '.[test,lightning]'
 	touch $@
 
 data: $(FMNIST)

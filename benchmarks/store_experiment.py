@@ -27,7 +27,7 @@ from pathlib import Path
 from softdistill.checkpoint import load_checkpoint
 from softdistill.config import load_recipe
 from softdistill.experiments import packaged_recipes, write_report
-from softdistill.runner import label_store, run_recipe
+from softdistill.runner import label_recipe, run_recipe
 from softdistill.runs import check_same_recipe, run_dir_state
 
 STORE = packaged_recipes("store")
@@ -77,7 +77,7 @@ def main() -> None:
     table = rows(out, epochs)
     for name, (path, overrides, encoding) in table.items():
         if encoding is not None:  # labelled once, before the first row that reads it
-            label_store(load_recipe(STORE / "fmnist-cropflip.yaml", [
+            label_recipe(load_recipe(STORE / "fmnist-cropflip.yaml", [
                 *machine, f"name={store_folder(out, encoding, epochs).parent.name}", f"encoding={ENCODINGS[encoding]}",
                 f"data.views={epochs}"]))
         for seed in range(args.seeds):

@@ -20,7 +20,7 @@ LAYERS = [
     {"engine", "augment"},
     {"soft_labels", "methods", "vae_training"},
     {"config"},
-    {"build", "runs", "artifacts"},
+    {"build", "labelling", "runs", "artifacts"},
     {"runner", "evaluation"},
     {"selftrain", "experiments", "report"},
     {"cli", "__main__"},

@@ -243,7 +243,7 @@ def test_a_pack_worker_that_dies_stops_the_pack_with_a_message(tmp_path, monkeyp
 
 def test_a_store_labelled_on_the_folder_serves_a_run_on_its_shards(tmp_path):
     from softdistill.config import load_recipe, recipe_from_dict
-    from softdistill.runner import label_store, run_recipe
+    from softdistill.runner import label_recipe, run_recipe
     from softdistill.checkpoint import load_checkpoint, model_from_checkpoint
     from softdistill.store import Store
 
@@ -263,7 +263,7 @@ def test_a_store_labelled_on_the_folder_serves_a_run_on_its_shards(tmp_path):
                                                      "soft_labels": {"source": "teacher", "checkpoint": str(checkpoint)},
                                                      **common}))
     labelled = load_recipe(tmp_path / "label.yaml")
-    label_store(labelled, quiet=True)
+    label_recipe(labelled, quiet=True)
     student = recipe_from_dict({"name": "s", "student": "mlp", "epochs": 2, "seed": 3, "data": data("shards", shards),
                                 "method": {"name": "kd", "alpha": 0.7},
                                 "soft_labels": {"source": "store", "path": str(labelled.run_dir)}, **common})

@@ -20,7 +20,7 @@ from softdistill.data.samples import TensorSet
 from softdistill.engine import LRSchedule, Recorder, Task
 from softdistill.engine.trainer import NonFiniteLossError, Trainer
 from softdistill.experiments import packaged_recipes, threads_per_job, usable_cores
-from softdistill.runner import label_store, run_recipe
+from softdistill.runner import label_recipe, run_recipe
 from softdistill.isotonic import isotonic_logits
 from softdistill.metrics import order_concordance, top2_hit_rate
 from softdistill.soft_labels import CachedTeacher, load_teacher
@@ -82,7 +82,7 @@ def stores(tmp_path_factory, teacher_checkpoint):
                "soft_labels": {"source": "teacher", "checkpoint": teacher_checkpoint}, "output_dir": str(tmp),
                "train": {"device": "cpu"}}
         recipe = LabelRecipe.from_dict(raw)
-        label_store(recipe, quiet=True)
+        label_recipe(recipe, quiet=True)
         folders[name] = str(recipe.run_dir)
     return folders
 

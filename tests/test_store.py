@@ -24,10 +24,9 @@ from softdistill.data.prepare import prepare_data
 from softdistill.data.views import ViewPlan
 from softdistill.locking import hold_lock
 from softdistill.report.inspect import inspect_soft_labels
-from softdistill.runner import label_store, run_recipe
+from softdistill.runner import label_recipe, run_recipe
 from softdistill.store import Encoding, Store, StoreError, topk_encode, topk_logits
 from softdistill.store.format import LOCK
-from softdistill.soft_labels.store import data_problems
 from softdistill.data import DataConfig
 
 DATA = {"name": "synthetic", "val_size": 100, "batch_size": 50, "eval_batch_size": 50}
@@ -95,7 +94,7 @@ def write_yaml(path, raw):
     return path
 
 
-def label_recipe(folder, teacher, name="store", augment=CROP_FLIP, views=2, **extra):
+def label_recipe_file(folder, teacher, name="store", augment=CROP_FLIP, views=2, **extra):
     raw = {"name": name, "data": {**DATA, "augment": augment, "views": views}, "output_dir": str(folder / "runs"),
            "soft_labels": {"source": "teacher", "checkpoint": str(teacher)}, "shard_samples": 128,
            "train": {"device": "cpu"}, **extra}
@@ -134,7 +133,7 @@ def test_a_student_from_a_float32_store_has_the_online_teachers_weights_bit_for_
     the store labels 50 consecutive rows at a time, training shows 50 shuffled rows.  The premise
     is asserted first, so that a BLAS that rounds by batch composition fails here, named.
     """
-    label_recipe(tmp_path, teacher, augment=augment)
+    label_recipe_file(tmp_path, teacher, augment=augment)
     online = run_recipe(load_recipe(student_recipe(tmp_path, {"source": "teacher", "checkpoint": str(teacher)},
                                                    "online", augment, method=method)), quiet=True)
     stored = load_recipe(student_recipe(tmp_path, {"source": "store", "recipe": "store.yaml"}, "stored", augment,
@@ -173,7 +172,7 @@ def test_fewer_views_than_epochs_replay_periodically_or_at_random(tmp_path, teac
     with pytest.raises(ValueError, match="replay: random chooses among a fixed number of views"):
         ViewPlan(seed=2, views=0, crop_padding=1, replay="random")
     # a 4-view store serves a 2-view recipe (views 0 and 1 are the same images) over 3 epochs, at random
-    label_recipe(tmp_path, teacher, views=4)
+    label_recipe_file(tmp_path, teacher, views=4)
     recipe = load_recipe(student_recipe(tmp_path, {"source": "store", "recipe": "store.yaml"}, "few", views=2,
                                         replay="random"))
     assert run_recipe(recipe, quiet=True)["finished"]
@@ -195,9 +194,9 @@ def test_hard_refuses_a_store_and_the_compatibility_rules_hold(tmp_path):
 # ------------------------------------------------------------------------------------------ labelling
 
 def test_an_interrupted_label_run_continues_and_never_accepts_a_damaged_shard(tmp_path, teacher, monkeypatch, capsys):
-    whole = load_recipe(label_recipe(tmp_path / "whole", teacher))
-    label_store(whole, quiet=True)
-    cut = load_recipe(label_recipe(tmp_path / "cut", teacher))
+    whole = load_recipe(label_recipe_file(tmp_path / "whole", teacher))
+    label_recipe(whole, quiet=True)
+    cut = load_recipe(label_recipe_file(tmp_path / "cut", teacher))
     original = writer.write_shard
     written = []
 
@@ -209,7 +208,7 @@ def test_an_interrupted_label_run_continues_and_never_accepts_a_damaged_shard(tm
 
     monkeypatch.setattr(writer, "write_shard", crash_after_two)
     with pytest.raises(KeyboardInterrupt):
-        label_store(cut, quiet=True)
+        label_recipe(cut, quiet=True)
     folder = store_folder(tmp_path / "cut")
     assert not (folder / LOCK).exists() and not list(folder.glob("*.tmp"))  # lock released, no stray file
     with pytest.raises(StoreError, match="is an incomplete store: labelling stopped"):
@@ -219,10 +218,10 @@ def test_an_interrupted_label_run_continues_and_never_accepts_a_damaged_shard(tm
     (folder / "shard-00003-0123456789abcdef.npy").write_bytes(b"half")  # a file that is no shard
     labelled = []
     monkeypatch.setattr(writer, "write_shard", lambda f, i, records: labelled.append(i) or original(f, i, records))
-    summary = label_store(cut, quiet=True)
+    summary = label_recipe(cut, quiet=True)
     assert labelled == [1, 2, 3] and summary["labelled_records"] == (128 + 128 + 116) * 2  # shards 1, 2, 3 again
     assert shard_hashes(folder) == shard_hashes(store_folder(tmp_path / "whole"))
-    assert label_store(cut, quiet=False) is None and "the store is complete; nothing to label" in capsys.readouterr().out
+    assert label_recipe(cut, quiet=False) is None and "the store is complete; nothing to label" in capsys.readouterr().out
 
 
 def _label_worker(rank, world_size, port, recipe_path):
@@ -232,15 +231,15 @@ def _label_worker(rank, world_size, port, recipe_path):
     from softdistill.runtime import shutdown_distributed
 
     try:
-        label_store(load_recipe(recipe_path), quiet=True)
+        label_recipe(load_recipe(recipe_path), quiet=True)
     finally:
         shutdown_distributed()
 
 
 def test_two_ranks_label_the_same_store_as_one(tmp_path, teacher, free_port):
     mix = {**CROP_FLIP, "mix": "mixup"}
-    label_store(load_recipe(label_recipe(tmp_path / "one", teacher, augment=mix)), quiet=True)
-    two = label_recipe(tmp_path / "two", teacher, augment=mix)
+    label_recipe(load_recipe(label_recipe_file(tmp_path / "one", teacher, augment=mix)), quiet=True)
+    two = label_recipe_file(tmp_path / "two", teacher, augment=mix)
     mp.start_processes(_label_worker, args=(2, free_port, two), nprocs=2, join=True, start_method="spawn")
     a, b = (json.loads((store_folder(tmp_path / part) / "manifest.json").read_text()) for part in ("one", "two"))
     assert [s["sha256"] for s in a["shards"]] == [s["sha256"] for s in b["shards"]] and len(a["shards"]) == 4
@@ -248,25 +247,25 @@ def test_two_ranks_label_the_same_store_as_one(tmp_path, teacher, free_port):
 
 
 def test_two_writers_are_refused_and_a_stale_lock_is_taken_over(tmp_path, teacher, capsys):
-    recipe = load_recipe(label_recipe(tmp_path, teacher))
+    recipe = load_recipe(label_recipe_file(tmp_path, teacher))
     folder = store_folder(tmp_path)
     folder.mkdir(parents=True)
     with hold_lock(folder / LOCK):  # held as another process holds it: a lock of another open file
         with pytest.raises(StoreError, match=r"is being written by another 'softdistill label' process \(pid \d+ .*two writers "
                                              "on one store are refused"):
-            label_store(recipe, quiet=True)
+            label_recipe(recipe, quiet=True)
     dead = mp.get_context("spawn").Process(target=int)
     dead.start()
     dead.join()
     (folder / LOCK).write_text(json.dumps({"pid": dead.pid, "host": os.uname().nodename, "started": 0}))
-    label_store(recipe, quiet=False)
+    label_recipe(recipe, quiet=False)
     assert f"took over the stale lock of pid {dead.pid}" in capsys.readouterr().out
     assert not (folder / LOCK).exists() and Store(folder).views == 2
 
 
 def test_labelling_into_a_training_runs_folder_is_refused_and_the_run_kept(tmp_path, teacher, capsys):
     runs = teacher.parent.parent.parent  # the teacher's OUTPUT_DIR: its run is OUTPUT_DIR/t/seed0
-    recipe = label_recipe(tmp_path, teacher, name="t", output_dir=str(runs))
+    recipe = label_recipe_file(tmp_path, teacher, name="t", output_dir=str(runs))
     before = sorted(p.name for p in teacher.parent.iterdir())
     assert main(["label", str(recipe), "--quiet"]) == 2
     err = capsys.readouterr().err.strip()
@@ -276,7 +275,7 @@ def test_labelling_into_a_training_runs_folder_is_refused_and_the_run_kept(tmp_p
 
 
 def test_a_full_disk_stops_labelling_with_the_store_resumable(tmp_path, teacher, monkeypatch):
-    recipe = load_recipe(label_recipe(tmp_path, teacher))
+    recipe = load_recipe(label_recipe_file(tmp_path, teacher))
     real_write = sharded.write_atomic
     calls = []
 
@@ -290,21 +289,21 @@ def test_a_full_disk_stops_labelling_with_the_store_resumable(tmp_path, teacher,
     monkeypatch.setattr(sharded, "write_atomic", disk_fills)
     with pytest.raises(StoreError, match=r"the disk is full while writing shard 1 .*shards written so far are complete "
                                          "and kept .*run the same command again to continue"):
-        label_store(recipe, quiet=True)
+        label_recipe(recipe, quiet=True)
     assert not list(store_folder(tmp_path).glob("*.tmp"))  # the half-written shard was removed
     monkeypatch.setattr(sharded, "write_atomic", real_write)
-    assert label_store(recipe, quiet=True)["labelled_records"] == (128 + 128 + 116) * 2
+    assert label_recipe(recipe, quiet=True)["labelled_records"] == (128 + 128 + 116) * 2
     assert Store(store_folder(tmp_path)).verify() == []
 
 
 # ------------------------------------------------------------------------------------------ bad input
 
 def test_a_store_for_another_view_plan_is_refused_before_anything_is_labelled(tmp_path, teacher):
-    label_recipe(tmp_path, teacher, augment={"hflip": True})
+    label_recipe_file(tmp_path, teacher, augment={"hflip": True})
     with pytest.raises(ConfigError, match=r"holds the views of another view plan \(crop_padding 0 in the store, 1 in "
                                           r"the recipe\): the student would see images the teacher did not label"):
         load_recipe(student_recipe(tmp_path, {"source": "store", "recipe": "store.yaml"}, "s"))
-    label_recipe(tmp_path, teacher, name="few", views=2)
+    label_recipe_file(tmp_path, teacher, name="few", views=2)
     with pytest.raises(ConfigError, match=r"holds 2 view\(s\) per sample, the recipe asks for 3 \(data.views\)"):
         load_recipe(student_recipe(tmp_path, {"source": "store", "recipe": "few.yaml"}, "s", views=3))
     with pytest.raises(ConfigError, match=r"is made for other data \(data.per_class: None in the label recipe, 20 here\)"):
@@ -313,7 +312,7 @@ def test_a_store_for_another_view_plan_is_refused_before_anything_is_labelled(tm
 
 
 def test_stores_named_by_path_are_checked_against_the_run(tmp_path, teacher, capsys):
-    label_store(load_recipe(label_recipe(tmp_path, teacher)), quiet=True)
+    label_recipe(load_recipe(label_recipe_file(tmp_path, teacher)), quiet=True)
     folder = store_folder(tmp_path)
     other_seed = student_recipe(tmp_path, {"source": "store", "path": str(folder)}, "seed", view_seed=9)
     with pytest.raises(StoreError, match=r"holds the views of another view plan \(seed 0 in the store, 9 in the recipe"):
@@ -336,22 +335,27 @@ def test_stores_named_by_path_are_checked_against_the_run(tmp_path, teacher, cap
     store = Store(folder)
     digits = prepare_data("digits", val_size=100)
     spec = DataConfig.of({**DATA, "name": "digits", "split_seed": 0, "normalize": True})
-    [message] = data_problems(store, digits.train, 10, ViewPlan(), "store S", spec)
-    assert re.fullmatch(r"store S was labelled on other data \(data.name: 'synthetic' in the store, 'digits' here\): "
-                        r"\d+ of the 1337 samples of this recipe's training split are not in it \(e.g. sample id \d+\); "
-                        "the store has 500 samples", message)
-    assert data_problems(store, digits.train, 7, ViewPlan(), "store S") == [
-        "store S holds soft labels of 10 classes, the data has 7"]
+    where = f"store {folder}"
+    [message] = store.fit_problems(digits.train.ids, digits.train.labels, store.plan, num_classes=10,
+                                   data_identity=spec.split_identity())
+    assert message.startswith(f"{where} was labelled on other data (data.name: 'synthetic' in the store, 'digits' here")
+    assert re.search(r"\): \d+ of the 1337 samples are not in it \(e.g. sample id \d+\); the store has 500 samples$",
+                     message)
+    assert store.fit_problems(digits.train.ids, digits.train.labels, ViewPlan(), num_classes=7) == [
+        f"{where} holds soft labels of 10 classes, the data has 7"]
     few = prepare_data("synthetic", val_size=100, per_class=20).train
-    assert data_problems(store, few, 10, ViewPlan(), "store S") == []  # a subset of single views is served
-    [mixed] = data_problems(store, few, 10, ViewPlan(mix="mixup", views=2), "store S")
-    assert mixed == ("store S was labelled on another split (500 samples, this recipe's split 200 or another order): "
-                     "mixed views pair rows of the labelled split, so they need the same data section")
+    assert store.fit_problems(few.ids, few.labels, store.plan) == []  # a subset of single views is served
+    [mixed, views] = store.fit_problems(few.ids, few.labels, ViewPlan(mix="mixup", views=2))
+    assert mixed == (f"{where} was labelled on another split (500 samples, this split 200 or another order): mixed "
+                     "views pair rows of the labelled split, so they need the same split")
+    assert views.startswith(f"{where} holds the views of another view plan")
+    with pytest.raises(StoreError, match="fresh view every epoch"):
+        store.check_fit(few.ids, few.labels, store.plan.model_copy(update={"views": 0}))
 
 
 def test_damaged_and_foreign_folders_are_named(tmp_path, teacher, capsys):
-    recipe = load_recipe(label_recipe(tmp_path, teacher))
-    label_store(recipe, quiet=True)
+    recipe = load_recipe(label_recipe_file(tmp_path, teacher))
+    label_recipe(recipe, quiet=True)
     folder = store_folder(tmp_path)
     assert main(["store", "verify", str(folder)]) == 0 and "intact; 500 samples x 2 views" in capsys.readouterr().out
     shards = sorted(folder.glob("shard-*.npy"))
@@ -366,21 +370,21 @@ def test_damaged_and_foreign_folders_are_named(tmp_path, teacher, capsys):
         Store(folder)
     with pytest.raises(StoreError, match=r"is not a store: it has no manifest.json"):
         Store(tmp_path)
-    another = load_recipe(label_recipe(tmp_path, teacher, views=3))
+    another = load_recipe(label_recipe_file(tmp_path, teacher, views=3))
     with pytest.raises(StoreError, match=r"holds another store \(labelled with other settings\):(.|\n)*  views.views: 2 -> 3"):
-        label_store(another, quiet=True)
+        label_recipe(another, quiet=True)
     shards[1].unlink()
     shards[2].unlink()
     with pytest.raises(StoreError, match=rf"shard 1 {shards[1].name} is missing"):
         Store(folder)
-    assert label_store(recipe, quiet=True)["labelled_records"] == 2 * 128 * 2  # only the deleted shards again
+    assert label_recipe(recipe, quiet=True)["labelled_records"] == 2 * 128 * 2  # only the deleted shards again
     assert Store(folder).verify() == []
 
 
 # ------------------------------------------------------------------------------------------ inspect, CLI
 
 def test_inspect_reports_on_a_store_with_order_diagnostics_on_mixed_views(tmp_path, teacher, capsys):
-    recipe = load_recipe(label_recipe(tmp_path, teacher, augment={"mix": "mixup"}, encoding={"kind": "topk", "k": 3}))
+    recipe = load_recipe(label_recipe_file(tmp_path, teacher, augment={"mix": "mixup"}, encoding={"kind": "topk", "k": 3}))
     assert main(["label", str(recipe.recipe_file), "--quiet"]) == 0
     assert main(["inspect", str(store_folder(tmp_path)), "--output", str(tmp_path / "report")]) == 0
     assert f"{store_folder(tmp_path)}: 1000 soft labels, top-1 accuracy" in capsys.readouterr().out
@@ -429,8 +433,8 @@ def edit_manifest(folder, change, reseal=True):
 @pytest.fixture
 def labelled(tmp_path, teacher):
     """A complete store (4 shards of 128, 128, 128, 116 samples x 2 views) and its label recipe."""
-    recipe = load_recipe(label_recipe(tmp_path, teacher))
-    label_store(recipe, quiet=True)
+    recipe = load_recipe(label_recipe_file(tmp_path, teacher))
+    label_recipe(recipe, quiet=True)
     return store_folder(tmp_path), recipe
 
 
@@ -557,7 +561,7 @@ def test_label_repairs_a_damaged_complete_store_and_training_from_it_works(label
     data = bytearray(shards[2].read_bytes())
     data[-1] ^= 0xFF  # a flipped bit: same size and header
     shards[2].write_bytes(bytes(data))
-    assert label_store(recipe, quiet=True) is None  # sizes and headers only: nothing to repair seen
+    assert label_recipe(recipe, quiet=True) is None  # sizes and headers only: nothing to repair seen
     hashed = student_recipe(tmp_path, {"source": "store", "path": str(folder), "verify": True}, "s2")
     assert main(["train", str(hashed), "--quiet"]) == 2
     assert "its sha256 differs from the manifest's" in capsys.readouterr().err
@@ -569,7 +573,7 @@ def test_label_repairs_a_damaged_complete_store_and_training_from_it_works(label
 def test_a_label_lock_link_is_refused_and_no_store_file_is_written_through_a_link(tmp_path, teacher, capsys):
     victim = tmp_path / "victim.txt"
     victim.write_text("precious")
-    recipe = load_recipe(label_recipe(tmp_path, teacher))
+    recipe = load_recipe(label_recipe_file(tmp_path, teacher))
     folder = store_folder(tmp_path)
     folder.mkdir(parents=True)
     (folder / LOCK).symlink_to(victim)
@@ -581,11 +585,11 @@ def test_a_label_lock_link_is_refused_and_no_store_file_is_written_through_a_lin
     assert main(["label", str(recipe.recipe_file), "--quiet"]) == 2
     assert f"manifest.json is a symbolic link to {victim}, outside the folder" in capsys.readouterr().err
     (folder / "manifest.json").unlink()
-    reference = load_recipe(label_recipe(tmp_path / "reference", teacher))
-    label_store(reference, quiet=True)  # the same shards: their names (with their hashes) are known
+    reference = load_recipe(label_recipe_file(tmp_path / "reference", teacher))
+    label_recipe(reference, quiet=True)  # the same shards: their names (with their hashes) are known
     for name in ["samples.npy", *(p.name for p in store_folder(tmp_path / "reference").glob("shard-*.npy"))]:
         (folder / name).symlink_to(victim)  # (a summary.json would make the folder a training run's)
-    label_store(recipe, quiet=True)
+    label_recipe(recipe, quiet=True)
     assert victim.read_text() == "precious" and Store(folder).verify() == []
     assert not any(p.is_symlink() for p in folder.iterdir())
 
@@ -593,7 +597,7 @@ def test_a_label_lock_link_is_refused_and_no_store_file_is_written_through_a_lin
 def test_a_store_recipe_whose_folder_cannot_be_made_is_one_paragraph(tmp_path, teacher, capsys):
     blocker = tmp_path / "blocked"
     blocker.write_text("a file")
-    label_recipe(tmp_path, teacher)
+    label_recipe_file(tmp_path, teacher)
     student = student_recipe(tmp_path, {"source": "store", "recipe": "store.yaml"}, "s")
     # the store (labelled first, in the student's output_dir) cannot get its folder
     assert main(["train", str(student), "-o", f"output_dir={blocker}", "--quiet"]) == 2

@@ -289,6 +289,16 @@ def test_two_process_ddp_matches_single_process(tmp_path, free_port):
     assert ddp_summary["test_acc_last"] == pytest.approx(single_summary["test_acc_last"], abs=0.51)
 
 
+def test_two_processes_train_what_one_does_when_the_global_batch_splits_unevenly(tmp_path, free_port):
+    """A global batch of 61: slices of 31 and 30, each process's loss weighted by its share of the batch."""
+    torch.set_num_threads(1)
+    uneven = dict(data__batch_size=61, data__augment={"crop_padding": 1, "hflip": True})
+    single = make_recipe(tmp_path / "single", **uneven)
+    run_recipe(single, quiet=True)
+    ddp_dir = run_two_processes(tmp_path / "ddp", free_port, **uneven)
+    assert_same_weights(weights(single.run_dir), weights(ddp_dir), rtol=1e-5, atol=1e-6)
+
+
 def test_sync_batchnorm_makes_two_processes_train_what_one_does(tmp_path, free_port):
     """Without it each process normalises with its half of the batch, and the weights differ."""
     torch.set_num_threads(1)

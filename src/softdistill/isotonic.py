@@ -50,11 +50,11 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from softdistill.losses import at_least_float32
 
-__all__ = ["isotonic_logits", "order_penalty"]
+__all__ = ["isotonic_logits", "order_penalty", "IsotonicLogits", "OrderPenalty"]
 
 
 def _check_mixed(logits: Tensor, labels_a: Tensor, labels_b: Tensor, lam: float | Tensor | None) -> None:
@@ -97,12 +97,25 @@ def _roles(lam: float | Tensor, y: Tensor, a: Tensor, b: Tensor) -> tuple[Tensor
 @torch.no_grad()
 def isotonic_logits(teacher_logits: Tensor, labels_a: Tensor, labels_b: Tensor, lam: float | Tensor, *,
                     check: bool = True) -> Tensor:
-    """Least-squares projection of each row onto ``z_r >= z_s >= z_o`` (see the module docstring).
+    """Least-squares projection of each row onto ``z_r >= z_s >= z_o`` (see the module docstring): IDA's
+    exact correction of teacher logits on mixed samples ("KD-i").
 
-    ``lam`` is a float or a per-sample tensor of shape (B,).  Returns B x K on the input's device
-    and dtype, computed in at least float32, without gradient to the teacher.  ``check=False``
-    (the training step) skips the input checks and the ``topk`` shortcut, whose width is read
-    from the data: the same result, with nothing read back from the device.
+    Args:
+        teacher_logits: B x K logits of the mixed inputs ``lam x_a + (1 - lam) x_b`` (finite).
+        labels_a, labels_b: B class indices of the two mixed samples.
+        lam: the share of ``x_a``: a float, or a tensor of shape (B,).
+        check: check the inputs (reads values back from the device); ``check=False`` (the training
+            step) skips the checks and the ``topk`` shortcut, whose width is read from the data: the
+            same result, with nothing read back from the device.
+
+    Returns:
+        B x K corrected logits on the input's device and dtype (computed in at least float32), without
+        gradient to the teacher.
+
+    Example:
+        >>> teacher = torch.tensor([[1.0, 3.0, 2.0]])  # a mixed image of classes 0 (lam 0.7) and 2
+        >>> isotonic_logits(teacher, torch.tensor([0]), torch.tensor([2]), 0.7)
+        tensor([[2., 2., 2.]])
     """
     if check:
         _check_mixed(teacher_logits, labels_a, labels_b, lam)
@@ -151,8 +164,19 @@ def order_penalty(student_logits: Tensor, labels_a: Tensor, labels_b: Tensor, la
     With ``p = softmax(student_logits)`` (at least float32), per sample
     ``relu(max_{o not in {a, b}} p_o - min(p_a, p_b)) + relu(p_s - p_r)``; the r-s term is dropped
     at ``lam == 0.5`` and vanishes for ``a == b`` (where the first term is
-    ``relu(max_{o != a} p_o - p_a)``).  Differentiable w.r.t. the student logits.  ``check=False``
-    skips the input checks (which read values back from the device).
+    ``relu(max_{o != a} p_o - p_a)``).  Differentiable w.r.t. the student logits.
+
+    Args:
+        student_logits: B x K.
+        labels_a, labels_b, lam: as :func:`isotonic_logits`.
+        check: check the inputs (reads values back from the device).
+
+    Returns:
+        The scalar penalty.
+
+    Example:
+        >>> order_penalty(torch.tensor([[0.0, 2.0, 1.0]]), torch.tensor([0]), torch.tensor([2]), 0.7)
+        tensor(0.7299)
     """
     if check:
         _check_mixed(student_logits, labels_a, labels_b, lam)
@@ -163,3 +187,39 @@ def order_penalty(student_logits: Tensor, labels_a: Tensor, labels_b: Tensor, la
     # p_s - p_r = sign(lam - 0.5) * (p_b - p_a): zero at lam == 0.5 and when a == b.
     sign = torch.sign(torch.as_tensor(lam, dtype=p.dtype, device=p.device) - 0.5)
     return (F.relu(p_other - torch.minimum(p_a, p_b)) + F.relu(sign * (p_b - p_a))).mean()
+
+
+class IsotonicLogits(nn.Module):
+    """Module form of :func:`isotonic_logits`: the exact isotonic correction of teacher logits on mixed samples.
+
+    Args:
+        teacher_logits, labels_a, labels_b, lam: ``forward``'s inputs, as the function's.
+
+    Returns:
+        ``forward`` returns the B x K corrected logits (no gradient).
+
+    Example:
+        >>> IsotonicLogits()(torch.tensor([[1.0, 3.0, 2.0]]), torch.tensor([0]), torch.tensor([2]), 0.7)
+        tensor([[2., 2., 2.]])
+    """
+
+    def forward(self, teacher_logits: Tensor, labels_a: Tensor, labels_b: Tensor, lam: float | Tensor) -> Tensor:
+        return isotonic_logits(teacher_logits, labels_a, labels_b, lam)
+
+
+class OrderPenalty(nn.Module):
+    """Module form of :func:`order_penalty` (IDA's "KD-p").
+
+    Args:
+        student_logits, labels_a, labels_b, lam: ``forward``'s inputs, as the function's.
+
+    Returns:
+        ``forward`` returns the scalar penalty.
+
+    Example:
+        >>> OrderPenalty()(torch.tensor([[0.0, 2.0, 1.0]]), torch.tensor([0]), torch.tensor([2]), 0.7)
+        tensor(0.7299)
+    """
+
+    def forward(self, student_logits: Tensor, labels_a: Tensor, labels_b: Tensor, lam: float | Tensor) -> Tensor:
+        return order_penalty(student_logits, labels_a, labels_b, lam)

@@ -25,6 +25,12 @@ __all__ = [
     "label_smoothing_targets",
     "KDLoss",
     "SoftCrossEntropy",
+    "TeacherStudentDivergence",
+    "CrossEntropy",
+    "MixedCrossEntropy",
+    "TfKDRegLoss",
+    "WeightedSoftCrossEntropy",
+    "WSLLoss",
     "SMOOTHING_CONVENTIONS",
     "SmoothingConvention",
     "at_least_float32",
@@ -85,7 +91,18 @@ def _check_pair(student_logits: Tensor, other: Tensor, what: str) -> None:
 
 
 def at_least_float32(x: Tensor) -> Tensor:
-    """Upcast half-precision tensors to float32; float32/float64 pass through unchanged."""
+    """Upcast half-precision tensors to float32; float32/float64 pass through unchanged.
+
+    Args:
+        x: any floating tensor.
+
+    Returns:
+        ``x`` in float32 when it was float16 or bfloat16, else ``x`` itself.
+
+    Example:
+        >>> at_least_float32(torch.ones(2, dtype=torch.bfloat16)).dtype
+        torch.float32
+    """
     return x.to(torch.promote_types(x.dtype, torch.float32))
 
 
@@ -98,6 +115,17 @@ def _check_temperature(temperature: float) -> None:
                          f"T <= {MAX_TEMPERATURE:g}; a KD term approaches logit matching long before")
 
 
+class _FunctionModule(nn.Module):
+    """Base of the module forms: a function with its keyword hyper-parameters bound."""
+
+    def __init__(self, **hyper_parameters: object) -> None:
+        super().__init__()
+        self.hyper_parameters = hyper_parameters
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{name}={value!r}" for name, value in self.hyper_parameters.items())
+
+
 def kd_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float = 4.0) -> Tensor:
     """Hinton et al. (2015) distillation term, the true KL divergence averaged over the batch.
 
@@ -108,6 +136,20 @@ def kd_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float =
     difference times T^2 would be rounding noise (at T = 1e5 about 1e3, often negative).
     Equals ``T**2 * F.kl_div(log p_s, log p_t, reduction="batchmean", log_target=True)``; note that
     ``nn.KLDivLoss()``'s default 'mean' reduction would also divide by K.
+
+    Args:
+        student_logits: B x K.
+        teacher_logits: B x K (no gradient flows into them).
+        temperature: T in (0, 1e6].
+
+    Returns:
+        The scalar loss (at least float32).
+
+    Example:
+        >>> s = torch.tensor([[2.0, 1.0, 0.0], [0.0, 1.0, 3.0]])
+        >>> t = torch.tensor([[3.0, 0.5, 0.0], [0.0, 0.0, 4.0]])
+        >>> kd_loss(s, t, temperature=4.0)
+        tensor(0.2802)
     """
     return teacher_student_divergence(student_logits, teacher_logits.detach(), temperature)
 
@@ -117,6 +159,20 @@ def teacher_student_divergence(student_logits: Tensor, teacher_logits: Tensor, t
 
     What an adversary maximises when it seeks inputs on which teacher and student disagree
     (HARD, Nix et al. 2023): the inputs reach the loss through both networks.
+
+    Args:
+        student_logits, teacher_logits: B x K, both differentiable.
+        temperature: T in (0, 1e6].
+
+    Returns:
+        The scalar divergence (at least float32).
+
+    Example:
+        >>> s = torch.tensor([[2.0, 1.0, 0.0], [0.0, 1.0, 3.0]])
+        >>> t = torch.tensor([[3.0, 0.5, 0.0], [0.0, 0.0, 4.0]])
+        >>> teacher_student_divergence(s, t.requires_grad_()).backward()
+        >>> t.grad.shape
+        torch.Size([2, 3])
     """
     _check_pair(student_logits, teacher_logits, "teacher_logits")
     _check_temperature(temperature)
@@ -126,13 +182,82 @@ def teacher_student_divergence(student_logits: Tensor, teacher_logits: Tensor, t
     return (temperature**2 * per_sample.mean()).to(at_least_float32(student_logits).dtype)
 
 
+class TeacherStudentDivergence(_FunctionModule):
+    """Module form of :func:`teacher_student_divergence`.
+
+    Args:
+        temperature: T (the constructor's).
+        student_logits, teacher_logits: ``forward``'s inputs, B x K.
+
+    Returns:
+        ``forward`` returns the scalar divergence, differentiable in both inputs.
+
+    Example:
+        >>> s = torch.tensor([[2.0, 1.0, 0.0], [0.0, 1.0, 3.0]])
+        >>> t = torch.tensor([[3.0, 0.5, 0.0], [0.0, 0.0, 4.0]])
+        >>> TeacherStudentDivergence(temperature=4.0)(s, t)
+        tensor(0.2802)
+    """
+
+    def __init__(self, temperature: float = 4.0) -> None:
+        _check_temperature(temperature)
+        super().__init__(temperature=temperature)
+
+    def forward(self, student_logits: Tensor, teacher_logits: Tensor) -> Tensor:
+        return teacher_student_divergence(student_logits, teacher_logits, **self.hyper_parameters)
+
+
 def cross_entropy(student_logits: Tensor, labels: Tensor) -> Tensor:
-    """Hard-label cross-entropy ``mean_b -log softmax(z_s)(y_b)``, in at least float32."""
+    """Hard-label cross-entropy ``mean_b -log softmax(z_s)(y_b)``, in at least float32.
+
+    Args:
+        student_logits: B x K.
+        labels: B class indices (int64).
+
+    Returns:
+        The scalar loss.
+
+    Example:
+        >>> cross_entropy(torch.tensor([[2.0, 0.0], [0.0, 2.0]]), torch.tensor([0, 0]))
+        tensor(1.1269)
+    """
     return F.cross_entropy(at_least_float32(student_logits), labels)
 
 
+class CrossEntropy(_FunctionModule):
+    """Module form of :func:`cross_entropy` (in at least float32, unlike ``nn.CrossEntropyLoss`` under autocast).
+
+    Args:
+        student_logits, labels: ``forward``'s inputs, B x K and B.
+
+    Returns:
+        ``forward`` returns the scalar loss.
+
+    Example:
+        >>> CrossEntropy()(torch.tensor([[2.0, 0.0], [0.0, 2.0]]), torch.tensor([0, 0]))
+        tensor(1.1269)
+    """
+
+    def forward(self, student_logits: Tensor, labels: Tensor) -> Tensor:
+        return cross_entropy(student_logits, labels)
+
+
 def mixed_cross_entropy(student_logits: Tensor, labels_a: Tensor, labels_b: Tensor, lam: Tensor) -> Tensor:
-    """Hard-label CE of a mixed sample: ``mean_b( lam CE(z_s, a) + (1 - lam) CE(z_s, b) )``, lam per sample."""
+    """Hard-label CE of a mixed sample: ``mean_b( lam CE(z_s, a) + (1 - lam) CE(z_s, b) )``, lam per sample.
+
+    Args:
+        student_logits: B x K, the student on the mixed inputs ``lam x_a + (1 - lam) x_b``.
+        labels_a, labels_b: B class indices of the two mixed samples.
+        lam: B shares of ``x_a`` (a tensor; a view plan's ``Batch.lam``).
+
+    Returns:
+        The scalar loss (at least float32).
+
+    Example:
+        >>> z = torch.tensor([[2.0, 0.0], [0.0, 2.0]])
+        >>> mixed_cross_entropy(z, torch.tensor([0, 1]), torch.tensor([1, 0]), torch.tensor([0.5, 1.0]))
+        tensor(0.6269)
+    """
     log_p = F.log_softmax(at_least_float32(student_logits), dim=1)
     ce_a = -log_p.gather(1, labels_a.view(-1, 1)).squeeze(1)
     ce_b = -log_p.gather(1, labels_b.view(-1, 1)).squeeze(1)
@@ -140,11 +265,42 @@ def mixed_cross_entropy(student_logits: Tensor, labels_a: Tensor, labels_b: Tens
     return (lam * ce_a + (1 - lam) * ce_b).mean()
 
 
+class MixedCrossEntropy(_FunctionModule):
+    """Module form of :func:`mixed_cross_entropy`.
+
+    Args:
+        student_logits, labels_a, labels_b, lam: ``forward``'s inputs, as the function's.
+
+    Returns:
+        ``forward`` returns the scalar loss.
+
+    Example:
+        >>> z = torch.tensor([[2.0, 0.0], [0.0, 2.0]])
+        >>> MixedCrossEntropy()(z, torch.tensor([0, 1]), torch.tensor([1, 0]), torch.tensor([0.5, 1.0]))
+        tensor(0.6269)
+    """
+
+    def forward(self, student_logits: Tensor, labels_a: Tensor, labels_b: Tensor, lam: Tensor) -> Tensor:
+        return mixed_cross_entropy(student_logits, labels_a, labels_b, lam)
+
+
 def soft_cross_entropy(student_logits: Tensor, target_probs: Tensor, temperature: float = 1.0) -> Tensor:
     """Cross-entropy against a soft target: ``mean_b( -sum_k target(k) log softmax(z_s / T)(k) )``.
 
     ``target_probs`` rows should be probability vectors (they are not renormalised, so weak
     labels with a deliberate mass deficit keep their meaning).  No gradient flows into them.
+
+    Args:
+        student_logits: B x K.
+        target_probs: B x K target probabilities.
+        temperature: T of the student's softmax.
+
+    Returns:
+        The scalar loss (at least float32).
+
+    Example:
+        >>> soft_cross_entropy(torch.tensor([[2.0, 0.0]]), torch.tensor([[0.75, 0.25]]))
+        tensor(0.6269)
     """
     _check_pair(student_logits, target_probs, "target_probs")
     _check_temperature(temperature)
@@ -164,8 +320,23 @@ def label_smoothing_targets(
     - ``"others"``:  ``1 - eps`` on the true class, ``eps / (K - 1)`` on each other class
       (the convention of the Tf-KD authors' code, Yuan et al. 2020).
 
-    ``check=False`` (the training step) skips the range check of ``labels``, which reads them back
-    from the device.
+    Args:
+        labels: B class indices.
+        num_classes: K (at least 2).
+        epsilon: the smoothing, in [0, 1).
+        convention: ``"uniform"`` or ``"others"``, as above.
+        dtype: the targets' dtype (at least float32).
+        check: check that ``labels`` lie in [0, K) (reads them back from the device; the training step
+            passes False).
+
+    Returns:
+        B x K targets.
+
+    Example:
+        >>> label_smoothing_targets(torch.tensor([1]), 4, 0.2)
+        tensor([[0.0500, 0.8500, 0.0500, 0.0500]])
+        >>> label_smoothing_targets(torch.tensor([1]), 4, 0.3, "others")
+        tensor([[0.1000, 0.7000, 0.1000, 0.1000]])
     """
     if convention not in SMOOTHING_CONVENTIONS:
         raise ValueError(f"convention must be one of {SMOOTHING_CONVENTIONS}, got {convention!r}")
@@ -198,7 +369,20 @@ def virtual_teacher_probs(labels: Tensor, num_classes: int, correct_prob: float 
 
     ``p_d(k) = a`` if k = y else ``(1 - a) / (K - 1)``: a 100 %-accurate teacher whose confidence
     ``a = correct_prob`` is chosen by hand (the same vector as the "others" label smoothing with
-    eps = 1 - a).  ``check``: see :func:`label_smoothing_targets`.
+    eps = 1 - a).
+
+    Args:
+        labels: B class indices.
+        num_classes: K.
+        correct_prob: a, in (0, 1).
+        dtype, check: as :func:`label_smoothing_targets`.
+
+    Returns:
+        B x K probabilities.
+
+    Example:
+        >>> virtual_teacher_probs(torch.tensor([0]), 3, correct_prob=0.8)
+        tensor([[0.8000, 0.1000, 0.1000]])
     """
     if not 0.0 < correct_prob < 1.0:
         raise ValueError(f"correct_prob must be in (0, 1), got {correct_prob}")
@@ -224,7 +408,24 @@ def tfkd_reg_loss(student_logits: Tensor, labels: Tensor, temperature: float = 2
       at T = 1, and the 'mean' reduction divides by B x K; the authors compensate with a
       per-model multiplier (50-100).
 
-    ``check``: see :func:`label_smoothing_targets`.
+    Args:
+        student_logits: B x K.
+        labels: B class indices.
+        temperature: T.
+        alpha: the weight of the virtual teacher's term.
+        correct_prob: a, or None for the mode's default.
+        mode: ``"paper"`` or ``"reference"``, as above.
+        multiplier: the reference mode's per-model factor.
+        check: as :func:`label_smoothing_targets`.
+
+    Returns:
+        The scalar loss (at least float32).
+
+    Example:
+        >>> s = torch.tensor([[2.0, 1.0, 0.0], [0.0, 1.0, 3.0]])
+        >>> t = torch.tensor([[3.0, 0.5, 0.0], [0.0, 0.0, 4.0]])
+        >>> tfkd_reg_loss(s, torch.tensor([0, 2]), temperature=20.0, alpha=0.1)
+        tensor(0.2799)
     """
     if mode not in TFKD_MODES:
         raise ValueError(f"mode must be one of {TFKD_MODES}, got {mode!r}")
@@ -248,6 +449,34 @@ def tfkd_reg_loss(student_logits: Tensor, labels: Tensor, temperature: float = 2
     return (1 - alpha) * ce + alpha * multiplier * kl_mean
 
 
+class TfKDRegLoss(_FunctionModule):
+    """Module form of :func:`tfkd_reg_loss`.
+
+    Args:
+        temperature, alpha, correct_prob, mode, multiplier: the constructor's, as the function's.
+        student_logits, labels: ``forward``'s inputs.
+
+    Returns:
+        ``forward`` returns the scalar loss.
+
+    Example:
+        >>> s = torch.tensor([[2.0, 1.0, 0.0], [0.0, 1.0, 3.0]])
+        >>> t = torch.tensor([[3.0, 0.5, 0.0], [0.0, 0.0, 4.0]])
+        >>> TfKDRegLoss(temperature=20.0, alpha=0.1)(s, torch.tensor([0, 2]))
+        tensor(0.2799)
+    """
+
+    def __init__(self, temperature: float = 20.0, alpha: float = 0.1, correct_prob: float | None = None,
+                 mode: str = "paper", *, multiplier: float = 1.0) -> None:
+        _check_temperature(temperature)
+        _check_choice("mode", mode, TFKD_MODES)
+        super().__init__(temperature=temperature, alpha=alpha, correct_prob=correct_prob, mode=mode,
+                         multiplier=multiplier)
+
+    def forward(self, student_logits: Tensor, labels: Tensor) -> Tensor:
+        return tfkd_reg_loss(student_logits, labels, **self.hyper_parameters)
+
+
 def wsl_weights(student_logits: Tensor, teacher_logits: Tensor, labels: Tensor, eps: float = 1e-7) -> Tensor:
     """Per-sample weights of weighted soft labels (Zhou et al., ICLR 2021), B values in [0, 1], no grad.
 
@@ -255,6 +484,21 @@ def wsl_weights(student_logits: Tensor, teacher_logits: Tensor, labels: Tensor, 
     ``labels`` at T = 1.  w ~ 0.632 when both are equally good, -> 0 when the student is far better
     than the teacher on that sample (a "regularization sample": its soft label mostly adds bias),
     -> 1 when the teacher is far better.  ``eps`` keeps a teacher whose CE underflows to 0 finite.
+
+    Args:
+        student_logits, teacher_logits: B x K.
+        labels: B class indices.
+        eps: added to the teacher's CE.
+
+    Returns:
+        B weights.
+
+    Example:
+        >>> s = torch.tensor([[2.0, 1.0, 0.0], [0.0, 1.0, 3.0]])
+        >>> t = torch.tensor([[3.0, 0.5, 0.0], [0.0, 0.0, 4.0]])
+        >>> y = torch.tensor([0, 2])
+        >>> wsl_weights(s, t, y)
+        tensor([0.9628, 0.9911])
     """
     _check_pair(student_logits, teacher_logits, "teacher_logits")
     with torch.no_grad():
@@ -265,7 +509,22 @@ def wsl_weights(student_logits: Tensor, teacher_logits: Tensor, labels: Tensor, 
 
 def weighted_soft_cross_entropy(student_logits: Tensor, teacher_logits: Tensor, weights: Tensor,
                                 temperature: float = 1.0) -> Tensor:
-    """``mean_i( w_i * -sum_k p_t^T(k) log p_s^T(k) )``: soft cross-entropy with per-sample weights (no T^2)."""
+    """``mean_i( w_i * -sum_k p_t^T(k) log p_s^T(k) )``: soft cross-entropy with per-sample weights (no T^2).
+
+    Args:
+        student_logits, teacher_logits: B x K (no gradient flows into the teacher's).
+        weights: B per-sample weights (no gradient flows into them).
+        temperature: T of both softmaxes.
+
+    Returns:
+        The scalar loss (at least float32).
+
+    Example:
+        >>> s = torch.tensor([[2.0, 1.0, 0.0], [0.0, 1.0, 3.0]])
+        >>> t = torch.tensor([[3.0, 0.5, 0.0], [0.0, 0.0, 4.0]])
+        >>> weighted_soft_cross_entropy(s, t, torch.tensor([1.0, 0.0]))
+        tensor(0.2841)
+    """
     _check_pair(student_logits, teacher_logits, "teacher_logits")
     _check_temperature(temperature)
     if weights.shape != student_logits.shape[:1]:
@@ -275,20 +534,102 @@ def weighted_soft_cross_entropy(student_logits: Tensor, teacher_logits: Tensor, 
     return (weights.detach() * -(p_t * log_p_s).sum(dim=1)).mean()
 
 
+class WeightedSoftCrossEntropy(_FunctionModule):
+    """Module form of :func:`weighted_soft_cross_entropy`.
+
+    Args:
+        temperature: T (the constructor's).
+        student_logits, teacher_logits, weights: ``forward``'s inputs.
+
+    Returns:
+        ``forward`` returns the scalar loss.
+
+    Example:
+        >>> s = torch.tensor([[2.0, 1.0, 0.0], [0.0, 1.0, 3.0]])
+        >>> t = torch.tensor([[3.0, 0.5, 0.0], [0.0, 0.0, 4.0]])
+        >>> WeightedSoftCrossEntropy()(s, t, torch.tensor([1.0, 0.0]))
+        tensor(0.2841)
+    """
+
+    def __init__(self, temperature: float = 1.0) -> None:
+        _check_temperature(temperature)
+        super().__init__(temperature=temperature)
+
+    def forward(self, student_logits: Tensor, teacher_logits: Tensor, weights: Tensor) -> Tensor:
+        return weighted_soft_cross_entropy(student_logits, teacher_logits, weights, **self.hyper_parameters)
+
+
 def wsl_loss(student_logits: Tensor, teacher_logits: Tensor, labels: Tensor, temperature: float = 4.0,
              alpha: float = 2.25) -> Tensor:
     """Weighted soft labels: ``CE(z_s, y) + alpha T^2 mean_i(w_i * H(p_t^T, p_s^T)_i)``, w from :func:`wsl_weights`.
 
     The soft term is the per-sample soft cross-entropy (same student gradient as the KL); there is
     no separate weight on the CE term (the authors' code).
+
+    Args:
+        student_logits, teacher_logits: B x K.
+        labels: B class indices.
+        temperature: T of the soft term.
+        alpha: its weight.
+
+    Returns:
+        The scalar loss (at least float32).
+
+    Example:
+        >>> s = torch.tensor([[2.0, 1.0, 0.0], [0.0, 1.0, 3.0]])
+        >>> t = torch.tensor([[3.0, 0.5, 0.0], [0.0, 0.0, 4.0]])
+        >>> y = torch.tensor([0, 2])
+        >>> wsl_loss(s, t, y)
+        tensor(36.3299)
     """
     weights = wsl_weights(student_logits, teacher_logits, labels)
     soft = weighted_soft_cross_entropy(student_logits, teacher_logits, weights, temperature)
     return cross_entropy(student_logits, labels) + alpha * temperature**2 * soft
 
 
+class WSLLoss(_FunctionModule):
+    """Module form of :func:`wsl_loss`.
+
+    Args:
+        temperature, alpha: the constructor's, as the function's.
+        student_logits, teacher_logits, labels: ``forward``'s inputs.
+
+    Returns:
+        ``forward`` returns the scalar loss.
+
+    Example:
+        >>> s = torch.tensor([[2.0, 1.0, 0.0], [0.0, 1.0, 3.0]])
+        >>> t = torch.tensor([[3.0, 0.5, 0.0], [0.0, 0.0, 4.0]])
+        >>> y = torch.tensor([0, 2])
+        >>> WSLLoss(temperature=4.0, alpha=2.25)(s, t, y)
+        tensor(36.3299)
+    """
+
+    def __init__(self, temperature: float = 4.0, alpha: float = 2.25) -> None:
+        _check_temperature(temperature)
+        _check_non_negative(alpha=alpha)
+        super().__init__(temperature=temperature, alpha=alpha)
+
+    def forward(self, student_logits: Tensor, teacher_logits: Tensor, labels: Tensor) -> Tensor:
+        return wsl_loss(student_logits, teacher_logits, labels, **self.hyper_parameters)
+
+
 class KDLoss(nn.Module):
-    """Module form of :func:`kd_loss`."""
+    """Module form of :func:`kd_loss`.
+
+    Args:
+        temperature: T (the constructor's).
+        student_logits, teacher_logits: ``forward``'s inputs, B x K.
+
+    Returns:
+        ``forward`` returns the scalar loss.
+
+    Example:
+        >>> s = torch.tensor([[2.0, 1.0, 0.0], [0.0, 1.0, 3.0]])
+        >>> t = torch.tensor([[3.0, 0.5, 0.0], [0.0, 0.0, 4.0]])
+        >>> KDLoss(temperature=4.0)(s, t)
+        tensor(0.2802)
+    """
 
     def __init__(self, temperature: float = 4.0) -> None:
         super().__init__()
@@ -303,7 +644,19 @@ class KDLoss(nn.Module):
 
 
 class SoftCrossEntropy(nn.Module):
-    """Module form of :func:`soft_cross_entropy`."""
+    """Module form of :func:`soft_cross_entropy`.
+
+    Args:
+        temperature: T (the constructor's).
+        student_logits, target_probs: ``forward``'s inputs, B x K.
+
+    Returns:
+        ``forward`` returns the scalar loss.
+
+    Example:
+        >>> SoftCrossEntropy()(torch.tensor([[2.0, 0.0]]), torch.tensor([[0.75, 0.25]]))
+        tensor(0.6269)
+    """
 
     def __init__(self, temperature: float = 1.0) -> None:
         super().__init__()
@@ -983,19 +1336,23 @@ def mlkd_loss(student_logits_weak: Tensor, teacher_logits_weak: Tensor, student_
 
 # ------------------------------------------------------------- module forms
 
-class _FunctionModule(nn.Module):
-    """Base of the module forms below: a function with its keyword hyper-parameters bound."""
-
-    def __init__(self, **hyper_parameters: object) -> None:
-        super().__init__()
-        self.hyper_parameters = hyper_parameters
-
-    def extra_repr(self) -> str:
-        return ", ".join(f"{name}={value!r}" for name, value in self.hyper_parameters.items())
-
-
 class DKDLoss(_FunctionModule):
-    """Module form of :func:`dkd_loss`: ``DKDLoss(alpha, beta, temperature)(student_logits, teacher_logits, labels)``."""
+    """Module form of :func:`dkd_loss`.
+
+    Args:
+        alpha, beta, temperature, standardize, target_offset: the constructor's, as the function's.
+        student_logits, teacher_logits, labels: ``forward``'s inputs.
+
+    Returns:
+        ``forward`` returns the scalar loss.
+
+    Example:
+        >>> s = torch.tensor([[2.0, 1.0, 0.0], [0.0, 1.0, 3.0]])
+        >>> t = torch.tensor([[3.0, 0.5, 0.0], [0.0, 0.0, 4.0]])
+        >>> y = torch.tensor([0, 2])
+        >>> torch.equal(DKDLoss(alpha=1.0, beta=8.0)(s, t, y), dkd_loss(s, t, y))
+        True
+    """
 
     def __init__(self, alpha: float = 1.0, beta: float = 8.0, temperature: float = 4.0, *, standardize: bool = False,
                  target_offset: float = DKD_TARGET_OFFSET) -> None:
@@ -1009,7 +1366,21 @@ class DKDLoss(_FunctionModule):
 
 
 class DISTLoss(_FunctionModule):
-    """Module form of :func:`dist_loss`: ``DISTLoss(beta, gamma, temperature)(student_logits, teacher_logits)``."""
+    """Module form of :func:`dist_loss`.
+
+    Args:
+        beta, gamma, temperature, tau_squared: the constructor's, as the function's.
+        student_logits, teacher_logits: ``forward``'s inputs.
+
+    Returns:
+        ``forward`` returns the scalar loss.
+
+    Example:
+        >>> s = torch.tensor([[2.0, 1.0, 0.0], [0.0, 1.0, 3.0]])
+        >>> t = torch.tensor([[3.0, 0.5, 0.0], [0.0, 0.0, 4.0]])
+        >>> torch.equal(DISTLoss()(s, t), dist_loss(s, t))
+        True
+    """
 
     def __init__(self, beta: float = 1.0, gamma: float = 1.0, temperature: float = 1.0,
                  tau_squared: bool = True) -> None:
@@ -1022,7 +1393,22 @@ class DISTLoss(_FunctionModule):
 
 
 class NKDLoss(_FunctionModule):
-    """Module form of :func:`nkd_loss`: ``NKDLoss(temperature, gamma)(student_logits, teacher_logits, labels)``."""
+    """Module form of :func:`nkd_loss`.
+
+    Args:
+        temperature, gamma: the constructor's, as the function's.
+        student_logits, teacher_logits, labels: ``forward``'s inputs.
+
+    Returns:
+        ``forward`` returns the scalar loss.
+
+    Example:
+        >>> s = torch.tensor([[2.0, 1.0, 0.0], [0.0, 1.0, 3.0]])
+        >>> t = torch.tensor([[3.0, 0.5, 0.0], [0.0, 0.0, 4.0]])
+        >>> y = torch.tensor([0, 2])
+        >>> torch.equal(NKDLoss()(s, t, y), nkd_loss(s, t, y))
+        True
+    """
 
     def __init__(self, temperature: float = 1.0, gamma: float = 1.5) -> None:
         _check_temperature(temperature)
@@ -1034,9 +1420,22 @@ class NKDLoss(_FunctionModule):
 
 
 class USKDLoss(_FunctionModule):
-    """Module form of :func:`uskd_loss`: ``USKDLoss(alpha, beta, mu)(student_logits, weak_logits, labels)``.
+    """Module form of :func:`uskd_loss`. The weak head (a linear layer on a mid-level feature in the
+    authors' code) belongs to the model.
 
-    The weak head (a linear layer on a mid-level feature in the authors' code) belongs to the model.
+    Args:
+        alpha, beta, mu, rank_with_log_probs: the constructor's, as the function's.
+        student_logits, weak_logits, labels: ``forward``'s inputs.
+
+    Returns:
+        ``forward`` returns the scalar loss.
+
+    Example:
+        >>> s = torch.tensor([[2.0, 1.0, 0.0], [0.0, 1.0, 3.0]])
+        >>> t = torch.tensor([[3.0, 0.5, 0.0], [0.0, 0.0, 4.0]])
+        >>> y = torch.tensor([0, 2])
+        >>> torch.equal(USKDLoss()(s, t, y), uskd_loss(s, t, y))
+        True
     """
 
     def __init__(self, alpha: float = 1.0, beta: float = 0.1, mu: float = 0.005, *,
@@ -1049,7 +1448,19 @@ class USKDLoss(_FunctionModule):
 
 
 class LogitStandardize(_FunctionModule):
-    """Module form of :func:`logit_standardize`: ``LogitStandardize(eps, unbiased)(logits)``."""
+    """Module form of :func:`logit_standardize`.
+
+    Args:
+        eps, unbiased: the constructor's, as the function's.
+        logits: ``forward``'s input.
+
+    Returns:
+        ``forward`` returns the standardised logits, same shape.
+
+    Example:
+        >>> LogitStandardize()(torch.tensor([[1.0, 2.0, 3.0]]))
+        tensor([[-1.0000,  0.0000,  1.0000]])
+    """
 
     def __init__(self, eps: float = 1e-7, unbiased: bool = True) -> None:
         super().__init__(eps=eps, unbiased=unbiased)
@@ -1059,7 +1470,21 @@ class LogitStandardize(_FunctionModule):
 
 
 class KDLSLoss(_FunctionModule):
-    """Module form of :func:`kd_ls_loss`: ``KDLSLoss(temperature)(student_logits, teacher_logits)``."""
+    """Module form of :func:`kd_ls_loss`.
+
+    Args:
+        temperature: the constructor's, as the function's.
+        student_logits, teacher_logits: ``forward``'s inputs.
+
+    Returns:
+        ``forward`` returns the scalar loss.
+
+    Example:
+        >>> s = torch.tensor([[2.0, 1.0, 0.0], [0.0, 1.0, 3.0]])
+        >>> t = torch.tensor([[3.0, 0.5, 0.0], [0.0, 0.0, 4.0]])
+        >>> torch.equal(KDLSLoss()(s, t), kd_ls_loss(s, t))
+        True
+    """
 
     def __init__(self, temperature: float = 2.0) -> None:
         _check_temperature(temperature)
@@ -1070,7 +1495,21 @@ class KDLSLoss(_FunctionModule):
 
 
 class TTMLoss(_FunctionModule):
-    """Module form of :func:`ttm_loss`: ``TTMLoss(gamma=...)(student_logits, teacher_logits)``."""
+    """Module form of :func:`ttm_loss`.
+
+    Args:
+        gamma: the constructor's, as the function's.
+        student_logits, teacher_logits: ``forward``'s inputs.
+
+    Returns:
+        ``forward`` returns the scalar loss.
+
+    Example:
+        >>> s = torch.tensor([[2.0, 1.0, 0.0], [0.0, 1.0, 3.0]])
+        >>> t = torch.tensor([[3.0, 0.5, 0.0], [0.0, 0.0, 4.0]])
+        >>> torch.equal(TTMLoss(gamma=0.5)(s, t), ttm_loss(s, t, gamma=0.5))
+        True
+    """
 
     def __init__(self, *, gamma: float) -> None:
         super().__init__(gamma=gamma)
@@ -1080,7 +1519,21 @@ class TTMLoss(_FunctionModule):
 
 
 class WTTMLoss(_FunctionModule):
-    """Module form of :func:`wttm_loss`: ``WTTMLoss(gamma=...)(student_logits, teacher_logits)``."""
+    """Module form of :func:`wttm_loss`.
+
+    Args:
+        gamma: the constructor's, as the function's.
+        student_logits, teacher_logits: ``forward``'s inputs.
+
+    Returns:
+        ``forward`` returns the scalar loss.
+
+    Example:
+        >>> s = torch.tensor([[2.0, 1.0, 0.0], [0.0, 1.0, 3.0]])
+        >>> t = torch.tensor([[3.0, 0.5, 0.0], [0.0, 0.0, 4.0]])
+        >>> torch.equal(WTTMLoss(gamma=0.5)(s, t), wttm_loss(s, t, gamma=0.5))
+        True
+    """
 
     def __init__(self, *, gamma: float) -> None:
         super().__init__(gamma=gamma)
@@ -1090,7 +1543,20 @@ class WTTMLoss(_FunctionModule):
 
 
 class GradientReversal(nn.Module):
-    """Module form of :func:`gradient_reversal`: ``GradientReversal()(x, lambda_)``."""
+    """Module form of :func:`gradient_reversal`.
+
+    Args:
+        x, lambda_: ``forward``'s inputs, as the function's.
+
+    Returns:
+        ``forward`` returns ``x`` unchanged; its gradient is multiplied by ``-lambda_``.
+
+    Example:
+        >>> x = torch.ones(2, requires_grad=True)
+        >>> GradientReversal()(x, 0.5).sum().backward()
+        >>> x.grad
+        tensor([-0.5000, -0.5000])
+    """
 
     def forward(self, x: Tensor, lambda_: float) -> Tensor:
         return gradient_reversal(x, lambda_)
@@ -1103,6 +1569,21 @@ class CTKDLoss(_FunctionModule):
     15.6); give it to the optimiser with the student's parameters. ``forward(student_logits,
     teacher_logits, lambda_)`` reverses theta's gradient with strength ``lambda_`` (see
     :func:`ctkd_grl_lambda`), so the temperature ascends the loss that the student descends.
+
+    Args:
+        t_start, t_end, standardize: the constructor's, as :func:`ctkd_temperature` and :func:`ctkd_kd_loss`.
+        student_logits, teacher_logits, lambda_: ``forward``'s inputs.
+
+    Returns:
+        ``forward`` returns the scalar loss.
+
+    Example:
+        >>> s = torch.tensor([[2.0, 1.0, 0.0], [0.0, 1.0, 3.0]])
+        >>> t = torch.tensor([[3.0, 0.5, 0.0], [0.0, 0.0, 4.0]])
+        >>> loss = CTKDLoss()
+        >>> loss(s, t, 1.0).backward()
+        >>> loss.theta.grad.shape, round(loss.temperature().item(), 2)
+        (torch.Size([1]), 15.62)
     """
 
     def __init__(self, t_start: float = 1.0, t_end: float = 20.0, *, standardize: bool = False) -> None:
@@ -1122,7 +1603,24 @@ class CTKDLoss(_FunctionModule):
 
 
 class MLKDLoss(_FunctionModule):
-    """Module form of :func:`mlkd_loss`; ``forward`` returns its dict of four terms."""
+    """Module form of :func:`mlkd_loss`.
+
+    Args:
+        temperature, extra_temperatures, ce_weight, kd_weight, standardize, strong_views, confidence_masks:
+            the constructor's, as the function's.
+        student_logits_weak, teacher_logits_weak, student_logits_strong, teacher_logits_strong, labels:
+            ``forward``'s inputs.
+
+    Returns:
+        ``forward`` returns the function's dict of four scalar terms.
+
+    Example:
+        >>> s = torch.tensor([[2.0, 1.0, 0.0], [0.0, 1.0, 3.0]])
+        >>> t = torch.tensor([[3.0, 0.5, 0.0], [0.0, 0.0, 4.0]])
+        >>> y = torch.tensor([0, 2])
+        >>> sorted(MLKDLoss()(s, t, s, t, y))
+        ['loss_bc', 'loss_cc', 'loss_ce', 'loss_kd']
+    """
 
     def __init__(self, temperature: float = 4.0, extra_temperatures: tuple[float, ...] = (3.0, 5.0, 2.0, 6.0),
                  ce_weight: float = 0.1, kd_weight: float = 0.9, *, standardize: bool = False,

@@ -79,7 +79,30 @@ class Registry(Generic[T]):
     def register(self, entry: Any = None, *, name: str | None = None) -> Any:
         """Register ``entry`` (a class decorator when the registry has a ``key``); called as
         ``register("NAME")`` (or with ``name=``), a decorator that registers what it decorates under that
-        name.  A name that is malformed or taken by another entry is a ValueError saying which."""
+        name.  A name that is malformed or taken by another entry is a ValueError saying which.
+
+        ``softdistill.register_method``, ``register_source`` and ``register_model`` are this method of the
+        registries of methods, soft-label sources and models.
+
+        Args:
+            entry: what to register (a method or source class, whose ``Config`` gives the name), or the name.
+            name: the name, when the entry does not carry it.
+
+        Returns:
+            ``entry`` itself, or a decorator that registers and returns what it decorates.
+
+        Example:
+            >>> shapes = Registry("shape")
+            >>> @shapes.register("square")
+            ... def square(side):
+            ...     return side * side
+            >>> shapes.get("square")(3)
+            9
+            >>> shapes.get("sqare")
+            Traceback (most recent call last):
+            ...
+            softdistill.registry.UnknownNameError: unknown shape 'sqare'; did you mean 'square'? (known: square)
+        """
         if isinstance(entry, str):
             entry, name = None, entry
         if entry is None:

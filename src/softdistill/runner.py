@@ -1,7 +1,7 @@
 """Run a recipe: its dependencies made first, its run folder's rules applied, then the run itself.
 
 A training or VAE recipe is set up by :func:`softdistill.build.build_run` and fitted; a label recipe
-writes its store (:func:`label_store`).  Dependencies (a teacher recipe, a VAE recipe, a label
+writes its store (:func:`label_recipe`).  Dependencies (a teacher recipe, a VAE recipe, a label
 recipe) are made or found by :func:`resolve_dependencies` (:mod:`softdistill.artifacts`).  A training
 run's folder is locked from its first write to the end; Ctrl-C becomes a
 :class:`~softdistill.runs.RunInterrupted` that says what the folder keeps.
@@ -29,11 +29,11 @@ from softdistill.runs import (RunInterrupted, RunStateError, check_same_recipe, 
                              recipe_differences, resume_checkpoint, run_dir_state, write_text_atomic)
 from softdistill.runtime.distributed import DistContext, all_reduce_sum
 from softdistill.soft_labels import Dependency
-from softdistill.store import write_store
+from softdistill.labelling import label_store
 from softdistill.store.format import sha256_of
 from softdistill.types import Batch
 
-__all__ = ["run_recipe", "label_store", "resolve_dependencies", "product_of", "prepare_run"]
+__all__ = ["run_recipe", "label_recipe", "resolve_dependencies", "product_of", "prepare_run"]
 
 
 def product_of(recipe: RunRecipe, dependency: Dependency, quiet: bool = False) -> Path:
@@ -68,37 +68,30 @@ def _labeller_identity(recipe: LabelRecipe, products: dict[Dependency, Path]) ->
             "normalization": normalization, "amp": recipe.train.amp}
 
 
-def label_store(recipe: LabelRecipe, *, quiet: bool = False, verify: bool = False) -> dict[str, Any] | None:
-    """Write (or continue, or repair) the store of ``recipe`` into ``recipe.run_dir``; the summary on
-    rank 0 (None on other ranks or when the store was complete and sound already).  ``verify``: a
-    complete store's files are hashed, not only sized."""
+def label_recipe(recipe: LabelRecipe, *, quiet: bool = False, verify: bool = False) -> dict[str, Any] | None:
+    """Write (or continue, or repair) the store of ``recipe`` into ``recipe.run_dir`` with
+    :func:`~softdistill.labelling.label_store`; the summary on rank 0 (None on other ranks or when the store
+    was complete and sound already).  ``verify``: a complete store's files are hashed, not only sized."""
     ctx = machine(recipe)
     products = resolve_dependencies(recipe, quiet)
     data = load_data(recipe)
     plan = recipe.view_plan
     views = make_loaders(recipe, data, ctx, BatchTransform(data.mean, data.std), plan).views
     source = build_source(recipe, data, ctx, views, products)
-    assert source is not None and plan.distinct_views is not None  # the label recipe's rules
+    assert source is not None  # the label recipe's rules
 
-    def label(rows: torch.Tensor, view: torch.Tensor) -> torch.Tensor:
-        batch: Batch = views.batch_of(rows, view)
-        with torch.inference_mode(), autocast(ctx.device, recipe.train.amp):
+    def label(batch: Batch) -> torch.Tensor:
+        with autocast(ctx.device, recipe.train.amp):
             return source(batch).float()
 
     run_dir = recipe.run_dir
     if ctx.is_main and run_dir_state(run_dir) == "new" and not (run_dir / "config.yaml").exists():
         ensure_folder(run_dir)
         write_text_atomic(run_dir / "config.yaml", yaml.safe_dump(recipe.to_dict(), sort_keys=False))
-    header = {"data": {**recipe.data.split_identity(), "class_names": list(data.class_names),
-                       "image_shape": list(data.train.image_shape)},
-              # not part of the store's identity: the statistics' last bits depend on the thread count
-              "normalization": {"mean": list(data.mean), "std": list(data.std)},
-              "teacher": _labeller_identity(recipe, products),
-              "views": {**plan.model_dump(mode="json", exclude={"replay"}), "fingerprint": plan.fingerprint()}}
-    return write_store(run_dir, header, data.train.ids, data.train.labels, label,
-                       encoding=recipe.encoding.encoding(data.num_classes), views=plan.distinct_views,
-                       shard_samples=recipe.shard_samples, batch_size=recipe.data.eval_batch_size, ctx=ctx,
-                       quiet=quiet, verify=verify)
+    return label_store(label, data, plan, run_dir, encoding=recipe.encoding, batch_size=recipe.data.eval_batch_size,
+                       shard_samples=recipe.shard_samples, device=ctx.device, loader=views,
+                       identity=_labeller_identity(recipe, products), data_identity=recipe.data.split_identity(),
+                       ctx=ctx, quiet=quiet, verify=verify)
 
 
 def _interrupted_run(recipe: RunRecipe, run: Run | None) -> RunInterrupted:
@@ -152,7 +145,7 @@ def run_recipe(recipe: RunRecipe, *, resume: bool = False, quiet: bool = False, 
     if isinstance(recipe, LabelRecipe):
         kept = f"{recipe.run_dir}: the shards labelled so far are kept"
         with interruption(lambda: RunInterrupted(kept, resume=False)):
-            return label_store(recipe, quiet=quiet, verify=verify)
+            return label_recipe(recipe, quiet=quiet, verify=verify)
     if resume and run_dir_state(recipe.run_dir) == "finished":
         return _finished_run(recipe, quiet)
     run = None

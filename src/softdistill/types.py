@@ -8,6 +8,7 @@ from dataclasses import fields as dataclass_fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import torch
 from torch import Tensor
 
 if TYPE_CHECKING:
@@ -31,6 +32,19 @@ class Batch:
     ``sample_id`` and ``view`` live on the batch's device.  The loaders, which know the address
     on the host, also give it there (``host_sample_id``, ``host_view``: CPU int64), so that a
     source reading host memory (a store) looks soft labels up without waiting for the device.
+
+    Args:
+        x: the inputs, B x ...
+        y: B hard labels (int64).
+        sample_id, view: B sample ids and views (int64), or None.
+        y_b, lam: the partners' labels and the samples' shares of a mixed view, or None.
+        host_sample_id, host_view: CPU copies of the address (the loaders give them).
+
+    Example:
+        >>> batch = Batch(x=torch.zeros(4, 3), y=torch.tensor([0, 1, 2, 0]), sample_id=torch.arange(4),
+        ...               view=torch.zeros(4, dtype=torch.long))
+        >>> len(batch), [len(part) for part in batch.chunks(3)]
+        (4, [2, 1, 1])
     """
 
     x: Tensor
@@ -61,6 +75,33 @@ class Batch:
             raise ValueError("soft labels looked up by address need the batch's sample_id and view")
         return self.sample_id.cpu(), self.view.cpu()
 
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> "Batch":
+        """The batch on ``device``; the host copies of its address stay on the host.
+
+        Args:
+            device: the target device.
+            non_blocking: copy without waiting (from pinned memory).
+
+        Returns:
+            A new :class:`Batch`.
+
+        Example:
+            >>> Batch(x=torch.zeros(2, 3), y=torch.tensor([0, 1])).to("cpu").x.device
+            device(type='cpu')
+        """
+        return self._mapped(lambda tensor: tensor.to(device, non_blocking=non_blocking))
+
+    def pin_memory(self) -> "Batch":
+        """The batch in page-locked memory, for copies to a GPU without waiting (a DataLoader with
+        ``pin_memory=True`` calls it); the host copies of the address stay as they are."""
+        return self._mapped(Tensor.pin_memory)
+
+    def _mapped(self, fn: Callable[[Tensor], Tensor]) -> "Batch":
+        """A new batch of ``fn`` of every tensor, but for the host copies of the address."""
+        host = {"host_sample_id", "host_view"}
+        return Batch(**{f.name: value if value is None or f.name in host else fn(value)
+                        for f in dataclass_fields(self) for value in [getattr(self, f.name)]})
+
     def chunks(self, count: int) -> list["Batch"]:
         """The batch cut into ``count`` near-equal consecutive parts (gradient accumulation)."""
         fields = {f.name: getattr(self, f.name) for f in dataclass_fields(self)}
@@ -76,6 +117,16 @@ class StepOutput:
     ``losses``: named loss terms, each a scalar tensor; the trainer sums them, back-propagates the
     sum and logs each term.  ``metrics``: named diagnostics (scalars, no gradient) that the trainer
     averages over the epoch and logs, e.g. the WSL regularization-sample share.
+
+    Args:
+        logits: the student's B x K logits.
+        losses: name -> scalar loss term.
+        metrics: name -> scalar diagnostic.
+
+    Example:
+        >>> out = StepOutput(torch.zeros(2, 3), {"ce": torch.tensor(1.0), "kd": torch.tensor(0.5)})
+        >>> sum(out.losses.values())
+        tensor(1.5000)
     """
 
     logits: Tensor

@@ -10,9 +10,11 @@ from softdistill.data.samples import (DatasetFormatError, DatasetNotFoundError, 
 from softdistill.data.shifts import (OOD_KINDS, OODSpec, gaussian_blur, gaussian_noise, ood_set, ood_sets, parse_ood_spec,
                                      parse_ood_specs, rotate, translate)
 from softdistill.data.splits import per_class_subset, stratified_split
-from softdistill.data.views import AugmentConfig, ViewPlan
+from softdistill.data.sampler import GlobalBatchSampler, ViewDataset
+from softdistill.data.views import AugmentConfig, ViewPlan, ViewTransform, ViewTransformError
 
-__all__ = ["DataConfig", "AugmentConfig", "ViewPlan", "register_dataset", "datasets", "DatasetInfo", "Split",
+__all__ = ["DataConfig", "AugmentConfig", "ViewPlan", "ViewTransform", "ViewTransformError", "GlobalBatchSampler",
+           "ViewDataset", "register_dataset", "datasets", "DatasetInfo", "Split",
            "read_split", "load_split", "TensorSet", "StreamSet", "FileSet", "IdIndex", "DatasetNotFoundError",
            "DatasetFormatError", "UnreadableImageError", "stratified_split", "per_class_subset", "BatchTransform",
            "BatchLoader", "DataBundle", "prepare_data", "OOD_KINDS", "OODSpec", "parse_ood_spec", "parse_ood_specs",

@@ -25,7 +25,22 @@ __all__ = ["DataConfig", "DataFacts"]
 
 
 class DataConfig(StrictConfig):
-    """``data:`` of a recipe."""
+    """``data:`` of a recipe: which data set, its splits, batches, views and loader; every rule between
+    its settings is checked when it is made (the fields and their meaning: docs/recipes.md).
+
+    Args:
+        name, root, ..., on_corrupt: the section's keys (see the fields), each with its default.
+
+    Example:
+        >>> data = DataConfig(name="digits", val_size=100, augment={"crop_padding": 1}, views=4)
+        >>> data.batch_size, data.view_plan(run_seed=0).distinct_views
+        (128, 4)
+        >>> try:
+        ...     DataConfig(name="digits", loader="stream")
+        ... except ValueError as error:  # a rule between settings, checked when the section is made
+        ...     print(error.errors()[0]["msg"][:62])
+        Value error, loader: stream decodes image files batch by batch
+    """
 
     name: str = Field("fashion-mnist", description="a registered data set: digits | fashion-mnist | mnist | cifar10 | "
                                                   "cifar100 | synthetic | imagefolder | shards (a folder written by "

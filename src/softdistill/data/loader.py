@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from softdistill.data.samples import TensorSet
+from softdistill.data.samples import IdIndex, TensorSet
 from softdistill.data.views import ViewParams, ViewPlan
 from softdistill.types import Batch
 
@@ -51,7 +51,15 @@ def pixel_stats(chunks: Iterable[Tensor]) -> tuple[tuple[float, ...], tuple[floa
 
 
 class BatchTransform:
-    """uint8 images -> float in [0, 1] -> standardised per channel: ``x = (u8 / 255 - mean) / std``."""
+    """uint8 images -> float in [0, 1] -> standardised per channel: ``x = (u8 / 255 - mean) / std``.
+
+    Args:
+        mean, std: one value per channel, in [0, 1] units.
+
+    Example:
+        >>> BatchTransform([0.5], [0.25])(torch.tensor([[[[0, 255]]]], dtype=torch.uint8))
+        tensor([[[[-2.,  2.]]]])
+    """
 
     def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
         self.mean = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
@@ -164,12 +172,15 @@ class EpochBatches:
     the batches a single process would.  ``plan`` (training only) augments every sample as its
     view of the epoch; without one every batch shows the clean images (view 0).  ``seed`` seeds the
     shuffled order.  ``ids`` are the split's sample ids (a plan may choose views per sample).  Call
-    :meth:`set_epoch` before each epoch.  ``channels_last`` gives the images in that memory layout.
+    :meth:`set_epoch` before each epoch (epochs are counted from 1).  ``channels_last`` gives the
+    images in that memory layout.  ``every_process_steps`` (default: ``shuffle``, i.e. training) leaves
+    out a last global batch smaller than the number of processes, which would leave a process without
+    a slice while the others step.
     """
 
     def __init__(self, ids: Tensor, batch_size: int, *, shuffle: bool = False, drop_last: bool = False,
                  plan: ViewPlan | None = None, seed: int = 0, rank: int = 0, world_size: int = 1,
-                 channels_last: bool = False) -> None:
+                 channels_last: bool = False, every_process_steps: bool | None = None) -> None:
         if batch_size < world_size:
             raise ValueError(f"batch size {batch_size} is smaller than the number of processes {world_size}")
         self.ids = ids
@@ -182,7 +193,9 @@ class EpochBatches:
         self.rank = rank
         self.world_size = world_size
         self.channels_last = channels_last
-        self.epoch = 0
+        self.every_process_steps = shuffle if every_process_steps is None else every_process_steps
+        self._index: IdIndex | None = None  # of the split's ids, for batch(), made on first use
+        self.epoch = 1  # the first epoch, until set_epoch
         self.skip = 0
         # samples left out of the batches of the current (or last) pass because their image could not be
         # decoded; None: a loader that never leaves a sample out (the stream loader's data.on_corrupt: skip does)
@@ -199,7 +212,7 @@ class EpochBatches:
         full, rest = divmod(self.size, self.batch_size)
         # A training tail smaller than the number of ranks would leave a rank without samples
         # (DDP needs every rank to step): drop it.  Evaluation keeps it; empty slices are skipped.
-        keep_rest = rest > 0 and not self.drop_last and (rest >= self.world_size or not self.shuffle)
+        keep_rest = rest > 0 and not self.drop_last and (rest >= self.world_size or not self.every_process_steps)
         return full + int(keep_rest)
 
     def epoch_batches(self) -> Iterator[tuple[Tensor, Tensor]]:
@@ -213,6 +226,28 @@ class EpochBatches:
                 yield rows, (self.plan.views_in_epoch(self.ids[rows], self.epoch) if self.plan is not None
                              else torch.zeros(len(rows), dtype=torch.long))
 
+    def batch_of(self, rows: Tensor, views: Tensor) -> Batch:
+        """The batch of the views ``views`` of the samples at ``rows`` (made by the loaders, not by the rules)."""
+        raise NotImplementedError(f"{type(self).__name__} chooses batches; a loader makes them")
+
+    def batch(self, sample_ids: Tensor | Sequence[int], views: Tensor | Sequence[int] | int) -> Batch:
+        """The batch of the views ``views`` of the samples ``sample_ids``: any of the split's, in any order.
+
+        Args:
+            sample_ids: B sample ids of the split.
+            views: B views, or one view for all.
+
+        Returns:
+            The :class:`~softdistill.types.Batch` (a ValueError names an id the split does not hold).
+        """
+        ids = torch.as_tensor(sample_ids).long().cpu().reshape(-1)
+        if self._index is None:
+            self._index = IdIndex(self.ids)
+        rows, found = self._index.find(ids)
+        if not bool(found.all()):
+            raise ValueError(f"sample id {int(ids[~found][0])} is not in the split ({self.size} samples)")
+        return self.batch_of(rows, torch.broadcast_to(torch.as_tensor(views).long().cpu(), ids.shape).clone())
+
     def ordered_batches(self, view: int) -> Iterator[tuple[Tensor, Tensor]]:
         """(rows, views): every sample of the split in row order, each as its view ``view`` (this process alone)."""
         for start in range(0, self.size, self.batch_size):
@@ -222,7 +257,25 @@ class EpochBatches:
 
 class BatchLoader(EpochBatches):
     """Iterate over a :class:`TensorSet` held on its device in batches of :class:`~softdistill.types.Batch`
-    (the rules of :class:`EpochBatches`)."""
+    (the rules of :class:`EpochBatches`): the fast path for data that fits on the device, usable as the
+    loader of any loop (call :meth:`set_epoch` each epoch, counted from 1).
+
+    Args:
+        data: the split (moved to the device by the caller: ``data.to(device)``).
+        batch_size: the global batch.
+        transform: the normalisation.
+        rules: :class:`EpochBatches`' keywords (``shuffle``, ``drop_last``, ``plan``, ``seed``, ``rank``,
+            ``world_size``, ``channels_last``).
+
+    Example:
+        >>> data = TensorSet(torch.randint(0, 256, (5, 1, 2, 2), dtype=torch.uint8), torch.tensor([0, 1, 0, 1, 0]))
+        >>> loader = BatchLoader(data, 2, BatchTransform([0.5], [0.5]), shuffle=True, plan=ViewPlan(hflip=True))
+        >>> loader.set_epoch(1)
+        >>> [len(batch) for batch in loader]
+        [2, 2, 1]
+        >>> loader.batch([4, 0], views=3).sample_id  # any views of any samples, by sample id
+        tensor([4, 0])
+    """
 
     def __init__(self, data: TensorSet, batch_size: int, transform: BatchTransform, **rules: Any) -> None:
         super().__init__(data.ids, batch_size, **rules)
@@ -240,7 +293,11 @@ class BatchLoader(EpochBatches):
 
     def batch_of(self, rows: Tensor, views: Tensor) -> Batch:
         """The batch of the views ``views`` of the samples at ``rows`` (CPU int64)."""
-        images = self.data.images
-        fetched = fetch(rows, views, self.data.labels, self.data.ids,
-                        lambda r, _: images[r.to(images.device, non_blocking=True)], self.plan)
+        images, ids = self.data.images, self.data.ids
+
+        def images_of(rows: Tensor, views: Tensor) -> Tensor:
+            gathered = images[rows.to(images.device, non_blocking=True)]
+            return self.plan.transformed(gathered, ids[rows], views) if self.plan is not None else gathered
+
+        fetched = fetch(rows, views, self.data.labels, ids, images_of, self.plan)
         return assemble(fetched, self.transform, self.plan, self.channels_last)

@@ -100,6 +100,19 @@ def prepare_data(config: DataConfig | str, **settings: Any) -> DataBundle:
     so that runs with different seeds (and the teacher) share the same held-out data.  Sample ids are
     those of the official split: the same sample keeps its id under any ``val_size``, ``per_class``
     or ``split_seed``.
+
+    Args:
+        config: a :class:`DataConfig`, or the name of a registered data set.
+        settings: the data section's keys (with a name), or changes to ``config``.
+
+    Returns:
+        The :class:`DataBundle`: ``train``, ``val`` (None when ``val_size`` is 0) and ``test`` splits,
+        ``class_names``, ``mean`` and ``std``.
+
+    Example:
+        >>> data = prepare_data("digits", val_size=100, per_class=20)
+        >>> len(data.train), len(data.val), len(data.test), data.num_classes, data.image_size
+        (200, 100, 360, 10, 8)
     """
     if isinstance(config, str):
         config = DataConfig.of({"name": config, **settings})

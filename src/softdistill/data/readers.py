@@ -127,7 +127,26 @@ datasets: Registry[_Dataset] = Registry("dataset", "softdistill.data")
 def register_dataset(name: str, *, files: bool = False, class_names: tuple[str, ...] | None = None,
                      channels: int | None = None, image_size: int | None = None) -> Callable[[Reader], Reader]:
     """Decorator: register ``read(split, data) -> Split`` as data set ``name`` (see the module docstring);
-    the keywords declare what :class:`DatasetInfo` says, checked against what it reads."""
+    the keywords declare what :class:`DatasetInfo` says, checked against what it reads.
+
+    Args:
+        name: the name recipes give as ``data.name``.
+        files: the samples are image files (a ``StreamSet``), which the stream loader can decode per batch.
+        class_names, channels, image_size: what every split holds, when known before reading.
+
+    Returns:
+        The decorator; it returns the reader unchanged.
+
+    Example:
+        >>> @register_dataset("example-squares", class_names=("dark", "light"), channels=1, image_size=4)
+        ... def squares(split, data):
+        ...     light = torch.arange(10) % 2
+        ...     images = (light * 255).to(torch.uint8).view(10, 1, 1, 1).expand(10, 1, 4, 4).contiguous()
+        ...     return Split(TensorSet(images, light), ("dark", "light"))
+        >>> from softdistill import prepare_data
+        >>> len(prepare_data("example-squares", val_size=2).train)
+        8
+    """
     info = DatasetInfo(files, tuple(class_names) if class_names is not None else None, channels, image_size)
 
     def decorator(read: Reader) -> Reader:

@@ -57,7 +57,18 @@ def checked_ids(n: int, labels: Tensor, ids: Tensor | None) -> Tensor:
 @dataclass
 class TensorSet:
     """Images (uint8, N x C x H x W), labels (int64, N) and sample ids (int64, N; default ``0..N-1``) of
-    one split, in memory."""
+    one split, in memory.
+
+    Args:
+        images: uint8 N x C x H x W.
+        labels: N integer class indices.
+        ids: N distinct integer sample ids (default ``0..N-1``).
+
+    Example:
+        >>> data = TensorSet(torch.zeros(3, 1, 2, 2, dtype=torch.uint8), torch.tensor([0, 1, 1]), torch.tensor([7, 3, 9]))
+        >>> len(data), data.image_shape, data.subset(torch.tensor([2, 0])).ids
+        (3, (1, 2, 2), tensor([9, 7]))
+    """
 
     images: Tensor
     labels: Tensor

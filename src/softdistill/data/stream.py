@@ -34,7 +34,7 @@ from torch.utils.data import Dataset, get_worker_info
 
 from softdistill.data.loader import BatchLoader, BatchTransform, EpochBatches, Fetched, assemble, fetch, pixel_stats
 from softdistill.data.samples import DatasetFormatError, StreamSet, TensorSet, UnreadableImageError
-from softdistill.data.views import ViewParams, ViewPlan, crop
+from softdistill.data.views import ViewParams, ViewPlan, ViewTransformError, crop
 from softdistill.data.workers import in_workers
 from softdistill.enums import ON_CORRUPT
 from softdistill.hashing import hash_keys
@@ -95,7 +95,12 @@ class Decoder:
         """Decoded H x W x 3 arrays of the views ``(sample_ids[b], views[b])`` as one uint8 B x 3 x size x size
         tensor (B may be 0) in the views' places: each flipped as it is copied in (one copy per image, no
         pass of its own), then the plan's padding crop, its column offset mirrored for a flipped view
-        (flip(crop(x, col)) == crop(flip(x), 2 * padding - col): the batch of ViewPlan.place, exactly)."""
+        (flip(crop(x, col)) == crop(flip(x), 2 * padding - col): the batch of ViewPlan.place, exactly).  A plan
+        with a :class:`~softdistill.data.views.ViewTransform` runs it on each image first, then places them."""
+        if self.plan is not None and self.plan.pipeline is not None:  # the plan's own pipeline first, then its places
+            stacked = (torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous() if arrays
+                       else torch.empty((0, 3, self.size, self.size), dtype=torch.uint8))
+            return self.plan.place(self.plan.transformed(stacked, sample_ids, views), sample_ids, views)
         params = self.plan.geometry(sample_ids, views) if self.plan is not None else ViewParams()
         flips = params.flip.tolist() if params.flip is not None else [False] * len(arrays)
         out = torch.empty((len(arrays), 3, self.size, self.size), dtype=torch.uint8)
@@ -135,6 +140,11 @@ def _centre_crop(img: Any, size: int) -> Any:
     return img.crop((left, top, left + size, top + size))
 
 
+#: the errors a worker returns for the training process to raise as they are: they name a file or a view
+PASSED_ON = (DatasetFormatError, ViewTransformError)
+PassedOn = DatasetFormatError | ViewTransformError
+
+
 class _Batches(Dataset):
     """A map-style dataset whose keys are whole batches ``(rows, views)``: one key, one :class:`Fetched`.
 
@@ -144,9 +154,10 @@ class _Batches(Dataset):
     def __init__(self, data: StreamSet, decoder: Decoder, plan: ViewPlan | None, skip: bool = False) -> None:
         self.data, self.decoder, self.plan, self.skip = data, decoder, plan, skip
 
-    def __getitem__(self, key: tuple[Tensor | np.ndarray, Tensor | np.ndarray]) -> Fetched | DatasetFormatError:
-        """The batch of ``key``; in a DataLoader worker, a file's format error is returned, not raised, so that
-        the training process raises it as it is (PyTorch would wrap it in the worker's traceback)."""
+    def __getitem__(self, key: tuple[Tensor | np.ndarray, Tensor | np.ndarray]) -> Fetched | PassedOn:
+        """The batch of ``key``; in a DataLoader worker, a file's format error (or a view transform's) is returned,
+        not raised, so that the training process raises it as it is (PyTorch would wrap it in the worker's
+        traceback)."""
         rows, views = (torch.as_tensor(k) for k in key)
         d = self.data
         try:
@@ -154,7 +165,7 @@ class _Batches(Dataset):
                 return fetch(rows, views, d.labels, d.ids, lambda r, v: self.decoder.batch(d, r, v), self.plan,
                              placed=True)
             return self._skipping(rows, views)
-        except DatasetFormatError as exc:
+        except PASSED_ON as exc:
             if get_worker_info() is None:
                 raise
             return exc

@@ -17,7 +17,13 @@ for images held in memory.
 the V, as ``hash(seed, sample_id, epoch) mod V``.
 ``views: 0`` draws a fresh view every epoch (view ``e - 1``), so the first V epochs of a
 ``views: 0`` run show exactly the views of a ``views: V`` plan.  A plan that does not augment has
-one view per sample, the clean image (view 0).
+one view per sample, the clean image (view 0).  Epochs are counted from 1 here, as softdistill's
+trainer counts them; a loop that counts from 0 says so to
+:class:`~softdistill.data.sampler.GlobalBatchSampler` (``first_epoch=0``).
+
+Your own augmentation pipeline (torchvision, timm, albumentations, or any function) becomes part of
+the views through a :class:`ViewTransform`: it runs on every view's uint8 image with its random
+numbers seeded by (seed, sample id, view), before the plan's crop, flip and mix.
 
 Mixing (mixup, Zhang et al. 2018; cutmix, Yun et al. 2019) pairs view v of sample i with view v
 of a partner drawn among the other samples of the split, both cropped and flipped as their own
@@ -31,8 +37,11 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import random
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -45,14 +54,15 @@ from softdistill.enums import MIX_KINDS, REPLAYS, Mix, Replay
 from softdistill.hashing import hash_below, hash_keys, hash_uniform, to_uniform
 from softdistill.schema import StrictConfig
 
-__all__ = ["AugmentConfig", "ViewPlan", "ViewParams", "crop", "hflip_", "Mix", "Replay", "MIX_KINDS", "REPLAYS",
-           "RESIZED_CROP_ATTEMPTS"]
+__all__ = ["AugmentConfig", "ViewPlan", "ViewParams", "ViewTransform", "ViewTransformError", "crop", "hflip_", "Mix",
+           "Replay", "MIX_KINDS", "REPLAYS", "RESIZED_CROP_ATTEMPTS"]
 
 
 # component numbers of the hashed draws (never reuse one for another meaning); the random resized
 # crop's attempt a draws its scale, ratio, top and left at _RESIZED_CROP + 4 a + (0, 1, 2, 3)
 _CROP_ROW, _CROP_COL, _FLIP, _PARTNER, _LAM, _BOX_ROW, _BOX_COL, _REPLAY, _RESIZED_CROP = range(1, 10)
 RESIZED_CROP_ATTEMPTS = 10
+_TRANSFORM = _RESIZED_CROP + 4 * RESIZED_CROP_ATTEMPTS  # the seed of a ViewTransform's draws
 
 
 def crop(x: Tensor, offsets: Tensor, padding: int) -> Tensor:
@@ -93,6 +103,145 @@ class ViewParams:
     box: Tensor | None = None
 
 
+class ViewTransformError(ValueError):
+    """A :class:`ViewTransform` that gives another image for the same view, or an image of the wrong kind."""
+
+
+@contextmanager
+def _seeded_global_rngs(seed: int) -> Iterator[None]:
+    """Torch's CPU, numpy's and Python's global random generators seeded with ``seed`` while the block runs,
+    and restored afterwards."""
+    python_state, numpy_state = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        random.seed(seed)
+        np.random.seed(seed)
+        try:
+            yield
+        finally:
+            random.setstate(python_state)
+            np.random.set_state(numpy_state)
+
+
+DrawsFrom = Literal["generator", "global"]
+
+
+@dataclass(frozen=True)
+class ViewTransform:
+    """Your own augmentation pipeline as part of the views: view v of sample i is ``fn`` applied to the
+    sample's image with its random numbers seeded by (plan seed, i, v), so that any process, data worker
+    or store recomputes it.  Give it to :class:`ViewPlan` (``transform=``); it runs before the plan's
+    crop, flip and mix, in the memory loader and in the stream loader's workers alike.
+
+    Every batch, the first ``checks`` views are made twice, the second time with torch's, numpy's and
+    Python's global random generators in another state: a pipeline that draws from anything but what
+    it is given makes two different images of one view, and is stopped with a
+    :class:`ViewTransformError` rather than labelled into a store that could never be replayed.
+
+    Args:
+        fn: the pipeline.  With ``draws_from="generator"`` it is called as ``fn(image, generator)`` and
+            draws every random number from ``generator`` (a CPU ``torch.Generator`` seeded by the view);
+            with ``"global"`` as ``fn(image)``, with the global random generators of torch (CPU), numpy
+            and Python seeded by the view and restored afterwards: the form for torchvision v2, timm and
+            albumentations pipelines.  ``image`` is a uint8 C x H x W tensor (on the memory loader's
+            device; on the CPU in a stream worker); ``fn`` returns a uint8 C' x H' x W' tensor, one shape
+            for every view.
+        name: the pipeline's name, recorded in a store's manifest: a store labelled under one name
+            serves plans that give the same name.  Change it whenever the pipeline changes.
+        draws_from: ``"generator"`` or ``"global"``, as above.
+        checks: how many views of each batch are made twice and compared (0: none).
+
+    Example:
+        >>> def flip_half(image, generator):
+        ...     return image.flip(-1) if torch.rand(1, generator=generator) < 0.5 else image
+        >>> plan = ViewPlan(seed=0, views=4, transform=ViewTransform(flip_half, "flip-half"))
+        >>> images = torch.arange(6, dtype=torch.uint8).view(2, 1, 1, 3)
+        >>> first = plan.transformed(images, torch.tensor([7, 8]), torch.tensor([0, 0]))
+        >>> torch.equal(first, plan.transformed(images, torch.tensor([7, 8]), torch.tensor([0, 0])))
+        True
+    """
+
+    fn: Callable[..., Tensor]
+    name: str
+    draws_from: DrawsFrom = "generator"
+    checks: int = 1
+
+    def __post_init__(self) -> None:
+        if self.draws_from not in ("generator", "global"):
+            raise ValueError(f"draws_from must be 'generator' or 'global', got {self.draws_from!r}")
+        if not isinstance(self.name, str) or not self.name:
+            raise ValueError(f"a view transform needs a non-empty name (recorded in stores), got {self.name!r}")
+
+    def view(self, image: Tensor, seed: int) -> Tensor:
+        """``fn`` applied to one image with the random numbers of ``seed``.
+
+        Args:
+            image: uint8 C x H x W.
+            seed: the view's seed (:meth:`ViewPlan.transformed` derives it from the address).
+
+        Returns:
+            What ``fn`` returns.
+
+        Example:
+            >>> same = ViewTransform(lambda image, generator: image, "identity")
+            >>> same.view(torch.zeros(1, 2, 2, dtype=torch.uint8), seed=3).shape
+            torch.Size([1, 2, 2])
+        """
+        if self.draws_from == "generator":
+            return self.fn(image, torch.Generator().manual_seed(seed))
+        with _seeded_global_rngs(seed):
+            return self.fn(image)
+
+    def images(self, images: Tensor, seeds: list[int], sample_ids: Tensor, views: Tensor) -> Tensor:
+        """The views of ``images`` (B x C x H x W uint8), view b made with ``seeds[b]``; the first
+        :attr:`checks` made twice (``sample_ids`` and ``views`` name them in errors).
+
+        Args:
+            images: uint8 B x C x H x W.
+            seeds: one seed per image.
+            sample_ids, views: the address of each image, for messages.
+
+        Returns:
+            uint8 B x C' x H' x W'.
+
+        Example:
+            >>> same = ViewTransform(lambda image, generator: image, "identity")
+            >>> same.images(torch.zeros(2, 1, 2, 2, dtype=torch.uint8), [1, 2], torch.tensor([0, 1]),
+            ...             torch.tensor([0, 0])).shape
+            torch.Size([2, 1, 2, 2])
+        """
+        if not len(images):
+            return images
+        made = [self._checked(self.view(image, seed), int(i), int(v))
+                for image, seed, i, v in zip(images, seeds, sample_ids.tolist(), views.tolist())]
+        for b in range(min(self.checks, len(made))):
+            with _seeded_global_rngs(seeds[b] ^ 0x5BD1E995):  # the global generators in another state
+                again = self.view(images[b], seeds[b])
+            if not torch.equal(again, made[b]):
+                address = f"sample id {int(sample_ids[b])}, view {int(views[b])}"
+                raise ViewTransformError(
+                    f"view transform {self.name!r} made two different images of one view ({address}): it draws random "
+                    "numbers from something other than " + ("the generator it is given (torch's global RNG, numpy "
+                    "or Python's random?)" if self.draws_from == "generator" else "the global random generators, "
+                    "which are seeded by the view (a generator of its own?)") + ", so its views could not be "
+                    "stored or replayed. Draw every random number from the generator, e.g. torch.rand(1, "
+                    "generator=generator); a pipeline that draws from torch's global RNG (torchvision, timm) or "
+                    "numpy's (albumentations) works as ViewTransform(fn, name, draws_from='global')")
+        shapes = {tuple(image.shape) for image in made}
+        if len(shapes) > 1:
+            raise ViewTransformError(f"view transform {self.name!r} made images of several shapes {sorted(shapes)}: "
+                                     "a batch needs one shape (end the pipeline with a resize or crop to a fixed size)")
+        return torch.stack(made)
+
+    def _checked(self, image: Any, sample_id: int, view: int) -> Tensor:
+        if not isinstance(image, Tensor) or image.dtype != torch.uint8 or image.dim() != 3:
+            kind = f"{image.dtype} of shape {tuple(image.shape)}" if isinstance(image, Tensor) else type(image).__name__
+            raise ViewTransformError(f"view transform {self.name!r} returned {kind} for sample id {sample_id}, view "
+                                     f"{view}: it must return a uint8 C x H x W tensor (the loader converts to float and "
+                                     "standardises after the views are made)")
+        return image
+
+
 class AugmentConfig(StrictConfig):
     """How training images are augmented (``data.augment`` of a recipe; never applied to evaluation):
     with the plan's seed, these settings define every view (:meth:`ViewPlan.definition`)."""
@@ -123,15 +272,47 @@ class AugmentConfig(StrictConfig):
 
 
 class ViewPlan(AugmentConfig):
-    """How the views of a training split are made: the augmentation, the ``seed`` of its draws, how
-    many distinct ``views`` each sample has (0: a fresh one every epoch) and the order they are
-    replayed in; see the module docstring."""
+    """How the views of a training split are made: the augmentation (the fields of
+    :class:`AugmentConfig`, and your own pipeline as a :class:`ViewTransform`), the ``seed`` of its
+    draws, how many distinct ``views`` each sample has and the order they are replayed in; see the
+    module docstring.  Equal plans make equal views everywhere.
 
-    model_config = ConfigDict(frozen=True)
+    Args:
+        crop_padding, hflip, mix, mix_alpha, resized_crop, crop_ratio: as :class:`AugmentConfig`.
+        seed: the seed of every draw of every view.
+        views: distinct views per sample (epoch e shows view (e - 1) mod V); 0: a fresh view every epoch.
+        replay: ``"cycle"`` (view (e - 1) mod V in epoch e) or ``"random"`` (a hashed choice among the V
+            per sample and epoch).
+        transform: your own pipeline (a :class:`ViewTransform`), run on every view before the crop,
+            flip and mix; not serialised: the plan records its ``name`` as ``pipeline``.
+        pipeline: the name of the plan's pipeline (set from ``transform``); a plan read from a store's
+            manifest has the name without the function.
+
+    Example:
+        >>> plan = ViewPlan(seed=0, crop_padding=2, hflip=True, views=4)
+        >>> plan.views_in_epoch(torch.tensor([10, 11]), epoch=6)  # epoch 6 (counted from 1) shows view 1
+        tensor([1, 1])
+        >>> plan.definition()
+        {'crop_padding': 2, 'hflip': True, 'mix': 'none', 'seed': 0}
+    """
+
+    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
 
     seed: int = 0
     views: int = Field(0, ge=0)
     replay: Replay = "cycle"
+    pipeline: str | None = Field(None, description="the name of the plan's own augmentation pipeline (a ViewTransform)")
+    transform: ViewTransform | None = Field(None, exclude=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _pipeline_named_by_its_transform(cls, raw: Any) -> Any:
+        if isinstance(raw, dict) and isinstance(raw.get("transform"), ViewTransform):
+            name, given = raw["transform"].name, raw.get("pipeline")
+            if given is not None and given != name:
+                raise ValueError(f"pipeline {given!r} names another transform than the one given ({name!r})")
+            raw = {**raw, "pipeline": name}
+        return raw
 
     @model_validator(mode="after")
     def _replay_needs_views(self) -> "ViewPlan":
@@ -141,8 +322,30 @@ class ViewPlan(AugmentConfig):
 
     @classmethod
     def of(cls, augment: AugmentConfig, *, seed: int, views: int = 0, replay: Replay = "cycle") -> "ViewPlan":
-        """The plan of ``augment`` with its seed, number of views and replay."""
+        """The plan of ``augment`` with its seed, number of views and replay.
+
+        Args:
+            augment: the augmentation settings (a recipe's ``data.augment``).
+            seed, views, replay: as the class's.
+
+        Returns:
+            The :class:`ViewPlan`.
+
+        Example:
+            >>> ViewPlan.of(AugmentConfig(hflip=True), seed=3, views=2).distinct_views
+            2
+        """
         return cls(**augment.model_dump(), seed=seed, views=views, replay=replay)
+
+    @property
+    def is_random(self) -> bool:
+        """Whether views differ from the clean image at all (the settings of :class:`AugmentConfig`, or a pipeline)."""
+        return super().is_random or self.pipeline is not None
+
+    def _unused(self) -> set[str]:
+        """The settings that change nothing: the resized crop's ratio without a resized crop, no pipeline."""
+        unused = {"resized_crop", "crop_ratio"} if self.resized_crop is None else set()
+        return unused | ({"pipeline"} if self.pipeline is None else set())
 
     def definition(self) -> dict[str, Any]:
         """What defines the views themselves (not how many there are, nor their order), as JSON holds it:
@@ -151,17 +354,21 @@ class ViewPlan(AugmentConfig):
         resized crop's ratio without a resized crop, ``mix_alpha`` without mixing) are left out."""
         if not self.is_random:
             return {}
-        left_out = {"views", "replay"} | ({"resized_crop", "crop_ratio"} if self.resized_crop is None else set())
-        left_out |= {"mix_alpha"} if self.mix == "none" else set()
+        left_out = {"views", "replay"} | self._unused() | ({"mix_alpha"} if self.mix == "none" else set())
         return self.model_dump(mode="json", exclude=left_out)
 
     def fingerprint(self) -> str:
-        """A short hash of the plan's settings and number of views, recorded in manifests (the same value as
-        earlier versions computed: the replay order is not part of it, nor, without a resized crop, its
-        settings).  Whether two plans show the same views is :meth:`definition`'s to say, not this hash's."""
-        left_out = {"replay"} | ({"resized_crop", "crop_ratio"} if self.resized_crop is None else set())
-        settings = self.model_dump(mode="json", exclude=left_out)
+        """A short hash of the plan's settings and number of views, recorded in manifests: the replay order is
+        not part of it, nor the settings that change nothing.  Whether two plans show the same views is
+        :meth:`definition`'s to say, not this hash's."""
+        settings = self.model_dump(mode="json", exclude={"replay"} | self._unused())
         return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+
+    def recorded(self) -> dict[str, Any]:
+        """The plan as a store's manifest records it (``views``): its settings, without the replay order,
+        and its :meth:`fingerprint`."""
+        unused = {"pipeline"} if self.pipeline is None else set()
+        return {**self.model_dump(mode="json", exclude={"replay"} | unused), "fingerprint": self.fingerprint()}
 
     def differences(self, other: "ViewPlan") -> list[str]:
         """The settings whose values make ``other``'s views differ from this plan's (empty: the same views)."""
@@ -180,18 +387,66 @@ class ViewPlan(AugmentConfig):
         return self.views or None
 
     def view_in_epoch(self, epoch: int) -> int:
-        """The view every sample shows in (1-based) epoch ``epoch``."""
+        """The view every sample shows in epoch ``epoch`` under ``replay: cycle``.
+
+        Args:
+            epoch: counted from 1 (the first epoch is 1).
+
+        Returns:
+            ``(epoch - 1) mod views`` (``epoch - 1`` for ``views: 0``; 0 for a plan that does not augment).
+
+        Example:
+            >>> [ViewPlan(hflip=True, views=3).view_in_epoch(e) for e in (1, 2, 3, 4)]
+            [0, 1, 2, 0]
+        """
         if not self.is_random:
             return 0
         return epoch - 1 if self.views == 0 else (epoch - 1) % self.views
 
     def views_in_epoch(self, sample_ids: Tensor, epoch: int) -> Tensor:
-        """The view (CPU int64) each of ``sample_ids`` shows in (1-based) epoch ``epoch``: the
-        epoch's view for ``replay: cycle``, a hashed uniform choice among the V views for ``random``."""
+        """The view each sample shows in epoch ``epoch``: :meth:`view_in_epoch` for ``replay: cycle``, a
+        hashed uniform choice among the V views per (sample, epoch) for ``random``.
+
+        Args:
+            sample_ids: int64 sample ids.
+            epoch: counted from 1 (the first epoch is 1).
+
+        Returns:
+            CPU int64 views, one per sample id.
+
+        Example:
+            >>> ViewPlan(hflip=True, views=4, replay="random").views_in_epoch(torch.arange(5), epoch=1)
+            tensor([0, 3, 2, 2, 2])
+        """
         ids = sample_ids.cpu().long()
         if self.replay == "random" and self.is_random:
             return hash_below(self.views, self.seed, ids, epoch, _REPLAY)
         return torch.full_like(ids, self.view_in_epoch(epoch))
+
+    def transformed(self, images: Tensor, sample_ids: Tensor, views: Tensor) -> Tensor:
+        """``images`` through the plan's :class:`ViewTransform` as the views ``(sample_ids[b], views[b])``
+        (unchanged without one).
+
+        Args:
+            images: uint8 B x C x H x W, the samples' images.
+            sample_ids, views: the address of each image (int64).
+
+        Returns:
+            uint8 B x C' x H' x W'.
+
+        Example:
+            >>> ViewPlan(hflip=True).transformed(torch.zeros(2, 1, 4, 4, dtype=torch.uint8), torch.arange(2),
+            ...                                  torch.zeros(2, dtype=torch.long)).shape
+            torch.Size([2, 1, 4, 4])
+        """
+        if self.pipeline is None:
+            return images
+        if self.transform is None:
+            raise ViewTransformError(f"the plan names the pipeline {self.pipeline!r} but holds no function to run: give "
+                                     f"it as ViewPlan(..., transform=ViewTransform(fn, {self.pipeline!r}))")
+        ids, views = sample_ids.cpu().long(), views.cpu().long()
+        seeds = hash_keys(self.seed, ids, views, _TRANSFORM).tolist()
+        return self.transform.images(images, seeds, ids, views)
 
     # ------------------------------------------------------------------ parameters
     def geometry(self, sample_ids: Tensor, views: Tensor) -> ViewParams:

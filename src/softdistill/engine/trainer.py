@@ -32,7 +32,7 @@ from softdistill.engine.predict import autocast, evaluate
 from softdistill.engine.recorder import NonFiniteStateError, Recorder, rng_state, set_rng_state
 from softdistill.engine.task import Task
 from softdistill.engine.wrap import compile_errors, unwrap
-from softdistill.runtime.distributed import DistContext, all_reduce_min, all_reduce_sum, barrier
+from softdistill.runtime.distributed import DistContext, all_reduce_min, all_reduce_sum, barrier, global_batch_weight
 from softdistill.runtime.progress import progress_bar
 from softdistill.types import Batch, StepOutput
 
@@ -248,10 +248,13 @@ class Trainer:
         return int(total.item())
 
     def _step(self, batch: Batch, step: int, watch: "FiniteWatch") -> None:
-        """One optimiser step on ``batch``, in ``grad_accum`` parts of near-equal size (each weighted
-        by its share of the batch; a short last batch may have fewer), gradients clipped to
-        ``clip_grad`` when set."""
+        """One optimiser step on ``batch`` (this process's slice of the global batch), in ``grad_accum``
+        parts of near-equal size (a short last batch may have fewer), gradients clipped to ``clip_grad``
+        when set.  Each part's loss is weighted by its share of the global batch
+        (:func:`~softdistill.runtime.distributed.global_batch_weight`), so that the gradients DDP averages
+        are those of the mean loss over the global batch, however unevenly it splits."""
         self.optimizer.zero_grad(set_to_none=True)
+        slice_weight = global_batch_weight(len(batch), self.ctx.device)  # 1.0 in a single process
         parts = [part for part in batch.chunks(self.grad_accum) if len(part)] if self.grad_accum > 1 else [batch]
         for i, part in enumerate(parts):
             with contextlib.ExitStack() as stack:
@@ -262,7 +265,7 @@ class Trainer:
                     with autocast(self.ctx.device, self.amp):
                         out = self.task(part)
                     loss = sum(term.float() for term in out.losses.values())
-                    self.scaler.scale(loss * (len(part) / len(batch))).backward()
+                    self.scaler.scale(loss * (len(part) / len(batch) * slice_weight)).backward()
             self.loss_names.update(out.losses)
             watch.observe(step, out, part)
             self._accumulate(part, loss, out)

@@ -24,7 +24,19 @@ __all__ = ["Method", "MethodConfig", "register_method", "methods"]
 
 
 class MethodConfig(StrictConfig):
-    """Base of every method's hyper-parameters; subclasses add fields and fix ``name``."""
+    """Base of every method's hyper-parameters; subclasses add fields and fix ``name``.
+
+    Args:
+        name: the method's registered name (a subclass fixes it as a ``Literal`` with that default).
+
+    Example:
+        >>> from typing import Literal
+        >>> class HalfConfig(MethodConfig):
+        ...     name: Literal["half"] = "half"
+        ...     weight: float = 0.5
+        >>> HalfConfig(weight=0.25).weight
+        0.25
+    """
 
     name: str
 
@@ -56,11 +68,29 @@ class Method(Task):
     from mixed views (batches with ``y_b`` and ``lam``); ``source_needs``: capabilities the source must
     serve beyond soft labels of the plan's views (see :mod:`softdistill.compatibility`);
     ``supports_grad_accum``: a batch may be split into parts whose gradients are summed (false for a
-    method that updates parts of itself in the step).
+    method that updates parts of itself in the step).  A subclass defines ``Config`` and ``forward``
+    and registers itself (:func:`register_method`); :func:`~softdistill.methods.build_method` makes one
+    by name.
 
-    A method is called on a :class:`~softdistill.types.Batch`, or in a loop of your own as
-    ``method(x, y)`` (and ``y_b=``, ``lam=`` for mixed views; ``sample_id=``, ``view=`` where the
-    source looks soft labels up by address): see :meth:`__call__`.
+    Args:
+        config: the method's hyper-parameters (its ``Config``).
+        student: the model that learns.
+        num_classes: K.
+        soft_labels: the soft-label source, for a method that learns from soft labels.
+        context: what a method that uses files of other runs needs (HARD), else None.
+
+    Returns:
+        Called on a :class:`~softdistill.types.Batch`, or in a loop of your own as ``method(x, y)`` (and
+        ``y_b=``, ``lam=`` for mixed views; ``sample_id=``, ``view=`` where the source looks soft labels up
+        by address): a :class:`~softdistill.types.StepOutput` (see :meth:`__call__`).
+
+    Example:
+        >>> import torch
+        >>> from softdistill import FrozenTeacher, build_method
+        >>> wsl = build_method("wsl", torch.nn.Linear(4, 3), 3, FrozenTeacher(torch.nn.Linear(4, 3)))
+        >>> out = wsl(torch.randn(8, 4), torch.randint(0, 3, (8,)))
+        >>> list(out.losses), out.logits.shape
+        (['wsl'], torch.Size([8, 3]))
     """
 
     Config: ClassVar[type[MethodConfig]] = MethodConfig

@@ -59,8 +59,22 @@ def check_model_name(name: str) -> None:
 def build_model(name: str, num_classes: int, in_channels: int = 3, image_size: int = 32) -> nn.Module:
     """Build model ``name``: ``B x in_channels x image_size x image_size`` -> ``B x num_classes`` logits.
 
-    Raises ``ValueError`` for an unknown name (with close-match suggestions) or bad sizes, and
-    ``ImportError`` when an external model's package is missing.
+    Args:
+        name: a registered name (:func:`available_models`), a pattern such as ``mlp-H`` or ``wrn-D-W``, or
+            ``torchvision:NAME`` / ``timm:NAME``.
+        num_classes: K (at least 2).
+        in_channels: the images' channels.
+        image_size: the images' side.
+
+    Returns:
+        The ``nn.Module``; a ``ValueError`` for an unknown name (with the closest names) or bad sizes, an
+        ``ImportError`` when an external model's package is missing.
+
+    Example:
+        >>> import torch
+        >>> model = build_model("mlp", num_classes=10, in_channels=1, image_size=8)
+        >>> model(torch.zeros(2, 1, 8, 8)).shape
+        torch.Size([2, 10])
     """
     num_classes = _check_int("num_classes", num_classes, 2)
     in_channels = _check_int("in_channels", in_channels, 1)

@@ -26,8 +26,9 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistContext", "DistributedError", "init_distributed", "resolve_device", "dist_timeout", "lost_rank_errors",
-           "all_reduce_sum", "all_reduce_min", "barrier", "shutdown_distributed", "TIMEOUT_ENV", "DEFAULT_DIST_TIMEOUT"]
+__all__ = ["DistContext", "DistributedError", "init_distributed", "process_group_context", "resolve_device",
+           "dist_timeout", "lost_rank_errors", "all_reduce_sum", "all_reduce_min", "barrier", "global_batch_weight",
+           "shutdown_distributed", "TIMEOUT_ENV", "DEFAULT_DIST_TIMEOUT"]
 
 #: Environment variable: seconds a process waits for the others (rendezvous and collectives).
 TIMEOUT_ENV = "SOFTDISTILL_DIST_TIMEOUT"
@@ -112,6 +113,14 @@ def init_distributed(preference: str = "auto") -> DistContext:
     return DistContext(rank=dist.get_rank(), world_size=dist.get_world_size(), device=device)
 
 
+def process_group_context(device: torch.device | str = "cpu") -> DistContext:
+    """This process's place in torch.distributed's process group when one is initialised (by
+    :func:`init_distributed`, torchrun, Lightning or your own code), else a single process; on ``device``."""
+    if dist.is_available() and dist.is_initialized():
+        return DistContext(rank=dist.get_rank(), world_size=dist.get_world_size(), device=torch.device(device))
+    return DistContext(device=torch.device(device))
+
+
 def _wait_for_rank_zero(timeout: timedelta) -> None:
     """Wait until rank 0's rendezvous address (MASTER_ADDR:MASTER_PORT) accepts a connection, at most
     ``timeout``; a :class:`DistributedError` when it never does."""
@@ -194,6 +203,35 @@ def all_reduce_min(tensor: torch.Tensor, ctx: DistContext) -> torch.Tensor:
     if ctx.distributed:
         dist.all_reduce(tensor, op=dist.ReduceOp.MIN)
     return tensor
+
+
+def global_batch_weight(count: int, device: torch.device | str = "cpu") -> float | torch.Tensor:
+    """The factor that makes DDP's gradients the mean over the global batch, whatever the sizes of the
+    processes' slices: ``count * world_size / total``, ``total`` the sum of ``count`` over the processes.
+
+    DDP averages the processes' gradients, so with each process's loss the mean over its own slice, a
+    global batch of 61 split 31 / 30 weighs a sample of the 30 more than one of the 31.  Multiply each
+    process's mean loss by this factor (one all-reduce of ``count``) and the averaged gradient is the
+    gradient of the mean loss over all 61 samples, as one process computes it.  In a single process (no
+    process group, or one of one) it is the number 1.0, with no collective.
+
+    Args:
+        count: the samples of this process's slice of the global batch.
+        device: where the all-reduce runs (the loss's device; CUDA under NCCL).
+
+    Returns:
+        1.0 alone; else a float32 scalar tensor on ``device``.
+
+    Example:
+        >>> loss = torch.tensor(0.25)
+        >>> loss * global_batch_weight(31)  # one process: unchanged
+        tensor(0.2500)
+    """
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return 1.0
+    total = torch.tensor(float(count), dtype=torch.float64, device=device)
+    dist.all_reduce(total, op=dist.ReduceOp.SUM)
+    return (count * dist.get_world_size() / total).float()
 
 
 def barrier(ctx: DistContext) -> None:

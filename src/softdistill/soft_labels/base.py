@@ -100,7 +100,24 @@ class SourceSetup:
 
 
 class SoftLabelSource(nn.Module):
-    """Base class of soft-label sources: ``forward(batch) -> B x K logits`` (see the module docstring)."""
+    """Base class of soft-label sources: ``forward(batch) -> B x K logits`` (see the module docstring).
+
+    A subclass declares what it ``serves`` (:mod:`softdistill.compatibility`), its recipe section as a
+    nested ``Config`` and ``build(config, setup)``, and registers itself with :func:`register_source`.
+
+    Args:
+        (a subclass's own.)
+
+    Returns:
+        Called on a :class:`~softdistill.types.Batch`: the B x K logits of its views.
+
+    Example:
+        >>> class Uniform(SoftLabelSource):
+        ...     def forward(self, batch):
+        ...         return torch.zeros(len(batch), 3)
+        >>> Uniform()(Batch(x=torch.zeros(2, 4), y=torch.tensor([0, 1]))).shape
+        torch.Size([2, 3])
+    """
 
     Config: ClassVar[type[SourceConfig]] = SourceConfig
     serves: ClassVar[frozenset[str]] = frozenset()

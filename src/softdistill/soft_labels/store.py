@@ -17,16 +17,14 @@ from pydantic import Field, model_validator
 from torch import Tensor
 
 from softdistill.compatibility import MIXED, stored_view_problems
-from softdistill.data.config import DataConfig
-from softdistill.data.samples import IdIndex, StreamSet, TensorSet
 from softdistill.data.views import ViewPlan
 from softdistill.store import Store, StoreError
-from softdistill.store.format import data_fingerprint, sha256_of
+from softdistill.store.format import sha256_of
 from softdistill.soft_labels.base import (Dependency, SoftLabelSource, SourceConfig, SourceSetup, check_origin,
                                       register_source)
 from softdistill.types import Batch
 
-__all__ = ["StoreConfig", "StoredSoftLabels", "data_problems"]
+__all__ = ["StoreConfig", "StoredSoftLabels"]
 
 
 
@@ -64,44 +62,33 @@ class StoreConfig(SourceConfig):
         return problems + stored_view_problems(needed.view_plan, recipe.view_plan, where)
 
 
-def data_problems(store: Store, train: TensorSet | StreamSet, num_classes: int, plan: ViewPlan, where: str,
-                  data: DataConfig | None = None) -> list[str]:
-    """What differs between a store's data and a run's training split (empty: the store fits).
-
-    The same fingerprint (ids and labels in row order) always fits; otherwise a plan that does not
-    mix is served when every sample of the split is in the store with the same label (a subset);
-    mixed views pair rows of the labelled split, so they need the very same split.
-    """
-    stored = store.manifest["data"]
-    if store.num_classes != num_classes:
-        return [f"{where} holds soft labels of {store.num_classes} classes, the data has {num_classes}"]
-    if stored["fingerprint"] == data_fingerprint(train.ids, train.labels):
-        return []
-    here = data.split_identity() if data is not None else {}
-    differ = [f"data.{key}: {stored.get(key)!r} in the store, {value!r} here" for key, value in here.items()
-              if stored.get(key) != value]
-    said = f" ({'; '.join(differ)})" if differ else ""
-    store_ids, store_labels = store.sample_ids, store.labels
-    rows, found = IdIndex(store_ids).find(train.ids)
-    missing = ~found
-    if bool(missing.any()):
-        return [f"{where} was labelled on other data{said}: {int(missing.sum())} of the {len(train)} samples of this "
-                f"recipe's training split are not in it (e.g. sample id {int(train.ids[missing][0])}); the store has "
-                f"{len(store_ids)} samples"]
-    relabelled = store_labels[rows] != train.labels.cpu()
-    if bool(relabelled.any()):
-        return [f"{where} was labelled on other data{said}: {int(relabelled.sum())} samples have another label in the "
-                f"store (e.g. sample id {int(train.ids[relabelled][0])})"]
-    if plan.mixes:
-        return [f"{where} was labelled on another split{said} ({len(store_ids)} samples, this recipe's split "
-                f"{len(train)} or another order): mixed views pair rows of the labelled split, so they need the "
-                "same data section"]
-    return []
-
-
 @register_source
 class StoredSoftLabels(SoftLabelSource):
-    """The logits a store holds for ``(batch.sample_id, batch.view)`` (see the module docstring)."""
+    """The logits a store holds for ``(batch.sample_id, batch.view)`` (see the module docstring).
+
+    Made for a recipe by :meth:`build`; in a loop of your own by :meth:`checked`, which holds the store
+    to the same rule (:meth:`~softdistill.store.Store.fit_problems`).  ``StoredSoftLabels(store)``
+    itself checks nothing: every lookup then checks its ids and views.
+
+    Args:
+        store: an open :class:`~softdistill.store.Store`.
+
+    Returns:
+        Called on a :class:`~softdistill.types.Batch` with its address (``sample_id``, ``view``): the stored
+        float32 logits of its views, on the batch's device.
+
+    Example:
+        >>> import tempfile, torch
+        >>> from softdistill import Batch, Store, TensorSet, ViewPlan, label_store
+        >>> data = TensorSet(torch.randint(0, 256, (4, 1, 2, 2), dtype=torch.uint8), torch.tensor([0, 1, 0, 1]))
+        >>> folder = tempfile.mkdtemp()
+        >>> _ = label_store(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 2)), data, ViewPlan(), folder,
+        ...                 mean=[0.5], std=[0.5], quiet=True)
+        >>> source = StoredSoftLabels.checked(Store(folder), data.ids, data.labels, ViewPlan())
+        >>> source(Batch(x=torch.zeros(2, 1, 2, 2), y=torch.tensor([0, 1]), sample_id=torch.tensor([3, 0]),
+        ...              view=torch.tensor([0, 0]))).shape
+        torch.Size([2, 2])
+    """
 
     Config = StoreConfig
     serves = frozenset({MIXED})
@@ -112,13 +99,31 @@ class StoredSoftLabels(SoftLabelSource):
         self.lookups_verified = False
 
     @classmethod
+    def checked(cls, store: Store, sample_ids: Tensor, labels: Tensor, plan: ViewPlan) -> "StoredSoftLabels":
+        """The source of ``store`` for the samples ``sample_ids`` (labelled ``labels``) under ``plan``, checked
+        as a recipe's store is (:meth:`~softdistill.store.Store.check_fit`) and its lookups verified once.
+
+        Args:
+            store: the open store.
+            sample_ids, labels: the training split's ids and labels (row order).
+            plan: the training views.
+
+        Returns:
+            The :class:`StoredSoftLabels`; a :class:`~softdistill.store.StoreError` listing every problem.
+        """
+        store.check_fit(sample_ids, labels, plan)
+        source = cls(store)
+        source.verify_lookups(sample_ids, plan.distinct_views)
+        return source
+
+    @classmethod
     def build(cls, config: StoreConfig, setup: SourceSetup) -> "StoredSoftLabels":
         dependencies = config.dependencies()
         store = Store(setup.product(dependencies[0]))
         where = f"store {store.folder}"
-        problems = data_problems(store, setup.data.train, setup.data.num_classes, setup.plan, where,
-                                 setup.data_config)
-        problems += stored_view_problems(store.plan, setup.plan, where)
+        train = setup.data.train
+        problems = store.fit_problems(train.ids, train.labels, setup.plan, num_classes=setup.data.num_classes,
+                                      data_identity=setup.data_config.split_identity())
         if config.teacher is not None:
             problems += _teacher_problems(store, setup.product(dependencies[1]), config.teacher, where)
         if config.verify:

@@ -89,11 +89,24 @@ class FrozenTeacher(SoftLabelSource):
     unless ``batchnorm_train_mode`` asks for it: some reference code ran its ImageNet teacher with
     BatchNorm in training mode, and exact replication needs that quirk.
 
-    When the teacher was trained with a different input normalisation than the student's data
-    uses, ``input_scale``/``input_shift`` (per channel) map the student's inputs to the teacher's.
-
     :meth:`prepare_inference` compiles the model inside this wrapper, puts it in channels_last
     and casts it to a reduced precision (its inputs too; the logits come back in float32).
+
+    Args:
+        model: the trained model (its weights are frozen here).
+        input_scale, input_shift: per channel, map the student's normalised inputs to the teacher's
+            (``x * scale + shift``) when the two were trained with different normalisations; None: the same.
+        batchnorm_train_mode: run the model's BatchNorm in training mode (the quirk above).
+
+    Returns:
+        Called on a :class:`~softdistill.types.Batch` or on inputs ``x``: the B x K logits, an ordinary
+        tensor without gradient.
+
+    Example:
+        >>> teacher = FrozenTeacher(torch.nn.Linear(4, 3))
+        >>> logits = teacher(torch.randn(2, 4))
+        >>> logits.shape, logits.requires_grad, teacher.training
+        (torch.Size([2, 3]), False, False)
     """
 
     serves = frozenset({ONLINE, INPUT_GRAD, MIXED, ANY_VIEW})

@@ -105,7 +105,7 @@ def samples_array(ids: Tensor, labels: Tensor) -> np.ndarray:
 
 def plan_of(manifest: dict[str, Any]) -> ViewPlan:
     """The view plan a manifest records."""
-    recorded = manifest["views"]  # a store of an earlier version lacks the resized crop's keys: it had none
+    recorded = manifest["views"]  # keys a manifest lacks (a v1 store has no resized crop) take their defaults
     return ViewPlan.model_validate({key: value for key, value in recorded.items() if key in ViewPlan.model_fields})
 
 

@@ -26,6 +26,8 @@ import torch
 from torch import Tensor
 
 from softdistill.atomic import FileWriteError, ensure_folder, remove_stale_temporaries, write_text_atomic
+from softdistill.data.samples import checked_ids
+from softdistill.data.views import ViewPlan
 from softdistill.runtime.distributed import DistContext, all_reduce_sum, barrier
 from softdistill.runtime.progress import progress_bar
 from softdistill.schema import config_differences
@@ -38,6 +40,8 @@ __all__ = ["write_store", "human_bytes", "IDENTITY_KEYS"]
 
 # what makes two stores the same store (a folder holding another one is refused)
 IDENTITY_KEYS = ("data", "teacher", "views", "encoding", "shard_samples", "record_bytes")
+#: the sections of a header that the caller of write_store gives
+SECTIONS = ("data", "teacher", "views")
 RUN_FILES = ("last.pt", "best.pt", "summary.json")
 
 
@@ -103,19 +107,91 @@ def _prepare(folder: Path, header: dict[str, Any], ids: Tensor, labels: Tensor, 
     return False
 
 
+def _checked_header(header: Any, views: int, encoding: Encoding, shard_samples: int, batch_size: int) -> dict[str, Any]:
+    """``header`` with its view plan's fingerprint, once every rule a complete store's manifest must keep
+    holds for it: the sections ``data``, ``teacher`` and ``views`` (a view plan, as
+    :meth:`~softdistill.data.views.ViewPlan.recorded` gives it) and ``views`` the plan's distinct views;
+    a StoreError naming every problem otherwise, before anything is written."""
+    if not isinstance(header, dict):
+        raise StoreError(f"a store's header is a dict of the sections data, teacher and views, got {type(header).__name__}")
+    problems = [f"header[{key!r}] must be a dict, got {type(header.get(key)).__name__}"
+                for key in SECTIONS if not isinstance(header.get(key), dict)]
+    if problems:
+        raise StoreError("the store's header cannot be written: " + "; ".join(problems) + " (softdistill.label_store "
+                         "builds the header itself)")
+    recorded = dict(header["views"])
+    fingerprint = recorded.pop("fingerprint", None)
+    if unknown := sorted(set(recorded) - set(ViewPlan.model_fields)):
+        raise StoreError(f"header['views'] has keys that are not view-plan settings: {unknown} (it is a ViewPlan's "
+                         "recorded(): ViewPlan(...).recorded())")
+    try:
+        plan = ViewPlan.model_validate(recorded)
+    except ValueError as exc:
+        raise StoreError(f"header['views'] is not a view plan: {exc}") from None
+    if fingerprint is not None and fingerprint != plan.fingerprint():
+        problems.append(f"header['views'] says fingerprint {fingerprint!r}, the plan it records has {plan.fingerprint()!r}")
+    if plan.distinct_views is None:
+        problems.append("the header's view plan draws a fresh view every epoch (views: 0): a store needs a fixed "
+                        "number of views")
+    elif views != plan.distinct_views:
+        problems.append(f"views={views} was given, the header's view plan has {plan.distinct_views} distinct view(s) "
+                        "per sample")
+    if shard_samples < 1 or batch_size < 1:
+        problems.append(f"shard_samples and batch_size must be at least 1, got {shard_samples} and {batch_size}")
+    if not isinstance(encoding, Encoding):
+        problems.append(f"encoding must be an Encoding, got {type(encoding).__name__}")
+    checked = {**header, "views": {**header["views"], "fingerprint": plan.fingerprint()}}
+    try:
+        json.dumps(checked)
+    except (TypeError, ValueError) as exc:
+        problems.append(f"the header must hold what JSON holds ({exc})")
+    if problems:
+        raise StoreError("the store's header cannot be written: " + "; ".join(problems))
+    return checked
+
+
 def write_store(folder: str | Path, header: dict[str, Any], ids: Tensor, labels: Tensor,
                 label: Callable[[Tensor, Tensor], Tensor], *, encoding: Encoding, views: int, shard_samples: int,
                 batch_size: int, ctx: DistContext = DistContext(), quiet: bool = False, verify: bool = False
                 ) -> dict[str, Any] | None:
-    """Label every (sample, view) of ``ids`` (store rows ``0..N-1``) into ``folder``.
+    """Label every (sample, view) of the samples ``ids`` into ``folder``: the writer under
+    :func:`~softdistill.store.labelling.label_store` (which builds the header and the labelling
+    function itself).  Resumable; a complete store is checked and its damaged shards labelled again.
 
-    ``header`` holds the manifest's identity sections (data, teacher, views, encoding); ``label(rows,
-    views)`` returns float logits (B x K) of the views ``views`` of the samples at ``rows``.  A
-    complete store is checked (``verify``: every file hashed) and its damaged shards labelled again.
-    Returns the summary (also ``summary.json``) on rank 0, None elsewhere or when the store was
-    already complete and sound.
+    Args:
+        folder: the store's folder (made when missing).
+        header: the manifest's identity sections: ``data`` (a dict; the sample count and fingerprint are
+            added), ``teacher`` (a dict: who labels) and ``views`` (the plan, as ``ViewPlan.recorded()``);
+            checked before anything is written.
+        ids, labels: the sample ids and labels (int64), in store order: store row r is sample ``ids[r]``.
+        label: ``label(rows, views)`` returns the float logits (B x K) of the views ``views`` of the samples
+            at store rows ``rows`` (so their ids are ``ids[rows]``); a wrong shape or a non-finite logit is a
+            StoreError naming the samples.
+        encoding: how each soft label is stored (K = ``encoding.num_classes``).
+        views: views per sample, the header's plan's distinct views.
+        shard_samples: samples per shard file.
+        batch_size: rows per call of ``label``.
+        ctx: the process group (rank r labels the shards i with i mod world_size = r).
+        quiet: no progress bar or messages.
+        verify: hash every file of a store that is already complete (else sizes and headers).
+
+    Returns:
+        The summary (also ``summary.json``) on rank 0; None elsewhere, or when the store was already
+        complete and sound.
+
+    Example:
+        >>> import tempfile
+        >>> from softdistill.data.views import ViewPlan
+        >>> ids, labels = torch.tensor([5, 9, 2]), torch.tensor([0, 1, 1])
+        >>> header = {"data": {}, "teacher": {"function": "fixed"}, "views": ViewPlan().recorded()}
+        >>> summary = write_store(tempfile.mkdtemp(), header, ids, labels, lambda rows, views: torch.ones(len(rows), 2),
+        ...                       encoding=Encoding("full", 2), views=1, shard_samples=2, batch_size=2, quiet=True)
+        >>> summary["records"], summary["shards"]
+        (3, 2)
     """
     folder = Path(folder)
+    header = _checked_header(header, views, encoding, shard_samples, batch_size)
+    ids = checked_ids(len(ids), labels, ids)
     n = len(ids)
     header = {**header, "data": {**header["data"], "samples": n, "fingerprint": data_fingerprint(ids, labels)},
               "format": FORMAT, "encoding": encoding.to_dict(), "shard_samples": shard_samples,
@@ -135,9 +211,34 @@ def write_store(folder: str | Path, header: dict[str, Any], ids: Tensor, labels:
                 checked = "every file matches its sha256" if verify else "every file has its size and header"
                 print(f"[softdistill] {folder}: the store is complete; nothing to label ({checked})")
             return None
-        return _label_shards(folder, header, label, encoding, views, shard_samples, batch_size, ctx, quiet)
+        return _label_shards(folder, header, _checked_labels(label, ids, encoding.num_classes), encoding, views,
+                             shard_samples, batch_size, ctx, quiet)
     finally:
         lock.release()
+
+
+def _checked_labels(label: Callable[[Tensor, Tensor], Tensor], ids: Tensor, num_classes: int
+                    ) -> Callable[[Tensor, Tensor], Tensor]:
+    """``label`` whose every result is checked: float logits of shape B x ``num_classes``, all finite; a
+    StoreError naming the samples (by id) otherwise."""
+
+    def checked(rows: Tensor, views: Tensor) -> Tensor:
+        logits = label(rows, views)
+        what = f"the labelling function's logits of sample ids {ids[rows][:5].tolist()}" + ("..." if len(rows) > 5 else "")
+        if not isinstance(logits, Tensor) or tuple(logits.shape) != (len(rows), num_classes):
+            shape = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
+            raise StoreError(f"{what} have shape {shape}, the store needs {len(rows)} x {num_classes} (one row of "
+                             f"{num_classes} class logits per sample)")
+        logits = logits.float().cpu()
+        finite = torch.isfinite(logits).all(dim=1)
+        if not bool(finite.all()):
+            bad = ids[rows][~finite]
+            raise StoreError(f"the labelling function gave non-finite logits (NaN or infinite) for {len(bad)} of "
+                             f"{len(rows)} samples, sample ids {bad[:10].tolist()}" + ("..." if len(bad) > 10 else "")
+                             + f" (view {int(views[0])}); nothing of that shard was written")
+        return logits
+
+    return checked
 
 
 def _label_shards(folder: Path, header: dict[str, Any], label: Callable[[Tensor, Tensor], Tensor],
@@ -166,7 +267,7 @@ def _label_shards(folder: Path, header: dict[str, Any], label: Callable[[Tensor,
             logits = torch.empty(len(rows_of_shard), views, encoding.num_classes)
             for v in range(views):
                 for chunk in rows_of_shard.split(batch_size):
-                    logits[chunk - rows_of_shard[0], v] = label(chunk, torch.full_like(chunk, v)).float().cpu()
+                    logits[chunk - rows_of_shard[0], v] = label(chunk, torch.full_like(chunk, v))
                     bar.update(len(chunk))
             try:
                 write_shard(folder, i, encoding.encode(logits))

@@ -43,7 +43,7 @@ def test_unknown_top_level_key_and_unknown_method():
     with pytest.raises(ConfigError) as info:
         recipe_from_dict({**BASE, "epoch": 3, "method": {"name": "kdd"}})
     assert "epoch: unknown key; did you mean 'epochs'?" in str(info.value)
-    assert "method.name: unknown method 'kdd'; did you mean 'kd'?" in str(info.value)
+    assert "method.name: unknown method 'kdd'; did you mean 'kd' or 'dkd' or 'nkd'?" in str(info.value)
 
 
 def test_wrong_type_names_field_and_allowed_values():

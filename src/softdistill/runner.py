@@ -92,7 +92,8 @@ def label_store(recipe: LabelRecipe, *, quiet: bool = False) -> dict[str, Any] |
               # not part of the store's identity: the statistics' last bits depend on the thread count
               "normalization": {"mean": list(data.mean), "std": list(data.std)},
               "teacher": _labeller_identity(recipe, products),
-              "views": {**plan.model_dump(mode="json", exclude={"replay"}), "fingerprint": plan.fingerprint()}}
+              "views": {**plan.model_dump(mode="json", exclude={"replay", "views_per_step"}),
+                        "fingerprint": plan.fingerprint()}}
     e = recipe.encoding
     return write_store(run_dir, header, data.train.ids, data.train.labels, label,
                        encoding=Encoding(e.kind, data.num_classes, e.dtype, e.k), views=plan.distinct_views,

@@ -31,6 +31,9 @@ class Batch:
     ``sample_id`` and ``view`` live on the batch's device.  The loaders, which know the address
     on the host, also give it there (``host_sample_id``, ``host_view``: CPU int64), so that a
     source reading host memory (a store) looks soft labels up without waiting for the device.
+
+    ``second``: under a plan with ``views_per_step: 2``, the same samples as their second view of the
+    step (a batch of its own, with its own address; :mod:`softdistill.data.views`).
     """
 
     x: Tensor
@@ -41,6 +44,7 @@ class Batch:
     lam: Tensor | None = None
     host_sample_id: Tensor | None = None
     host_view: Tensor | None = None
+    second: "Batch | None" = None
 
     @property
     def is_mixed(self) -> bool:
@@ -64,7 +68,8 @@ class Batch:
     def chunks(self, count: int) -> list["Batch"]:
         """The batch cut into ``count`` near-equal consecutive parts (gradient accumulation)."""
         fields = {f.name: getattr(self, f.name) for f in dataclass_fields(self)}
-        parts = {name: (value.tensor_split(count) if value is not None else [None] * count)
+        parts = {name: ([None] * count if value is None else value.chunks(count) if isinstance(value, Batch)
+                        else value.tensor_split(count))
                  for name, value in fields.items()}
         return [Batch(**{name: parts[name][i] for name in fields}) for i in range(count)]
 

@@ -19,6 +19,12 @@ the V, as ``hash(seed, sample_id, epoch) mod V``.
 ``views: 0`` run show exactly the views of a ``views: V`` plan.  A plan that does not augment has
 one view per sample, the clean image (view 0).
 
+``views_per_step: 2`` shows each sample twice in every step: as its view of the epoch v (``batch``)
+and as its next view, ``(v + 1) mod V`` (``v + 1`` for ``views: 0``), in ``batch.second`` -- another
+draw of the same plan, a pure function of (seed, sample_id, view) like the first, so both loaders,
+a resumed run and a store of the plan's V views replay it exactly (:meth:`ViewPlan.second_views`).
+It needs two distinct views per sample: an augmenting plan with ``views`` 0 or at least 2.
+
 Mixing (mixup, Zhang et al. 2018; cutmix, Yun et al. 2019) pairs view v of sample i with view v
 of a partner drawn among the other samples of the split, both cropped and flipped as their own
 views; ``lam`` ~ Beta(alpha, alpha) per sample (by inverse CDF of a hashed uniform) is the share of
@@ -135,17 +141,23 @@ class ViewPlan(AugmentConfig):
     seed: int = 0
     views: int = Field(0, ge=0)
     replay: Replay = "cycle"
+    views_per_step: int = Field(1, ge=1, le=2)
 
     @model_validator(mode="after")
     def _replay_needs_views(self) -> "ViewPlan":
         if self.replay == "random" and self.is_random and self.views == 0:
             raise ValueError("replay: random chooses among a fixed number of views per sample: set data.views")
+        if self.views_per_step == 2 and self.distinct_views == 1:
+            raise ValueError("views_per_step: 2 shows two distinct views of each sample per step, but this plan has one "
+                             "(the clean image, or views: 1): augment the images (data.augment) and set data.views to "
+                             "0 or at least 2")
         return self
 
     @classmethod
-    def of(cls, augment: AugmentConfig, *, seed: int, views: int = 0, replay: Replay = "cycle") -> "ViewPlan":
-        """The plan of ``augment`` with its seed, number of views and replay."""
-        return cls(**augment.model_dump(), seed=seed, views=views, replay=replay)
+    def of(cls, augment: AugmentConfig, *, seed: int, views: int = 0, replay: Replay = "cycle",
+           views_per_step: int = 1) -> "ViewPlan":
+        """The plan of ``augment`` with its seed, number of views, replay and views per step."""
+        return cls(**augment.model_dump(), seed=seed, views=views, replay=replay, views_per_step=views_per_step)
 
     def definition(self) -> dict[str, Any]:
         """What defines the views themselves (not how many there are, nor their order), as JSON holds it:
@@ -154,15 +166,16 @@ class ViewPlan(AugmentConfig):
         resized crop's ratio without a resized crop, ``mix_alpha`` without mixing) are left out."""
         if not self.is_random:
             return {}
-        left_out = {"views", "replay"} | ({"resized_crop", "crop_ratio"} if self.resized_crop is None else set())
+        left_out = {"views", "replay", "views_per_step"} | ({"resized_crop", "crop_ratio"} if self.resized_crop is None else set())
         left_out |= {"mix_alpha"} if self.mix == "none" else set()
         return self.model_dump(mode="json", exclude=left_out)
 
     def fingerprint(self) -> str:
         """A short hash of the plan's settings and number of views, recorded in manifests (the same value as
         earlier versions computed: the replay order is not part of it, nor, without a resized crop, its
-        settings).  Whether two plans show the same views is :meth:`definition`'s to say, not this hash's."""
-        left_out = {"replay"} | ({"resized_crop", "crop_ratio"} if self.resized_crop is None else set())
+        settings; nor how many views a step shows).  Whether two plans show the same views is :meth:`definition`'s
+        to say, not this hash's."""
+        left_out = {"replay", "views_per_step"} | ({"resized_crop", "crop_ratio"} if self.resized_crop is None else set())
         settings = self.model_dump(mode="json", exclude=left_out)
         return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -195,6 +208,11 @@ class ViewPlan(AugmentConfig):
         if self.replay == "random" and self.is_random:
             return hash_below(self.views, self.seed, ids, epoch, _REPLAY)
         return torch.full_like(ids, self.view_in_epoch(epoch))
+
+    def second_views(self, views: Tensor) -> Tensor:
+        """The second view a step shows of samples shown as ``views`` (``views_per_step: 2``): the next view of
+        the plan, ``(v + 1) mod V``, or ``v + 1`` when every epoch draws a fresh view (``views: 0``)."""
+        return (views + 1) % self.views if self.views else views + 1
 
     # ------------------------------------------------------------------ parameters
     def geometry(self, sample_ids: Tensor, views: Tensor) -> ViewParams:

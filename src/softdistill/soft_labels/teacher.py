@@ -12,7 +12,7 @@ from pydantic import Field, model_validator
 from torch import Tensor, nn
 
 from softdistill.checkpoint import CheckpointError, CheckpointMeta, load_checkpoint, model_from_checkpoint
-from softdistill.compatibility import ANY_VIEW, INPUT_GRAD, MIXED, ONLINE
+from softdistill.compatibility import ANY_VIEW, FULL_LOGITS, INPUT_GRAD, MIXED, ONLINE
 from softdistill.runtime.distributed import DistContext
 from softdistill.engine.predict import predict
 from softdistill.engine.wrap import wrap
@@ -69,7 +69,7 @@ class FrozenTeacher(SoftLabelSource):
     and casts it to a reduced precision (its inputs too; the logits come back in float32).
     """
 
-    serves = frozenset({ONLINE, INPUT_GRAD, MIXED, ANY_VIEW})
+    serves = frozenset({ONLINE, INPUT_GRAD, MIXED, ANY_VIEW, FULL_LOGITS})
 
     class Config(TeacherConfig):
         source: Literal["teacher"] = "teacher"
@@ -138,7 +138,7 @@ class CachedTeacher(LookupSource):
     per batch until :meth:`verify_lookups` (the runner calls it once).
     """
 
-    serves: frozenset[str] = frozenset()
+    serves: frozenset[str] = frozenset({FULL_LOGITS})
 
     class Config(TeacherConfig):
         source: Literal["cache"] = "cache"

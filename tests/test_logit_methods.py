@@ -242,6 +242,11 @@ def test_a_two_view_step_shows_each_sample_as_its_view_of_the_epoch_and_its_next
                 rows = torch.searchsorted(data.ids, batch.sample_id)
                 assert torch.equal(second.x, loader.batch_of(rows, second.view).x)  # a view of the same plan
                 assert not torch.equal(second.x, batch.x)
+    ranks = [BatchLoader(data, 5, transform, shuffle=True, plan=plan, seed=2, rank=r, world_size=2) for r in range(2)]
+    for loader_of_rank in (loader, *ranks):
+        loader_of_rank.set_epoch(2)
+    for whole, *parts in zip(loader, *ranks):  # each DDP rank: its slice of both views
+        assert torch.equal(torch.cat([part.second.x for part in parts]), whole.second.x)
     single = BatchLoader(data, 5, transform, shuffle=True, plan=ViewPlan(seed=1, crop_padding=1, views=3), seed=2)
     single.set_epoch(1)
     assert all(batch.second is None for batch in single)

@@ -110,8 +110,9 @@ def spread(values: list[float], references: list[float]) -> str:
     return f"{min(ratios):.2f} / {statistics.median(ratios):.2f} / {max(ratios):.2f}x"
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def timing_arguments(description: str) -> argparse.Namespace:
+    """The command line of a timing benchmark: threads, workload size, steps per mode and round, rounds, --tiny."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--samples", type=int, default=10_000, help="training samples of the workload")
     parser.add_argument("--steps", type=int, default=30, help="student steps per mode and round")
@@ -120,6 +121,11 @@ def main() -> None:
     args = parser.parse_args()
     if args.tiny:
         args.samples, args.steps, args.rounds = 512, 2, 1
+    return args
+
+
+def main() -> None:
+    args = timing_arguments(__doc__.split("\n")[0])
     torch.set_num_threads(args.threads)
     batch = 128
     plan = ViewPlan(seed=0, views=1, crop_padding=4, hflip=True)

@@ -43,7 +43,7 @@ def test_unknown_top_level_key_and_unknown_method():
     with pytest.raises(ConfigError) as info:
         recipe_from_dict({**BASE, "epoch": 3, "method": {"name": "kdd"}})
     assert "epoch: unknown key; did you mean 'epochs'?" in str(info.value)
-    assert "method.name: unknown method 'kdd'; did you mean 'kd'?" in str(info.value)
+    assert "method.name: unknown method 'kdd'; did you mean 'kd' or 'dkd' or 'nkd'?" in str(info.value)
 
 
 def test_wrong_type_names_field_and_allowed_values():
@@ -145,7 +145,7 @@ def test_accepted_names_keep_the_run_folder_inside_output_dir(tmp_path, name):
 
 LOAD_TIME = {  # a change to a valid recipe -> what the error says; each fires before anything runs
     "student: mlpp": "student: unknown model 'mlpp'; did you mean 'mlp'",
-    "data.name: fmnist": "data.name: unknown dataset 'fmnist'; did you mean 'fashion-mnist' or 'mnist'",
+    "data.name: fmnist": "data.name: unknown dataset 'fmnist'; did you mean 'fashion-mnist' or 'fashion-mnist-pairs' or 'mnist'",
     "method: {name: kdd}": "method.name: unknown method 'kdd'; did you mean 'kd'",
     "soft_labels: {source: teachr, checkpoint: t.pt}": "unknown soft-label source 'teachr'; did you mean 'teacher'",
     "method: {name: sbt, k: 10}": "method.k = 10 needs at least 11 classes, the data has 10",

@@ -39,7 +39,7 @@ def test_available_models() -> None:
     assert names == sorted(names)
     expected = {"mlp", "mlp-512", "mlp-1024", "cnn", "cnn-small", "resnet8", "resnet14", "resnet20",
                 "resnet32", "resnet44", "resnet56", "resnet110", "resnet8x4", "resnet32x4", "wrn-16-2",
-                "wrn-28-2", "wrn-40-2", "resnet18", "resnet34", "mobilenetv2"}  # fmt: skip
+                "wrn-28-2", "wrn-40-2", "resnet18", "resnet34", "mobilenetv2", "vgg8", "vgg13"}  # fmt: skip
     assert expected <= set(names)
 
 
@@ -58,6 +58,8 @@ def test_available_models() -> None:
         ("wrn-40-1", 100, 3, 0.57e6),
         ("resnet18", 100, 3, 11.22e6),
         ("mobilenetv2", 100, 3, 2.35e6),
+        ("vgg8", 100, 3, 3.96e6),
+        ("vgg13", 100, 3, 9.46e6),
         ("resnet8", 10, 3, 78e3),
         ("wrn-28-2", 10, 3, 1.47e6),  # Zagoruyko & Komodakis 2016, CIFAR-10
         ("cnn", 10, 1, 0.29e6),

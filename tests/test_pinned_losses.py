@@ -3,7 +3,8 @@ the first steps of a tiny seeded run, stored in ``tests/pinned_losses.json``.
 
 A refactor that moves any method's numbers fails here.  The recipe of each method is derived from
 what the method declares (soft labels from an online teacher when it learns from them, mixed views
-when it learns from mixed ones, crop-and-flip views otherwise), so a new method is picked up
+when it learns from mixed ones, crop-and-flip views otherwise, two of them per step when it learns from
+two), so a new method is picked up
 without being listed; a method without pinned values fails with the command that pins them:
 
     SOFTDISTILL_PIN=1 python -m pytest tests/test_pinned_losses.py
@@ -34,6 +35,12 @@ VARIANTS: dict[str, dict[str, dict]] = {
     "ls": {"others": {"convention": "others"}},
     "wsl": {"label-free": {"label_free": True}},
     "soft-label": {"soft-ce": {"loss": "soft_ce", "temperature": 2.0}},
+    "dkd": {"standardized": {"standardize": True, "temperature": 2.0, "alpha": 9.0, "beta": 72.0}},
+    "dist": {"paper": {"tau_squared": False, "temperature": 4.0}},
+    "uskd": {"probability-rank": {"rank_with_log_probs": False}},
+    "ctkd": {"standardized": {"standardize": True}},
+    "mlkd": {"standardized": {"standardize": True, "temperature": 2.0, "kd_weight": 9.0},
+             "strong-select": {"strong_views": "strong", "confidence_masks": "select"}},
 }
 
 
@@ -77,6 +84,8 @@ def _recipe(tmp_path: Path, method: str, settings: dict, teacher: Path) -> dict:
     raw = _base(tmp_path, f"pin-{method}")
     raw["method"] = {"name": method, **settings}
     raw["data"]["augment"] = {"mix": "mixup"} if cls.mixed_views else {"crop_padding": 1, "hflip": True}
+    if cls.views_per_step != 1:
+        raw["data"]["views_per_step"] = cls.views_per_step  # the crop-and-flip plan's next view of each sample
     if cls.uses_soft_labels:
         raw["soft_labels"] = {"source": "teacher", "checkpoint": str(teacher)}
     return raw

@@ -23,7 +23,9 @@ from softdistill.experiments import packaged_recipes, threads_per_job, usable_co
 from softdistill.runner import label_recipe, run_recipe
 from softdistill.isotonic import isotonic_logits
 from softdistill.metrics import order_concordance, top2_hit_rate
+from softdistill.methods import method_class, method_names
 from softdistill.soft_labels import CachedTeacher, load_teacher
+from softdistill.soft_labels.store import StoredSoftLabels
 from softdistill.types import Batch, StepOutput
 from test_cli import write_recipe
 from test_training import assert_same_weights, make_recipe as training_recipe, weights
@@ -74,11 +76,11 @@ def teacher_checkpoint(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def stores(tmp_path_factory, teacher_checkpoint):
-    """Stores of the teacher's logits of one crop+flip view and one mixup view of the trainer tests' data."""
+    """Stores of the teacher's logits of two crop+flip views and one mixup view of the trainer tests' data."""
     tmp = tmp_path_factory.mktemp("stores")
     folders = {}
-    for name, augment in (("cropflip", CROP_FLIP), ("mixup", {"mix": "mixup"})):
-        raw = {"name": name, "data": {"name": "synthetic", "val_size": 100, "augment": augment, "views": 1},
+    for name, augment, views in (("cropflip", CROP_FLIP, 2), ("mixup", {"mix": "mixup"}, 1)):
+        raw = {"name": name, "data": {"name": "synthetic", "val_size": 100, "augment": augment, "views": views},
                "soft_labels": {"source": "teacher", "checkpoint": teacher_checkpoint}, "output_dir": str(tmp),
                "train": {"device": "cpu"}}
         recipe = LabelRecipe.from_dict(raw)
@@ -115,6 +117,37 @@ def method_recipes(checkpoint):
     }
 
 
+#: the methods the hand-written recipes above cover; every other registered method is derived from its declarations
+WRITTEN = {"ce", "ls", "tfkd-reg", "kd", "wsl", "ida", "hard", "soft-label"}
+DERIVED = sorted(set(method_names()) - WRITTEN)
+
+
+def derived_recipe(method: str, checkpoint: str, stores: dict[str, str], source: str) -> dict:
+    """A recipe of ``method`` as it declares itself: crop+flip views (two per step when it learns from two), its
+    soft labels from the teacher online or from the two-view crop+flip store (``source``)."""
+    cls = method_class(method)
+    changes: dict = {"method": {"name": method}, "data__augment": CROP_FLIP}
+    if cls.views_per_step != 1:
+        changes.update(data__views_per_step=cls.views_per_step, data__views=2, data__view_seed=0)
+    if cls.uses_soft_labels:
+        changes["soft_labels"] = ({"source": "teacher", "checkpoint": checkpoint} if source == "teacher"
+                                  else {"source": "store", "path": stores["cropflip"]})
+        if source == "store":
+            changes.update(data__views=2, data__view_seed=0)
+    return changes
+
+
+def derived_cases() -> list[tuple[str, str]]:
+    """Every derived method with the teacher online, and from a store when it learns from soft labels a store holds."""
+    cases = []
+    for method in DERIVED:
+        cls = method_class(method)
+        cases.append((method, "teacher"))
+        if cls.uses_soft_labels and not cls.mixed_views and cls.source_needs <= StoredSoftLabels.serves:
+            cases.append((method, "store"))
+    return cases
+
+
 def host_reads_in_epoch(tmp_path, monkeypatch, batch_size, log_every=0, **changes) -> collections.Counter:
     """Call sites of host reads during a one-epoch run's training epoch (steps = 500 / batch_size)."""
     sites: list[str] = []
@@ -141,6 +174,16 @@ def test_a_training_step_reads_nothing_back_from_the_device(tmp_path, monkeypatc
     per_step = ten_steps - two_steps  # reads that grow with the number of steps
     assert not per_step, f"host reads in the step of {method}: {dict(per_step)}"
     assert sum(ten_steps.values()) <= 3  # the epoch's end: the non-finite check and the packed sums
+
+
+@pytest.mark.parametrize("method,source", derived_cases())
+def test_a_training_step_of_every_other_method_reads_nothing_back_from_the_device(tmp_path, monkeypatch,
+                                                                                 teacher_checkpoint, stores, method,
+                                                                                 source):
+    changes = derived_recipe(method, teacher_checkpoint, stores, source)
+    per_step = (host_reads_in_epoch(tmp_path, monkeypatch, 50, **changes)
+                - host_reads_in_epoch(tmp_path, monkeypatch, 250, **changes))
+    assert not per_step, f"host reads in the step of {method} ({source}): {dict(per_step)}"
 
 
 class DeviceOnly(torch.Tensor):

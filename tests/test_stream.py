@@ -62,10 +62,14 @@ def assert_same_batches(a, b):
         for name in ("x", "y", "sample_id", "view", "y_b", "lam"):
             u, v = getattr(x, name), getattr(y, name)
             assert (u is None and v is None) or torch.equal(u, v), name
+        assert (x.second is None) == (y.second is None)
+        if x.second is not None:
+            assert_same_batches([x.second], [y.second])
 
 
 @pytest.mark.parametrize("plan", [None, ViewPlan(seed=3, crop_padding=2, hflip=True),
-                                  ViewPlan(seed=3, crop_padding=1, hflip=True, mix="cutmix")])
+                                  ViewPlan(seed=3, crop_padding=1, hflip=True, mix="cutmix"),
+                                  ViewPlan(seed=3, crop_padding=1, hflip=True, views=3, views_per_step=2)])
 def test_stream_and_memory_loaders_give_identical_batches(tmp_path, plan):
     memory, stream = bundles(write_folder(tmp_path))
     assert memory.mean == stream.mean and memory.std == stream.std  # every image sampled: the exact statistics
@@ -203,6 +207,29 @@ def test_skip_leaves_out_exactly_the_unreadable_samples_and_names_them(tmp_path)
         assert_same_batches(runs[0][1:], resumed)  # a mid-epoch resume leaves out the same samples
     with pytest.raises(DatasetFormatError, match="cannot read image"):  # the default fails, naming the file
         list(StreamLoader(stream.train, 4, transform, device=torch.device("cpu"), **rules))
+
+
+def test_skip_leaves_an_unreadable_sample_out_of_both_views_of_a_two_view_step(tmp_path):
+    root = write_folder(tmp_path)
+    _, intact = bundles(root, mean=[0.5] * 3, std=[0.25] * 3)
+    transform = BatchTransform(intact.mean, intact.std)
+    rules = dict(shuffle=True, plan=ViewPlan(seed=3, crop_padding=1, hflip=True, views_per_step=2), seed=5)
+    reference = StreamLoader(intact.train, 4, transform, device=torch.device("cpu"), **rules)
+    reference.set_epoch(2)
+    before = list(reference)
+    stream, bad_ids, _ = damaged_bundle(root)
+    loaders = [StreamLoader(stream.train, 4, transform, device=torch.device("cpu"), workers=w, on_corrupt="skip",
+                            **rules) for w in (0, 2)]
+    for loader in loaders:
+        loader.set_epoch(2)
+    with pytest.warns(CorruptImageWarning):
+        batches = list(loaders[0])
+    for batch, whole in zip(batches, before):
+        keep = ~torch.isin(whole.sample_id, bad_ids)
+        for view, full in ((batch, whole), (batch.second, whole.second)):
+            assert torch.equal(view.sample_id, full.sample_id[keep]) and torch.equal(view.x, full.x[keep])
+    with pytest.warns(CorruptImageWarning):
+        assert_same_batches(batches, loaders[1])
 
 
 def test_skip_with_a_mixing_plan_leaves_out_the_samples_whose_partner_is_unreadable(tmp_path):

@@ -26,7 +26,7 @@ _EXPORTS: dict[str, str] = {
         "dkd_warmup_factor", "dist_loss", "DISTLoss", "nkd_loss", "NKDLoss", "uskd_loss", "USKDLoss",
         "logit_standardize", "LogitStandardize", "kd_ls_loss", "KDLSLoss", "ttm_loss", "TTMLoss", "wttm_loss",
         "WTTMLoss", "ctkd_kd_loss", "CTKDLoss", "ctkd_temperature", "ctkd_grl_lambda", "gradient_reversal",
-        "GradientReversal", "mlkd_loss", "MLKDLoss")},
+        "GradientReversal", "mlkd_loss", "MLKDLoss", "dkd_terms", "dist_terms", "nkd_terms", "uskd_terms")},
     **{name: "softdistill.isotonic" for name in ("isotonic_logits", "IsotonicLogits", "order_penalty", "OrderPenalty")},
     "Store": "softdistill.store.reader",
     "StoreError": "softdistill.store.format",
@@ -89,11 +89,12 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time the names are 
                                     MLKDLoss, NKDLoss, TTMLoss, USKDLoss, WTTMLoss, CrossEntropy, MixedCrossEntropy,
                                     SoftCrossEntropy, TeacherStudentDivergence, TfKDRegLoss, WeightedSoftCrossEntropy,
                                     WSLLoss, cross_entropy, ctkd_grl_lambda, ctkd_kd_loss, ctkd_temperature,
-                                    dist_loss, dkd_loss, dkd_warmup_factor, gradient_reversal, kd_loss, kd_ls_loss,
-                                    label_smoothing_targets, logit_standardize, mixed_cross_entropy, mlkd_loss,
-                                    nkd_loss, soft_cross_entropy, teacher_student_divergence, tfkd_reg_loss, ttm_loss,
-                                    uskd_loss, virtual_teacher_probs, weighted_soft_cross_entropy, wsl_loss,
-                                    wsl_weights, wttm_loss)
+                                    dist_loss, dist_terms, dkd_loss, dkd_terms, dkd_warmup_factor, gradient_reversal,
+                                    kd_loss, kd_ls_loss, label_smoothing_targets, logit_standardize,
+                                    mixed_cross_entropy, mlkd_loss, nkd_loss, nkd_terms, soft_cross_entropy,
+                                    teacher_student_divergence, tfkd_reg_loss, ttm_loss, uskd_loss, uskd_terms,
+                                    virtual_teacher_probs, weighted_soft_cross_entropy, wsl_loss, wsl_weights,
+                                    wttm_loss)
     from softdistill.methods import build_method
     from softdistill.methods.base import Method, MethodConfig, register_method
     from softdistill.models.registry import build_model, register_model

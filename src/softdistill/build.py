@@ -99,7 +99,8 @@ def build_source(recipe: Recipe | LabelRecipe, data: DataBundle, ctx: DistContex
     if spec is None:
         return None
     setup = SourceSetup(data=data, data_config=recipe.data, plan=recipe.view_plan, views=views, seed=recipe.seed,
-                        device=ctx.device, student=student, products=products)
+                        device=ctx.device, student=student, products=products,
+                        needs=getattr(recipe, "soft_label_needs", {}))
     with torch.random.fork_rng(devices=[ctx.device] if ctx.device.type == "cuda" else []):
         return source_class(spec.source).build(spec, setup).to(ctx.device)
 
@@ -166,6 +167,10 @@ def build_run(recipe: Recipe | VAERecipe, ctx: DistContext, products: Mapping[De
     context = MethodContext(InputSpec(data.in_channels, data.image_size, tuple(data.mean), tuple(data.std)),
                             resolve_artifact=products.__getitem__, quiet=quiet)
     method = method_class(recipe.method.name)(recipe.method, student, data.num_classes, source, context).to(ctx.device)
+    if ctx.distributed and method.batch_terms and ctx.is_main:
+        warnings.warn(f"method {recipe.method.name!r} computes {method.batch_terms} over each process's slice of the "
+                      f"batch ({recipe.data.batch_size} / {ctx.world_size} samples), as its authors' multi-GPU code "
+                      "does: those terms differ from a single process's (docs/methods.md)", stacklevel=2)
     method.wrap(lambda module: wrap(module, ctx, compile=speed.compile, channels_last=channels_last,
                                     sync_batchnorm=speed.sync_batchnorm))
     optimizer = build_optimizer(method.trainable_parameters(), **recipe.optim.model_dump())

@@ -3,34 +3,50 @@
 A soft-label source declares what it ``serves`` (the capabilities below); a method declares
 whether it learns from soft labels at all (``uses_soft_labels``), whether it learns from mixed
 views (``mixed_views``: such a method needs a plan that mixes, every other method refuses one),
-and what else it needs from its source (``source_needs``).  :func:`compatibility_problems` is
-called when a recipe is validated, before any teacher, VAE or store is made;
-:func:`stored_view_problems` decides whether a store's views are the ones a recipe asks for
-(when the recipe loads, for a store named by its label recipe; when the store opens, otherwise).
+how many views of each sample a step shows it (``views_per_step``: 2 for a method that learns from
+two views of every sample, which the plan must give), and what else it needs from its source
+(``source_needs``, and its settings' :meth:`~softdistill.methods.MethodConfig.soft_label_needs`, each
+with the reason).  :func:`compatibility_problems` is called when a recipe is validated, before any
+teacher, VAE or store is made; :func:`stored_view_problems` decides whether a store's views are the
+ones a recipe asks for and :func:`encoding_problems` whether its encoding carries what the method
+reads (when the recipe loads, for a store named by its label recipe; when the store opens, otherwise).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["ONLINE", "INPUT_GRAD", "MIXED", "ANY_VIEW", "CAPABILITIES", "compatibility_problems", "stored_view_problems"]
+__all__ = ["ONLINE", "INPUT_GRAD", "MIXED", "ANY_VIEW", "FULL_LOGITS", "CAPABILITIES", "STANDARDIZED", "method_needs",
+           "compatibility_problems", "stored_view_problems", "encoding_problems"]
 
 ONLINE = "online"          # soft labels of any input, computed when asked (e.g. new, learned augmentations)
 INPUT_GRAD = "input_grad"  # soft labels differentiable with respect to the input
 MIXED = "mixed"            # soft labels of mixed views (the mixed image, not a blend of two labels)
 ANY_VIEW = "any_view"      # every view of a plan, also a fresh view each epoch (views: 0)
+FULL_LOGITS = "full_logits"  # every class's logit (a store's top-k record rebuilds the tail, evenly spread)
+
+#: why a method on standardized logits (Sun et al., CVPR 2024) needs every class's logit
+STANDARDIZED = "logit standardization takes the mean and standard deviation of every class's logit"
 
 CAPABILITIES = {
     ONLINE: "soft labels of new inputs, computed when asked",
     INPUT_GRAD: "gradients of the soft labels with respect to the input",
     MIXED: "soft labels of mixed (mixup / cutmix) views",
     ANY_VIEW: "every view, also a fresh one each epoch (data.views: 0)",
+    FULL_LOGITS: "the teacher's full logit vector (every class's logit, not a top-k summary)",
 }
 
 
-def compatibility_problems(method: Any, source: Any | None, plan: Any) -> list[str]:
-    """What stops ``method`` (a Method class) from learning from ``source`` (a source class or None)
-    under ``plan`` (a ViewPlan); empty when they fit."""
+def method_needs(method: Any, config: Any) -> dict[str, str]:
+    """What ``method`` (a Method class) with its settings ``config`` needs of its source: each capability
+    with the reason (empty for the method's own ``source_needs``, which its messages explain)."""
+    return {**{need: "" for need in method.source_needs}, **config.soft_label_needs()}
+
+
+def compatibility_problems(method: Any, config: Any, source: Any | None, plan: Any) -> list[str]:
+    """What stops ``method`` (a Method class) with its settings ``config`` from learning from ``source`` (a
+    source class or None) under ``plan`` (a ViewPlan); empty when they fit."""
     name = method.Config.model_fields["name"].default
     problems = []
     if method.uses_soft_labels and source is None:
@@ -43,6 +59,12 @@ def compatibility_problems(method: Any, source: Any | None, plan: Any) -> list[s
     if plan.mixes and not method.mixed_views:
         problems.append(f"data.augment.mix: {plan.mix} mixes views, but method {name!r} learns from one label per "
                         "sample; use a method made for mixed views (ida) or set mix: none")
+    if method.views_per_step != plan.views_per_step:
+        problems.append(f"method {name!r} learns from two views of each sample per step: set data.views_per_step: 2 "
+                        "(a sample's second view is its next view of the plan, see docs/data.md)"
+                        if method.views_per_step == 2 else
+                        f"data.views_per_step: {plan.views_per_step} shows each sample twice per step, but method "
+                        f"{name!r} learns from one view per step: set data.views_per_step: 1")
     if source is None:
         return problems
     source_name = source.Config.model_fields["source"].default
@@ -50,9 +72,11 @@ def compatibility_problems(method: Any, source: Any | None, plan: Any) -> list[s
     if plan.mixes and MIXED not in serves:
         problems.append(f"soft_labels.source {source_name!r} cannot serve {CAPABILITIES[MIXED]}: its soft label would "
                         "belong to one of the two mixed images; use source: teacher (run online on the mixed image)")
-    for need in sorted(method.source_needs - serves):
-        problems.append(f"method {name!r} needs {CAPABILITIES[need]}, which soft_labels.source {source_name!r} cannot "
-                        "serve; use source: teacher")
+    needs = method_needs(method, config)
+    for need in sorted(set(needs) - serves):
+        why = f" ({needs[need]})" if needs[need] else ""
+        problems.append(f"method {name!r} needs {CAPABILITIES[need]}{why}, which soft_labels.source {source_name!r} "
+                        "cannot serve; use source: teacher")
     if ANY_VIEW not in serves and plan.distinct_views is None:
         problems.append(f"soft_labels.source {source_name!r} holds the soft labels of a fixed set of views, but the "
                         "augmentation draws a fresh view every epoch: set data.views to the number of views per "
@@ -83,3 +107,15 @@ def stored_view_problems(stored: Any, wanted: Any, where: str) -> list[str]:
         return [f"{where} holds {have} view(s) per sample, the recipe asks for {want} (data.views): set data.views to "
                 f"at most {have}, or label a store with more views"]
     return []
+
+
+def encoding_problems(needs: Mapping[str, str], encoding: Mapping[str, Any], where: str) -> list[str]:
+    """What stops a store whose records are encoded as ``encoding`` (a manifest's or a label recipe's
+    ``encoding`` section) from serving a method that ``needs`` these capabilities (:func:`method_needs`);
+    ``where`` names the store in messages.  A top-k record keeps the k largest logits and the tail's
+    log-mass, not every class's logit."""
+    if FULL_LOGITS not in needs or encoding["kind"] == "full":
+        return []
+    why = f" ({needs[FULL_LOGITS]})" if needs[FULL_LOGITS] else ""
+    return [f"{where} holds top-k soft labels (encoding: {{kind: topk, k: {encoding['k']}}}), which do not carry "
+            f"{CAPABILITIES[FULL_LOGITS]} that the method needs{why}: label a store with encoding: {{kind: full}}"]

@@ -38,7 +38,7 @@ from typing import Any, ClassVar, Literal, Union
 import yaml
 from pydantic import Field, SerializeAsAny, ValidationError, field_validator, model_validator
 
-from softdistill.compatibility import CAPABILITIES, MIXED, ONLINE, compatibility_problems
+from softdistill.compatibility import CAPABILITIES, MIXED, ONLINE, compatibility_problems, method_needs
 from softdistill.data.config import DataConfig
 from softdistill.data.readers import dataset_info
 from softdistill.data.views import ViewPlan
@@ -319,10 +319,15 @@ class Recipe(RunRecipe):
     def product_path(self, dependency: Dependency) -> Path:
         return self.run_dir / f"{dependency.select}.pt"
 
+    @property
+    def soft_label_needs(self) -> dict[str, str]:
+        """What the method, with its settings, needs of its soft labels (:func:`~softdistill.compatibility.method_needs`)."""
+        return method_needs(method_class(self.method.name), self.method)
+
     def problems(self) -> list[str]:
         method = method_class(self.method.name)
         source = source_class(self.soft_labels.source) if self.soft_labels is not None else None
-        problems = compatibility_problems(method, source, self.view_plan)
+        problems = compatibility_problems(method, self.method, source, self.view_plan)
         if problems:
             return problems
         facts = self.facts
@@ -335,6 +340,10 @@ class Recipe(RunRecipe):
         if self.train.grad_accum > 1 and not method.supports_grad_accum:
             problems.append(f"train.grad_accum: method {self.method.name!r} updates its own parts inside every step, "
                             "so accumulating over parts of a batch would change it; use 1")
+        if self.train.grad_accum > 1 and method.batch_terms:
+            problems.append(f"train.grad_accum: method {self.method.name!r} computes {method.batch_terms} over the whole "
+                            "batch, so parts of a batch would give another loss; use 1 (a smaller data.batch_size "
+                            "changes the method too)")
         if outside := [e for e in self.train.keep_epochs if not 1 <= e <= self.epochs]:
             problems.append(f"train.keep_epochs {outside} lie outside the run's epochs 1..{self.epochs}")
         return problems + self.schedule.problems(self.epochs)
@@ -411,6 +420,9 @@ class LabelRecipe(RunRecipe):
                             "views of each sample to label (the augmentation draws a fresh view otherwise)")
         if self.train.keep_epochs:
             problems.append("train.keep_epochs is not used by a label recipe")
+        if self.data.views_per_step != 1:
+            problems.append("data.views_per_step is not used by a label recipe: it labels every view of the plan once "
+                            "(a training recipe's second views are views of the same plan)")
         if unused := self.train.unused(("device", "threads", "amp", "eval_every", "checkpoint_every", "log_every",
                                         "keep_epochs")):
             problems.append(f"train.{', train.'.join(unused)}: training options, not used by a label recipe")

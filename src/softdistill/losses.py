@@ -44,11 +44,15 @@ __all__ = [
     "weighted_soft_cross_entropy",
     "MAX_TEMPERATURE",
     "dkd_loss",
+    "dkd_terms",
     "dkd_warmup_factor",
     "DKD_TARGET_OFFSET",
     "dist_loss",
+    "dist_terms",
     "nkd_loss",
+    "nkd_terms",
     "uskd_loss",
+    "uskd_terms",
     "logit_standardize",
     "kd_ls_loss",
     "ttm_loss",
@@ -809,6 +813,29 @@ def dkd_loss(student_logits: Tensor, teacher_logits: Tensor, labels: Tensor, alp
         >>> round(dkd_loss(s, t, torch.tensor([0])).item(), 4)
         0.45
     """
+    terms = dkd_terms(student_logits, teacher_logits, labels, alpha, beta, temperature, standardize=standardize,
+                      target_offset=target_offset)
+    return terms["tckd"] + terms["nckd"]
+
+
+def dkd_terms(student_logits: Tensor, teacher_logits: Tensor, labels: Tensor, alpha: float = 1.0, beta: float = 8.0,
+              temperature: float = 4.0, *, standardize: bool = False,
+              target_offset: float = DKD_TARGET_OFFSET) -> dict[str, Tensor]:
+    """The two weighted terms of :func:`dkd_loss` (same arguments), whose sum is the loss:
+    ``{"tckd": alpha T^2 mean_b TCKD_b, "nckd": beta T^2 mean_b NCKD_b}``.
+
+    Args:
+        student_logits, teacher_logits, labels, alpha, beta, temperature, standardize, target_offset: as
+            :func:`dkd_loss`'s.
+
+    Returns:
+        ``{"tckd": scalar, "nckd": scalar}``, differentiable in ``student_logits``.
+
+    Example:
+        >>> s, t = torch.tensor([[2.0, 1.0, 0.0]]), torch.tensor([[3.0, 0.5, 0.0]])
+        >>> {name: round(term.item(), 4) for name, term in dkd_terms(s, t, torch.tensor([0])).items()}
+        {'tckd': 0.2017, 'nckd': 0.2482}
+    """
     _check_non_target_inputs(student_logits, teacher_logits, "teacher_logits", labels)
     _check_temperature(temperature)
     _check_non_negative(alpha=alpha, beta=beta)
@@ -820,7 +847,7 @@ def dkd_loss(student_logits: Tensor, teacher_logits: Tensor, labels: Tensor, alp
     tckd = _kl_rows(_binary_log_probs(log_p_t, labels), _binary_log_probs(log_p_s, labels))
     nckd = _kl_rows(_non_target_log_probs(scaled_t, labels, target_offset),
                     _non_target_log_probs(scaled_s, labels, target_offset))
-    return temperature**2 * (alpha * tckd + beta * nckd).mean()
+    return {"tckd": temperature**2 * alpha * tckd.mean(), "nckd": temperature**2 * beta * nckd.mean()}
 
 
 def dkd_warmup_factor(epoch: float, warmup_epochs: float = 20) -> float:
@@ -879,6 +906,27 @@ def dist_loss(student_logits: Tensor, teacher_logits: Tensor, beta: float = 1.0,
         >>> round(dist_loss(s, s.flip(1)).item(), 4)
         3.0838
     """
+    terms = dist_terms(student_logits, teacher_logits, beta, gamma, temperature, tau_squared)
+    return terms["inter"] + terms["intra"]
+
+
+def dist_terms(student_logits: Tensor, teacher_logits: Tensor, beta: float = 1.0, gamma: float = 1.0,
+               temperature: float = 1.0, tau_squared: bool = True) -> dict[str, Tensor]:
+    """The two weighted terms of :func:`dist_loss` (same arguments), whose sum is the loss:
+    ``{"inter": T^2 beta (1 - mean_b rho_b), "intra": T^2 gamma (1 - mean_k rho_k)}`` (T^2 with ``tau_squared``);
+    ``intra`` couples the samples of the batch.
+
+    Args:
+        student_logits, teacher_logits, beta, gamma, temperature, tau_squared: as :func:`dist_loss`'s.
+
+    Returns:
+        ``{"inter": scalar, "intra": scalar}``, differentiable in ``student_logits``.
+
+    Example:
+        >>> s = torch.tensor([[2.0, 1.0, 0.0], [0.0, 1.0, 3.0]])
+        >>> {name: round(term.item(), 4) for name, term in dist_terms(s, s.flip(1)).items()}
+        {'inter': 1.7505, 'intra': 1.3333}
+    """
     _check_pair(student_logits, teacher_logits, "teacher_logits")
     _check_temperature(temperature)
     _check_non_negative(beta=beta, gamma=gamma)
@@ -887,7 +935,7 @@ def dist_loss(student_logits: Tensor, teacher_logits: Tensor, beta: float = 1.0,
     inter = 1 - _pearson(y_s, y_t, dim=1).mean()
     intra = 1 - _pearson(y_s, y_t, dim=0).mean()
     scale = temperature**2 if tau_squared else 1.0
-    return scale * (beta * inter + gamma * intra)
+    return {"inter": scale * beta * inter, "intra": scale * gamma * intra}
 
 
 # ------------------------------------------------------------- NKD and USKD
@@ -914,6 +962,26 @@ def nkd_loss(student_logits: Tensor, teacher_logits: Tensor, labels: Tensor, tem
         >>> round(nkd_loss(s, t, torch.tensor([0])).item(), 4)
         1.3963
     """
+    terms = nkd_terms(student_logits, teacher_logits, labels, temperature, gamma)
+    return terms["target"] + terms["non_target"]
+
+
+def nkd_terms(student_logits: Tensor, teacher_logits: Tensor, labels: Tensor, temperature: float = 1.0,
+              gamma: float = 1.5) -> dict[str, Tensor]:
+    """The two weighted terms of :func:`nkd_loss` (same arguments), whose sum is the loss:
+    ``{"target": -mean_b p_t(y) log p_s(y), "non_target": -gamma T^2 mean_b sum_{k != y} q_t^T(k) log q_s^T(k)}``.
+
+    Args:
+        student_logits, teacher_logits, labels, temperature, gamma: as :func:`nkd_loss`'s.
+
+    Returns:
+        ``{"target": scalar, "non_target": scalar}``, differentiable in ``student_logits``.
+
+    Example:
+        >>> s, t = torch.tensor([[2.0, 1.0, 0.0]]), torch.tensor([[3.0, 0.5, 0.0]])
+        >>> {name: round(term.item(), 4) for name, term in nkd_terms(s, t, torch.tensor([0])).items()}
+        {'target': 0.3601, 'non_target': 1.0362}
+    """
     _check_non_target_inputs(student_logits, teacher_logits, "teacher_logits", labels)
     _check_temperature(temperature)
     _check_non_negative(gamma=gamma)
@@ -923,7 +991,7 @@ def nkd_loss(student_logits: Tensor, teacher_logits: Tensor, labels: Tensor, tem
     log_q_s = _log_softmax_at(_drop_target_column(student_logits, labels), temperature)
     log_q_t = _log_softmax_at(_drop_target_column(teacher_logits, labels), temperature)
     non_target_term = -(log_q_t.exp() * log_q_s).sum(dim=1).mean()
-    return target_term + gamma * temperature**2 * non_target_term
+    return {"target": target_term, "non_target": gamma * temperature**2 * non_target_term}
 
 
 def _uskd_zipf_labels(log_p: Tensor, log_w: Tensor, labels: Tensor, rank_with_log_probs: bool) -> Tensor:
@@ -970,6 +1038,28 @@ def uskd_loss(student_logits: Tensor, weak_logits: Tensor, labels: Tensor, alpha
         >>> round(uskd_loss(s, w, torch.tensor([0])).item(), 4)
         0.5655
     """
+    terms = uskd_terms(student_logits, weak_logits, labels, alpha, beta, mu, rank_with_log_probs=rank_with_log_probs)
+    return terms["target"] + terms["non_target"] + terms["weak"]
+
+
+def uskd_terms(student_logits: Tensor, weak_logits: Tensor, labels: Tensor, alpha: float = 1.0, beta: float = 0.1,
+               mu: float = 0.005, *, rank_with_log_probs: bool = True) -> dict[str, Tensor]:
+    """The three weighted terms of :func:`uskd_loss` (same arguments), whose sum is the loss:
+    ``{"target": alpha L_target, "non_target": beta L_non-target, "weak": mu L_weak}``; the target term's
+    weights use the batch mean of p(y)^2, which couples the samples of the batch.
+
+    Args:
+        student_logits, weak_logits, labels, alpha, beta, mu, rank_with_log_probs: as :func:`uskd_loss`'s.
+
+    Returns:
+        ``{"target": scalar, "non_target": scalar, "weak": scalar}``, differentiable in ``student_logits`` and
+        ``weak_logits``.
+
+    Example:
+        >>> s, w = torch.tensor([[2.0, 1.0, 0.0, -1.0]]), torch.tensor([[1.0, 0.0, 2.0, 0.0]])
+        >>> {name: round(term.item(), 4) for name, term in uskd_terms(s, w, torch.tensor([0])).items()}
+        {'target': 0.4402, 'non_target': 0.1177, 'weak': 0.0076}
+    """
     _check_non_target_inputs(student_logits, weak_logits, "weak_logits", labels)
     _check_non_negative(alpha=alpha, beta=beta, mu=mu)
     log_p, log_w = _log_softmax_at(student_logits), _log_softmax_at(weak_logits)
@@ -980,7 +1070,7 @@ def uskd_loss(student_logits: Tensor, weak_logits: Tensor, labels: Tensor, alpha
     non_target_term = -(zipf * _log_softmax_at(_drop_target_column(student_logits, labels))).sum(dim=1).mean()
     smoothed = 0.9 * _is_target(log_w, labels).to(log_w.dtype) + 0.1 / log_w.shape[1]
     weak_term = -(smoothed * log_w).sum(dim=1).mean()
-    return alpha * target_term + beta * non_target_term + mu * weak_term
+    return {"target": alpha * target_term, "non_target": beta * non_target_term, "weak": mu * weak_term}
 
 
 # ------------------------------------------------------------- logit standardization

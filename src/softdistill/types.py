@@ -39,6 +39,8 @@ class Batch:
         sample_id, view: B sample ids and views (int64), or None.
         y_b, lam: the partners' labels and the samples' shares of a mixed view, or None.
         host_sample_id, host_view: CPU copies of the address (the loaders give them).
+        second: under a plan with ``views_per_step: 2``, the same samples as their second view of the
+            step (a batch of its own, with its own address; :mod:`softdistill.data.views`), else None.
 
     Example:
         >>> batch = Batch(x=torch.zeros(4, 3), y=torch.tensor([0, 1, 2, 0]), sample_id=torch.arange(4),
@@ -55,6 +57,7 @@ class Batch:
     lam: Tensor | None = None
     host_sample_id: Tensor | None = None
     host_view: Tensor | None = None
+    second: "Batch | None" = None
 
     @property
     def is_mixed(self) -> bool:
@@ -105,7 +108,8 @@ class Batch:
     def chunks(self, count: int) -> list["Batch"]:
         """The batch cut into ``count`` near-equal consecutive parts (gradient accumulation)."""
         fields = {f.name: getattr(self, f.name) for f in dataclass_fields(self)}
-        parts = {name: (value.tensor_split(count) if value is not None else [None] * count)
+        parts = {name: ([None] * count if value is None else value.chunks(count) if isinstance(value, Batch)
+                        else value.tensor_split(count))
                  for name, value in fields.items()}
         return [Batch(**{name: parts[name][i] for name in fields}) for i in range(count)]
 

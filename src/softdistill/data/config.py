@@ -65,6 +65,9 @@ class DataConfig(StrictConfig):
     view_seed: int | None = Field(None, description="seed of the views' parameters; None = the run seed")
     replay: Replay = Field("cycle", description="which of the V views epoch e shows: cycle = (e-1) mod V; random = a "
                                                 "hashed choice per sample and epoch")
+    views_per_step: int = Field(1, ge=1, le=2, description="views of each sample a training step shows: 2 adds each "
+                                                           "sample's next view of the plan (batch.second), for "
+                                                           "methods that learn from two views (mlkd)")
     canvas: int | None = Field(None, ge=4, description="place every image at the centre of a black canvas of this "
                                                        "size (before the normalisation statistics); None = off")
     ood: list[str] = Field(default_factory=list, description="out-of-domain test sets kind:amount, e.g. shift:4, "
@@ -168,7 +171,8 @@ class DataConfig(StrictConfig):
     def view_plan(self, run_seed: int) -> ViewPlan:
         """The views of the training split (``view_seed``, else ``run_seed``)."""
         seed = self.view_seed if self.view_seed is not None else run_seed
-        return ViewPlan.of(self.augment, seed=seed, views=self.views, replay=self.replay)
+        return ViewPlan.of(self.augment, seed=seed, views=self.views, replay=self.replay,
+                           views_per_step=self.views_per_step)
 
 
 @dataclass(frozen=True)

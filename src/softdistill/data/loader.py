@@ -99,14 +99,17 @@ class Fetched:
     placed: bool = False  # the views' crop and flip are in the images already (a stream worker did them)
     left_out: Tensor | None = None  # ids of the samples of the batch left out (data.on_corrupt: skip)
     unreadable: tuple[str, ...] = ()  # why: the errors that name their files
+    second: "Fetched | None" = None  # the same samples as their second view of the step (views_per_step: 2)
 
     HOST: ClassVar[tuple[str, ...]] = ("mixing", "placed", "left_out", "unreadable")  # never moved or pinned
 
     def _map(self, fn: Callable[[Tensor], Tensor], keep: tuple[str, ...] = ()) -> "Fetched":
-        keep = self.HOST + keep
-        return Fetched(**{f.name: None if getattr(self, f.name) is None else
-                          (getattr(self, f.name) if f.name in keep else fn(getattr(self, f.name)))
-                          for f in fields(self)})
+        def mapped(name: str, value: Any) -> Any:
+            if value is None or name in self.HOST + keep:
+                return value
+            return value._map(fn, keep) if isinstance(value, Fetched) else fn(value)
+
+        return Fetched(**{f.name: mapped(f.name, getattr(self, f.name)) for f in fields(self)})
 
     def pin_memory(self) -> "Fetched":
         """Page-locked copies (called by DataLoader's pinning thread)."""
@@ -140,8 +143,9 @@ def fetch(rows: Tensor, views: Tensor, labels: Tensor, ids: Tensor, images_of: C
 
 def assemble(fetched: Fetched, transform: BatchTransform, plan: ViewPlan | None, channels_last: bool = False) -> Batch:
     """The batch of ``fetched`` (on its device): to [0, 1], the views' crop, flip and mix, standardisation
-    (in the channels_last memory format when asked).  Host tensors are copied without waiting for
-    the device; the batch keeps the host's copy of its address too (``Batch.host_sample_id``, ``host_view``)."""
+    (in the channels_last memory format when asked), with its second views as ``Batch.second`` when it has
+    them.  Host tensors are copied without waiting for the device; the batch keeps the host's copy of its
+    address too (``Batch.host_sample_id``, ``host_view``)."""
     f = fetched
     y_b = lam = None
     # the crop (zero padding) and flip commute exactly with the division by 255: done on the uint8
@@ -159,9 +163,10 @@ def assemble(fetched: Fetched, transform: BatchTransform, plan: ViewPlan | None,
     x = transform.normalize_(x)  # x is this batch's own tensor
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
+    second = assemble(f.second, transform, plan, channels_last) if f.second is not None else None
     return Batch(x=x, y=f.labels, sample_id=f.ids.to(x.device, non_blocking=True),
                  view=f.views.to(x.device, non_blocking=True), y_b=y_b, lam=lam, host_sample_id=f.ids,
-                 host_view=f.views)
+                 host_view=f.views, second=second)
 
 
 class EpochBatches:
@@ -226,8 +231,9 @@ class EpochBatches:
                 yield rows, (self.plan.views_in_epoch(self.ids[rows], self.epoch) if self.plan is not None
                              else torch.zeros(len(rows), dtype=torch.long))
 
-    def batch_of(self, rows: Tensor, views: Tensor) -> Batch:
-        """The batch of the views ``views`` of the samples at ``rows`` (made by the loaders, not by the rules)."""
+    def batch_of(self, rows: Tensor, views: Tensor, second_views: Tensor | None = None) -> Batch:
+        """The batch of the views ``views`` of the samples at ``rows``, with their ``second_views`` as
+        ``Batch.second`` when given (made by the loaders, not by the rules)."""
         raise NotImplementedError(f"{type(self).__name__} chooses batches; a loader makes them")
 
     def batch(self, sample_ids: Tensor | Sequence[int], views: Tensor | Sequence[int] | int) -> Batch:
@@ -247,6 +253,11 @@ class EpochBatches:
         if not bool(found.all()):
             raise ValueError(f"sample id {int(ids[~found][0])} is not in the split ({self.size} samples)")
         return self.batch_of(rows, torch.broadcast_to(torch.as_tensor(views).long().cpu(), ids.shape).clone())
+
+    def second_views(self, views: Tensor) -> Tensor | None:
+        """The second views a training step shows of samples shown as ``views``: None unless the plan shows
+        two views per step (:meth:`~softdistill.data.views.ViewPlan.second_views`)."""
+        return self.plan.second_views(views) if self.plan is not None and self.plan.views_per_step == 2 else None
 
     def ordered_batches(self, view: int) -> Iterator[tuple[Tensor, Tensor]]:
         """(rows, views): every sample of the split in row order, each as its view ``view`` (this process alone)."""
@@ -284,20 +295,23 @@ class BatchLoader(EpochBatches):
 
     def __iter__(self) -> Iterator[Batch]:
         for rows, views in self.epoch_batches():
-            yield self.batch_of(rows, views)
+            yield self.batch_of(rows, views, self.second_views(views))
 
     def in_order(self, view: int) -> Iterator[Batch]:
         """Every sample of the split in row order, each as its view ``view`` (this process alone)."""
         for rows, views in self.ordered_batches(view):
             yield self.batch_of(rows, views)
 
-    def batch_of(self, rows: Tensor, views: Tensor) -> Batch:
-        """The batch of the views ``views`` of the samples at ``rows`` (CPU int64)."""
+    def batch_of(self, rows: Tensor, views: Tensor, second_views: Tensor | None = None) -> Batch:
+        """The batch of the views ``views`` of the samples at ``rows`` (CPU int64), with their ``second_views``
+        as ``Batch.second`` when given."""
         images, ids = self.data.images, self.data.ids
 
         def images_of(rows: Tensor, views: Tensor) -> Tensor:
             gathered = images[rows.to(images.device, non_blocking=True)]
             return self.plan.transformed(gathered, ids[rows], views) if self.plan is not None else gathered
 
-        fetched = fetch(rows, views, self.data.labels, ids, images_of, self.plan)
-        return assemble(fetched, self.transform, self.plan, self.channels_last)
+        first = fetch(rows, views, self.data.labels, ids, images_of, self.plan)
+        if second_views is not None:
+            first.second = fetch(rows, second_views, self.data.labels, ids, images_of, self.plan)
+        return assemble(first, self.transform, self.plan, self.channels_last)

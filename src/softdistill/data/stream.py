@@ -146,7 +146,8 @@ PassedOn = DatasetFormatError | ViewTransformError
 
 
 class _Batches(Dataset):
-    """A map-style dataset whose keys are whole batches ``(rows, views)``: one key, one :class:`Fetched`.
+    """A map-style dataset whose keys are whole batches ``(rows, views)``, or ``(rows, views, second_views)``
+    for a step that shows each sample twice (``Fetched.second``): one key, one :class:`Fetched`.
 
     ``skip``: samples whose image (or whose mixing partner's image) cannot be decoded are left out of
     the batch, their ids in ``Fetched.left_out`` and the errors naming the files in ``Fetched.unreadable``."""
@@ -154,23 +155,29 @@ class _Batches(Dataset):
     def __init__(self, data: StreamSet, decoder: Decoder, plan: ViewPlan | None, skip: bool = False) -> None:
         self.data, self.decoder, self.plan, self.skip = data, decoder, plan, skip
 
-    def __getitem__(self, key: tuple[Tensor | np.ndarray, Tensor | np.ndarray]) -> Fetched | PassedOn:
+    def __getitem__(self, key: tuple[Any, ...]) -> Fetched | PassedOn:
         """The batch of ``key``; in a DataLoader worker, a file's format error (or a view transform's) is returned,
         not raised, so that the training process raises it as it is (PyTorch would wrap it in the worker's
         traceback)."""
-        rows, views = (torch.as_tensor(k) for k in key)
-        d = self.data
+        rows, views, *second = (None if k is None else torch.as_tensor(k) for k in key)
+        second_views = second[0] if second else None
         try:
-            if not self.skip:
-                return fetch(rows, views, d.labels, d.ids, lambda r, v: self.decoder.batch(d, r, v), self.plan,
-                             placed=True)
-            return self._skipping(rows, views)
+            if self.skip:
+                return self._skipping(rows, views, second_views)
+            first = self._decoded(rows, views)
+            if second_views is not None:
+                first.second = self._decoded(rows, second_views)
+            return first
         except PASSED_ON as exc:
             if get_worker_info() is None:
                 raise
             return exc
 
-    def _skipping(self, rows: Tensor, views: Tensor) -> Fetched:
+    def _decoded(self, rows: Tensor, views: Tensor) -> Fetched:
+        d = self.data
+        return fetch(rows, views, d.labels, d.ids, lambda r, v: self.decoder.batch(d, r, v), self.plan, placed=True)
+
+    def _skipping(self, rows: Tensor, views: Tensor, second_views: Tensor | None) -> Fetched:
         d = self.data
         images: dict[tuple[int, int], np.ndarray] = {}
         unreadable: dict[int, str] = {}  # row -> the error naming its file
@@ -191,10 +198,14 @@ class _Batches(Dataset):
 
         pairs = list(zip(rows.tolist(), views.tolist()))
         keep = [readable(r, v) for r, v in pairs]
+        shown = [views] if second_views is None else [views, second_views]
         if self.plan is not None and self.plan.mixes and any(keep):
             # the partners of the whole batch: a sample's partner depends on its id and view alone
-            partners = self.plan.mixing(d.ids[rows], views, rows, len(d.ids), (self.decoder.size,) * 2).partner
-            keep = [k and readable(p, v) for k, p, (_, v) in zip(keep, partners.tolist(), pairs)]
+            for each in shown:
+                partners = self.plan.mixing(d.ids[rows], each, rows, len(d.ids), (self.decoder.size,) * 2).partner
+                keep = [k and readable(p, v) for k, p, v in zip(keep, partners.tolist(), each.tolist())]
+        if second_views is not None:  # the same file: readable as the first view is, decoded with its own box
+            keep = [k and readable(r, v) for k, r, v in zip(keep, rows.tolist(), second_views.tolist())]
         kept = torch.tensor(keep, dtype=torch.bool)
         # the errors naming the files: the batch's own first, then its samples' partners'
         why = tuple(dict.fromkeys([unreadable[r] for r, _ in pairs if r in unreadable] + list(unreadable.values())))
@@ -202,22 +213,29 @@ class _Batches(Dataset):
             none = rows[:0]
             return Fetched(self.decoder.placed([], d.ids[none], views[:0]), d.labels[none], d.ids[none], views[:0],
                            left_out=d.ids[rows], unreadable=why)
-        fetched = fetch(rows[kept], views[kept], d.labels, d.ids,
-                        lambda r, v: self.decoder.placed([images[a, b] for a, b in zip(r.tolist(), v.tolist())],
-                                                         d.ids[r], v),
-                        self.plan, placed=True)
+
+        def decoded_views(views: Tensor) -> Fetched:
+            return fetch(rows[kept], views[kept], d.labels, d.ids,
+                         lambda r, v: self.decoder.placed([images[a, b] for a, b in zip(r.tolist(), v.tolist())],
+                                                          d.ids[r], v),
+                         self.plan, placed=True)
+
+        fetched = decoded_views(views)
+        if second_views is not None:
+            fetched.second = decoded_views(second_views)
         fetched.left_out, fetched.unreadable = d.ids[rows[~kept]], why
         return fetched
 
 
-def decoded(data: StreamSet, decoder: Decoder, plan: ViewPlan | None, batches: Iterable[tuple[Tensor, Tensor]],
+def decoded(data: StreamSet, decoder: Decoder, plan: ViewPlan | None, batches: Iterable[tuple[Tensor, ...]],
             workers: int, pin: bool, what: str, skip: bool = False) -> Iterator[Fetched]:
-    """The :class:`Fetched` of each ``(rows, views)`` of ``batches``, decoded by ``workers`` processes (0: here;
+    """The :class:`Fetched` of each ``(rows, views)`` of ``batches`` (or ``(rows, views, second_views)``, see
+    :class:`_Batches`), decoded by ``workers`` processes (0: here;
     :func:`softdistill.data.workers.in_workers`); ``skip`` leaves out the samples whose image cannot be
     decoded (see :class:`_Batches`).  A corrupt file ends the pass with its own error; a worker that dies,
     with a :class:`~softdistill.data.workers.DataWorkerError` naming ``what`` was under way."""
     # keys as numpy arrays: pickled whole to a worker, where a tensor would be shared through a file descriptor
-    keys = [(rows.numpy(), views.numpy()) for rows, views in batches]
+    keys = [tuple(None if k is None else k.numpy() for k in key) for key in batches]
     return in_workers(_Batches(data, decoder, plan, skip), keys, workers, pin=pin, what=what)
 
 
@@ -279,19 +297,20 @@ class StreamLoader(EpochBatches):
             what = f"epoch {self.epoch}" + (f" from its batch {self.skip + 1}" if self.skip else "")
         else:
             what = f"a pass over {len(self.data)} samples"
-        return self._load(self.epoch_batches(), what)
+        return self._load(((rows, views, self.second_views(views)) for rows, views in self.epoch_batches()), what)
 
     def in_order(self, view: int) -> Iterator[Batch]:
         """Every sample of the split in row order, each as its view ``view`` (this process alone)."""
         return self._load(self.ordered_batches(view), f"a pass over {len(self.data)} samples in order (view {view})")
 
-    def batch_of(self, rows: Tensor, views: Tensor) -> Batch:
-        """The batch of the views ``views`` of the samples at ``rows`` (CPU int64), decoded in this process:
-        every one of them (an image that cannot be decoded is an error, whatever ``on_corrupt`` says)."""
-        fetched = _Batches(self.data, self.decoder, self.plan)[rows, views]
+    def batch_of(self, rows: Tensor, views: Tensor, second_views: Tensor | None = None) -> Batch:
+        """The batch of the views ``views`` of the samples at ``rows`` (CPU int64), with their ``second_views``
+        as ``Batch.second`` when given, decoded in this process: every one of them (an image that cannot be
+        decoded is an error, whatever ``on_corrupt`` says)."""
+        fetched = _Batches(self.data, self.decoder, self.plan)[rows, views, second_views]
         return assemble(fetched.to(self.device), self.transform, self.plan, self.channels_last)
 
-    def _load(self, batches: Iterable[tuple[Tensor, Tensor]], what: str) -> Iterator[Batch]:
+    def _load(self, batches: Iterable[tuple[Tensor, ...]], what: str) -> Iterator[Batch]:
         cuda = self.device.type == "cuda"
         left_out = _LeftOut(self.plan is not None and self.plan.mixes)
         if self.skips:

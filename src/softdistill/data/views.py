@@ -25,6 +25,12 @@ Your own augmentation pipeline (torchvision, timm, albumentations, or any functi
 the views through a :class:`ViewTransform`: it runs on every view's uint8 image with its random
 numbers seeded by (seed, sample id, view), before the plan's crop, flip and mix.
 
+``views_per_step: 2`` shows each sample twice in every step: as its view of the epoch v (``batch``)
+and as its next view, ``(v + 1) mod V`` (``v + 1`` for ``views: 0``), in ``batch.second`` -- another
+draw of the same plan, a pure function of (seed, sample_id, view) like the first, so both loaders,
+a resumed run and a store of the plan's V views replay it exactly (:meth:`ViewPlan.second_views`).
+It needs two distinct views per sample: an augmenting plan with ``views`` 0 or at least 2.
+
 Mixing (mixup, Zhang et al. 2018; cutmix, Yun et al. 2019) pairs view v of sample i with view v
 of a partner drawn among the other samples of the split, both cropped and flipped as their own
 views; ``lam`` ~ Beta(alpha, alpha) per sample (by inverse CDF of a hashed uniform) is the share of
@@ -301,6 +307,7 @@ class ViewPlan(AugmentConfig):
     seed: int = 0
     views: int = Field(0, ge=0)
     replay: Replay = "cycle"
+    views_per_step: int = Field(1, ge=1, le=2)
     pipeline: str | None = Field(None, description="the name of the plan's own augmentation pipeline (a ViewTransform)")
     transform: ViewTransform | None = Field(None, exclude=True)
 
@@ -318,15 +325,20 @@ class ViewPlan(AugmentConfig):
     def _replay_needs_views(self) -> "ViewPlan":
         if self.replay == "random" and self.is_random and self.views == 0:
             raise ValueError("replay: random chooses among a fixed number of views per sample: set data.views")
+        if self.views_per_step == 2 and self.distinct_views == 1:
+            raise ValueError("views_per_step: 2 shows two distinct views of each sample per step, but this plan has one "
+                             "(the clean image, or views: 1): augment the images (data.augment) and set data.views to "
+                             "0 or at least 2")
         return self
 
     @classmethod
-    def of(cls, augment: AugmentConfig, *, seed: int, views: int = 0, replay: Replay = "cycle") -> "ViewPlan":
-        """The plan of ``augment`` with its seed, number of views and replay.
+    def of(cls, augment: AugmentConfig, *, seed: int, views: int = 0, replay: Replay = "cycle",
+           views_per_step: int = 1) -> "ViewPlan":
+        """The plan of ``augment`` with its seed, number of views, replay and views per step.
 
         Args:
             augment: the augmentation settings (a recipe's ``data.augment``).
-            seed, views, replay: as the class's.
+            seed, views, replay, views_per_step: as the class's.
 
         Returns:
             The :class:`ViewPlan`.
@@ -335,7 +347,7 @@ class ViewPlan(AugmentConfig):
             >>> ViewPlan.of(AugmentConfig(hflip=True), seed=3, views=2).distinct_views
             2
         """
-        return cls(**augment.model_dump(), seed=seed, views=views, replay=replay)
+        return cls(**augment.model_dump(), seed=seed, views=views, replay=replay, views_per_step=views_per_step)
 
     @property
     def is_random(self) -> bool:
@@ -354,21 +366,22 @@ class ViewPlan(AugmentConfig):
         resized crop's ratio without a resized crop, ``mix_alpha`` without mixing) are left out."""
         if not self.is_random:
             return {}
-        left_out = {"views", "replay"} | self._unused() | ({"mix_alpha"} if self.mix == "none" else set())
+        left_out = {"views", "replay", "views_per_step"} | self._unused() | ({"mix_alpha"} if self.mix == "none" else set())
         return self.model_dump(mode="json", exclude=left_out)
 
     def fingerprint(self) -> str:
         """A short hash of the plan's settings and number of views, recorded in manifests: the replay order is
-        not part of it, nor the settings that change nothing.  Whether two plans show the same views is
-        :meth:`definition`'s to say, not this hash's."""
-        settings = self.model_dump(mode="json", exclude={"replay"} | self._unused())
+        not part of it, nor how many views a step shows, nor the settings that change nothing.  Whether two
+        plans show the same views is :meth:`definition`'s to say, not this hash's."""
+        settings = self.model_dump(mode="json", exclude={"replay", "views_per_step"} | self._unused())
         return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
     def recorded(self) -> dict[str, Any]:
-        """The plan as a store's manifest records it (``views``): its settings, without the replay order,
-        and its :meth:`fingerprint`."""
+        """The plan as a store's manifest records it (``views``): its settings, without the replay order and
+        the views per step, and its :meth:`fingerprint`."""
         unused = {"pipeline"} if self.pipeline is None else set()
-        return {**self.model_dump(mode="json", exclude={"replay"} | unused), "fingerprint": self.fingerprint()}
+        return {**self.model_dump(mode="json", exclude={"replay", "views_per_step"} | unused),
+                "fingerprint": self.fingerprint()}
 
     def differences(self, other: "ViewPlan") -> list[str]:
         """The settings whose values make ``other``'s views differ from this plan's (empty: the same views)."""
@@ -447,6 +460,11 @@ class ViewPlan(AugmentConfig):
         ids, views = sample_ids.cpu().long(), views.cpu().long()
         seeds = hash_keys(self.seed, ids, views, _TRANSFORM).tolist()
         return self.transform.images(images, seeds, ids, views)
+
+    def second_views(self, views: Tensor) -> Tensor:
+        """The second view a step shows of samples shown as ``views`` (``views_per_step: 2``): the next view of
+        the plan, ``(v + 1) mod V``, or ``v + 1`` when every epoch draws a fresh view (``views: 0``)."""
+        return (views + 1) % self.views if self.views else views + 1
 
     # ------------------------------------------------------------------ parameters
     def geometry(self, sample_ids: Tensor, views: Tensor) -> ViewParams:

@@ -10,10 +10,12 @@ and its views is declared in class attributes and checked when the recipe loads
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 from torch import Tensor, nn
 
+from softdistill.engine.wrap import unwrap
 from softdistill.registry import Registry
 from softdistill.schema import StrictConfig
 from softdistill.soft_labels.base import Dependency
@@ -54,6 +56,12 @@ class MethodConfig(StrictConfig):
         none by default."""
         return []
 
+    def soft_label_needs(self) -> dict[str, str]:
+        """Capabilities (:mod:`softdistill.compatibility`) the soft-label source must serve under these
+        settings, each with the reason, checked when the recipe loads (and a store's encoding when it is
+        known); none by default."""
+        return {}
+
 
 #: Every method recipes can name (``method.name``); a plugin module adds its own with :func:`register_method`.
 methods: Registry[type["Method"]] = Registry("method", "softdistill.methods", key="name")
@@ -68,9 +76,15 @@ class Method(Task):
     from mixed views (batches with ``y_b`` and ``lam``); ``source_needs``: capabilities the source must
     serve beyond soft labels of the plan's views (see :mod:`softdistill.compatibility`);
     ``supports_grad_accum``: a batch may be split into parts whose gradients are summed (false for a
-    method that updates parts of itself in the step).  A subclass defines ``Config`` and ``forward``
-    and registers itself (:func:`register_method`); :func:`~softdistill.methods.build_method` makes one
-    by name.
+    method that updates parts of itself in the step); ``batch_terms``: what the method computes over
+    the whole batch (not a mean of per-sample terms; empty: nothing), so that parts of a batch
+    (gradient accumulation) would give another loss and are refused, and each DDP process computes it
+    over its own slice; ``views_per_step``: 2 for a method that learns from two views of each sample in
+    every step (``batch.second``, see :mod:`softdistill.data.views`); ``auxiliary``: names of submodules
+    the trainer's optimiser trains with the student (e.g. a learnable temperature), wrapped like it
+    (DDP averages their gradients) and saved with the training state for an exact resume.  A subclass
+    defines ``Config`` and ``forward`` and registers itself (:func:`register_method`);
+    :func:`~softdistill.methods.build_method` makes one by name.
 
     Args:
         config: the method's hyper-parameters (its ``Config``).
@@ -98,6 +112,9 @@ class Method(Task):
     mixed_views: ClassVar[bool] = False
     source_needs: ClassVar[frozenset[str]] = frozenset()
     supports_grad_accum: ClassVar[bool] = True
+    batch_terms: ClassVar[str] = ""
+    views_per_step: ClassVar[int] = 1
+    auxiliary: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, config: MethodConfig, student: nn.Module, num_classes: int,
                  soft_labels: nn.Module | None = None, context: MethodContext | None = None) -> None:
@@ -128,3 +145,20 @@ class Method(Task):
 
     def forward(self, batch: Batch) -> StepOutput:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    # ------------------------------------------------------------------ the auxiliary modules
+    def wrap(self, wrapper: Callable[[nn.Module], nn.Module]) -> None:
+        """The student and every ``auxiliary`` module are wrapped (DDP averages their gradients)."""
+        super().wrap(wrapper)
+        for name in self.auxiliary:
+            setattr(self, name, wrapper(getattr(self, name)))
+
+    def training_state(self) -> dict[str, Any]:
+        return {name: unwrap(getattr(self, name)).state_dict() for name in self.auxiliary}
+
+    def load_training_state(self, state: dict[str, Any]) -> None:
+        if set(state) != set(self.auxiliary):
+            raise ValueError(f"{type(self).__name__} keeps the training state {sorted(self.auxiliary)}, the checkpoint "
+                             f"has {sorted(state)}")
+        for name in self.auxiliary:
+            unwrap(getattr(self, name)).load_state_dict(state[name])

@@ -1,9 +1,10 @@
-"""Small models: the MLP (no spatial inductive bias) and small VGG-style CNNs."""
+"""Small models: the MLP (no spatial inductive bias), small VGG-style CNNs and the CIFAR VGGs of the
+distillation benchmarks."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from torch import Tensor, nn
 
@@ -92,3 +93,21 @@ def cnn(num_classes: int, in_channels: int, image_size: int) -> nn.Module:
 def cnn_small(num_classes: int, in_channels: int, image_size: int) -> nn.Module:
     """~36k-parameter CNN, a fast student: 16-16-M-32-32-M-64."""
     return SmallCNN([16, 16, "M", 32, 32, "M", 64], num_classes, in_channels)
+
+
+#: The CIFAR VGGs of the CRD / mdistiller distillation benchmarks (Simonyan & Zisserman 2015 with BatchNorm):
+#: five stages of 3x3 convolutions, a 2x2 max-pool after each of the first four, global average pooling
+#: and one linear classifier (VGG-8: one convolution a stage; VGG-13: two).
+CIFAR_VGG = {"vgg8": [64, "M", 128, "M", 256, "M", 512, "M", 512],
+             "vgg13": [64, 64, "M", 128, 128, "M", 256, 256, "M", 512, 512, "M", 512, 512]}
+
+
+def _vgg_builder(layout: Sequence[int | str]) -> Callable[[int, int, int], nn.Module]:
+    def build(num_classes: int, in_channels: int, image_size: int) -> nn.Module:
+        return SmallCNN(layout, num_classes, in_channels)
+
+    return build
+
+
+for _name, _layout in CIFAR_VGG.items():
+    register_model(_name)(_vgg_builder(_layout))

@@ -82,8 +82,10 @@ class SourceSetup:
     recipe's ``data_config``), the training views' ``plan`` and a loader that shows them (``views``:
     ``in_order(view)`` gives every training sample as one view, ``batch_of(rows, views)`` any views), the
     run's ``seed`` and ``device``, the ``student`` (built before the source, so that a source may be made
-    of it, as an EMA of the student is), and the file each of the config's ``dependencies()`` names
-    (``products``, made or found before the run starts)."""
+    of it, as an EMA of the student is), the file each of the config's ``dependencies()`` names
+    (``products``, made or found before the run starts), and what the run's method needs of its soft
+    labels (``needs``: capability -> reason, :func:`~softdistill.compatibility.method_needs`), which a
+    source that learns its own encoding only when it opens (a store named by path) checks then."""
 
     data: DataBundle
     data_config: DataConfig
@@ -93,6 +95,7 @@ class SourceSetup:
     device: torch.device
     student: nn.Module | None = None
     products: Mapping[Dependency, Path] = field(default_factory=dict)
+    needs: Mapping[str, str] = field(default_factory=dict)
 
     def product(self, dependency: Dependency) -> Path:
         """The file (or store folder) ``dependency`` names."""

@@ -5,7 +5,8 @@ The loader shows each sample's view of the epoch (:mod:`softdistill.data.views`)
 image the teacher labelled, so no teacher runs during training.  A store serves mixed views
 (the teacher labelled the mixed image; partner and lambda are part of the view), but not new
 inputs or gradients through the teacher.  Opening checks the store against the run: its data
-(fingerprint), class count, view plan, and, when ``teacher`` is given, the teacher that labelled it.
+(fingerprint), class count, view plan, whether its encoding carries what the method reads (a top-k
+record does not carry every class's logit), and, when ``teacher`` is given, the teacher that labelled it.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 from torch import Tensor
 
-from softdistill.compatibility import MIXED, stored_view_problems
+from softdistill.compatibility import FULL_LOGITS, MIXED, encoding_problems, stored_view_problems
 from softdistill.data.views import ViewPlan
 from softdistill.store import Store, StoreError
 from softdistill.store.format import sha256_of
@@ -51,14 +52,15 @@ class StoreConfig(SourceConfig):
         return [store, *teacher]
 
     def dependency_problems(self, dependency: Dependency, needed: Any, recipe: Any) -> list[str]:
-        """A label recipe's store must hold the training recipe's data and views: checked when the
-        recipe loads, before anything is labelled."""
+        """A label recipe's store must hold the training recipe's data and views, and encode what its
+        method reads: checked when the recipe loads, before anything is labelled."""
         if dependency.kind != "store" or isinstance(needed, Path):  # a store named by its folder: checked as it opens
             return []
         where = f"the store of label recipe {dependency.path}"
         differ = [f"data.{key}: {getattr(needed.data, key)!r} in the label recipe, {getattr(recipe.data, key)!r} here"
                   for key in needed.data.split_differences(recipe.data)]
         problems = [f"{where} is made for other data ({'; '.join(differ)})"] if differ else []
+        problems += encoding_problems(getattr(recipe, "soft_label_needs", {}), needed.encoding.model_dump(), where)
         return problems + stored_view_problems(needed.view_plan, recipe.view_plan, where)
 
 
@@ -91,7 +93,7 @@ class StoredSoftLabels(SoftLabelSource):
     """
 
     Config = StoreConfig
-    serves = frozenset({MIXED})
+    serves = frozenset({MIXED, FULL_LOGITS})  # the full logits with a full encoding only: see encoding_problems
 
     def __init__(self, store: Store) -> None:
         super().__init__()
@@ -124,6 +126,7 @@ class StoredSoftLabels(SoftLabelSource):
         train = setup.data.train
         problems = store.fit_problems(train.ids, train.labels, setup.plan, num_classes=setup.data.num_classes,
                                       data_identity=setup.data_config.split_identity())
+        problems += encoding_problems(setup.needs, store.manifest["encoding"], where)
         if config.teacher is not None:
             problems += _teacher_problems(store, setup.product(dependencies[1]), config.teacher, where)
         if config.verify:

@@ -13,7 +13,7 @@ from pydantic import Field, model_validator
 from torch import Tensor, nn
 
 from softdistill.checkpoint import CheckpointError, CheckpointMeta, load_checkpoint, model_from_checkpoint
-from softdistill.compatibility import ANY_VIEW, INPUT_GRAD, MIXED, ONLINE
+from softdistill.compatibility import ANY_VIEW, FULL_LOGITS, INPUT_GRAD, MIXED, ONLINE
 from softdistill.data.config import DataFacts
 from softdistill.schema import not_identity
 from softdistill.runtime.distributed import DistContext
@@ -109,7 +109,7 @@ class FrozenTeacher(SoftLabelSource):
         (torch.Size([2, 3]), False, False)
     """
 
-    serves = frozenset({ONLINE, INPUT_GRAD, MIXED, ANY_VIEW})
+    serves = frozenset({ONLINE, INPUT_GRAD, MIXED, ANY_VIEW, FULL_LOGITS})
 
     class Config(TeacherConfig):
         source: Literal["teacher"] = "teacher"
@@ -178,7 +178,7 @@ class CachedTeacher(LookupSource):
     per batch until :meth:`verify_lookups` (the runner calls it once).
     """
 
-    serves: frozenset[str] = frozenset()
+    serves: frozenset[str] = frozenset({FULL_LOGITS})
 
     class Config(TeacherConfig):
         source: Literal["cache"] = "cache"

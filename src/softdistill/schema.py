@@ -14,11 +14,16 @@ import types
 import typing
 from typing import Any, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic_core import PydanticCustomError
 
-from softdistill.registry import did_you_mean
+from softdistill.registry import Registry, UnknownNameError, did_you_mean
 
-__all__ = ["StrictConfig", "not_identity", "not_identity_keys", "describe_errors"]
+__all__ = ["StrictConfig", "not_identity", "not_identity_keys", "describe_errors", "validate_registry_section",
+           "nested_problems"]
+
+#: the pydantic error type of :func:`nested_problems`
+NESTED_PROBLEMS = "nested_problems"
 
 
 class StrictConfig(BaseModel):
@@ -77,6 +82,9 @@ def describe_errors(errors: list[dict[str, Any]], root: type[BaseModel], prefix:
             parent = _model_at(root, loc[:-1])
             allowed = sorted(k for k, f in parent.model_fields.items() if not f.exclude) if parent else []
             lines.append(f"{dotted}: unknown key{did_you_mean(str(loc[-1]), allowed)} (allowed: {', '.join(allowed)})")
+        elif err["type"] == NESTED_PROBLEMS:
+            parent = ".".join(str(p) for p in prefix + loc[:-1])
+            lines += [f"{parent}.{line}" if parent else line for line in err["ctx"]["lines"]]
         elif err["type"] == "missing":
             lines.append(f"{dotted}: required key is missing")
         else:
@@ -84,3 +92,28 @@ def describe_errors(errors: list[dict[str, Any]], root: type[BaseModel], prefix:
             shown = "" if isinstance(got, dict) else f", got {got!r}"
             lines.append(f"{dotted}: {err['msg'].removeprefix('Value error, ')}{shown}")
     return lines
+
+
+def nested_problems(lines: list[str]) -> PydanticCustomError:
+    """The error a field validator raises for the sections nested in its field that it validated itself
+    (each a registry section: :func:`validate_registry_section`); ``lines`` start with the key below the
+    field's parent, e.g. ``members[1].recipe: ...``, and :func:`describe_errors` reports them as they are,
+    under the dotted key of the field's parent."""
+    return PydanticCustomError(NESTED_PROBLEMS, "; ".join(lines), {"lines": lines})
+
+
+def validate_registry_section(raw: Any, where: str, registry: Registry, example: str) -> tuple[Any, list[str]]:
+    """A section that names an entry of ``registry`` (by its key, e.g. ``source: teacher``) validated by the
+    schema of that entry: (the typed section, []) or (None, the problems, each starting with ``where``, the
+    section's dotted key)."""
+    key = registry.key
+    if not isinstance(raw, dict) or key not in raw:
+        return None, [f"{where}: must be a mapping with a '{key}' key, e.g. {example}"]
+    try:
+        cls = registry.get(raw[key]).Config
+    except UnknownNameError as exc:
+        return None, [f"{where}.{key}: {exc}"]
+    try:
+        return cls.model_validate(raw), []
+    except ValidationError as exc:
+        return None, describe_errors(exc.errors(), cls, (where,))

@@ -1,6 +1,7 @@
 """Ensembles of soft-label sources (``source: ensemble``): every combine rule against its formula, what an
 ensemble serves, every method trained from one, stores of ensembles and ensembles of stores replaying the
-online ensemble bit for bit, exact resume, two processes, and every bad input refused when the recipe loads."""
+online ensemble bit for bit, exact resume, two processes, inspect, and every bad input refused when the
+recipe loads."""
 
 import json
 
@@ -19,6 +20,7 @@ from softdistill.data.prepare import prepare_data
 from softdistill.losses import kd_loss
 from softdistill.methods import method_class, methods
 from softdistill.metrics import class_indicators
+from softdistill.report.inspect import inspect_soft_labels
 from softdistill.runner import label_store, run_recipe
 from softdistill.soft_labels import FrozenTeacher
 from softdistill.soft_labels.ensemble import CombineConfig, Ensemble, indicator_weights
@@ -365,3 +367,41 @@ def test_member_stores_of_other_views_or_data_are_named(tmp_path, teachers, caps
     _refused(tmp_path, capsys, _student(folder, _section(a, folder_store), name="folder", data=VIEWS,
                                         output_dir=str(tmp_path / "runs")),
              "soft_labels.members[1] (store): store ", "holds the views of another view plan")
+
+
+# ------------------------------------------------------------------------------------------ inspect
+
+def test_inspect_reports_several_teachers_and_their_ensemble_side_by_side(tmp_path, teachers, capsys):
+    a, b = (teachers[name][1] for name in ("ta", "tb"))
+    out = tmp_path / "report"
+    assert main(["inspect", str(a), str(b), "--output", str(out), "--device", "cpu", "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert f"member {a}: top-1 accuracy" in printed and f"member {b}: top-1 accuracy" in printed
+    summary = json.loads((out / "report.json").read_text())
+    assert summary["source"]["kind"] == "sources" and [m["name"] for m in summary["members"]] == [str(a), str(b)]
+    # each member's numbers are those of its teacher alone, on the same rows
+    alone = inspect_soft_labels(a, output_dir=tmp_path / "alone", device="cpu", quiet=True).summary
+    assert summary["members"][0]["indicators"] == alone["indicators"]
+    assert summary["members"][0]["soft_labels"]["accuracy"] == alone["soft_labels"]["accuracy"]
+    for row in [*summary["members"], summary]:
+        assert row["able_to_teach"] == any(r["sum"] < 1 for r in row["indicators"])
+    md = (out / "report.md").read_text()
+    assert "## Members and ensemble" in md and "| **ensemble** |" in md and "able to teach" in md
+    assert (out / "mixup.png").is_file()  # an ensemble of online teachers labels new (mixed) images
+
+
+def test_inspect_reads_an_ensemble_recipe_through_its_sources(tmp_path, teachers, capsys):
+    """Members of any source (a store among them), read as a run reads them, at the ensemble's temperature."""
+    a = _teacher(teachers, "ta")
+    _label(tmp_path, "a", a)
+    recipe = _student(tmp_path, _section(a, {"source": "store", "recipe": "a.yaml"}, temperature=2.0,
+                                         weights="confidence"), name="mix", data=VIEWS)
+    result = inspect_soft_labels(recipe, output_dir=tmp_path / "report", quiet=True)
+    s = result.summary
+    assert s["source"]["kind"] == "recipe" and s["rows"] == 2 * 500 and s["data"]["temperature"] == 2.0
+    online, stored = s["members"]
+    assert online["name"].startswith("members[0] (teacher") and stored["name"].startswith("members[1] (store")
+    assert online["indicators"] == stored["indicators"]  # the store holds the teacher's logits of the same views
+    assert "read at T = 2" in (tmp_path / "report" / "report.md").read_text()
+    assert main(["inspect", str(recipe), "--split", "test", "--output", str(tmp_path / "r2")]) == 2
+    assert "holds soft labels of the training samples only" in capsys.readouterr().err

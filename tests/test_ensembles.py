@@ -73,6 +73,17 @@ def test_every_combine_rule_is_its_formula(combine):
         np.testing.assert_allclose(np.exp(out / t), expected, rtol=1e-5, atol=1e-7)  # returned as T log p
 
 
+def test_members_of_other_precisions_combine_in_float32():
+    """Under autocast a teacher online gives bfloat16 logits, a teacher cast to bfloat16 or a store float32."""
+    plain, cast = _members(2)
+    cast.prepare_inference(dtype=torch.bfloat16)  # its logits come back in float32
+    x = torch.randn(4, 6)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert plain(x).dtype == torch.bfloat16 and cast(x).dtype == torch.float32
+        out = Ensemble([plain, cast], CombineConfig(temperature=2.0))(x)
+    assert out.dtype == torch.float32 and bool(torch.isfinite(out).all())
+
+
 def test_kd_from_the_probability_mean_has_the_gradient_of_the_multi_teacher_loss():
     """sum_m w_m KL(p_m || q) and KL(sum_m w_m p_m || q) differ by the members' entropies, a constant: the
     student gets the same gradient, per sample, with CA-MKD's per-sample weights."""

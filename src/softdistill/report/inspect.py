@@ -238,7 +238,7 @@ def _collect(source: SoftLabelSource, batches: Any, total: int, quiet: bool) -> 
             for batch in tracked(batches, total, "soft labels", quiet=quiet, unit="batch"):
                 if members:
                     each = [member(batch).float() for member in members]
-                    logits = source.combined(torch.stack(each), batch.y)
+                    logits = source.combined(each, batch.y)
                     for rows, member_logits in zip(by_member, each):
                         rows.append(member_logits.cpu())
                 else:

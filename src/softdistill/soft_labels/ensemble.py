@@ -232,8 +232,11 @@ class Ensemble(SoftLabelSource):
         self.combine = combine
         self.temperature = combine.temperature or 1.0
         weights = combine.weights
-        fixed = torch.tensor(weights if isinstance(weights, list) else [1.0] * len(members), dtype=torch.float32)
-        self.register_buffer("fixed_weights", (fixed / fixed.sum()).view(-1, 1))
+        fixed = None
+        if not combine.reads_labels:
+            fixed = torch.tensor(weights if isinstance(weights, list) else [1.0] * len(members), dtype=torch.float32)
+            fixed = (fixed / fixed.sum()).view(-1, 1)
+        self.register_buffer("fixed_weights", fixed)
         if (class_weights is None) != (weights != "indicators"):
             raise ValueError("class_weights go with weights: indicators, and only there")
         self.register_buffer("class_weights", class_weights)
@@ -271,9 +274,10 @@ class Ensemble(SoftLabelSource):
             return self.class_weights[:, labels]
         return self.fixed_weights
 
-    def combined(self, logits: Tensor, labels: Tensor | None) -> Tensor:
-        """The ensemble's B x K logits from its members' (M x B x K) for samples of true classes ``labels``."""
-        logits = at_least_float32(logits)
+    def combined(self, logits: Sequence[Tensor] | Tensor, labels: Tensor | None) -> Tensor:
+        """The ensemble's B x K logits from its members' (M of B x K, e.g. in half precision under autocast, or
+        M x B x K) for samples of true classes ``labels``; in float32 at least."""
+        logits = torch.stack([at_least_float32(member_logits) for member_logits in logits])
         weights = self.member_weights(logits, labels)
         if self.combine.average == "logits":
             return (weights.unsqueeze(-1) * logits).sum(dim=0)
@@ -288,12 +292,12 @@ class Ensemble(SoftLabelSource):
                 raise ValueError(f"an ensemble with weights: {self.combine.weights} reads the batch's true labels: "
                                  "call it with a Batch")
             labels = batch.y
-        return self.combined(torch.stack([member(batch) for member in self.members]), labels)
+        return self.combined([member(batch) for member in self.members], labels)
 
     def logits_with_input_grad(self, x: Tensor) -> Tensor:
         """The combined logits as a differentiable function of the input ``x`` (members that serve input gradients,
         weights that read no label)."""
-        return self.combined(torch.stack([member.logits_with_input_grad(x) for member in self.members]), None)
+        return self.combined([member.logits_with_input_grad(x) for member in self.members], None)
 
     def verify_lookups(self, sample_ids: Tensor, views: int | None) -> None:
         for member in self.members:

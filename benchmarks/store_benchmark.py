@@ -42,6 +42,7 @@ from softdistill.store import Encoding, Store, write_store
 from softdistill.store.writer import human_bytes
 from softdistill.soft_labels.store import StoredSoftLabels
 from softdistill.soft_labels.teacher import FrozenTeacher
+from softdistill.types import Batch
 
 CLASSES, SIZE = 100, 32
 IMAGENET = 1_281_167
@@ -53,10 +54,12 @@ def random_split(n: int, seed: int = 0) -> TensorSet:
                      torch.randint(0, CLASSES, (n,), generator=gen))
 
 
-def label_into(folder: Path, teacher: FrozenTeacher, loader: BatchLoader, views: int, shard_samples: int) -> None:
+def label_into(folder: Path, teacher: torch.nn.Module, loader: BatchLoader, views: int, shard_samples: int) -> None:
+    """A store of ``teacher``'s soft labels (any source) of ``views`` views of the plan of ``loader``."""
     data = loader.data
+    plan = loader.plan.model_copy(update={"views": views})
     header = {"data": {"name": "random"}, "teacher": {"files": []},
-              "views": {"seed": 0, "views": views, "crop_padding": 4, "hflip": True, "mix": "none", "mix_alpha": 1.0}}
+              "views": {**plan.model_dump(mode="json", exclude={"replay"}), "fingerprint": plan.fingerprint()}}
     write_store(folder, header, data.ids, data.labels, lambda rows, v: teacher(loader.batch_of(rows, v)),
                 encoding=Encoding("full", CLASSES), views=views, shard_samples=shard_samples,
                 batch_size=loader.batch_size, quiet=True)
@@ -70,12 +73,11 @@ def steps_per_second(step: Callable[[], None], steps: int) -> float:
     return steps / (time.perf_counter() - start)
 
 
-def training_modes(teacher: FrozenTeacher, store: Store, loader: BatchLoader) -> dict[str, Callable[[], None]]:
-    """One optimiser step of each mode on the next batch of ``loader`` (cycled)."""
-    kd = method_class("kd")
+def cycling(loader: BatchLoader) -> Callable[[], Batch]:
+    """The next batch of ``loader`` at each call, epoch after epoch."""
     batches = iter(())
 
-    def next_batch():
+    def next_batch() -> Batch:
         nonlocal batches
         try:
             return next(batches)
@@ -83,25 +85,47 @@ def training_modes(teacher: FrozenTeacher, store: Store, loader: BatchLoader) ->
             batches = iter(loader)
             return next(batches)
 
-    def make(name: str, source: torch.nn.Module | None) -> Callable[[], None]:
-        torch.manual_seed(0)
-        student = build_model("resnet8", CLASSES, 3, SIZE)
-        config = kd.Config() if source is not None else method_class("ce").Config()
-        method = (kd if source is not None else method_class("ce"))(config, student, CLASSES, source)
-        optimizer = torch.optim.SGD(student.parameters(), lr=0.05, momentum=0.9)
+    return next_batch
 
-        def step() -> None:
-            out = method(next_batch())
-            loss = sum(out.losses.values())
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
 
-        return step
+def student_step(source: torch.nn.Module | None, next_batch: Callable[[], Batch]) -> Callable[[], None]:
+    """One optimiser step of a fresh ResNet-8 student on the next batch: KD from ``source``, or plain CE (None)."""
+    name = "kd" if source is not None else "ce"
+    method_cls = method_class(name)
+    torch.manual_seed(0)
+    student = build_model("resnet8", CLASSES, 3, SIZE)
+    method = method_cls(method_cls.Config(), student, CLASSES, source)
+    optimizer = torch.optim.SGD(student.parameters(), lr=0.05, momentum=0.9)
 
+    def step() -> None:
+        out = method(next_batch())
+        loss = sum(out.losses.values())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    return step
+
+
+def training_modes(teacher: FrozenTeacher, store: Store, loader: BatchLoader) -> dict[str, Callable[[], None]]:
+    """One optimiser step of each mode on the next batch of ``loader`` (cycled)."""
+    next_batch = cycling(loader)
     stored = StoredSoftLabels(store)
     stored.verify_lookups(loader.data.ids, store.views)  # once, as a run does: lookups unchecked per batch
-    return {"plain CE": make("ce", None), "online KD": make("kd", teacher), "store KD": make("kd", stored)}
+    return {"plain CE": student_step(None, next_batch), "online KD": student_step(teacher, next_batch),
+            "store KD": student_step(stored, next_batch)}
+
+
+def workload(args: argparse.Namespace) -> tuple[BatchLoader, BatchLoader]:
+    """The benchmark's threads and its loaders of ``args.samples`` random images (one crop+flip view each, batch
+    128): shuffled for training, in order for labelling; ``args.tiny`` makes every count small."""
+    tiny_if_asked(args)
+    torch.set_num_threads(args.threads)
+    plan = ViewPlan(seed=0, views=1, crop_padding=4, hflip=True)
+    data = random_split(args.samples)
+    transform = BatchTransform([0.5] * 3, [0.25] * 3)
+    return (BatchLoader(data, 128, transform, shuffle=True, drop_last=True, plan=plan),
+            BatchLoader(data, 128, transform, plan=plan))
 
 
 def spread(values: list[float], references: list[float]) -> str:
@@ -119,6 +143,11 @@ def timing_arguments(description: str) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--tiny", action="store_true", help="a few samples and steps: checks that the script runs")
     args = parser.parse_args()
+    return tiny_if_asked(args)
+
+
+def tiny_if_asked(args: argparse.Namespace) -> argparse.Namespace:
+    """``args`` with few samples, steps and rounds under ``--tiny`` (a check that a script runs)."""
     if args.tiny:
         args.samples, args.steps, args.rounds = 512, 2, 1
     return args
@@ -126,13 +155,8 @@ def timing_arguments(description: str) -> argparse.Namespace:
 
 def main() -> None:
     args = timing_arguments(__doc__.split("\n")[0])
-    torch.set_num_threads(args.threads)
-    batch = 128
-    plan = ViewPlan(seed=0, views=1, crop_padding=4, hflip=True)
-    data = random_split(args.samples)
-    transform = BatchTransform([0.5] * 3, [0.25] * 3)
-    train = BatchLoader(data, batch, transform, shuffle=True, drop_last=True, plan=plan)
-    in_order = BatchLoader(data, batch, transform, plan=plan)
+    train, in_order = workload(args)
+    batch = train.batch_size
     torch.manual_seed(1)
     teacher = FrozenTeacher(build_model("resnet20", CLASSES, 3, SIZE))
 

@@ -263,3 +263,16 @@ def test_a_method_in_a_loop_of_your_own(tmp_path):
     assert set(cache_kd(x, y).losses) == {"wsl"}
     with pytest.raises(TypeError, match=r"method\(x, y\)"):
         kd(x)
+
+
+def test_a_source_of_your_own_is_inspected_through_its_recipe(tmp_path, plugins):
+    """inspect builds a recipe's source as a run does (given the student, before its first step): any source."""
+    from softdistill.report.inspect import inspect_soft_labels
+
+    module, name = plugins(EMA, "ema_inspected")
+    raw = _recipe(tmp_path, module, data={"name": "digits", "val_size": 100, "per_class": 20},
+                  method={"name": "kd"}, soft_labels={"source": name, "momentum": 0.8})
+    (tmp_path / "ema.yaml").write_text(yaml.safe_dump(raw))
+    summary = inspect_soft_labels(tmp_path / "ema.yaml", output_dir=tmp_path / "report", quiet=True).summary
+    assert summary["source"]["kind"] == "recipe" and summary["rows"] == 200
+    assert (tmp_path / "report" / "report.md").is_file() and "teacher" in summary["mixup"]  # it serves new images

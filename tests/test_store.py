@@ -224,14 +224,15 @@ def test_an_interrupted_label_run_continues_and_never_accepts_a_damaged_shard(tm
     assert label_recipe(cut, quiet=False) is None and "the store is complete; nothing to label" in capsys.readouterr().out
 
 
-def _label_worker(rank, world_size, port, recipe_path):
+def recipe_worker(rank, world_size, port, recipe_path):
+    """Process ``rank`` of ``world_size`` running the recipe at ``recipe_path`` (a label recipe labels its store)."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world_size), RANK=str(rank),
                       LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
     from softdistill.runtime import shutdown_distributed
 
     try:
-        label_recipe(load_recipe(recipe_path), quiet=True)
+        run_recipe(load_recipe(recipe_path), quiet=True)
     finally:
         shutdown_distributed()
 
@@ -240,7 +241,7 @@ def test_two_ranks_label_the_same_store_as_one(tmp_path, teacher, free_port):
     mix = {**CROP_FLIP, "mix": "mixup"}
     label_recipe(load_recipe(label_recipe_file(tmp_path / "one", teacher, augment=mix)), quiet=True)
     two = label_recipe_file(tmp_path / "two", teacher, augment=mix)
-    mp.start_processes(_label_worker, args=(2, free_port, two), nprocs=2, join=True, start_method="spawn")
+    mp.start_processes(recipe_worker, args=(2, free_port, two), nprocs=2, join=True, start_method="spawn")
     a, b = (json.loads((store_folder(tmp_path / part) / "manifest.json").read_text()) for part in ("one", "two"))
     assert [s["sha256"] for s in a["shards"]] == [s["sha256"] for s in b["shards"]] and len(a["shards"]) == 4
     assert a["samples_file"] == b["samples_file"] and a["data"] == b["data"]

@@ -155,14 +155,21 @@ def build_parser() -> argparse.ArgumentParser:
     qs.add_argument("--jobs", type=int, help="runs side by side (default: one per CPU core, one thread each)")
     qs.add_argument("--quiet", action="store_true", help="no progress bars or per-run lines")
 
-    ins = sub.add_parser("inspect", help="report on the quality of a teacher's soft labels",
+    ins = sub.add_parser("inspect", help="report on the quality of soft labels: a teacher's, several teachers' and "
+                                         "their ensemble's",
                          description="Write a report folder (report.md, report.json, PNG figures) on the soft labels of "
                                      "SOURCE: accuracy, NLL, ECE with a reliability diagram, entropy histogram, the "
                                      "unreliability / ambiguity indicators for k = 1..5 (Yuan et al., NeurIPS 2023), "
                                      "mixed-sample order diagnostics, and with --student the teacher-student "
-                                     "agreement and regularization-sample share.")
-    ins.add_argument("source", help="a teacher checkpoint (.pt written by softdistill), a soft-label file "
-                                    "({'soft_labels': N x K, 'labels': N, ...}; see docs/inspect.md) or a store folder")
+                                     "agreement and regularization-sample share. Several SOURCEs (or an ensemble "
+                                     "recipe): every member's indicators beside the ensemble's, and which members "
+                                     "they judge able to teach.")
+    ins.add_argument("source", nargs="+",
+                     help="a teacher checkpoint (.pt written by softdistill), a soft-label file ({'soft_labels': N x K, "
+                          "'labels': N, ...}; see docs/inspect.md), a store folder, a recipe (its soft_labels section, "
+                          "any source), or several checkpoints and soft-label files (their ensemble)")
+    ins.add_argument("-o", "--override", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a value of the recipe given as SOURCE, e.g. -o output_dir=runs/x (repeatable)")
     ins.add_argument("--data", help="dataset name (default: the one the checkpoint was trained on)")
     ins.add_argument("--split", choices=["train", "val", "test"], default="train",
                      help="which split's soft labels (default: train, what a student learns from)")
@@ -303,13 +310,20 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 
     result = inspect_soft_labels(args.source, data=args.data, split=args.split, student=args.student,
                                  output_dir=args.output, root=args.root, device=args.device,
-                                 batch_size=args.batch_size, seed=args.seed, quiet=args.quiet)
-    b = result.summary["soft_labels"]
-    print(f"{args.source}: {b['samples']} soft labels, top-1 accuracy {b['accuracy']:.2f}%, NLL {b['nll']:.4f}, "
+                                 batch_size=args.batch_size, seed=args.seed, overrides=args.override,
+                                 quiet=args.quiet)
+    summary = result.summary
+    b = summary["soft_labels"]
+    what = args.source[0] if len(args.source) == 1 else "the ensemble"
+    print(f"{what}: {b['samples']} soft labels, top-1 accuracy {b['accuracy']:.2f}%, NLL {b['nll']:.4f}, "
           f"ECE {100 * b['ece']:.2f}%")
-    for r in result.summary["indicators"]:
+    for r in summary["indicators"]:
         print(f"  k={r['k']}: unreliability {r['unreliability']:.4f}  ambiguity {r['ambiguity']:.4f}  "
               f"sum {r['sum']:.4f}  condition {'holds' if r['condition'] else 'fails'}")
+    for member in summary.get("members", []):
+        holds = ", ".join(map(str, member["condition_holds_at"])) or "no k"
+        print(f"  member {member['name']}: top-1 accuracy {member['soft_labels']['accuracy']:.2f}%, condition holds "
+              f"at {holds}: {'able' if member['able_to_teach'] else 'not able'} to teach")
     print(f"report: {result.output_dir}/report.md ({', '.join(result.files)})")
     return 0
 

@@ -1,6 +1,8 @@
 """Which soft-label source can serve which method under which view plan: decided once, here.
 
-A soft-label source declares what it ``serves`` (the capabilities below); a method declares
+A soft-label source declares what it ``serves`` (the capabilities below; its recipe section's
+``serves()``, which may depend on the settings, e.g. an ensemble serves what all its members
+serve); a method declares
 whether it learns from soft labels at all (``uses_soft_labels``), whether it learns from mixed
 views (``mixed_views``: such a method needs a plan that mixes, every other method refuses one),
 how many views of each sample a step shows it (``views_per_step``: 2 for a method that learns from
@@ -46,7 +48,8 @@ def method_needs(method: Any, config: Any) -> dict[str, str]:
 
 def compatibility_problems(method: Any, config: Any, source: Any | None, plan: Any) -> list[str]:
     """What stops ``method`` (a Method class) with its settings ``config`` from learning from ``source`` (a
-    source class or None) under ``plan`` (a ViewPlan); empty when they fit."""
+    soft-label section, a :class:`~softdistill.soft_labels.base.SourceConfig`, or None) under ``plan`` (a
+    ViewPlan); empty when they fit."""
     name = method.Config.model_fields["name"].default
     problems = []
     if method.uses_soft_labels and source is None:
@@ -67,20 +70,21 @@ def compatibility_problems(method: Any, config: Any, source: Any | None, plan: A
                         f"{name!r} learns from one view per step: set data.views_per_step: 1")
     if source is None:
         return problems
-    source_name = source.Config.model_fields["source"].default
-    serves = source.serves
+    source_name = source.source
+    serves = source.serves()
     if plan.mixes and MIXED not in serves:
-        problems.append(f"soft_labels.source {source_name!r} cannot serve {CAPABILITIES[MIXED]}: its soft label would "
-                        "belong to one of the two mixed images; use source: teacher (run online on the mixed image)")
+        problems.append(f"soft_labels.source {source_name!r} cannot serve {CAPABILITIES[MIXED]}{source.why_not(MIXED)}: "
+                        "its soft label would belong to one of the two mixed images; use source: teacher (run online "
+                        "on the mixed image)")
     needs = method_needs(method, config)
     for need in sorted(set(needs) - serves):
         why = f" ({needs[need]})" if needs[need] else ""
         problems.append(f"method {name!r} needs {CAPABILITIES[need]}{why}, which soft_labels.source {source_name!r} "
-                        "cannot serve; use source: teacher")
+                        f"cannot serve{source.why_not(need)}; use source: teacher")
     if ANY_VIEW not in serves and plan.distinct_views is None:
-        problems.append(f"soft_labels.source {source_name!r} holds the soft labels of a fixed set of views, but the "
-                        "augmentation draws a fresh view every epoch: set data.views to the number of views per "
-                        "sample to label (each is labelled once), or turn data.augment off")
+        problems.append(f"soft_labels.source {source_name!r}{source.why_not(ANY_VIEW)} holds the soft labels of a fixed "
+                        "set of views, but the augmentation draws a fresh view every epoch: set data.views to the "
+                        "number of views per sample to label (each is labelled once), or turn data.augment off")
     return problems
 
 

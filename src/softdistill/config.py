@@ -47,8 +47,9 @@ from softdistill.engine.wrap import COMPILE_KEYS
 from softdistill.methods import MethodConfig, method_class, methods
 from softdistill.models import check_model_name
 from softdistill.registry import Registry, UnknownNameError, closest_names
-from softdistill.schema import StrictConfig, describe_errors, not_identity, not_identity_keys
-from softdistill.soft_labels import Dependency, SourceConfig, source_class, sources
+from softdistill.schema import (StrictConfig, describe_errors, not_identity, not_identity_keys,
+                                validate_registry_section)
+from softdistill.soft_labels import Dependency, SourceConfig, sources
 from softdistill.store.encoding import EncodingConfig
 from softdistill.types import RecipeFacts
 
@@ -326,7 +327,7 @@ class Recipe(RunRecipe):
 
     def problems(self) -> list[str]:
         method = method_class(self.method.name)
-        source = source_class(self.soft_labels.source) if self.soft_labels is not None else None
+        source = self.soft_labels
         problems = compatibility_problems(method, self.method, source, self.view_plan)
         if problems:
             return problems
@@ -334,7 +335,7 @@ class Recipe(RunRecipe):
         problems += self.method.problems(facts)
         if self.soft_labels is not None:
             problems += self.soft_labels.problems(facts)
-        if self.train.teacher_dtype != "float32" and (source is None or ONLINE not in source.serves):
+        if self.train.teacher_dtype != "float32" and (source is None or ONLINE not in source.serves()):
             problems.append(f"train.teacher_dtype: {self.train.teacher_dtype} sets the precision of a teacher run "
                             "online (soft_labels.source: teacher); this recipe has none, so leave it at float32")
         if self.train.grad_accum > 1 and not method.supports_grad_accum:
@@ -407,14 +408,14 @@ class LabelRecipe(RunRecipe):
     def problems(self) -> list[str]:
         if self.soft_labels is None:
             return ["soft_labels: required: the source that labels, e.g. " + SOURCE_EXAMPLE]
-        plan, source = self.view_plan, source_class(self.soft_labels.source)
+        plan, source = self.view_plan, self.soft_labels
         problems = []
         if self.soft_labels.source == "store":
             problems.append("soft_labels.source: a label recipe labels from a teacher (or another source), not from a "
                             "store")
-        if plan.mixes and MIXED not in source.serves:
-            problems.append(f"soft_labels.source {self.soft_labels.source!r} cannot label {CAPABILITIES[MIXED]}; use "
-                            "source: teacher")
+        if plan.mixes and MIXED not in source.serves():
+            problems.append(f"soft_labels.source {self.soft_labels.source!r} cannot label {CAPABILITIES[MIXED]}"
+                            f"{source.why_not(MIXED)}; use source: teacher")
         if plan.distinct_views is None:
             problems.append("data.views: a store holds a fixed number of views per sample; set data.views to how many "
                             "views of each sample to label (the augmentation draws a fresh view otherwise)")
@@ -447,21 +448,11 @@ def recipe_kind(raw: dict[str, Any]) -> str:
 
 def _validate_section(raw: Any, section: str, registry: Registry, example: str) -> tuple[Any, list[str]]:
     """Validate a ``method`` or ``soft_labels`` section against the schema of the entry it names."""
-    key = registry.key
     if section == "method":
         raw = {"name": "ce"} if raw is None else {"name": raw} if isinstance(raw, str) else raw
     if raw is None:
         return None, []
-    if not isinstance(raw, dict) or key not in raw:
-        return None, [f"{section}: must be a mapping with a '{key}' key, e.g. {example}"]
-    try:
-        cls = registry.get(raw[key]).Config
-    except UnknownNameError as exc:
-        return None, [f"{section}.{key}: {exc}"]
-    try:
-        return cls.model_validate(raw), []
-    except ValidationError as exc:
-        return None, describe_errors(exc.errors(), cls, (section,))
+    return validate_registry_section(raw, section, registry, example)
 
 
 def import_plugins(modules: Any, recipe_file: str | None = None) -> None:

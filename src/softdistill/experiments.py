@@ -169,16 +169,20 @@ def _run_all(runs: list[tuple[Recipe, bool]], jobs: int, bar: ProgressBar, quiet
 
 def _teachers_of(recipes: Sequence[Recipe], quiet: bool) -> tuple[dict[str, Path], dict[Path, list[str]]]:
     """Make (or find) the dependencies of ``recipes``; (recipe name -> the teacher checkpoint its soft
-    labels come from, directly or through a store; a teacher's run folder -> the recipes it teaches)."""
+    labels come from, directly or through a store, when they come from one; a teacher's run folder -> the
+    recipes it teaches)."""
     teachers: dict[str, Path] = {}
     taught: dict[Path, list[str]] = {}
     for recipe in recipes:
+        checkpoints = []
         for dependency, path in resolve_dependencies(recipe, quiet=quiet).items():
             if dependency.kind == "model" and dependency.field.startswith("soft_labels."):
-                teachers[recipe.name] = path
+                checkpoints.append(path)
                 taught.setdefault(path.parent.resolve(), []).append(recipe.name)
             elif dependency.kind == "store" and (checkpoint := Store(path).teacher_checkpoint) is not None:
-                teachers.setdefault(recipe.name, checkpoint)
+                checkpoints.append(checkpoint)
+        if len({path.resolve() for path in checkpoints}) == 1:  # an ensemble of several teachers has none to show
+            teachers[recipe.name] = checkpoints[0]
     return teachers, taught
 
 

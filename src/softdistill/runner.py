@@ -30,6 +30,7 @@ from softdistill.runs import (RunInterrupted, RunStateError, check_same_recipe, 
 from softdistill.runtime.distributed import DistContext, all_reduce_sum
 from softdistill.soft_labels import Dependency
 from softdistill.labelling import label_store
+from softdistill.sharded import MANIFEST
 from softdistill.store.format import sha256_of
 from softdistill.types import Batch
 
@@ -55,17 +56,19 @@ def prepare_run(recipe: Recipe | VAERecipe, *, quiet: bool = False, **kwargs: An
 
 
 def _labeller_identity(recipe: LabelRecipe, products: dict[Dependency, Path]) -> dict[str, Any]:
-    """Who labels: the source section, the sha256 of every file it names, and for a model its spec and
-    normalisation (read from the checkpoint)."""
-    files, model, normalization = [], None, None
+    """Who labels: the source section, the sha256 of every file it names (of a store folder: its manifest, which
+    holds the hash of every other file), and for a source of one model its spec and normalisation (read from the
+    checkpoint; None for a source of several, e.g. an ensemble, whose models the files name)."""
+    files, models = [], []
     for dependency, path in products.items():
-        files.append({"field": dependency.field, "path": str(path), "sha256": sha256_of(path)})
+        hashed = path / MANIFEST if path.is_dir() else path
+        files.append({"field": dependency.field, "path": str(path), "sha256": sha256_of(hashed)})
         if dependency.kind == "model":
-            meta = CheckpointMeta.of(load_checkpoint(path), path)
-            model = meta.model.model_dump() if meta.model is not None else None
-            normalization = meta.normalization.model_dump()
-    return {"soft_labels": recipe.soft_labels.model_dump(mode="json"), "files": files, "model": model,
-            "normalization": normalization, "amp": recipe.train.amp}
+            models.append(CheckpointMeta.of(load_checkpoint(path), path))
+    one = models[0] if len(models) == 1 else None
+    return {"soft_labels": recipe.soft_labels.model_dump(mode="json"), "files": files,
+            "model": one.model.model_dump() if one is not None and one.model is not None else None,
+            "normalization": one.normalization.model_dump() if one is not None else None, "amp": recipe.train.amp}
 
 
 def label_recipe(recipe: LabelRecipe, *, quiet: bool = False, verify: bool = False) -> dict[str, Any] | None:

@@ -15,11 +15,16 @@ import typing
 from collections.abc import Sequence
 from typing import Any, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic_core import PydanticCustomError
 
-from softdistill.registry import did_you_mean
+from softdistill.registry import Registry, UnknownNameError, did_you_mean
 
-__all__ = ["StrictConfig", "not_identity", "not_identity_keys", "describe_errors", "config_differences"]
+__all__ = ["StrictConfig", "not_identity", "not_identity_keys", "describe_errors", "config_differences",
+           "validate_registry_section", "nested_problems"]
+
+#: the pydantic error type of :func:`nested_problems`
+NESTED_PROBLEMS = "nested_problems"
 
 
 class StrictConfig(BaseModel):
@@ -78,6 +83,9 @@ def describe_errors(errors: list[dict[str, Any]], root: type[BaseModel], prefix:
             parent = _model_at(root, loc[:-1])
             allowed = sorted(k for k, f in parent.model_fields.items() if not f.exclude) if parent else []
             lines.append(f"{dotted}: unknown key{did_you_mean(str(loc[-1]), allowed)} (allowed: {', '.join(allowed)})")
+        elif err["type"] == NESTED_PROBLEMS:
+            parent = ".".join(str(p) for p in prefix + loc[:-1])
+            lines += [f"{parent}.{line}" if parent else line for line in err["ctx"]["lines"]]
         elif err["type"] == "missing":
             lines.append(f"{dotted}: required key is missing")
         else:
@@ -96,3 +104,28 @@ def config_differences(old: Any, new: Any, ignore: Sequence[str] = (), prefix: s
                 diffs += config_differences(old.get(key), new.get(key), ignore, f"{prefix}{key}.")
         return diffs
     return [] if old == new else [f"{prefix.rstrip('.')}: {old!r} -> {new!r}"]
+
+
+def nested_problems(lines: list[str]) -> PydanticCustomError:
+    """The error a field validator raises for the sections nested in its field that it validated itself
+    (each a registry section: :func:`validate_registry_section`); ``lines`` start with the key below the
+    field's parent, e.g. ``members[1].recipe: ...``, and :func:`describe_errors` reports them as they are,
+    under the dotted key of the field's parent."""
+    return PydanticCustomError(NESTED_PROBLEMS, "; ".join(lines), {"lines": lines})
+
+
+def validate_registry_section(raw: Any, where: str, registry: Registry, example: str) -> tuple[Any, list[str]]:
+    """A section that names an entry of ``registry`` (by its key, e.g. ``source: teacher``) validated by the
+    schema of that entry: (the typed section, []) or (None, the problems, each starting with ``where``, the
+    section's dotted key)."""
+    key = registry.key
+    if not isinstance(raw, dict) or key not in raw:
+        return None, [f"{where}: must be a mapping with a '{key}' key, e.g. {example}"]
+    try:
+        cls = registry.get(raw[key]).Config
+    except UnknownNameError as exc:
+        return None, [f"{where}.{key}: {exc}"]
+    try:
+        return cls.model_validate(raw), []
+    except ValidationError as exc:
+        return None, describe_errors(exc.errors(), cls, (where,))

@@ -43,8 +43,10 @@ class Predictions:
 
 @torch.no_grad()
 def predict(model: Callable[[Tensor], Tensor], loader, *, device: torch.device | None = None,
-            amp: str = "off") -> Predictions:
-    """``model(batch.x)`` for every batch of ``loader`` (this process's batches), under inference mode.
+            amp: str = "off", whole_batch: bool = False) -> Predictions:
+    """``model(batch.x)`` for every batch of ``loader`` (this process's batches), under inference mode;
+    ``model(batch)`` with ``whole_batch`` (a soft-label source, which may look its soft labels up by the
+    batch's address).
 
     An ``nn.Module`` is put in eval mode for the pass and back in its mode afterwards.
     """
@@ -56,7 +58,7 @@ def predict(model: Callable[[Tensor], Tensor], loader, *, device: torch.device |
         with torch.inference_mode():
             for batch in loader:
                 with autocast(device or batch.x.device, amp):
-                    out = model(batch.x)
+                    out = model(batch if whole_batch else batch.x)
                 logits.append(out.float())
                 labels.append(batch.y)
                 ids.append(batch.sample_id)

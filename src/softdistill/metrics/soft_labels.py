@@ -36,6 +36,7 @@ __all__ = [
     "unreliability_degree",
     "ambiguity_degree",
     "ambiguity_matrix",
+    "class_indicators",
     "expected_calibration_error",
     "calibration_bins",
     "top_k_indices",
@@ -136,6 +137,21 @@ def ambiguity_degree(soft_labels: Tensor, labels: Tensor, k: int = 1, *, from_lo
     off = matrix.masked_fill(torch.eye(classes, dtype=torch.bool), float("nan"))
     present = ~torch.isnan(matrix).all(dim=1)
     return off[present].nan_to_num(nan=-1.0).max().item()
+
+
+def class_indicators(soft_labels: Tensor, labels: Tensor, k: int = 1, *, from_logits: bool = False
+                     ) -> tuple[Tensor, Tensor]:
+    """The indicators restricted to each true class a (two K-vectors, float64, on the CPU; NaN for a class
+    without samples): ``Delta_k(a) = P(y not in Top_k(d_x) | y = a)`` and ``gamma_k(a) = max over j != a of
+    P(j in Top_k(d_x) | y = a)``.  ``Delta_k`` is their mean weighted by the class frequencies, ``gamma_k``
+    their largest value; ``1 - Delta_k(a) - gamma_k(a)`` is how far class a's soft labels are from failing
+    the sufficient condition."""
+    matrix = ambiguity_matrix(soft_labels, labels, k, from_logits=from_logits)
+    classes = matrix.shape[0]
+    if classes == 1:
+        return 1.0 - matrix.diagonal(), torch.zeros(1, dtype=torch.float64)
+    wrong = matrix.masked_fill(torch.eye(classes, dtype=torch.bool), float("-inf")).amax(dim=1)
+    return 1.0 - matrix.diagonal(), wrong
 
 
 def calibration_bins(probs: Tensor, labels: Tensor, n_bins: int = 15, *, from_logits: bool = False) -> dict[str, Tensor]:

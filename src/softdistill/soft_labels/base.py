@@ -2,9 +2,10 @@
 
 A source is an ``nn.Module`` whose ``forward(batch)`` returns B x K logits for the views in the
 batch (a table returns log-probabilities, which every loss reads as logits).  Each source class
-declares what it ``serves`` (:mod:`softdistill.compatibility`), its recipe section as a nested
-``Config`` (``soft_labels: {source: NAME, ...}``), and ``build(config, setup)``, which makes the
-source for a run.  A new source is one module that defines such a class and decorates it with
+declares what it ``serves`` (:mod:`softdistill.compatibility`; a section may narrow it by its
+settings, :meth:`SourceConfig.serves`), its recipe section as a nested ``Config``
+(``soft_labels: {source: NAME, ...}``), and ``build(config, setup)``, which makes the source for a
+run.  A new source is one module that defines such a class and decorates it with
 :func:`register_source`; a plugin module can do the same from outside the package.
 """
 
@@ -35,6 +36,16 @@ class SourceConfig(StrictConfig):
     """Base of every source's recipe section; subclasses fix ``source`` and add fields."""
 
     source: str
+
+    def serves(self) -> frozenset[str]:
+        """What the source these settings describe can serve (capabilities of :mod:`softdistill.compatibility`),
+        decided when the recipe loads; by default what its class declares (``serves``)."""
+        return sources.get(self.source).serves
+
+    def why_not(self, capability: str) -> str:
+        """Why these settings cannot serve ``capability`` although their class may, as words that follow the
+        refusal (e.g. ``" (its soft_labels.members[1] (cache) cannot)"``); empty by default."""
+        return ""
 
     def dependencies(self) -> list["Dependency"]:
         """Other recipes or files whose product this source needs (trained once, checked for staleness)."""

@@ -164,7 +164,7 @@ def build_run(recipe: Recipe | VAERecipe, ctx: DistContext, products: Mapping[De
         source.verify_lookups(loaders.train.data.ids, recipe.view_plan.distinct_views)
         source.prepare_inference(compile=speed.compile, channels_last=channels_last, dtype=_teacher_dtype(recipe, ctx))
     context = MethodContext(InputSpec(data.in_channels, data.image_size, tuple(data.mean), tuple(data.std)),
-                            resolve_artifact=products.__getitem__, quiet=quiet)
+                            resolve_artifact=products.__getitem__, quiet=quiet, class_names=tuple(data.class_names))
     method = method_class(recipe.method.name)(recipe.method, student, data.num_classes, source, context).to(ctx.device)
     method.wrap(lambda module: wrap(module, ctx, compile=speed.compile, channels_last=channels_last,
                                     sync_batchnorm=speed.sync_batchnorm))

@@ -39,6 +39,9 @@ def test_quickstart_tiny_end_to_end(tiny_quickstart, capsys):
     for name in ("digits-baseline", "digits-ls", "digits-kd", "(baseline)", "test acc last (%)"):
         assert name in printed
     report = out / "report"
+    assert printed.rstrip().splitlines()[-1].startswith(  # the last line lists every file of the report
+        f"report: {report}/ table.md, table.csv, results.json, curves.png, diagnostics.png, "
+        "digits-hard-affine-hard-augmentations.png  (")
     for name in ("table.md", "table.csv", "curves.png", "diagnostics.png", "results.json",
                  "digits-hard-affine-hard-augmentations.png"):
         assert (report / name).stat().st_size > 0, name
@@ -110,10 +113,12 @@ def test_compare_says_which_runs_it_trained_as_teachers_and_which_it_reused(tmp_
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert "training 'base' seed 0, which soft_labels.recipe of 'own' names, first" in printed
-    assert "base seed 0: trained above as the teacher of own" in printed and "finished earlier" not in printed
+    assert "base seed 0: trained above as the teacher of own, test accuracy " in printed
+    assert "finished earlier" not in printed
     assert main(argv) == 0
     printed = capsys.readouterr().out
-    assert "base seed 0: finished earlier, reused" in printed and "own seed 0: finished earlier, reused" in printed
+    assert "base seed 0: finished earlier, reused, test accuracy " in printed
+    assert "own seed 0: finished earlier, reused, test accuracy " in printed
     assert "trained above" not in printed and "training 'base'" not in printed
 
 
@@ -338,3 +343,15 @@ def test_a_report_is_never_written_through_a_planted_link(tmp_path):
         (report / name).symlink_to(victim)
     assert main(["inspect", str(tmp_path / "runs" / "syn" / "seed0" / "best.pt"), "--output", str(report), "--quiet"]) == 0
     assert victim.read_text() == "precious" and not any(p.is_symlink() for p in report.iterdir())
+
+
+def test_a_failure_under_torchrun_is_printed_once(tmp_path):
+    """Every process meets a recipe's error before the processes connect: process 0 alone prints it."""
+    recipe = write_recipe(tmp_path, name="base")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src"), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
+                           "softdistill", "train", str(recipe), "-o", "optim.lr=-1"], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode != 0
+    assert done.stderr.count("softdistill train: error: invalid recipe") == 1, done.stderr
+    assert "optim.lr: Input should be greater than 0, got -1" in done.stderr

@@ -323,7 +323,7 @@ def test_download_archive_md5_mismatch(tmp_path, monkeypatch):
     monkeypatch.setattr(sources, "DOWNLOADS", {"cifar100": ((archive.as_uri(), "f" * 32),)})
     with pytest.raises(DatasetFormatError, match="md5"):
         load_split("cifar100", root=tmp_path / "data", download=True)
-    assert list((tmp_path / "data" / "cifar-100-python").iterdir()) == []
+    assert not (tmp_path / "data" / "cifar-100-python").exists()  # no empty folder that looks like the data set
 
 
 def test_download_rejects_unsafe_archive_members(tmp_path, monkeypatch):
@@ -332,14 +332,16 @@ def test_download_rejects_unsafe_archive_members(tmp_path, monkeypatch):
     with pytest.raises(DatasetFormatError, match=r"refusing to extract '\.\./\.\./escaped'"):
         load_split("cifar100", root=tmp_path / "data" / "cifar-100-python", download=True)
     assert not list(tmp_path.rglob("escaped"))
-    assert list((tmp_path / "data" / "cifar-100-python").iterdir()) == []
+    assert not (tmp_path / "data" / "cifar-100-python").exists()
 
 
 def test_download_unreachable_url(tmp_path, monkeypatch):
     monkeypatch.setattr(sources, "DOWNLOADS", {"cifar10": (((tmp_path / "nope.tar.gz").as_uri(), "0" * 32),)})
     with pytest.raises(DatasetNotFoundError, match="could not download"):
         load_split("cifar10", download=True)
-    assert leftovers(tmp_path / "cache") == []
+    assert leftovers(tmp_path / "cache") == [] and not (tmp_path / "cache" / "cifar-10-batches-py").exists()
+    with pytest.raises(DatasetNotFoundError, match=r"cifar-10-batches-py \(does not exist\)"):
+        load_split("cifar10")  # what the failed download left is named as missing, not as an incomplete folder
 
 
 # ------------------------------------------------------------------------------------ built-in sets

@@ -318,6 +318,11 @@ def test_hard_run_resumes_exactly_and_writes_the_grid(tmp_path, run_until_interr
     for key, value in a["method_state"]["augmentor"].items():
         assert torch.equal(value, b["method_state"]["augmentor"][key]), key
     assert [s["epoch"] for s in b["method_state"]["snapshots"]] == [2, 3]
+    # the grid's labels: the true class of each sample, the teacher's and the student's prediction at each epoch
+    labels, snapshots = a["method_state"]["visual_labels"], a["method_state"]["snapshots"]
+    assert labels.shape == (len(a["method_state"]["visual_clean"]),) and labels.dtype == torch.long
+    assert all(s["teacher"].shape == s["student"].shape == labels.shape for s in snapshots)
+    assert torch.equal(labels, b["method_state"]["visual_labels"])
 
 
 def test_hard_under_bf16_autocast_follows_the_float32_run(tmp_path):

@@ -73,6 +73,7 @@ def interrupted(tmp_path: Path, pause_at: str, *argv: str) -> tuple[str, str]:
     assert lines and lines[-1].strip() == "PAUSED", "".join(lines) + out + err
     assert process.returncode == 130, err
     assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    assert "resource_tracker" not in err, err  # a terminated parallel run left no semaphore behind
     return "".join(lines) + out, err
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import types
 
 import pytest
 import torch
@@ -143,10 +144,22 @@ def test_bad_arguments(kwargs: dict[str, object]) -> None:
         build_model("resnet8", **kwargs)  # type: ignore[arg-type]
 
 
+def block_package(package: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make every import of ``package`` fail, even where it is installed and an earlier test imported
+    it or one of its modules (a None entry in sys.modules fails the import of that very name)."""
+    for module in [package, *(m for m in sys.modules if m.startswith(package + "."))]:
+        monkeypatch.setitem(sys.modules, module, None)
+
+
+@pytest.mark.parametrize("imported_before", [False, True], ids=["fresh", "imported-before"])
 @pytest.mark.parametrize(("name", "extra"), [("timm:resnet18", "timm"), ("torchvision:resnet18", "vision")])
-def test_external_package_missing(name: str, extra: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    # A None entry in sys.modules makes the import fail even where the package is installed.
-    monkeypatch.setitem(sys.modules, name.split(":")[0], None)
+def test_external_package_missing(name: str, extra: str, imported_before: bool,
+                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    package = name.split(":")[0]
+    if imported_before:  # what tests/test_imagenet_recipes.py leaves behind where torchvision is installed
+        for module in (package, f"{package}.models"):
+            monkeypatch.setitem(sys.modules, module, types.ModuleType(module))
+    block_package(package, monkeypatch)
     hint = f"model '{name}' needs .*pip install 'softdistill\\[{extra}\\]'"
     with pytest.raises(ImportError, match=hint):
         build_model(name, 10)

@@ -3,6 +3,7 @@
 import errno
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -16,7 +17,7 @@ from test_training import assert_same_weights, make_recipe, weights
 from softdistill.checkpoint import load_checkpoint
 from softdistill.config import recipe_from_dict
 from softdistill.engine import NonFiniteLossError, NonFiniteStateError
-from softdistill.runs import RunStateError
+from softdistill.runs import RunStateError, check_outside_package
 from softdistill.runner import run_recipe
 
 
@@ -342,3 +343,22 @@ def test_an_unreadable_copy_of_the_recipe_is_named(tmp_path, capsys):
     assert main(["train", str(recipe_file), "--quiet", "--resume"]) == 2
     err = capsys.readouterr().err.strip()
     assert f"{recipe.run_dir / 'config.yaml'} is not a readable copy of a recipe" in err and "\n" not in err
+
+
+def test_a_run_started_from_the_packages_recipes_folder_is_refused_before_anything_is_written(tmp_path):
+    """`cd recipes/quickstart && softdistill train kd.yaml`: output_dir is read from the current folder,
+    which would put the run (and its teacher's) inside the package; on a copy of the package."""
+    package = tmp_path / "src" / "softdistill"
+    shutil.copytree(Path(__file__).parents[1] / "src" / "softdistill", package,
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    folder = package / "recipes" / "quickstart"
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "src")}
+    for argv in (["train", "kd.yaml"], ["quickstart", "--tiny"]):
+        done = subprocess.run([sys.executable, "-m", "softdistill", *argv], cwd=folder, env=env, capture_output=True,
+                              text=True, timeout=300)
+        assert done.returncode == 2, done.stderr
+        assert (f"would be written inside the softdistill package ({package}): a relative output folder is read from "
+                f"the current folder ({folder})") in done.stderr
+        assert "-o output_dir=FOLDER (compare and quickstart: --output FOLDER)" in done.stderr
+    assert not list(package.rglob("seed0")) and not (folder / "runs").exists()
+    check_outside_package(tmp_path / "runs")  # beside the package: allowed

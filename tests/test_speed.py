@@ -495,7 +495,7 @@ def test_parallel_runs_train_the_teacher_alongside_the_runs_that_need_none(tmp_p
     assert main(["compare", *recipes, "--seeds", "1", "--jobs", "2", "--output", str(tmp_path / "parallel")]) == 0
     out = capsys.readouterr().out
     assert "training digits-teacher (needed by 1 runs) alongside the 1 runs that need none" in out
-    assert "digits-teacher seed 0: trained above as a dependency of the other runs" in out
+    assert "digits-teacher seed 0: trained above as a dependency of the other runs, test accuracy " in out
     for run in ("digits-baseline/seed0", "digits-kd/seed0", "digits-teacher/seed0"):
         assert_same_weights(weights(tmp_path / "sequential" / run), weights(tmp_path / "parallel" / run), rtol=0, atol=0)
     kd = yaml.safe_load((tmp_path / "parallel" / "digits-kd" / "seed0" / "config.yaml").read_text())

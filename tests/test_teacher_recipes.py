@@ -1,10 +1,14 @@
 """Teachers from recipes: Tf-KD self loads its stage 1, De-KD its early checkpoint; WSL options."""
 
+import shutil
+from pathlib import Path
+
 import pytest
 import torch
 import yaml
 
 import softdistill.soft_labels.teacher as teacher_module
+from softdistill.artifacts import runs_elsewhere
 from softdistill.checkpoint import CheckpointError, load_checkpoint
 from softdistill.config import recipe_from_dict
 from softdistill.runs import RunStateError
@@ -87,6 +91,59 @@ def test_a_run_from_before_a_new_schema_key_is_still_reused(tmp_path):
     del old["train"]["eval_every"]  # as written before that key existed
     saved.write_text(yaml.safe_dump(old))
     run_recipe(student_recipe(tmp_path, {"recipe": str(stage1)}, name="again"), quiet=True)
+
+
+def test_a_teacher_finished_beside_the_output_folder_is_used_not_trained_again(tmp_path, monkeypatch, capsys, loaded):
+    monkeypatch.chdir(tmp_path)
+    stage1 = stage1_yaml(tmp_path)
+    run_recipe(student_recipe(tmp_path, {"recipe": str(stage1)}, output_dir="runs/quickstart"), quiet=True)
+    found = Path("runs/quickstart/stage1/seed0")
+    stamp = (found / "best.pt").stat().st_mtime_ns
+    capsys.readouterr()
+    run_recipe(student_recipe(tmp_path, {"recipe": str(stage1)}, output_dir="runs/kd-100",
+                              train={"threads": 1}), quiet=False)  # another thread count: the same teacher
+    printed = capsys.readouterr().out
+    assert (f"recipe 'stage1' seed 0: using its finished run {found} (the same recipe: its config.yaml and "
+            f"best.pt checked) instead of training it again into runs/kd-100/stage1/seed0") in printed
+    assert loaded["path"] == found / "best.pt" and (found / "best.pt").stat().st_mtime_ns == stamp
+    assert not Path("runs/kd-100/stage1").exists() and Path("runs/kd-100/stage2/seed0/summary.json").is_file()
+
+
+def test_a_teacher_run_beside_that_differs_is_named_and_not_used(tmp_path, monkeypatch, capsys, loaded):
+    monkeypatch.chdir(tmp_path)
+    stage1 = stage1_yaml(tmp_path)
+    run_recipe(student_recipe(tmp_path, {"recipe": str(stage1)}, output_dir="runs/a"), quiet=True)
+    stage1_yaml(tmp_path, epochs=2)  # the teacher recipe is edited afterwards: runs/a's teacher is stale
+    capsys.readouterr()
+    run_recipe(student_recipe(tmp_path, {"recipe": str(stage1)}, output_dir="runs/b"), quiet=False)
+    printed = capsys.readouterr().out
+    assert "not using runs/a/stage1/seed0 for recipe 'stage1': it differs from the recipe:\n  epochs: 3 -> 2" in printed
+    assert loaded["path"] == Path("runs/b/stage1/seed0/best.pt")
+    # back to 3 epochs: runs/a is finished no more, and runs/b's config.yaml is made to say 3 epochs
+    # while its best.pt records the 2-epoch recipe: neither is used
+    stage1_yaml(tmp_path)
+    Path("runs/a/stage1/seed0/summary.json").unlink()
+    shutil.copy("runs/a/stage1/seed0/config.yaml", "runs/b/stage1/seed0/config.yaml")
+    capsys.readouterr()
+    run_recipe(student_recipe(tmp_path, {"recipe": str(stage1)}, output_dir="runs/c"), quiet=False)
+    printed = capsys.readouterr().out
+    assert ("not using runs/b/stage1/seed0 for recipe 'stage1': it differs from the recipe:\n  best.pt: epochs: 2 -> 3"
+            in printed) and "runs/a/stage1" not in printed
+    assert loaded["path"] == Path("runs/c/stage1/seed0/best.pt")
+
+
+def test_runs_elsewhere_are_looked_for_beside_the_output_folder_only_inside_the_current_folder(tmp_path, monkeypatch):
+    for folder in ("runs/quickstart/stage1/seed0", "runs/stage1/seed0", "runs/kd-100/old/stage1/seed0",
+                   "runs/quickstart/stage1/seed1", "other/stage1/seed0"):
+        (tmp_path / folder).mkdir(parents=True)
+    recipe = recipe_from_dict({"name": "stage1", "student": "mlp", "epochs": 1, "data": DATA,
+                               "output_dir": "runs/kd-100"})
+    monkeypatch.chdir(tmp_path)
+    assert runs_elsewhere(recipe) == [Path("runs/kd-100/old/stage1/seed0"), Path("runs/stage1/seed0"),
+                                      Path("runs/quickstart/stage1/seed0")]
+    monkeypatch.chdir(tmp_path / "other")  # the output folder's parent lies outside the current folder
+    moved = recipe.model_copy(update={"output_dir": str(tmp_path / "runs" / "kd-100")})
+    assert runs_elsewhere(moved) == [tmp_path / "runs/kd-100/old/stage1/seed0"]
 
 
 def _teacher_module():

@@ -110,7 +110,7 @@ def test_resume_equals_uninterrupted_run(tmp_path, run_until_interrupted):
     assert load_checkpoint(cut.run_dir / "last.pt")["epoch"] == 2
     assert not (cut.run_dir / "summary.json").exists()
 
-    with pytest.raises(RunStateError, match="already holds a run; continue it with --resume"):
+    with pytest.raises(RunStateError, match="holds an unfinished run of this recipe: continue it with --resume"):
         run_recipe(cut, quiet=True)
     summary = run_recipe(cut, resume=True, quiet=True)
     assert_same_weights(weights(full.run_dir), weights(cut.run_dir), rtol=0, atol=0)
@@ -130,6 +130,29 @@ def test_resume_errors(tmp_path):
     changed = make_recipe(tmp_path, epochs=1, optim__lr=0.5)
     with pytest.raises(RunStateError, match="optim.lr: 0.05 -> 0.5"):
         run_recipe(changed, resume=True, quiet=True)
+
+
+def test_starting_over_an_existing_run_says_what_it_holds_what_differs_and_what_to_do(tmp_path, run_until_interrupted):
+    finished = make_recipe(tmp_path, epochs=1)
+    run_recipe(finished, quiet=True)
+    with pytest.raises(RunStateError) as refused:
+        run_recipe(finished, quiet=True)
+    assert str(refused.value) == (
+        f"{finished.run_dir} holds a finished run of this recipe (summary.json): nothing to train. To train it again, "
+        f"choose another output folder (-o output_dir=FOLDER) or name (-o name=NAME), or delete {finished.run_dir}.")
+    with pytest.raises(RunStateError) as refused:  # another version of the recipe: the differences come first
+        run_recipe(make_recipe(tmp_path, epochs=2, optim__lr=0.5), quiet=True)
+    assert str(refused.value) == (
+        f"{finished.run_dir} holds a finished run of another version of this recipe:\n  epochs: 1 -> 2\n"
+        "  optim.lr: 0.05 -> 0.5\nTo keep both, choose another output folder (-o output_dir=FOLDER) or name "
+        f"(-o name=NAME); to replace it, delete {finished.run_dir}. (--resume continues a run only with the recipe "
+        "it was started with.)")
+    unfinished = make_recipe(tmp_path / "b", epochs=3)
+    run_until_interrupted(unfinished, epoch=2)
+    (unfinished.run_dir / "config.yaml").unlink()  # the recipe is read from last.pt then
+    with pytest.raises(RunStateError, match=r"holds an unfinished run of another version of this recipe:\n  "
+                                            r"optim.lr: 0.05 -> 0.5\nTo keep both"):
+        run_recipe(make_recipe(tmp_path / "b", epochs=3, optim__lr=0.5), quiet=True)
 
 
 def test_truncated_and_foreign_checkpoints_are_clear_errors(tmp_path):

@@ -118,7 +118,7 @@ def test_resume_equals_uninterrupted_run(tmp_path, run_until_interrupted):
     run_until_interrupted(cut, 2)
     assert load_checkpoint(cut.run_dir / "last.pt")["epoch"] == 1
 
-    with pytest.raises(RunStateError, match="already holds a run; continue it with --resume"):
+    with pytest.raises(RunStateError, match="holds an unfinished run of this recipe: continue it with --resume"):
         run_recipe(cut, quiet=True)
     summary = run_recipe(cut, resume=True, quiet=True)
     a, b = load_checkpoint(full.run_dir / "vae.pt")["state_dict"], load_checkpoint(cut.run_dir / "vae.pt")["state_dict"]
@@ -131,7 +131,7 @@ def test_run_folder_rules(tmp_path):
     with pytest.raises(RunStateError, match="nothing to resume: no checkpoint"):
         run_recipe(recipe, resume=True, quiet=True)
     run_recipe(recipe, quiet=True)
-    with pytest.raises(RunStateError, match="already holds a run"):
+    with pytest.raises(RunStateError, match=r"holds a finished run of this recipe \(summary.json\): nothing to train"):
         run_recipe(recipe, quiet=True)
     assert run_recipe(recipe, resume=True, quiet=True) == json.loads((recipe.run_dir / "summary.json").read_text())
     with pytest.raises(RunStateError, match="beta: 1.0 -> 0.5"):
@@ -184,7 +184,7 @@ def test_cli_train_vae_and_its_errors(tmp_path, capsys):
     assert "done: test recon" in printed and "negative ELBO" in printed
     assert str(tmp_path / "digits-vae" / "seed3" / "vae.pt") in printed
     assert main(args) == 2
-    assert "already holds a run" in capsys.readouterr().err
+    assert "holds a finished run of this recipe (summary.json): nothing to train" in capsys.readouterr().err
     assert main(["train-vae", str(TINY), "-o", "latent_dims=4"]) == 2
     err = capsys.readouterr().err
     assert "latent_dims: unknown key; did you mean 'latent_dim'?" in err

@@ -165,7 +165,7 @@ def build_run(recipe: Recipe | VAERecipe, ctx: DistContext, products: Mapping[De
         source.verify_lookups(loaders.train.data.ids, recipe.view_plan.distinct_views)
         source.prepare_inference(compile=speed.compile, channels_last=channels_last, dtype=_teacher_dtype(recipe, ctx))
     context = MethodContext(InputSpec(data.in_channels, data.image_size, tuple(data.mean), tuple(data.std)),
-                            resolve_artifact=products.__getitem__, quiet=quiet)
+                            resolve_artifact=products.__getitem__, quiet=quiet, class_names=tuple(data.class_names))
     method = method_class(recipe.method.name)(recipe.method, student, data.num_classes, source, context).to(ctx.device)
     if ctx.distributed and method.batch_terms and ctx.is_main:
         warnings.warn(f"method {recipe.method.name!r} computes {method.batch_terms} over each process's slice of the "

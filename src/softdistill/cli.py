@@ -285,7 +285,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 def _print_result(result) -> None:
     print()
     print(result.markdown)
-    print(f"report: {result.report_dir}/table.md, table.csv, curves.png  ({result.seconds:.0f}s)")
+    print(f"report: {result.report_dir}/ {', '.join(result.files)}  ({result.seconds:.0f}s)")
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
@@ -344,6 +344,15 @@ def _user_errors() -> tuple[type[BaseException], ...]:
             ValueError, ImportError)
 
 
+def _reports_errors(exc: BaseException) -> bool:
+    """Whether this process prints its error: process 0 does, and so does any process whose contact with the
+    others failed (its own error); under torchrun another process prints others only once it has joined the
+    others (before, every process meets the same error, and one message is enough)."""
+    from softdistill.runtime.distributed import DistributedError, joined_others
+
+    return int(os.environ.get("RANK", "0")) == 0 or isinstance(exc, DistributedError) or joined_others()
+
+
 def _interrupted_message(command: str, argv: Sequence[str], exc: KeyboardInterrupt) -> str:
     """The one message of an interrupted command: what was kept and the command that continues."""
     from softdistill.runs import RunInterrupted
@@ -368,7 +377,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except _user_errors() as exc:
         if args.debug:
             raise
-        print(f"softdistill {args.command}: error: {exc}", file=sys.stderr)
+        if _reports_errors(exc):
+            print(f"softdistill {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as exc:
         if int(os.environ.get("RANK", "0")) == 0:

@@ -20,20 +20,21 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from softdistill.artifacts import finished_run
 from softdistill.atomic import write_bytes_atomic, write_text_atomic
 from softdistill.config import Recipe, dependency_recipe, load_recipe
 from softdistill.data.config import DataConfig
 from softdistill.data.prepare import prepare_data
 from softdistill.data.samples import TensorSet
 from softdistill.data.shifts import ood_set, parse_ood_spec
-from softdistill.runtime.progress import ProgressBar, progress_bar
+from softdistill.runtime.progress import ProgressBar, progress_bar, use_thread_lock
 from softdistill.evaluation import evaluate_on_sets
 from softdistill.report import (aggregate_runs, format_final_markdown, format_markdown, plot_curves, plot_diagnostics,
                                 write_csv)
 from softdistill.report.plots import BAND_NOTE
 from softdistill.report.tables import RecipeResult, TeacherResult, format_teachers_markdown
 from softdistill.runner import resolve_dependencies, run_recipe
-from softdistill.runs import RunInterrupted, check_same_recipe, run_dir_state
+from softdistill.runs import RunInterrupted, check_outside_package, check_same_recipe, run_dir_state
 from softdistill.store import Store
 
 __all__ = ["CompareResult", "compare", "write_report", "packaged_recipes", "quickstart", "usable_cores",
@@ -47,6 +48,7 @@ class CompareResult:
     report_dir: Path
     markdown: str
     seconds: float
+    files: list[str]  # the report's files, in report_dir
 
 
 def _resolve(paths: Sequence[str | Path], seed: int, output_dir: Path, overrides: Sequence[str], epochs: int | None) -> list[Recipe]:
@@ -77,41 +79,56 @@ def _run_job(raw: dict[str, Any], recipe_file: str | None, resume: bool) -> dict
     return run_recipe(Recipe.from_dict(raw, recipe_file), resume=resume, quiet=True)
 
 
-def _leave_interrupts_to_the_parent() -> None:
-    """A parallel run's process ignores Ctrl-C: the compare that started it stops it, with one message."""
+def _start_parallel_run_process() -> None:
+    """A parallel run's process ignores Ctrl-C (the compare that started it stops it, with one message),
+    and its bars lock nothing that outlives it (it may be terminated)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    use_thread_lock()
 
 
-def _train_dependencies_job(raws: list[tuple[dict[str, Any], str | None]]) -> None:
+def _train_dependencies_job(raws: list[tuple[dict[str, Any], str | None]], rows: frozenset[Path]) -> None:
     """Train (or finish) every unfinished teacher, store and VAE that the given recipes name, in
     their order, in one parallel-run process; each inherits the asking recipe's thread count."""
     for raw, recipe_file in raws:
-        resolve_dependencies(Recipe.from_dict(raw, recipe_file), quiet=True)
+        resolve_dependencies(Recipe.from_dict(raw, recipe_file), quiet=True, trained_here=rows)
 
 
-def _pending_dependencies(recipe: Recipe) -> list[Path]:
-    """The run folders of the recipes ``recipe`` names (teachers, stores, VAEs) that are not finished."""
+def _pending_dependencies(recipe: Recipe, rows: frozenset[Path]) -> list[Path]:
+    """The run folders of the recipes ``recipe`` names (teachers, stores, VAEs) that are not finished,
+    neither there nor, unless they are ``rows`` of the comparison, in an output folder beside
+    (:func:`softdistill.artifacts.finished_run`)."""
     pending = []
     for dependency in recipe.dependencies():
         _, needed = dependency_recipe(recipe, dependency)
-        if needed is not None and run_dir_state(needed.run_dir) != "finished":
+        if needed is not None and finished_run(needed, dependency, trained_here=rows) is None:
             pending.append(needed.run_dir.resolve())
     return pending
 
 
-def _run_all(runs: list[tuple[Recipe, bool]], jobs: int, bar: ProgressBar, quiet: bool) -> None:
-    """Run ``(recipe, resume)`` pairs, ``jobs`` at a time, reporting each as it finishes.
+def _result_line(recipe: Recipe, how: str = "", summary: Mapping[str, Any] | None = None) -> str:
+    """One line on a finished run: how it came to be finished, when not trained just now, and its accuracy
+    (``summary``: read from its run folder when not given)."""
+    if summary is None:
+        summary = json.loads((recipe.run_dir / "summary.json").read_text())
+    how = f"{how}, " if how else ""
+    return (f"{recipe.name} seed {recipe.seed}: {how}test accuracy {summary['test_acc_last']:.2f}% "
+            f"last, {summary['test_acc_best']:.2f}% best, {summary['test_acc_selected']:.2f}% at best "
+            f"{summary['selection']} ({summary['seconds']:.1f}s)")
+
+
+def _run_all(runs: list[tuple[Recipe, bool]], jobs: int, bar: ProgressBar, quiet: bool,
+             rows: frozenset[Path]) -> None:
+    """Run ``(recipe, resume)`` pairs, ``jobs`` at a time, reporting each as it finishes (``rows``: the
+    run folders of the whole comparison).
 
     In parallel, the unfinished dependencies of the runs (teachers, stores, VAEs) are trained by one
     of the ``jobs`` processes while the others run the recipes that need none; the runs that wait on
     a dependency start when it is done.  A run that is itself a dependency is trained as one.
     """
-    def finished(recipe: Recipe, summary: dict[str, Any]) -> None:
+    def finished(recipe: Recipe, summary: dict[str, Any] | None = None, how: str = "") -> None:
         bar.update(1)
         if not quiet:
-            bar.write(f"{recipe.name} seed {recipe.seed}: test accuracy {summary['test_acc_last']:.2f}% last, "
-                      f"{summary['test_acc_best']:.2f}% best, {summary['test_acc_selected']:.2f}% at best "
-                      f"{summary['selection']} ({summary['seconds']:.1f}s)")
+            bar.write(_result_line(recipe, how, summary))
 
     if jobs == 1:
         for recipe, resume in runs:
@@ -125,19 +142,19 @@ def _run_all(runs: list[tuple[Recipe, bool]], jobs: int, bar: ProgressBar, quiet
         raw["train"]["threads"] = threads
         return raw
 
-    waits = {id(recipe): _pending_dependencies(recipe) for recipe, _ in runs}
+    waits = {id(recipe): _pending_dependencies(recipe, rows) for recipe, _ in runs}
     dependency_dirs = {folder for folders in waits.values() for folder in folders}
     as_dependency = [recipe for recipe, _ in runs if recipe.run_dir.resolve() in dependency_dirs]
     runs = [(recipe, resume) for recipe, resume in runs if recipe.run_dir.resolve() not in dependency_dirs]
     ready = [(recipe, resume) for recipe, resume in runs if not waits[id(recipe)]]
     waiting = [(recipe, resume) for recipe, resume in runs if waits[id(recipe)]]
     pool = ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
-                               initializer=_leave_interrupts_to_the_parent)
+                               initializer=_start_parallel_run_process)
     try:
         futures: dict[Future, Recipe | None] = {}
         if dependency_dirs:
             askers = list({recipe.name: recipe for recipe, _ in waiting}.values()) or as_dependency
-            futures[pool.submit(_train_dependencies_job, [(job(r), r.recipe_file) for r in askers])] = None
+            futures[pool.submit(_train_dependencies_job, [(job(r), r.recipe_file) for r in askers], rows)] = None
             if not quiet:
                 bar.write(f"[softdistill] training {', '.join(sorted(folder.parent.name for folder in dependency_dirs))}"
                           f" (needed by {len(waiting)} runs) alongside the {len(ready)} runs that need none")
@@ -153,9 +170,7 @@ def _run_all(runs: list[tuple[Recipe, bool]], jobs: int, bar: ProgressBar, quiet
                     continue
                 future.result()  # the dependencies are trained: their errors end the comparison here
                 for run in as_dependency:
-                    bar.update(1)
-                    if not quiet:
-                        bar.write(f"{run.name} seed {run.seed}: trained above as a dependency of the other runs")
+                    finished(run, how="trained above as a dependency of the other runs")
                 for waiter, resume in waiting:
                     futures[pool.submit(_run_job, job(waiter), waiter.recipe_file, resume)] = waiter
     except KeyboardInterrupt:
@@ -167,7 +182,8 @@ def _run_all(runs: list[tuple[Recipe, bool]], jobs: int, bar: ProgressBar, quiet
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _teachers_of(recipes: Sequence[Recipe], quiet: bool) -> tuple[dict[str, Path], dict[Path, list[str]]]:
+def _teachers_of(recipes: Sequence[Recipe], quiet: bool, rows: frozenset[Path]
+                 ) -> tuple[dict[str, Path], dict[Path, list[str]]]:
     """Make (or find) the dependencies of ``recipes``; (recipe name -> the teacher checkpoint its soft
     labels come from, directly or through a store, when they come from one; a teacher's run folder -> the
     recipes it teaches)."""
@@ -175,7 +191,7 @@ def _teachers_of(recipes: Sequence[Recipe], quiet: bool) -> tuple[dict[str, Path
     taught: dict[Path, list[str]] = {}
     for recipe in recipes:
         checkpoints = []
-        for dependency, path in resolve_dependencies(recipe, quiet=quiet).items():
+        for dependency, path in resolve_dependencies(recipe, quiet=quiet, trained_here=rows).items():
             if dependency.kind == "model" and dependency.field.startswith("soft_labels."):
                 checkpoints.append(path)
                 taught.setdefault(path.parent.resolve(), []).append(recipe.name)
@@ -216,6 +232,7 @@ def compare(recipe_paths: Sequence[str | Path], *, seeds: int | Sequence[int] = 
     threads_per_job(jobs)  # more jobs than cores: refused before anything runs
     start = time.perf_counter()
     output_dir = Path(output_dir)
+    check_outside_package(output_dir, "the output folder")
     seed_list = list(range(seeds)) if isinstance(seeds, int) else list(seeds)
     if not seed_list:
         raise ValueError(f"a comparison needs at least one seed (seeds = N runs seeds 0..N-1), got {seeds!r}")
@@ -229,11 +246,12 @@ def compare(recipe_paths: Sequence[str | Path], *, seeds: int | Sequence[int] = 
         raise ValueError(f"baseline {baseline!r} is not among the recipes {names}")
     every_run = [recipe for seed in seed_list for recipe in recipes_by_seed[seed]]
     earlier = {recipe.run_dir.resolve() for recipe in every_run if run_dir_state(recipe.run_dir) == "finished"}
+    rows = frozenset(recipe.run_dir.resolve() for recipe in every_run)  # trained here: not looked for elsewhere
     teachers: dict[str, Path] = {}  # recipe name -> the teacher checkpoint its soft labels come from
     taught: dict[Path, list[str]] = {}  # a teacher's run folder -> the recipes it teaches
     try:
         if jobs == 1:  # teachers, stores and VAEs first, with their own progress output
-            teachers, taught = _teachers_of(recipes_by_seed[seed_list[0]], quiet)
+            teachers, taught = _teachers_of(recipes_by_seed[seed_list[0]], quiet, rows)
         runs = []
         bar = progress_bar(len(every_run), "compare", quiet=quiet, unit="run")
         try:
@@ -243,14 +261,14 @@ def compare(recipe_paths: Sequence[str | Path], *, seeds: int | Sequence[int] = 
                 if state == "finished":
                     bar.update(1)
                     if not quiet:
-                        bar.write(f"{recipe.name} seed {recipe.seed}: {_how_finished(recipe, earlier, taught)}")
+                        bar.write(_result_line(recipe, _how_finished(recipe, earlier, taught)))
                     continue
                 runs.append((recipe, state == "partial"))
-            _run_all(runs, jobs, bar, quiet)
+            _run_all(runs, jobs, bar, quiet, rows)
         finally:
             bar.close()
         if jobs > 1:  # the parallel runs trained them: this only finds them
-            teachers, taught = _teachers_of(recipes_by_seed[seed_list[0]], quiet)
+            teachers, taught = _teachers_of(recipes_by_seed[seed_list[0]], quiet, rows)
     except KeyboardInterrupt as exc:
         raise _interrupted_comparison(every_run, exc) from None
     return write_report(output_dir, names, baseline, title=title, seconds=time.perf_counter() - start,
@@ -310,9 +328,15 @@ def _final_caption(evaluated_here: Sequence[str]) -> str:
 DIAGNOSTICS_CAPTION = (
     "*regularization samples*: share of training samples per epoch on which the teacher's cross-entropy on the "
     "true label exceeds the student's (WSL's regularization samples); *w*: WSL weight 1 - exp(-CE_s/CE_t), batch "
-    "means averaged over the epoch; HARD panels: the augmentor's objective term T^2 KL(p_t || p_s) on its inputs "
-    "x~ (before its step) and the teacher's accuracy on x~ (low = the augmentations no longer show the true "
-    f"class). Shares and accuracies in %. {BAND_NOTE}.")
+    "means averaged over the epoch; IDA panels: how the teacher orders the classes of the mixed views it labels "
+    "(order concordance: 1 when the class with the larger lambda comes first and both come before every other "
+    "class; top-2: views with a class of the mix among the teacher's two largest logits), a property of the soft "
+    "labels, so IDA rows that share a store draw the same curve; HARD panels: the augmentor's objective term "
+    "T^2 KL(p_t || p_s) on its inputs x~ (before its step) and the teacher's accuracy on x~, which starts at its "
+    "accuracy on clean training images (the augmentor starts as the identity) and should stay near its clean "
+    "accuracy (the dashed line, on test images): towards chance the augmentations no longer show the true class "
+    "(raise method.teacher_ce_weight or lower the augmentor's bounds). Shares and accuracies in %. "
+    f"{BAND_NOTE}.")
 
 
 def _teacher_json(teacher: TeacherResult | None) -> dict | None:
@@ -353,9 +377,12 @@ def write_report(output_dir: str | Path, names: Sequence[str], baseline: str | N
                 f"{BAND_NOTE}.\n")
     write_csv(results, report_dir / "table.csv", baseline)
     plot_curves(results, report_dir / "curves.png", title=title)
+    files = ["table.md", "table.csv", "results.json", "curves.png"]
     if plot_diagnostics(results, report_dir / "diagnostics.png", title=f"{title}: soft-label diagnostics"):
         markdown += f"\n![diagnostics](diagnostics.png)\n\n{DIAGNOSTICS_CAPTION}\n"
+        files.append("diagnostics.png")
     figures = _copy_method_figures(results, report_dir)
+    files += [file for _, file in figures]
     if figures:
         markdown += "\n## Figures the methods drew (first seed)\n"
         markdown += "".join(f"\n{name}:\n\n![{name}]({file})\n" for name, file in figures)
@@ -364,7 +391,7 @@ def write_report(output_dir: str | Path, names: Sequence[str], baseline: str | N
         [{"name": r.name, "method": r.method, "label": r.label, "student": r.student, "seeds": r.seeds,
           "last": r.last, "best": r.best, "selected": r.selected, "seconds": r.seconds, "final": r.final,
           "teacher": _teacher_json(r.teacher)} for r in results], indent=2))
-    return CompareResult(results, baseline, report_dir, table, seconds)
+    return CompareResult(results, baseline, report_dir, table, seconds, files)
 
 
 def packaged_recipes(group: str) -> Path:

@@ -10,8 +10,9 @@ run's folder is locked from its first write to the end; Ctrl-C becomes a
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +26,9 @@ from softdistill.checkpoint import CheckpointMeta, load_checkpoint
 from softdistill.config import LabelRecipe, Recipe, RunRecipe, VAERecipe
 from softdistill.data.loader import BatchTransform
 from softdistill.engine.predict import autocast
-from softdistill.runs import (RunInterrupted, RunStateError, check_same_recipe, interruption, lock_run_folder,
-                             recipe_differences, resume_checkpoint, run_dir_state, write_text_atomic)
+from softdistill.runs import (RunInterrupted, RunStateError, check_outside_package, check_same_recipe, interruption,
+                             lock_run_folder, recipe_differences, refuse_existing_run, resume_checkpoint, run_dir_state,
+                             write_text_atomic)
 from softdistill.runtime.distributed import DistContext, all_reduce_sum
 from softdistill.soft_labels import Dependency
 from softdistill.labelling import label_store
@@ -37,14 +39,17 @@ from softdistill.types import Batch
 __all__ = ["run_recipe", "label_recipe", "resolve_dependencies", "product_of", "prepare_run"]
 
 
-def product_of(recipe: RunRecipe, dependency: Dependency, quiet: bool = False) -> Path:
-    """The file a dependency of ``recipe`` names, its recipe trained first if needed (:mod:`softdistill.artifacts`)."""
-    return resolve_product(recipe, dependency, run_recipe, quiet=quiet)
+def product_of(recipe: RunRecipe, dependency: Dependency, quiet: bool = False,
+               trained_here: Collection[Path] = ()) -> Path:
+    """The file a dependency of ``recipe`` names, its recipe trained first if needed (:mod:`softdistill.artifacts`;
+    ``trained_here``: see :func:`~softdistill.artifacts.finished_run`)."""
+    return resolve_product(recipe, dependency, run_recipe, quiet=quiet, trained_here=trained_here)
 
 
-def resolve_dependencies(recipe: RunRecipe, quiet: bool = False) -> dict[Dependency, Path]:
+def resolve_dependencies(recipe: RunRecipe, quiet: bool = False,
+                         trained_here: Collection[Path] = ()) -> dict[Dependency, Path]:
     """Make (or find) every product ``recipe`` depends on, once; returns each dependency's file."""
-    return {dependency: product_of(recipe, dependency, quiet) for dependency in recipe.dependencies()}
+    return {dependency: product_of(recipe, dependency, quiet, trained_here) for dependency in recipe.dependencies()}
 
 
 def prepare_run(recipe: Recipe | VAERecipe, *, quiet: bool = False, **kwargs: Any) -> Run:
@@ -145,19 +150,23 @@ def run_recipe(recipe: RunRecipe, *, resume: bool = False, quiet: bool = False, 
     ``resume`` continues the run from its ``last.pt``; a finished run is left as it is.  Ctrl-C
     becomes a :class:`RunInterrupted` that says what the run folder keeps.
     """
+    check_outside_package(recipe.run_dir)
     if isinstance(recipe, LabelRecipe):
         kept = f"{recipe.run_dir}: the shards labelled so far are kept"
         with interruption(lambda: RunInterrupted(kept, resume=False)):
             return label_recipe(recipe, quiet=quiet, verify=verify)
     if resume and run_dir_state(recipe.run_dir) == "finished":
         return _finished_run(recipe, quiet)
+    same_recipe = functools.partial(recipe_differences, recipe=recipe)
+    if not resume:  # before its teachers are made; checked again once the folder is locked
+        refuse_existing_run(recipe.run_dir, same_recipe)
     run = None
     with interruption(lambda: _interrupted_run(recipe, run)):
         run = prepare_run(recipe, quiet=quiet)
         trainer, run_dir = run.trainer, recipe.run_dir
         ctx = trainer.ctx
         with _holding_run_folder(run_dir, ctx):  # from the first write on; a recipe that fails earlier leaves no folder
-            state = resume_checkpoint(run_dir, resume, lambda saved: recipe_differences(saved, recipe), ctx.device)
+            state = resume_checkpoint(run_dir, resume, same_recipe, ctx.device)
             if ctx.is_main and run_dir_state(run_dir) == "new":
                 write_text_atomic(run_dir / "config.yaml", yaml.safe_dump(recipe.to_dict(), sort_keys=False))
             if ctx.is_main and run.source_report is not None:

@@ -25,14 +25,14 @@ import torch
 import yaml
 
 from softdistill.atomic import ensure_folder, write_text_atomic  # re-exported: the run folder's text files
-from softdistill.checkpoint import load_checkpoint
+from softdistill.checkpoint import CheckpointError, load_checkpoint
 from softdistill.engine.recorder import RunStateError
 from softdistill.locking import LockHeldError, describe_holder, hold_lock
 from softdistill.schema import config_differences, not_identity_keys
 
 __all__ = ["RunStateError", "RunInterrupted", "interruption", "LOCK_NAME", "write_text_atomic",
-           "resume_checkpoint", "run_dir_state", "recipe_differences", "check_same_recipe",
-           "lock_run_folder"]
+           "resume_checkpoint", "refuse_existing_run", "check_outside_package", "run_dir_state",
+           "recipe_differences", "check_same_recipe", "lock_run_folder"]
 
 LOCK_NAME = ".lock"
 
@@ -67,14 +67,48 @@ def run_dir_state(run_dir: str | os.PathLike) -> str:
     return "partial" if (run_dir / "last.pt").exists() else "new"
 
 
+def _saved_config(run_dir: Path) -> Any:
+    """The recipe a run folder records: its config.yaml, else its last.pt's; None when neither is readable."""
+    try:
+        return yaml.safe_load((run_dir / "config.yaml").read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        pass
+    try:
+        return load_checkpoint(run_dir / "last.pt")["config"]
+    except (CheckpointError, KeyError):
+        return None
+
+
+def refuse_existing_run(run_dir: Path, config_check: Callable[[Any], list[str]]) -> None:
+    """Refuse to start a new run in a folder that holds one, saying whether another process works on it,
+    whether it is finished, whether its recipe differs (and how) and what to do; nothing for a folder with
+    no run."""
+    state = run_dir_state(run_dir)
+    if state == "new":
+        return
+    with lock_run_folder(run_dir):  # a run under way in another process: that is what to say first
+        pass
+    saved = _saved_config(run_dir)
+    diffs = ["(its config.yaml and last.pt are unreadable)"] if saved is None else config_check(saved)
+    kind = "a finished" if state == "finished" else "an unfinished"
+    elsewhere = "choose another output folder (-o output_dir=FOLDER) or name (-o name=NAME)"
+    if diffs:
+        raise RunStateError(f"{run_dir} holds {kind} run of another version of this recipe:\n  " + "\n  ".join(diffs)
+                            + f"\nTo keep both, {elsewhere}; to replace it, delete {run_dir}. (--resume continues a "
+                            "run only with the recipe it was started with.)")
+    if state == "finished":
+        raise RunStateError(f"{run_dir} holds a finished run of this recipe (summary.json): nothing to train. To "
+                            f"train it again, {elsewhere}, or delete {run_dir}.")
+    raise RunStateError(f"{run_dir} holds an unfinished run of this recipe: continue it with --resume, or start over "
+                        f"elsewhere ({elsewhere}) or after deleting {run_dir}.")
+
+
 def resume_checkpoint(run_dir: Path, resume: bool, config_check: Callable[[Any], list[str]],
                       map_location: torch.device | str = "cpu") -> dict[str, Any] | None:
     """The ``last.pt`` payload a run continues from, or None for a new run (see the module docstring)."""
     last = run_dir / "last.pt"
     if not resume:
-        if last.exists() or (run_dir / "summary.json").exists():
-            raise RunStateError(f"{run_dir} already holds a run; continue it with --resume, "
-                                "or choose another output folder / delete it to start over")
+        refuse_existing_run(run_dir, config_check)
         return None
     if not last.exists():
         raise RunStateError(f"nothing to resume: no checkpoint {last}; start the run without --resume")
@@ -85,6 +119,18 @@ def resume_checkpoint(run_dir: Path, resume: bool, config_check: Callable[[Any],
     if (run_dir / "summary.json").exists():
         raise RunStateError(f"{run_dir} has already finished (summary.json written); nothing to resume")
     return state
+
+
+def check_outside_package(folder: str | os.PathLike, what: str = "the run folder") -> None:
+    """Refuse to write ``folder`` inside the installed softdistill package, where a relative output
+    folder lands when a command runs from the package's recipes folder."""
+    package = Path(__file__).resolve().parent
+    if Path(folder).resolve().is_relative_to(package):
+        raise RunStateError(f"{what} {Path(folder).resolve()} would be written inside the softdistill package "
+                            f"({package}): a relative output folder is read from the current folder ({Path.cwd()}), "
+                            "while the paths inside a recipe are read from the recipe's folder. Run the command from "
+                            "your project folder (the repository's root, say), or give an output folder outside the "
+                            "package: -o output_dir=FOLDER (compare and quickstart: --output FOLDER).")
 
 
 def recipe_differences(saved: Any, recipe: Any) -> list[str]:

@@ -161,6 +161,7 @@ class MethodContext:
     inputs: InputSpec
     resolve_artifact: Callable[[Any], Path] = Path
     quiet: bool = False
+    class_names: tuple[str, ...] = ()  # of the data, for figures; empty when not known
 
 
 @dataclass(frozen=True)

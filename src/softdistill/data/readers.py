@@ -351,17 +351,24 @@ def _locate(name: str, root: str | os.PathLike | None, download: bool) -> Path:
 # ------------------------------------------------------------------------------------------------ download
 
 def _download(name: str, target: Path) -> None:
-    """Fetch the official files of ``name`` into its dataset folder ``target``, md5-checked."""
+    """Fetch the official files of ``name`` into its dataset folder ``target``, md5-checked; a folder this
+    call made is removed again when the download fails before any file is in it."""
+    made = not target.exists()
     ensure_folder(target)
-    for url, md5 in DOWNLOADS[name]:
-        filename = url.rsplit("/", 1)[-1]
-        if filename.endswith(".tar.gz"):
-            with tempfile.TemporaryDirectory(dir=target, prefix=".download-") as tmp:
-                archive = Path(tmp) / filename
-                _fetch(url, md5, archive)
-                _extract(archive, Path(tmp) / "extracted", FOLDERS[name], target)
-        elif _file_in(target, filename.removesuffix(".gz"), gz_ok=True) is None:
-            _fetch(url, md5, target / filename)
+    try:
+        for url, md5 in DOWNLOADS[name]:
+            filename = url.rsplit("/", 1)[-1]
+            if filename.endswith(".tar.gz"):
+                with tempfile.TemporaryDirectory(dir=target, prefix=".download-") as tmp:
+                    archive = Path(tmp) / filename
+                    _fetch(url, md5, archive)
+                    _extract(archive, Path(tmp) / "extracted", FOLDERS[name], target)
+            elif _file_in(target, filename.removesuffix(".gz"), gz_ok=True) is None:
+                _fetch(url, md5, target / filename)
+    except BaseException:
+        if made and not any(target.iterdir()):
+            target.rmdir()
+        raise
 
 
 def _fetch(url: str, md5: str, path: Path) -> None:

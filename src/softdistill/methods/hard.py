@@ -125,9 +125,11 @@ class HardKD(Method):
         self.scaler: torch.amp.GradScaler | None = None
         self.scaler_state: dict[str, Any] = {}  # restored on resume, applied when the scaler is made
         self.active = False
+        self.class_names = context.class_names or tuple(str(k) for k in range(num_classes))
         self.visual_epochs: set[int] = set()
         self.visual_clean: Tensor | None = None
         self.visual_noise: Tensor | None = None
+        self.visual_labels: Tensor | None = None
         self.snapshots: list[dict[str, Any]] = []
 
     # ------------------------------------------------------------------ trainer hooks
@@ -155,27 +157,47 @@ class HardKD(Method):
     def end_epoch(self, epoch: int, report_dir: Path | None) -> None:
         if epoch not in self.visual_epochs or self.visual_clean is None:
             return
-        with torch.no_grad():
-            augmented = self.plain_augmentor(self.visual_clean, self.visual_noise)
-        self.snapshots.append({"epoch": epoch, "images": augmented.float().cpu()})
+        student = unwrap(self.student)
+        was_training = student.training
+        student.eval()
+        try:
+            with torch.no_grad():
+                augmented = self.plain_augmentor(self.visual_clean, self.visual_noise)
+                teacher, predicted = self.soft_labels(augmented).argmax(1), student(augmented).argmax(1)
+        finally:
+            student.train(was_training)
+        self.snapshots.append({"epoch": epoch, "images": augmented.float().cpu(), "teacher": teacher.cpu(),
+                               "student": predicted.cpu()})
         if report_dir is not None:
             self.save_grid(report_dir / GRID_FILE)
 
     def save_grid(self, path: Path) -> Path:
-        """Clean samples (top row) and their augmentations at each recorded epoch."""
+        """Clean samples (top row, with their class) and their augmentations at each recorded epoch (with
+        the teacher's and the student's predictions, marked where they miss the class)."""
         assert self.visual_clean is not None
         to_pixels = self.plain_augmentor.to_unit_range
         rows = [("clean", to_pixels(self.visual_clean).cpu())]
         rows += [(f"epoch {s['epoch']}", to_pixels(s["images"].to(self.visual_clean.device)).cpu())
                  for s in self.snapshots]
-        return save_image_grid(rows, path, title=f"HARD ({self.config.augmentor} augmentor): the same samples "
-                                                 "and noise, as the augmentor changes them over training")
+        labels = [] if self.visual_labels is None else self.visual_labels.tolist()
+        captions = [[self.class_names[y] for y in labels]]
+        captions += [[f"T: {self._named(t, y)}\nS: {self._named(p, y)}" for t, p, y in
+                      zip(s["teacher"].tolist(), s["student"].tolist(), labels)] if "teacher" in s else []
+                     for s in self.snapshots]
+        return save_image_grid(rows, path, captions=captions,
+                               title=f"HARD ({self.config.augmentor} augmentor): the same samples and noise, as the "
+                                     "augmentor changes them over training.\nTop row: the true class; below: the "
+                                     "teacher's (T) and the student's (S) predictions, ✗ where not the true class")
+
+    def _named(self, predicted: int, label: int) -> str:
+        """A prediction as the grid shows it: the class name, marked when it is not the true class."""
+        return self.class_names[predicted] + ("" if predicted == label else " ✗")
 
     def training_state(self) -> dict[str, Any]:
         state: dict[str, Any] = {"augmentor": self.plain_augmentor.learned_state(),
                                  "augmentor_optimizer": self.augmentor_optimizer.state_dict(),
                                  "snapshots": self.snapshots, "visual_clean": self.visual_clean,
-                                 "visual_noise": self.visual_noise}
+                                 "visual_noise": self.visual_noise, "visual_labels": self.visual_labels}
         if self.scaler is not None and self.scaler.is_enabled():
             state["scaler"] = self.scaler.state_dict()
         return state
@@ -185,6 +207,7 @@ class HardKD(Method):
         self.augmentor_optimizer.load_state_dict(state["augmentor_optimizer"])
         self.snapshots = list(state["snapshots"])
         self.visual_clean, self.visual_noise = state["visual_clean"], state["visual_noise"]
+        self.visual_labels = state.get("visual_labels")  # absent in checkpoints of earlier versions
         self.scaler_state = state.get("scaler", {})
 
     # ------------------------------------------------------------------ the game
@@ -193,6 +216,7 @@ class HardKD(Method):
         x, y = batch.x, batch.y
         if self.visual_clean is None:
             self.visual_clean = x[:c.visualize_samples].detach().clone()
+            self.visual_labels = y[:c.visualize_samples].detach().clone()
             self.visual_noise = self.plain_augmentor.draw_noise(len(self.visual_clean), x.device,
                                                           torch.Generator().manual_seed(0))
         metrics: dict[str, Tensor] = {}

@@ -47,6 +47,7 @@ class TeacherResult:
     epoch: int
     epochs: int
     test_acc: float  # nan when the checkpoint's epoch was not evaluated on the test set
+    num_classes: int
 
 
 def read_teacher(checkpoint: str | Path) -> TeacherResult:
@@ -54,7 +55,7 @@ def read_teacher(checkpoint: str | Path) -> TeacherResult:
     payload = load_checkpoint(checkpoint)
     record = next((r for r in payload.get("history", []) if r["epoch"] == payload["epoch"]), {})
     return TeacherResult(Path(checkpoint), payload["config"]["name"], payload["model"]["name"], payload["epoch"],
-                         payload["epochs"], record.get("test/acc", math.nan))
+                         payload["epochs"], record.get("test/acc", math.nan), payload["model"]["num_classes"])
 
 
 def _ida_details(method: dict[str, Any], config: dict[str, Any]) -> list[str]:

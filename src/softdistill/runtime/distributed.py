@@ -27,12 +27,13 @@ import torch
 import torch.distributed as dist
 
 __all__ = ["DistContext", "DistributedError", "init_distributed", "process_group_context", "resolve_device",
-           "dist_timeout", "lost_rank_errors", "all_reduce_sum", "all_reduce_min", "barrier", "global_batch_weight",
-           "shutdown_distributed", "TIMEOUT_ENV", "DEFAULT_DIST_TIMEOUT"]
+           "dist_timeout", "lost_rank_errors", "joined_others", "all_reduce_sum", "all_reduce_min", "barrier",
+           "global_batch_weight", "shutdown_distributed", "TIMEOUT_ENV", "DEFAULT_DIST_TIMEOUT"]
 
 #: Environment variable: seconds a process waits for the others (rendezvous and collectives).
 TIMEOUT_ENV = "SOFTDISTILL_DIST_TIMEOUT"
 DEFAULT_DIST_TIMEOUT = 180
+_joined = False  # whether this process has joined a process group
 # the lines of a C++ stack trace that PyTorch appends to its logged errors
 _CPP_FRAME = re.compile(r"(frame #\d+: |Exception raised from |<omitting python frames>)")
 
@@ -97,6 +98,7 @@ def init_distributed(preference: str = "auto") -> DistContext:
     Backend: NCCL for CUDA devices, gloo for the CPU.  A process waits at most :func:`dist_timeout`
     for the others, so that a rank that died or hangs ends the rest instead of blocking them.
     """
+    global _joined
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     device = resolve_device(preference, local_rank)
@@ -110,6 +112,7 @@ def init_distributed(preference: str = "auto") -> DistContext:
             if int(os.environ.get("RANK", "0")) != 0:
                 _wait_for_rank_zero(timeout)
             dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo", timeout=timeout)
+        _joined = True
     return DistContext(rank=dist.get_rank(), world_size=dist.get_world_size(), device=device)
 
 
@@ -119,6 +122,12 @@ def process_group_context(device: torch.device | str = "cpu") -> DistContext:
     if dist.is_available() and dist.is_initialized():
         return DistContext(rank=dist.get_rank(), world_size=dist.get_world_size(), device=torch.device(device))
     return DistContext(device=torch.device(device))
+
+
+def joined_others() -> bool:
+    """Whether this process has joined a process group (its errors from then on may be its own, where
+    those before are the same in every process: the same command on the same files)."""
+    return _joined
 
 
 def _wait_for_rank_zero(timeout: timedelta) -> None:

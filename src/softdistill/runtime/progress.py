@@ -9,15 +9,23 @@ for work that takes less.
 from __future__ import annotations
 
 import sys
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from typing import Any, TypeVar, Union
 
 from tqdm.auto import tqdm
 
-__all__ = ["progress_bar", "tracked", "ProgressBar", "LogLines", "LOG_INTERVAL"]
+__all__ = ["progress_bar", "tracked", "ProgressBar", "LogLines", "LOG_INTERVAL", "use_thread_lock"]
 
 LOG_INTERVAL = 60.0  # seconds between two progress lines in a log
+
+
+def use_thread_lock() -> None:
+    """Let this process's bars take a thread lock instead of tqdm's default, a semaphore shared across
+    processes: a process that is terminated cannot release it, and Python's resource tracker then
+    warns of leaked semaphores when the parent exits."""
+    tqdm.set_lock(threading.RLock())
 
 
 class LogLines:

@@ -29,3 +29,29 @@ def test_named_markdown_files_exist_in_the_repository(path):
     named = set(re.findall(r"[\w./-]*[A-Za-z]\.md\b", path.read_text()))
     missing = sorted(n for n in named if Path(n).name not in MARKDOWN_FILES and not WRITTEN.fullmatch(Path(n).name))
     assert not missing, f"{path.relative_to(ROOT)} names {missing}, which the repository does not hold"
+
+
+def table_rows_outside_tables(text: str) -> list[int]:
+    """Line numbers of table rows (``| ...``) that no table holds: a row after a paragraph line
+    rather than after a header and its ``|---|`` line or another row renders as plain text."""
+    lines, stray, fenced = text.splitlines(), [], False
+    for number, line in enumerate(lines, start=1):
+        fenced ^= line.startswith("```")
+        if fenced or not line.startswith("|"):
+            continue
+        previous = lines[number - 2] if number > 1 else ""
+        following = lines[number] if number < len(lines) else ""
+        if not previous.startswith("|") and not re.match(r"\|\s*:?-", following):
+            stray.append(number)
+    return stray
+
+
+def test_a_paragraph_inside_a_table_is_found():
+    table = "| key | meaning |\n|---|---|\n| a | b |\n"
+    assert table_rows_outside_tables(table + "\n" + table) == []
+    assert table_rows_outside_tables(table + "a paragraph\n| c | d |\n") == [5]
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_tables_are_not_broken_by_paragraphs(page):
+    assert not table_rows_outside_tables(page.read_text()), f"{page.name}: rows outside a table (a paragraph above?)"

@@ -2,12 +2,16 @@
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 
 from softdistill.config import load_recipe
 from softdistill.experiments import packaged_recipes, write_report
-from softdistill.report.tables import method_label
+from softdistill.report.plots import DIAGNOSTIC_KEYS, plot_diagnostics
+from softdistill.report.tables import RecipeResult, TeacherResult, format_markdown, method_label
+
+README = Path(__file__).parents[1] / "README.md"
 
 
 @pytest.mark.parametrize("config, teacher_model, label", [
@@ -74,3 +78,21 @@ def test_report_evaluates_missing_out_of_domain_sets_as_training_does(tiny_quick
     assert set(trained) == set(hard.seeds) == {0, 1}
     assert hard.finals == [trained[seed] for seed in hard.seeds]
     assert "(digits-hard-affine: their last.pt on the same shifted test images)" in result.markdown
+
+
+def test_the_readme_table_has_the_columns_the_tool_prints():
+    printed = format_markdown([]).splitlines()[0]
+    assert printed in README.read_text().splitlines(), f"README.md has no table with the header {printed}"
+
+
+def _logged(method: str, keys: list[str], teacher: TeacherResult | None = None) -> RecipeResult:
+    history = [{"epoch": e, **{f"train/{k}": 0.5 + 0.01 * e for k in keys}} for e in (1, 2, 3)]
+    return RecipeResult(f"r-{method}", method, "mlp", {"epochs": 3}, teacher, histories=[history, history])
+
+
+def test_diagnostics_draw_the_ida_rows_and_hards_teacher_against_its_clean_accuracy(tmp_path):
+    logged = ["teacher_concordance", "teacher_top2"]  # what the IDA method logs (tests/test_ida_method.py)
+    assert {f"train/{k}" for k in logged} <= set(DIAGNOSTIC_KEYS)
+    assert plot_diagnostics([_logged("ida", logged)], tmp_path / "ida.png") and (tmp_path / "ida.png").is_file()
+    teacher = TeacherResult(tmp_path / "best.pt", "t", "resnet8", 4, 4, 91.5, 10)
+    assert plot_diagnostics([_logged("hard", ["aug_teacher_acc"], teacher)], tmp_path / "hard.png")

@@ -30,7 +30,7 @@ from softdistill.config import RunRecipe, dependency_recipe
 from softdistill.runs import RunInterrupted, check_same_recipe, recipe_differences, run_dir_state
 from softdistill.soft_labels.base import Dependency
 
-__all__ = ["resolve_product", "finished_run", "runs_elsewhere"]
+__all__ = ["resolve_product", "finished_run", "pending_dependencies", "runs_elsewhere"]
 
 _said: set[str] = set()  # the notes on runs found elsewhere that this process has printed
 
@@ -101,6 +101,17 @@ def finished_run(needed: RunRecipe, dependency: Dependency, *, quiet: bool = Tru
             _note_once(f"[softdistill] not using {place} for {needed.noun} {needed.name!r}: it differs from the "
                        "recipe:\n  " + "\n  ".join(differences))
     return None
+
+
+def pending_dependencies(recipe: RunRecipe, trained_here: Collection[Path] = ()) -> list[Path]:
+    """The run folders of the recipes ``recipe`` names (teachers, stores, VAEs) that are not finished,
+    neither there nor, unless they are in ``trained_here``, in an output folder beside (:func:`finished_run`)."""
+    pending = []
+    for dependency in recipe.dependencies():
+        _, needed = dependency_recipe(recipe, dependency)
+        if needed is not None and finished_run(needed, dependency, trained_here=trained_here) is None:
+            pending.append(needed.run_dir.resolve())
+    return pending
 
 
 def resolve_product(recipe: RunRecipe, dependency: Dependency, run: Callable[..., Any], *, quiet: bool = False,

@@ -20,9 +20,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from softdistill.artifacts import finished_run
+from softdistill.artifacts import pending_dependencies
 from softdistill.atomic import write_bytes_atomic, write_text_atomic
-from softdistill.config import Recipe, dependency_recipe, load_recipe
+from softdistill.config import Recipe, load_recipe
 from softdistill.data.config import DataConfig
 from softdistill.data.prepare import prepare_data
 from softdistill.data.samples import TensorSet
@@ -93,18 +93,6 @@ def _train_dependencies_job(raws: list[tuple[dict[str, Any], str | None]], rows:
         resolve_dependencies(Recipe.from_dict(raw, recipe_file), quiet=True, trained_here=rows)
 
 
-def _pending_dependencies(recipe: Recipe, rows: frozenset[Path]) -> list[Path]:
-    """The run folders of the recipes ``recipe`` names (teachers, stores, VAEs) that are not finished,
-    neither there nor, unless they are ``rows`` of the comparison, in an output folder beside
-    (:func:`softdistill.artifacts.finished_run`)."""
-    pending = []
-    for dependency in recipe.dependencies():
-        _, needed = dependency_recipe(recipe, dependency)
-        if needed is not None and finished_run(needed, dependency, trained_here=rows) is None:
-            pending.append(needed.run_dir.resolve())
-    return pending
-
-
 def _result_line(recipe: Recipe, how: str = "", summary: Mapping[str, Any] | None = None) -> str:
     """One line on a finished run: how it came to be finished, when not trained just now, and its accuracy
     (``summary``: read from its run folder when not given)."""
@@ -142,7 +130,7 @@ def _run_all(runs: list[tuple[Recipe, bool]], jobs: int, bar: ProgressBar, quiet
         raw["train"]["threads"] = threads
         return raw
 
-    waits = {id(recipe): _pending_dependencies(recipe, rows) for recipe, _ in runs}
+    waits = {id(recipe): pending_dependencies(recipe, rows) for recipe, _ in runs}
     dependency_dirs = {folder for folders in waits.values() for folder in folders}
     as_dependency = [recipe for recipe, _ in runs if recipe.run_dir.resolve() in dependency_dirs]
     runs = [(recipe, resume) for recipe, resume in runs if recipe.run_dir.resolve() not in dependency_dirs]

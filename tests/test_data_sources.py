@@ -426,8 +426,8 @@ def test_argument_errors():
         load_split("digits", image_size=32)
     with pytest.raises(ValueError, match="uint8"):
         TensorSet(torch.zeros(2, 1, 4, 4), torch.zeros(2, dtype=torch.long))
-    assert datasets.names() == ["cifar10", "cifar100", "digits", "fashion-mnist", "imagefolder", "mnist", "shards",
-                                "synthetic"]
+    assert datasets.names() == ["cifar10", "cifar100", "digits", "fashion-mnist", "fashion-mnist-pairs", "imagefolder",
+                                "mnist", "shards", "synthetic"]
 
 
 @pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist").is_dir(),

@@ -294,6 +294,17 @@ def test_a_cuda_index_beyond_the_machine_is_named(monkeypatch):
     assert resolve_device("cuda", local_rank=0) == torch.device("cuda:0")
 
 
+@pytest.mark.parametrize("extra, message", [
+    (["--epochs", "0"], "epochs: Input should be greater than or equal to 1, got 0"),
+    (["--epochs", "2", "-o", "epochs=3"], "--epochs and -o epochs=... both set the epochs: give one"),
+])
+def test_compare_epochs_that_are_not_honoured_are_refused(tmp_path, capsys, extra, message):
+    argv = ["compare", str(write_recipe(tmp_path)), "--seeds", "1", "--output", str(tmp_path / "out"), "--quiet", *extra]
+    assert main(argv) == 2
+    assert message in one_paragraph_error(capsys, "compare")
+    assert not (tmp_path / "out").exists()  # refused before anything ran
+
+
 @pytest.mark.parametrize("argv", [["compare", "RECIPE", "--seeds", "0"], ["compare", "RECIPE", "--seeds", "-2"],
                                   ["quickstart", "--tiny", "--seeds", "0"]])
 def test_seed_counts_below_one_are_refused(tmp_path, capsys, argv):

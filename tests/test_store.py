@@ -605,3 +605,14 @@ def test_a_store_recipe_whose_folder_cannot_be_made_is_one_paragraph(tmp_path, t
     err = capsys.readouterr().err.strip()
     assert f"cannot create the folder {blocker / 'store' / 'seed0'}: {blocker} is a file, not a folder" in err
     assert "\n" not in err and "Traceback" not in err and blocker.read_text() == "a file"
+
+
+def test_settings_that_are_not_part_of_the_identity_do_not_make_another_store(tmp_path, teacher):
+    """A store's labeller identity leaves out the source's settings declared not part of a run's identity, so
+    a store labelled before such a setting existed, or with another value of it, is the same store."""
+    recipe = load_recipe(label_recipe_file(tmp_path, teacher))
+    label_recipe(recipe, quiet=True)
+    recorded = json.loads((store_folder(tmp_path) / "manifest.json").read_text())["teacher"]["soft_labels"]
+    assert "allow_other_data" not in recorded and recorded["checkpoint"] == str(teacher)
+    again = load_recipe(label_recipe_file(tmp_path, teacher), ["soft_labels.allow_other_data=true"])
+    assert label_recipe(again, quiet=True) is None  # complete and sound: nothing to label, not "another store"

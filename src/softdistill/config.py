@@ -87,7 +87,7 @@ class ScheduleConfig(StrictConfig):
     @classmethod
     def _increasing(cls, milestones: list[int]) -> list[int]:
         if any(b <= a for a, b in zip(milestones, milestones[1:])) or any(m < 1 for m in milestones):
-            raise ValueError(f"milestones must be increasing epochs >= 1, got {milestones}")
+            raise ValueError("milestones must be increasing epochs >= 1")
         return milestones
 
     def problems(self, epochs: int) -> list[str]:

@@ -30,6 +30,7 @@ from softdistill.runs import (RunInterrupted, RunStateError, check_outside_packa
                              lock_run_folder, recipe_differences, refuse_existing_run, resume_checkpoint, run_dir_state,
                              write_text_atomic)
 from softdistill.runtime.distributed import DistContext, all_reduce_sum
+from softdistill.schema import identity_dump
 from softdistill.soft_labels import Dependency
 from softdistill.labelling import label_store
 from softdistill.sharded import MANIFEST
@@ -71,7 +72,7 @@ def _labeller_identity(recipe: LabelRecipe, products: dict[Dependency, Path]) ->
         if dependency.kind == "model":
             models.append(CheckpointMeta.of(load_checkpoint(path), path))
     one = models[0] if len(models) == 1 else None
-    return {"soft_labels": recipe.soft_labels.model_dump(mode="json"), "files": files,
+    return {"soft_labels": identity_dump(recipe.soft_labels), "files": files,
             "model": one.model.model_dump() if one is not None and one.model is not None else None,
             "normalization": one.normalization.model_dump() if one is not None else None, "amp": recipe.train.amp}
 

@@ -20,8 +20,8 @@ from pydantic_core import PydanticCustomError
 
 from softdistill.registry import Registry, UnknownNameError, did_you_mean
 
-__all__ = ["StrictConfig", "not_identity", "not_identity_keys", "describe_errors", "config_differences",
-           "validate_registry_section", "nested_problems"]
+__all__ = ["StrictConfig", "not_identity", "not_identity_keys", "identity_dump", "describe_errors",
+           "config_differences", "validate_registry_section", "nested_problems"]
 
 #: the pydantic error type of :func:`nested_problems`
 NESTED_PROBLEMS = "nested_problems"
@@ -62,6 +62,29 @@ def not_identity_keys(model: type[BaseModel], *, inherited: bool = False, prefix
         elif (nested := _unwrap_model(info.annotation)) is not None:
             keys += not_identity_keys(nested, inherited=inherited, prefix=f"{prefix}{name}.")
     return keys
+
+
+def identity_dump(model: BaseModel) -> dict[str, Any]:
+    """``model`` as JSON holds it, without the fields declared with :func:`not_identity`, in nested sections
+    too (lists of sections included): what a stored identity (a store's labeller) records of a section, so
+    that a field added later as not part of the identity leaves earlier identities equal."""
+    return _without_non_identity(model, model.model_dump(mode="json"))
+
+
+def _without_non_identity(model: BaseModel, dumped: dict[str, Any]) -> dict[str, Any]:
+    for name, info in type(model).model_fields.items():
+        extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
+        if extra.get("identity") is False:
+            dumped.pop(name, None)
+            continue
+        value, held = getattr(model, name), dumped.get(name)
+        if isinstance(value, BaseModel) and isinstance(held, dict):
+            _without_non_identity(value, held)
+        elif isinstance(value, (list, tuple)) and isinstance(held, list):
+            for item, item_held in zip(value, held):
+                if isinstance(item, BaseModel) and isinstance(item_held, dict):
+                    _without_non_identity(item, item_held)
+    return dumped
 
 
 def _model_at(root: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] | None:

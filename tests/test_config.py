@@ -91,6 +91,9 @@ def test_load_recipe_file_and_bad_files(tmp_path):
     (tmp_path / "bad.yaml").write_text("name: [unclosed")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_recipe(tmp_path / "bad.yaml")
+    (tmp_path / "binary.yaml").write_bytes(b"\xff\xfe\x00bin")  # not text: the error names the file
+    with pytest.raises(ConfigError, match=r"binary\.yaml: not valid YAML"):
+        load_recipe(tmp_path / "binary.yaml")
     (tmp_path / "list.yaml").write_text("- a\n- b\n")
     with pytest.raises(ConfigError, match="must be a YAML mapping"):
         load_recipe(tmp_path / "list.yaml")

@@ -361,3 +361,15 @@ def test_a_plain_ddp_loop_with_the_sampler_and_the_weight_equals_one_process_at_
         torch.testing.assert_close(two[True][key], one[key], rtol=1e-5, atol=1e-6)
     gap = max((two[False][k] - one[k]).abs().max().item() for k in one)
     assert gap > 1e-4  # each process's plain mean: the uneven slices weigh samples unequally
+
+
+def test_a_view_dataset_of_two_views_per_step_gives_each_batch_its_second_views_as_the_loader_does():
+    """MLKD in a loop of your own: ViewDataset's batches carry batch.second, the samples' next views."""
+    data = sd.TensorSet(torch.randint(0, 256, (8, 1, 6, 6), dtype=torch.uint8), torch.arange(8) % 2)
+    plan, normalise = sd.ViewPlan(seed=0, crop_padding=1, views=4, views_per_step=2), sd.BatchTransform([0.5], [0.5])
+    batch = sd.ViewDataset(data, plan, normalise).__getitems__([(0, 1), (3, 3)])
+    assert batch.view.tolist() == [1, 3] and batch.second.view.tolist() == [2, 0]
+    assert batch.second.sample_id.tolist() == batch.sample_id.tolist()
+    reference = sd.BatchLoader(data, 2, normalise, plan=plan).batch([0, 3], [2, 0])
+    assert torch.equal(batch.second.x, reference.x)
+    assert sd.ViewDataset(data, sd.ViewPlan(seed=0, crop_padding=1, views=4), normalise)[0].second is None

@@ -147,7 +147,7 @@ class ViewDataset(Dataset):
         pairs = [(a, 0) if isinstance(a, int) else tuple(a) for a in addresses]
         rows, views = (torch.tensor(column, dtype=torch.long) for column in zip(*pairs)) if pairs else (
             torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long))
-        return self.views.batch_of(rows, views)
+        return self.views.batch_of(rows, views, self.views.second_views(views))  # batch.second under views_per_step 2
 
     def __getitem__(self, address: Address) -> Batch:  # type: ignore[override]
         return self.__getitems__([address])
